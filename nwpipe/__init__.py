@@ -1,0 +1,27 @@
+"""nwpipe: forward Netography Fusion alert events to webhooks and other outputs.
+
+The small public API a plugin needs::
+
+    from nwpipe import hookimpl, Output, Setting, Delivered, Retry, Failed
+"""
+
+import pluggy
+
+__version__ = "0.1.0"
+
+hookimpl = pluggy.HookimplMarker("nwpipe")
+
+from nwpipe.outputs import Delivered, Delivery, Failed, Output, Result, Retry  # noqa: E402
+from nwpipe.settings import Setting  # noqa: E402
+
+__all__ = [
+    "__version__",
+    "hookimpl",
+    "Output",
+    "Setting",
+    "Delivery",
+    "Delivered",
+    "Retry",
+    "Failed",
+    "Result",
+]

@@ -1,0 +1,3 @@
+from nwpipe.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,39 @@
+"""Errors that reach the user as one clear message, never as a traceback."""
+
+from __future__ import annotations
+
+
+class NwpipeError(Exception):
+    """Base class for every error that is the user's to fix."""
+
+
+class ConfigError(NwpipeError):
+    """The configuration is wrong.
+
+    ``key`` is the dotted key path (``outputs.soc.url``), ``file`` the config file
+    (or template file) and ``line`` a line number inside it, when known.
+    """
+
+    def __init__(self, message: str, *, key: str | None = None, file: str | None = None,
+                 line: int | None = None):
+        super().__init__(message)
+        self.message = message
+        self.key = key
+        self.file = file
+        self.line = line
+
+    def __str__(self) -> str:
+        where = []
+        if self.file:
+            where.append(f"{self.file}:{self.line}" if self.line else str(self.file))
+        if self.key:
+            where.append(self.key)
+        return ": ".join([*where, self.message])
+
+
+class EventError(NwpipeError):
+    """One event could not be processed (a template failed on its data, ...).
+
+    The event goes to the dead-letter file with ``str(error)`` as the reason and the
+    run goes on.
+    """

@@ -1,0 +1,136 @@
+"""The output contract: what an output plugin implements and what it reports.
+
+An output *sends once* and says how it went. Retries, backoff, ordering per alert,
+batching, rate limits and the dead-letter file belong to the delivery engine
+(``nwpipe.delivery``), so every output, a user's plugin too, gets them for free.
+
+A minimal output::
+
+    from nwpipe import Output, Setting, Delivered, Retry, Failed, hookimpl
+
+    class Echo(Output):
+        settings = {"prefix": Setting(str, default="")}
+
+        async def send(self, batch):
+            for delivery in batch:
+                print(self.config["prefix"], delivery.body_json().decode())
+            return Delivered()
+
+    @hookimpl
+    def register_outputs(register):
+        register("echo", Echo)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Union
+
+import orjson
+
+from nwpipe.settings import Setting
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """Every delivery in the batch arrived."""
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """A temporary failure: the engine tries again, after ``after`` seconds if given."""
+
+    reason: str
+    after: float | None = None
+    status: int | None = None
+    response: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """A permanent failure: no retry; the batch goes to the dead-letter file."""
+
+    reason: str
+    status: int | None = None
+    response: str | None = None
+
+
+Result = Union[Delivered, Retry, Failed]
+
+
+@dataclass(slots=True)
+class Delivery:
+    """One mapped event on its way to one output.
+
+    ``body`` is the mapped event (a JSON value), ``event`` the original event as read.
+    ``id`` is stable for the same event across retries and replays (built from the
+    event's ``id``, ``alerttype`` and ``updatecount``), so receivers can deduplicate.
+    """
+
+    id: str
+    body: Any
+    event: dict
+    output: str
+    source: str = "<input>"
+    line: int = 0
+    attempts: list = field(default_factory=list)
+    _json: bytes | None = None
+
+    @property
+    def key(self) -> str:
+        """Deliveries with the same key reach the output in input order (the alert id)."""
+        value = self.event.get("id")
+        return value if isinstance(value, str) else repr(value)
+
+    def body_json(self) -> bytes:
+        """The body serialised as compact JSON (computed once)."""
+        if self._json is None:
+            self._json = orjson.dumps(self.body)
+        return self._json
+
+
+class Output:
+    """Base class for outputs.
+
+    Subclasses declare ``settings`` (their own config keys) and implement ``send``.
+    ``config`` holds the validated settings with defaults filled in and ``${ENV}``
+    secrets already expanded. ``name`` is the output's name from ``[outputs.NAME]``.
+
+    Class attributes tune how the engine drives the output by default; the user may
+    override them per output with ``concurrency`` and ``batch``.
+    """
+
+    settings: ClassVar[dict[str, Setting]] = {}
+    #: deliveries in flight at once (per-alert order is kept regardless)
+    concurrency: ClassVar[int] = 1
+    #: largest batch handed to one ``send`` by default (1 = one event per call)
+    batch_max_events: ClassVar[int] = 1
+
+    def __init__(self, name: str, config: dict[str, Any]):
+        self.name = name
+        self.config = config
+
+    @classmethod
+    def check_config(cls, config: dict[str, Any]) -> None:
+        """Cross-setting checks after validation; raise ``ValueError`` with a message.
+
+        Runs when the config loads, before any event is read.
+        """
+
+    async def open(self) -> None:
+        """Acquire resources (sessions, files). Called once before the first send."""
+
+    async def send(self, batch: list[Delivery]) -> Result:
+        """Send ``batch`` once and report ``Delivered()``, ``Retry(...)`` or ``Failed(...)``.
+
+        Raising an exception counts as ``Retry`` for ``OSError`` and ``TimeoutError``
+        and as ``Failed`` for anything else, with the exception as the reason.
+        """
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        """Release resources. Called once after the last send."""
+
+    def describe(self) -> str:
+        """A one-line description for ``nwpipe check`` (never include secrets)."""
+        return type(self).__name__

@@ -1,0 +1,1 @@
+"""Built-in nwpipe plugins: ordinary plugin modules, registered like third-party ones."""

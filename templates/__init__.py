@@ -1,0 +1,1 @@
+"""Ready-made Jinja body templates shipped with nwpipe."""

@@ -1,10 +1,212 @@
-"""Command line interface (being built)."""
+"""The ``nwpipe`` command. Thin: parse arguments, call the library, map errors to exit codes."""
 
+from __future__ import annotations
+
+import argparse
+import json
+import logging
 import sys
+import time
 
 from nwpipe import __version__
+from nwpipe.errors import NwpipeError
+
+log = logging.getLogger("nwpipe")
+
+EPILOG = """\
+exit codes:
+  0    every event was delivered to each of its outputs
+  1    configuration or usage error; nothing was read
+  3    finished, but some events were rejected or dead-lettered
+  130  interrupted by Ctrl-C (SIGINT), after the dead-letter file is complete
+  143  terminated by SIGTERM, after the dead-letter file is complete
+
+config: -c FILE, else $NWPIPE_CONFIG, else ./nwpipe.toml, else the built-in default
+(every event unchanged to stdout as one JSON line).
+"""
 
 
-def main(argv=None) -> int:
-    print(f"nwpipe {__version__}", file=sys.stderr)
+class _Parser(argparse.ArgumentParser):
+    """Usage errors exit with 1, like every other error that reads nothing."""
+
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        self.exit(1, f"nwpipe: error: {message}\n")
+
+
+def _common(parser: argparse.ArgumentParser, suppress: bool) -> None:
+    parser.add_argument("--plugins-dir", metavar="DIR", action="append",
+                        default=argparse.SUPPRESS if suppress else [],
+                        help="also load every *.py file in DIR as a plugin (repeatable)")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        default=argparse.SUPPRESS if suppress else False,
+                        help="log more: each retry with its reason")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        default=argparse.SUPPRESS if suppress else False,
+                        help="only warnings and errors: no summary line")
+    parser.add_argument("--log-format", choices=("text", "json"),
+                        default=argparse.SUPPRESS if suppress else "text",
+                        help="format of messages on stderr (default: text)")
+
+
+def _config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", metavar="FILE",
+                        help="TOML config (default: $NWPIPE_CONFIG, else ./nwpipe.toml, "
+                             "else built-in: events unchanged to stdout)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="nwpipe",
+        description="Forward Netography Fusion alert events to webhooks and other outputs, "
+                    "reshaped per customer with jsonpath and Jinja mappings.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"nwpipe {__version__}")
+    _common(parser, suppress=False)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    run = sub.add_parser(
+        "run", help="read events and deliver them to the configured outputs",
+        description="Read events from FILEs (or stdin) and deliver each one, mapped, to every "
+                    "output whose filters match it. Input: JSON lines, pretty-printed JSON "
+                    "objects one after another, or JSON arrays; .gz files are decompressed. "
+                    "Events that cannot be read, mapped or delivered go to the dead-letter "
+                    "file with the reason.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _config_option(run)
+    run.add_argument("files", nargs="*", metavar="FILE",
+                     help="event files to read in order; '-' is stdin (default: stdin)")
+    run.add_argument("--dead-letter", metavar="PATH",
+                     help="dead-letter file (default: the config's dead_letter, else "
+                          "./nwpipe-dead-letter.jsonl)")
+    run.add_argument("--shutdown-timeout", metavar="SECONDS", type=float,
+                     help="on Ctrl-C/SIGTERM, seconds to finish in-flight deliveries "
+                          "(default: the config's shutdown_timeout, else 10)")
+    _common(run, suppress=True)
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser(
+        "check", help="validate the config without reading any event",
+        description="Load and validate the config: every key, type, output type, mapping, "
+                    "jsonpath and template. Prints one line per output; exit 0 when valid, "
+                    "1 with a message naming the file, key and problem when not.")
+    _config_option(check)
+    _common(check, suppress=True)
+    check.set_defaults(func=cmd_check)
+
+    plugins = sub.add_parser(
+        "plugins", help="list loaded plugins and the output types they register",
+        description="List every loaded plugin (built-in, installed through the 'nwpipe' "
+                    "entry-point group, or from --plugins-dir), where it came from, the hooks "
+                    "it implements and the output types it registers.")
+    plugins.add_argument("--json", action="store_true", help="print JSON instead of text")
+    _common(plugins, suppress=True)
+    plugins.set_defaults(func=cmd_plugins)
+    return parser
+
+
+# -- logging ----------------------------------------------------------------------
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps({
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.created)),
+            "level": record.levelname.lower(),
+            "message": record.getMessage(),
+        })
+
+
+def setup_logging(verbose: bool, quiet: bool, log_format: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("nwpipe: %(message)s"))
+    log.handlers[:] = [handler]
+    log.propagate = False
+    log.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
+
+
+# -- commands ---------------------------------------------------------------------
+
+
+def load(args):
+    """Plugins, the validated config and its compiled routes, from the command line."""
+    from nwpipe.config import find_config_file, load_config
+    from nwpipe.plugins import Plugins
+    from nwpipe.routing import Router
+
+    plugins = Plugins(args.plugins_dir)
+    path = find_config_file(getattr(args, "config", None))
+    config = load_config(path, plugins.output_types)
+    router = Router(config, plugins.jinja_filters)
+    return plugins, config, router
+
+
+def cmd_run(args) -> int:
+    """Read events and deliver them."""
+    from nwpipe.pipeline import run
+
+    _, config, router = load(args)
+    result = run(config, router, args.files or ["-"], dead_letter_path=args.dead_letter,
+                 shutdown_timeout=args.shutdown_timeout)
+    log.info("%s", result.summary())
+    return result.exit_code
+
+
+def cmd_check(args) -> int:
+    """Validate the config and describe it."""
+    _, config, router = load(args)
+    outputs = {name: oc.create() for name, oc in config.outputs.items()}
+    where = config.file or "built-in default config"
+    print(f"{where}: OK, {len(outputs)} output{'s' if len(outputs) != 1 else ''}, "
+          f"{len(config.mappings)} mapping{'s' if len(config.mappings) != 1 else ''}")
+    for route in router.routes:
+        oc = route.output
+        parts = [f"type {oc.type}", outputs[oc.name].describe()]
+        if oc.mapping:
+            parts.append(f"mapping {oc.mapping if isinstance(oc.mapping, str) else dict(oc.mapping)}")
+        if oc.customers:
+            parts.append(f"customers {sorted(oc.customers)}")
+        if oc.when:
+            parts.append(f"when {oc.when!r}")
+        print(f"  {oc.name}: " + "; ".join(parts))
     return 0
+
+
+def cmd_plugins(args) -> int:
+    """List loaded plugins."""
+    from nwpipe.plugins import Plugins
+
+    plugins = Plugins(args.plugins_dir)
+    infos = plugins.info()
+    if args.json:
+        print(json.dumps([vars(i) for i in infos], indent=2))
+        return 0
+    for info in infos:
+        print(f"{info.name}  ({info.origin})")
+        if info.output_types:
+            print(f"    output types: {', '.join(info.output_types)}")
+        if info.jinja_filters:
+            print(f"    Jinja filters: {', '.join(info.jinja_filters)}")
+        print(f"    hooks: {', '.join(info.hooks) or 'none'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose, args.quiet, args.log_format)
+    if args.command is None:
+        parser.print_help()
+        return 1
+    try:
+        return args.func(args)
+    except NwpipeError as exc:
+        log.error("error: %s", exc)
+        return 1
+    except KeyboardInterrupt:
+        return 130

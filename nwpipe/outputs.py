@@ -134,3 +134,20 @@ class Output:
     def describe(self) -> str:
         """A one-line description for ``nwpipe check`` (never include secrets)."""
         return type(self).__name__
+
+
+class OutputClosed(Exception):
+    """Raised by ``send`` when the destination is gone for good on purpose (the reader
+    of standard output went away): the run stops reading quietly, like a Unix filter."""
+
+
+def delivery_id(event: dict) -> str:
+    """A stable id for one state change of one alert: the same across retries and replays.
+
+    Built from the event's ``id``, ``alerttype`` and ``updatecount``; hashed so that it is
+    always a safe header value whatever the event contains.
+    """
+    import hashlib
+
+    seed = "\x1f".join(str(event.get(k)) for k in ("id", "alerttype", "updatecount"))
+    return "nwp_" + hashlib.sha256(seed.encode("utf-8", "surrogatepass")).hexdigest()[:32]

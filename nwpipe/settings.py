@@ -60,6 +60,10 @@ class Setting:
         return False
 
 
+def _join(key: str, name: str) -> str:
+    return f"{key}.{name}" if key else name
+
+
 def did_you_mean(name: str, candidates) -> str:
     """A " (did you mean 'x'?)" suffix, or "" when nothing is close."""
     close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
@@ -82,30 +86,30 @@ def validate_settings(table: dict, schema: dict[str, Setting], *, key: str,
     for given, value in table.items():
         if given not in names:
             raise ConfigError(f"unknown setting '{given}'{did_you_mean(given, names)}",
-                              key=f"{key}.{given}", file=file)
+                              key=_join(key, given), file=file)
         name = names[given]
         if name in result:
             raise ConfigError(f"'{given}' and '{name}' set the same thing; keep one",
-                              key=f"{key}.{given}", file=file)
+                              key=_join(key, given), file=file)
         setting = schema[name]
         if not setting.accepts(value):
             raise ConfigError(f"must be {setting.type_name()}, got {type(value).__name__}",
-                              key=f"{key}.{given}", file=file)
+                              key=_join(key, given), file=file)
         if setting.choices is not None and value not in setting.choices:
             shown = "the given value" if setting.secret else repr(value)
             raise ConfigError(f"{shown} is not one of {', '.join(map(repr, setting.choices))}",
-                              key=f"{key}.{given}", file=file)
+                              key=_join(key, given), file=file)
         if setting.type is float and isinstance(value, int):
             value = float(value)
         if setting.check is not None:
             try:
                 value = setting.check(value)
             except ValueError as exc:
-                raise ConfigError(str(exc), key=f"{key}.{given}", file=file) from None
+                raise ConfigError(str(exc), key=_join(key, given), file=file) from None
         result[name] = value
     for name, setting in schema.items():
         if name not in result:
             if setting.required:
-                raise ConfigError("required setting is missing", key=f"{key}.{name}", file=file)
+                raise ConfigError("required setting is missing", key=_join(key, name), file=file)
             result[name] = setting.default
     return result

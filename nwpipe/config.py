@@ -1,0 +1,399 @@
+"""Load and validate the TOML configuration.
+
+Everything is checked before any event is read: an unknown key, a wrong type, an unknown
+output type, a missing required setting, an unset ``${VAR}``. Each problem is one
+ConfigError naming the file, the key path (``outputs.soc.url``) and the problem.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+from nwpipe.errors import ConfigError
+from nwpipe.outputs import Output
+from nwpipe.settings import Setting, did_you_mean, validate_settings
+
+#: where the config comes from when ``-c`` is not given
+ENV_CONFIG = "NWPIPE_CONFIG"
+DEFAULT_CONFIG_FILE = "nwpipe.toml"
+DEFAULT_DEAD_LETTER = "nwpipe-dead-letter.jsonl"
+
+_ENV_REF = re.compile(r"\$(\$)|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """When the engine gives up on a delivery that keeps failing temporarily.
+
+    The defaults ride out a receiver restart or a short outage (backoff 0.5 s doubling
+    to 30 s, up to 8 attempts, at most 5 minutes) without holding a stream forever.
+    """
+
+    max_attempts: int = 8
+    initial_backoff: float = 0.5
+    max_backoff: float = 30.0
+    max_elapsed: float = 300.0
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    """How many deliveries the engine hands to one ``send``."""
+
+    max_events: int = 1
+    max_bytes: int = 1 << 20
+    max_wait: float = 1.0
+    format: str | None = None
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """Settings every output has, whatever its type: they drive the delivery engine."""
+
+    concurrency: int = 1
+    rate_limit: float | None = None
+    queue_size: int = 10_000
+    batch: BatchPolicy = field(default_factory=BatchPolicy)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+
+@dataclass
+class OutputConfig:
+    """One ``[outputs.NAME]`` table, validated."""
+
+    name: str
+    type: str
+    cls: type[Output]
+    settings: dict[str, Any]
+    engine: EngineSettings
+    mapping: str | dict[str, str] | None = None
+    customers: frozenset[str] | None = None
+    when: str | None = None
+
+    def create(self) -> Output:
+        """A new, unopened instance of this output."""
+        return self.cls(self.name, self.settings)
+
+
+@dataclass
+class Config:
+    """A whole validated configuration."""
+
+    file: str | None
+    outputs: dict[str, OutputConfig]
+    mappings: dict[str, dict] = field(default_factory=dict)
+    templates: list[Path] = field(default_factory=list)
+    dead_letter: str = DEFAULT_DEAD_LETTER
+    max_line_bytes: int = 1 << 20
+    shutdown_timeout: float = 10.0
+    tests: list[dict] = field(default_factory=list)
+
+    @property
+    def base_dir(self) -> Path:
+        """Relative paths in the config are relative to the config file's folder."""
+        return Path(self.file).resolve().parent if self.file else Path.cwd()
+
+
+def _positive(value):
+    if value <= 0:
+        raise ValueError("must be greater than 0")
+    return value
+
+
+def _non_negative(value):
+    if value < 0:
+        raise ValueError("must not be negative")
+    return value
+
+
+TOP_LEVEL = {
+    "outputs": Setting(dict, default={}, help="where events go: [outputs.NAME] tables"),
+    "mappings": Setting(dict, default={}, help="how events are reshaped: [mappings.NAME] tables"),
+    "defaults": Setting(dict, default={}, help="settings shared by all outputs"),
+    "templates": Setting((list, str), default=[], help="folders searched for template files"),
+    "dead_letter": Setting(str, default=None, help="the dead-letter file (JSON lines)"),
+    "max_line_bytes": Setting(int, default=1 << 20, check=_positive,
+                              help="longest accepted input line or event, in bytes"),
+    "shutdown_timeout": Setting(float, default=10.0, check=_non_negative,
+                                help="seconds to finish in-flight deliveries on Ctrl-C/SIGTERM"),
+    "tests": Setting(list, default=[], help="mapping tests run by `nwpipe test`"),
+}
+
+#: keys of [outputs.NAME] that are not the output type's own settings
+OUTPUT_COMMON = {
+    "type": Setting(str, required=True, help="the output type (webhook, stdout, file, ...)"),
+    "mapping": Setting((str, dict), help="a mapping name, or a table of customer = mapping name"),
+    "customers": Setting(list, help="only events of these customers"),
+    "when": Setting(str, help="only events for which this Jinja expression is true"),
+    "concurrency": Setting(int, check=_positive, help="deliveries in flight at once"),
+    "rate_limit": Setting(float, check=_positive, help="at most this many sends per second"),
+    "queue_size": Setting(int, check=_positive, help="deliveries waiting per output before backpressure"),
+    "batch": Setting(dict, help="group several events in one send"),
+    "retry": Setting(dict, help="retry policy for temporary failures"),
+}
+
+BATCH = {
+    "max_events": Setting(int, default=100, check=_positive),
+    "max_bytes": Setting(int, default=1 << 20, check=_positive),
+    "max_wait": Setting(float, default=1.0, check=_non_negative),
+    "format": Setting(str),
+}
+
+RETRY = {
+    "max_attempts": Setting(int, default=RetryPolicy.max_attempts, check=_positive),
+    "initial_backoff": Setting(float, default=RetryPolicy.initial_backoff, check=_non_negative),
+    "max_backoff": Setting(float, default=RetryPolicy.max_backoff, check=_non_negative),
+    "max_elapsed": Setting(float, default=RetryPolicy.max_elapsed, check=_non_negative),
+}
+
+
+def find_config_file(explicit: str | None) -> str | None:
+    """The config to use: ``-c`` if given, else ``$NWPIPE_CONFIG``, else ./nwpipe.toml, else none."""
+    if explicit:
+        return explicit
+    env = os.environ.get(ENV_CONFIG)
+    if env:
+        return env
+    if Path(DEFAULT_CONFIG_FILE).is_file():
+        return DEFAULT_CONFIG_FILE
+    return None
+
+
+def expand_env(value: Any, key: str, file: str | None, environ=os.environ) -> Any:
+    """Expand ``${VAR}`` and ``${VAR:-default}`` in every string of ``value``.
+
+    ``$$`` stands for a literal ``$``. An unset variable without a default is a
+    ConfigError naming the key (never the value: it may be a secret).
+    """
+    if isinstance(value, str):
+        if "$" not in value:
+            return value
+
+        def replace(match: re.Match) -> str:
+            if match.group(1):
+                return "$"
+            name, default = match.group(2), match.group(3)
+            if name in environ:
+                return environ[name]
+            if default is not None:
+                return default
+            raise ConfigError(f"environment variable {name} is not set "
+                              f"(set it, or write ${{{name}:-default}})", key=key, file=file)
+
+        return _ENV_REF.sub(replace, value)
+    if isinstance(value, dict):
+        return {k: expand_env(v, f"{key}.{k}" if key else k, file, environ) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_env(v, f"{key}[{i}]", file, environ) for i, v in enumerate(value)]
+    return value
+
+
+def read_toml(path: str) -> dict:
+    """Parse a TOML file; a syntax error names the file, line and column."""
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError("config file not found", file=path) from None
+    except IsADirectoryError:
+        raise ConfigError("is a folder, not a config file", file=path) from None
+    except PermissionError:
+        raise ConfigError("permission denied", file=path) from None
+    except tomllib.TOMLDecodeError as exc:
+        message = str(exc)
+        line = None
+        m = re.search(r"\(at line (\d+), column (\d+)\)", message)
+        if m:
+            line = int(m.group(1))
+            message = message[: m.start()].strip() + f" (column {m.group(2)})"
+        raise ConfigError(f"invalid TOML: {message}", file=path, line=line) from None
+    except UnicodeDecodeError:
+        raise ConfigError("invalid TOML: the file is not UTF-8", file=path) from None
+
+
+def default_config() -> dict:
+    """The built-in default: every event unchanged to stdout as one JSON line."""
+    return {"outputs": {"stdout": {"type": "stdout"}}}
+
+
+def load_config(path: str | None, output_types: dict[str, type[Output]],
+                environ=os.environ) -> Config:
+    """Read, expand and validate a config file (``None``: the built-in default)."""
+    data = read_toml(path) if path else default_config()
+    return build_config(data, output_types, file=path, environ=environ)
+
+
+def build_config(data: dict, output_types: dict[str, type[Output]], *, file: str | None = None,
+                 environ=os.environ) -> Config:
+    """Validate an already-parsed config table."""
+    data = expand_env(data, "", file, environ)
+    top = validate_settings(data, TOP_LEVEL, key="", file=file)
+    templates = top["templates"]
+    if isinstance(templates, str):
+        templates = [templates]
+    for i, item in enumerate(templates):
+        if not isinstance(item, str):
+            raise ConfigError("must be a folder path (string)", key=f"templates[{i}]", file=file)
+    base = Path(file).resolve().parent if file else Path.cwd()
+    template_dirs = []
+    for i, item in enumerate(templates):
+        folder = (base / item) if not Path(item).is_absolute() else Path(item)
+        if not folder.is_dir():
+            raise ConfigError(f"template folder {item!r} does not exist", key=f"templates[{i}]",
+                              file=file)
+        template_dirs.append(folder)
+
+    mappings = top["mappings"]
+    for name, table in mappings.items():
+        if not isinstance(table, dict):
+            raise ConfigError("must be a table ([mappings.NAME])", key=f"mappings.{name}", file=file)
+
+    defaults = top["defaults"]
+    outputs: dict[str, OutputConfig] = {}
+    if not isinstance(top["outputs"], dict):
+        raise ConfigError("must be a table", key="outputs", file=file)
+    if not top["outputs"] and file is not None:
+        raise ConfigError("no outputs configured: add an [outputs.NAME] table", key="outputs",
+                          file=file)
+    for name, table in top["outputs"].items():
+        if not isinstance(table, dict):
+            raise ConfigError("must be a table ([outputs.NAME])", key=f"outputs.{name}", file=file)
+        outputs[name] = _build_output(name, table, defaults, output_types, mappings, file)
+    _check_defaults(defaults, output_types, outputs, file)
+
+    tests = top["tests"]
+    for i, item in enumerate(tests):
+        if not isinstance(item, dict):
+            raise ConfigError("must be a table ([[tests]])", key=f"tests[{i}]", file=file)
+
+    dead_letter = top["dead_letter"]
+    if dead_letter is None:
+        dead_letter = DEFAULT_DEAD_LETTER
+    return Config(
+        file=file,
+        outputs=outputs,
+        mappings=mappings,
+        templates=template_dirs,
+        dead_letter=dead_letter,
+        max_line_bytes=top["max_line_bytes"],
+        shutdown_timeout=top["shutdown_timeout"],
+        tests=tests,
+    )
+
+
+def _check_defaults(defaults: dict, output_types, outputs, file) -> None:
+    known = set(OUTPUT_COMMON) - {"type"}
+    for cls in output_types.values():
+        for name, setting in cls.settings.items():
+            known.add(name)
+            known.update(setting.aliases)
+    for key in defaults:
+        if key not in known:
+            raise ConfigError(f"unknown setting '{key}'{did_you_mean(key, known)}",
+                              key=f"defaults.{key}", file=file)
+
+
+def _build_output(name: str, table: dict, defaults: dict, output_types, mappings, file) -> OutputConfig:
+    key = f"outputs.{name}"
+    type_name = table.get("type")
+    if type_name is None:
+        raise ConfigError("required setting is missing (e.g. type = \"webhook\")",
+                          key=f"{key}.type", file=file)
+    if not isinstance(type_name, str):
+        raise ConfigError("must be a string", key=f"{key}.type", file=file)
+    cls = output_types.get(type_name)
+    if cls is None:
+        known = ", ".join(sorted(output_types)) or "none"
+        raise ConfigError(f"unknown output type '{type_name}'{did_you_mean(type_name, output_types)}"
+                          f" (known types: {known}; see `nwpipe plugins`)",
+                          key=f"{key}.type", file=file)
+
+    own_names = set()
+    for setting_name, setting in cls.settings.items():
+        own_names.add(setting_name)
+        own_names.update(setting.aliases)
+    merged: dict[str, Any] = {}
+    for k, v in defaults.items():
+        if k in OUTPUT_COMMON or k in own_names:
+            merged[k] = v
+    # a value in the output table wins over [defaults], alias or not
+    for k in table:
+        for setting_name, setting in cls.settings.items():
+            if k == setting_name or k in setting.aliases:
+                for other in (setting_name, *setting.aliases):
+                    if other != k:
+                        merged.pop(other, None)
+    merged.update(table)
+
+    common_table = {k: v for k, v in merged.items() if k in OUTPUT_COMMON}
+    own_table = {k: v for k, v in merged.items() if k not in OUTPUT_COMMON}
+    common = validate_settings(common_table, OUTPUT_COMMON, key=key, file=file)
+
+    batch = BatchPolicy(max_events=cls.batch_max_events)
+    if common["batch"] is not None:
+        b = validate_settings(common["batch"], BATCH, key=f"{key}.batch", file=file)
+        if b["format"] is not None:
+            if "batch_format" not in cls.settings:
+                raise ConfigError(f"output type '{type_name}' has no batch formats",
+                                  key=f"{key}.batch.format", file=file)
+            own_table["batch_format"] = b["format"]
+        batch = BatchPolicy(b["max_events"], b["max_bytes"], b["max_wait"], b["format"])
+    retry = RetryPolicy()
+    if common["retry"] is not None:
+        r = validate_settings(common["retry"], RETRY, key=f"{key}.retry", file=file)
+        retry = RetryPolicy(**r)
+    engine = EngineSettings(
+        concurrency=common["concurrency"] or cls.concurrency,
+        rate_limit=common["rate_limit"],
+        queue_size=common["queue_size"] or EngineSettings.queue_size,
+        batch=batch,
+        retry=retry,
+    )
+
+    settings = validate_settings(own_table, cls.settings, key=key, file=file)
+    try:
+        cls.check_config(settings)
+    except ValueError as exc:
+        raise ConfigError(str(exc), key=key, file=file) from None
+    except ConfigError as exc:
+        if exc.key is None:
+            exc.key = key
+        elif not exc.key.startswith("outputs."):
+            exc.key = f"{key}.{exc.key}"
+        exc.file = exc.file or file
+        raise
+
+    mapping = common["mapping"]
+    if isinstance(mapping, str):
+        _check_mapping_name(mapping, mappings, f"{key}.mapping", file)
+    elif isinstance(mapping, dict):
+        for customer, mapping_name in mapping.items():
+            if not isinstance(mapping_name, str):
+                raise ConfigError("must be a mapping name (string)",
+                                  key=f"{key}.mapping.{customer}", file=file)
+            _check_mapping_name(mapping_name, mappings, f"{key}.mapping.{customer}", file)
+    customers = common["customers"]
+    if customers is not None:
+        for i, c in enumerate(customers):
+            if not isinstance(c, str):
+                raise ConfigError("must be a customer name (string)", key=f"{key}.customers[{i}]",
+                                  file=file)
+        customers = frozenset(customers)
+    return OutputConfig(name=name, type=type_name, cls=cls, settings=settings, engine=engine,
+                        mapping=mapping, customers=customers, when=common["when"])
+
+
+def _check_mapping_name(name: str, mappings: dict, key: str, file) -> None:
+    if name not in mappings:
+        known = ", ".join(sorted(mappings)) or "none defined"
+        raise ConfigError(f"no mapping named '{name}'{did_you_mean(name, mappings)} "
+                          f"(mappings: {known})", key=key, file=file)

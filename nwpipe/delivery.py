@@ -1,0 +1,361 @@
+"""The delivery engine: one per output, between the pipeline and the output plugin.
+
+It owns everything an output plugin should not have to: a bounded queue, per-alert
+ordering, concurrency, batching, a rate limit, retries with capped exponential backoff
+and full jitter (``Retry-After`` honoured), and the dead-letter file. The plugin only
+sends once and says how it went.
+
+Ordering: deliveries with the same key (the alert ``id``) are handed to the output one
+batch at a time, in input order, while different alerts go concurrently. A key that is
+being sent is "busy"; its later deliveries wait in its own queue, so a retrying alert
+never holds up the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+from nwpipe.config import EngineSettings
+from nwpipe.deadletter import DeadLetterFile, delivery_record, utc_now
+from nwpipe.outputs import Delivered, Delivery, Failed, Output, OutputClosed, Retry
+
+log = logging.getLogger("nwpipe")
+
+#: dead-letter messages per output before they are only counted
+MAX_WARNINGS = 20
+
+
+@dataclass
+class OutputStats:
+    """Counters for one output, shown in the run summary."""
+
+    delivered: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+    requests: int = 0
+
+
+@dataclass
+class _Attempt:
+    number: int
+    at: str
+    outcome: str
+    reason: str | None = None
+    status: int | None = None
+    after: float | None = None
+
+    def as_dict(self) -> dict:
+        d = {"attempt": self.number, "at": self.at, "outcome": self.outcome}
+        if self.reason is not None:
+            d["reason"] = self.reason
+        if self.status is not None:
+            d["status"] = self.status
+        if self.after is not None:
+            d["retry_after"] = self.after
+        return d
+
+
+def backoff_delay(attempt: int, initial: float, cap: float, rng=random.random) -> float:
+    """Full jitter: a random delay in [0, min(cap, initial * 2**(attempt-1))]."""
+    return rng() * min(cap, initial * (2 ** (attempt - 1)))
+
+
+class RateLimiter:
+    """Spaces sends evenly: at most ``rate`` per second across all workers."""
+
+    def __init__(self, rate: float):
+        self.interval = 1.0 / rate
+        self._next = 0.0
+
+    async def wait(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        at = max(now, self._next)
+        self._next = at + self.interval
+        if at > now:
+            await asyncio.sleep(at - now)
+
+
+@dataclass
+class _State:
+    pending: dict[str, deque] = field(default_factory=dict)
+    ready: asyncio.Queue = field(default_factory=asyncio.Queue)
+    queued: int = 0           # deliveries accepted and not finished (waiting or in flight)
+    failing: bool = False     # the last attempt did not deliver
+
+
+class DeliveryEngine:
+    """Drive one output: accept deliveries, send them in order per alert, retry, dead-letter."""
+
+    def __init__(self, output: Output, settings: EngineSettings, dead_letter: DeadLetterFile,
+                 *, on_closed: Callable[[str], None] | None = None):
+        self.output = output
+        self.name = output.name
+        self.settings = settings
+        self.dead_letter = dead_letter
+        self.stats = OutputStats()
+        self.closed = False
+        self._on_closed = on_closed
+        self._state = _State()
+        self._changed = asyncio.Condition()
+        self._workers: list[asyncio.Task] = []
+        self._inflight: dict[int, list[Delivery]] = {}
+        self._limiter = RateLimiter(settings.rate_limit) if settings.rate_limit else None
+        self._refused: str | None = None
+        self._warnings = 0
+        self._wake = asyncio.Event()  # set when the backoff waits should end (shutdown cut short)
+
+    @property
+    def failing(self) -> bool:
+        """True while the output's last attempt did not deliver."""
+        return self._state.failing
+
+    @property
+    def backlog(self) -> int:
+        """Deliveries accepted and not yet finished."""
+        return self._state.queued
+
+    async def start(self) -> None:
+        """Open the output and start the workers."""
+        await self.output.open()
+        for i in range(self.settings.concurrency):
+            self._workers.append(asyncio.create_task(self._worker(i), name=f"{self.name}-{i}"))
+
+    async def submit(self, delivery: Delivery) -> None:
+        """Queue a delivery; waits while the queue is full and the output is healthy.
+
+        When the queue is full and the output is failing, the delivery is dead-lettered
+        at once, so a receiver that is down never holds up the other outputs.
+        """
+        state = self._state
+        if self.closed:
+            return
+        if self._refused is not None:
+            self._dead_letter([delivery], self._refused)
+            return
+        if state.queued >= self.settings.queue_size:
+            async with self._changed:
+                while state.queued >= self.settings.queue_size and not self.closed:
+                    if self._refused is not None:
+                        self._dead_letter([delivery], self._refused)
+                        return
+                    if state.failing:
+                        self._dead_letter([delivery], f"output '{self.name}' is failing and its "
+                                          f"queue is full ({self.settings.queue_size} waiting)")
+                        return
+                    await self._changed.wait()
+            if self.closed:
+                return
+        state.queued += 1
+        key = delivery.key
+        waiting = state.pending.get(key)
+        if waiting is None:
+            state.pending[key] = deque((delivery,))
+            state.ready.put_nowait(key)
+        else:
+            waiting.append(delivery)
+
+    # -- workers ---------------------------------------------------------------
+
+    async def _worker(self, number: int) -> None:
+        state = self._state
+        batch_policy = self.settings.batch
+        while True:
+            key = await state.ready.get()
+            # registered before anything is taken, so a cancelled worker loses nothing
+            batch: list[Delivery] = []
+            self._inflight[number] = batch
+            keys = [key]
+            size = self._take(key, batch, 0)
+            if batch_policy.max_events > 1 and len(batch) < batch_policy.max_events:
+                await self._fill(batch, keys, size)
+            await self._deliver(batch)
+            del self._inflight[number]
+            for k in keys:
+                if state.pending[k]:
+                    state.ready.put_nowait(k)
+                else:
+                    del state.pending[k]
+            state.queued -= len(batch)
+            async with self._changed:
+                self._changed.notify_all()
+
+    def _take(self, key: str, batch: list[Delivery], size: int) -> int:
+        """Move deliveries of ``key`` into ``batch`` within the batch limits."""
+        policy = self.settings.batch
+        waiting = self._state.pending[key]
+        while waiting and len(batch) < policy.max_events:
+            if policy.max_events > 1:
+                length = len(waiting[0].body_json()) + 1
+                if batch and size + length > policy.max_bytes:
+                    break
+                size += length
+            batch.append(waiting.popleft())
+        return size
+
+    async def _fill(self, batch: list[Delivery], keys: list[str], size: int) -> int:
+        """Add other ready alerts to the batch until it is full or max_wait has passed."""
+        policy = self.settings.batch
+        state = self._state
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + policy.max_wait
+        while len(batch) < policy.max_events and size < policy.max_bytes:
+            try:
+                key = state.ready.get_nowait()
+            except asyncio.QueueEmpty:
+                remaining = deadline - loop.time()
+                if remaining <= 0 or self.closed or self._wake.is_set():
+                    break
+                try:
+                    key = await asyncio.wait_for(state.ready.get(), remaining)
+                except asyncio.TimeoutError:
+                    break
+            before = len(batch)
+            size = self._take(key, batch, size)
+            keys.append(key)
+            if len(batch) == before:  # did not fit: give it back for the next batch
+                break
+        return size
+
+    async def _deliver(self, batch: list[Delivery]) -> None:
+        retry = self.settings.retry
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        attempt = 0
+        while True:
+            attempt += 1
+            if self._limiter is not None:
+                await self._limiter.wait()
+            self.stats.requests += 1
+            try:
+                result = await self.output.send(batch)
+            except asyncio.CancelledError:
+                raise
+            except OutputClosed as exc:
+                self._output_closed(str(exc))
+                return
+            except (OSError, asyncio.TimeoutError) as exc:
+                result = Retry(f"{type(exc).__name__}: {exc}")
+            except Exception as exc:  # a plugin bug must not kill the run
+                result = Failed(f"output raised {type(exc).__name__}: {exc}")
+            if isinstance(result, Delivered):
+                self._state.failing = False
+                self.stats.delivered += len(batch)
+                return
+            if not self._state.failing:
+                self._state.failing = True
+                # a submitter waiting for space can now dead-letter instead of waiting
+                async with self._changed:
+                    self._changed.notify_all()
+            if isinstance(result, Failed):
+                self._record(batch, attempt, "failed", result.reason, result.status)
+                self._dead_letter(batch, result.reason, result.status, result.response)
+                return
+            if not isinstance(result, Retry):
+                result = Failed(f"output returned {result!r}, not Delivered, Retry or Failed")
+                self._record(batch, attempt, "failed", result.reason)
+                self._dead_letter(batch, result.reason)
+                return
+            elapsed = loop.time() - started
+            if result.after is not None:
+                delay = max(0.0, result.after)
+            else:
+                delay = backoff_delay(attempt, retry.initial_backoff, retry.max_backoff)
+            self._record(batch, attempt, "retry", result.reason, result.status, result.after)
+            if attempt >= retry.max_attempts or elapsed + delay > retry.max_elapsed:
+                why = (f"gave up after {attempt} attempt{'s' if attempt > 1 else ''} "
+                       f"in {elapsed:.1f} s: {result.reason}")
+                self._dead_letter(batch, why, result.status, result.response)
+                return
+            self.stats.retried += len(batch)
+            log.debug("%s: attempt %d failed (%s); retrying in %.2f s", self.name, attempt,
+                      result.reason, delay)
+            if self._wake.is_set():
+                # shutting down and told not to wait: stop retrying now
+                self._dead_letter(batch, f"shutdown before delivery; last attempt: {result.reason}",
+                                  result.status, result.response)
+                return
+            try:
+                await asyncio.wait_for(self._wake.wait(), delay)
+            except asyncio.TimeoutError:
+                pass
+
+    def _record(self, batch, number, outcome, reason, status=None, after=None) -> None:
+        entry = _Attempt(number, utc_now(), outcome, reason, status, after).as_dict()
+        for delivery in batch:
+            delivery.attempts.append(entry)
+
+    def _dead_letter(self, batch: list[Delivery], reason: str, status: int | None = None,
+                     response: str | None = None) -> None:
+        self.dead_letter.write(delivery_record(d, stage="deliver", reason=reason, status=status,
+                                               response=response) for d in batch)
+        self.stats.dead_lettered += len(batch)
+        self._warnings += 1
+        if self._warnings <= MAX_WARNINGS:
+            log.warning("%s: %d event%s dead-lettered: %s", self.name, len(batch),
+                        "" if len(batch) == 1 else "s", reason)
+            if self._warnings == MAX_WARNINGS:
+                log.warning("%s: further dead letters are only counted (see %s)", self.name,
+                            self.dead_letter.path)
+
+    def _output_closed(self, reason: str) -> None:
+        self.closed = True
+        if self._on_closed is not None:
+            self._on_closed(reason)
+
+    # -- shutdown --------------------------------------------------------------
+
+    async def refuse(self, reason: str) -> None:
+        """From now on, dead-letter new deliveries at once with ``reason`` (shutdown)."""
+        self._refused = reason
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def drain(self, timeout: float | None = None, abort: asyncio.Event | None = None) -> None:
+        """Wait until every accepted delivery is delivered or dead-lettered.
+
+        With ``timeout`` (seconds), what is still waiting or in flight when it expires,
+        or when ``abort`` is set, is dead-lettered.
+        """
+        async def idle():
+            async with self._changed:
+                await self._changed.wait_for(lambda: self._state.queued == 0 or self.closed)
+
+        waiters = [asyncio.ensure_future(idle())]
+        if abort is not None:
+            waiters.append(asyncio.ensure_future(abort.wait()))
+        try:
+            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+        if self._state.queued and not self.closed:
+            await self._abandon("not delivered before the shutdown deadline")
+
+    async def _abandon(self, reason: str) -> None:
+        self._wake.set()
+        for task in self._workers:
+            task.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        self._workers.clear()
+        leftovers = [d for batch in self._inflight.values() for d in batch]
+        self._inflight.clear()
+        for waiting in self._state.pending.values():
+            leftovers.extend(waiting)
+        self._state.pending.clear()
+        if leftovers:
+            self._dead_letter(leftovers, reason)
+        self._state.queued = 0
+
+    async def close(self) -> None:
+        """Stop the workers (after ``drain``) and close the output."""
+        for task in self._workers:
+            task.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        self._workers.clear()
+        await self.output.close()

@@ -1,0 +1,201 @@
+"""The plugin manager: built-in plugins, entry points and ``--plugins-dir``.
+
+Built-in plugins are ordinary plugin modules (``DEFAULT_PLUGINS``) registered exactly
+like third-party ones. A plugin that fails to import gives one warning naming it; a
+hook implementation whose name or arguments match no hook is an error.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import importlib.util
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pluggy
+
+from nwpipe import hookspecs
+from nwpipe.errors import NwpipeError
+from nwpipe.outputs import Output
+from nwpipe.settings import did_you_mean
+
+log = logging.getLogger("nwpipe")
+
+DEFAULT_PLUGINS = (
+    "nwpipe_plugins.stdout",
+    "nwpipe_plugins.file",
+    "nwpipe_plugins.webhook",
+)
+
+#: comma-separated names of the installed (entry-point) plugins to load; "" loads none
+ENV_LOAD_PLUGINS = "NWPIPE_LOAD_PLUGINS"
+#: set to 1 to print every hook call on stderr (for debugging a plugin)
+ENV_TRACE_PLUGINS = "NWPIPE_TRACE_PLUGINS"
+
+
+class PluginError(NwpipeError):
+    """A plugin breaks the contract (unknown hook, duplicate output type, ...)."""
+
+
+@dataclass
+class PluginInfo:
+    """What ``nwpipe plugins`` shows about one loaded plugin."""
+
+    name: str
+    origin: str
+    hooks: list[str] = field(default_factory=list)
+    output_types: list[str] = field(default_factory=list)
+    jinja_filters: list[str] = field(default_factory=list)
+
+
+class Plugins:
+    """Loaded plugins and what they registered."""
+
+    def __init__(self, plugins_dirs=(), *, load_entry_points: bool = True):
+        self.pm = pluggy.PluginManager("nwpipe")
+        self.pm.add_hookspecs(hookspecs)
+        self.origins: dict[str, str] = {}
+        if os.environ.get(ENV_TRACE_PLUGINS) and os.environ[ENV_TRACE_PLUGINS] != "0":
+            self.pm.trace.root.setwriter(lambda text: sys.stderr.write(f"nwpipe trace: {text}"))
+            self.pm.enable_tracing()
+        for module_name in DEFAULT_PLUGINS:
+            self._register_module(module_name, "built-in")
+        if load_entry_points:
+            self._load_entry_points()
+        for folder in plugins_dirs:
+            self._load_dir(Path(folder))
+        self._check()
+        self.output_types: dict[str, type[Output]] = {}
+        self.output_plugins: dict[str, str] = {}
+        self.jinja_filters: dict[str, Callable] = {}
+        self.filter_plugins: dict[str, str] = {}
+        self._collect()
+
+    # -- loading ---------------------------------------------------------------
+
+    def _register(self, plugin, name: str, origin: str) -> None:
+        try:
+            self.pm.register(plugin, name=name)
+        except pluggy.PluginValidationError as exc:
+            raise PluginError(f"plugin {name} ({origin}): {exc}") from None
+        except ValueError as exc:  # already registered under that name
+            log.warning("plugin %s (%s) not loaded: %s", name, origin, exc)
+            return
+        self.origins[name] = origin
+
+    def _register_module(self, module_name: str, origin: str) -> None:
+        try:
+            module = importlib.import_module(module_name)
+        except Exception as exc:  # a broken plugin must not stop nwpipe
+            log.warning("plugin %s (%s) failed to load: %s: %s", module_name, origin,
+                        type(exc).__name__, exc)
+            return
+        self._register(module, module_name, origin)
+
+    def _load_entry_points(self) -> None:
+        wanted = os.environ.get(ENV_LOAD_PLUGINS)
+        allowed = None if wanted is None else {n.strip() for n in wanted.split(",") if n.strip()}
+        for ep in importlib.metadata.entry_points(group="nwpipe"):
+            if allowed is not None and ep.name not in allowed:
+                continue
+            dist = ep.dist.name if ep.dist is not None else "unknown distribution"
+            origin = f"entry point {ep.value} ({dist} {ep.dist.version if ep.dist else ''})".replace(" )", ")")
+            if self.pm.has_plugin(ep.name):
+                continue
+            try:
+                plugin = ep.load()
+            except Exception as exc:
+                log.warning("plugin %s from %s failed to load: %s: %s", ep.name, dist,
+                            type(exc).__name__, exc)
+                continue
+            self._register(plugin, ep.name, origin)
+
+    def _load_dir(self, folder: Path) -> None:
+        if not folder.is_dir():
+            raise PluginError(f"--plugins-dir {folder}: no such folder")
+        for path in sorted(folder.glob("*.py")):
+            name = f"nwpipe_plugins_dir.{path.stem}"
+            try:
+                spec = importlib.util.spec_from_file_location(name, path)
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[name] = module
+                spec.loader.exec_module(module)
+            except Exception as exc:
+                sys.modules.pop(name, None)
+                log.warning("plugin %s failed to load: %s: %s", path, type(exc).__name__, exc)
+                continue
+            self._register(module, path.stem, str(path))
+
+    def _check(self) -> None:
+        known = [name for name in dir(hookspecs) if name.startswith("register_")]
+        for name, hookcallers in self._unknown_hooks().items():
+            for plugin_name in hookcallers:
+                raise PluginError(
+                    f"plugin {plugin_name} ({self.origins.get(plugin_name, '?')}) implements "
+                    f"unknown hook '{name}'{did_you_mean(name, known)}")
+        self.pm.check_pending()
+
+    def _unknown_hooks(self) -> dict[str, list[str]]:
+        unknown: dict[str, list[str]] = {}
+        for name in dir(self.pm.hook):
+            caller = getattr(self.pm.hook, name)
+            if isinstance(caller, pluggy.HookCaller) and not caller.has_spec():
+                unknown[name] = [impl.plugin_name for impl in caller.get_hookimpls()]
+        return unknown
+
+    # -- registries ------------------------------------------------------------
+
+    def _call_each(self, hook_name: str, make_register) -> None:
+        """Call a hook plugin by plugin, so each registration knows who made it.
+
+        Going through pluggy (not calling the functions directly) keeps
+        NWPIPE_TRACE_PLUGINS tracing and argument checking in force.
+        """
+        everyone = [plugin for _, plugin in self.pm.list_name_plugin()]
+        for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
+            others = [p for p in everyone if p is not impl.plugin]
+            caller = self.pm.subset_hook_caller(hook_name, remove_plugins=others)
+            caller(register=make_register(impl.plugin_name))
+
+    def _collect(self) -> None:
+        def output_register(plugin_name: str):
+            def register(type_name: str, cls: type) -> None:
+                if not isinstance(type_name, str) or not type_name:
+                    raise PluginError(f"plugin {plugin_name}: output type name must be a "
+                                      f"non-empty string")
+                if not (isinstance(cls, type) and issubclass(cls, Output)):
+                    raise PluginError(f"plugin {plugin_name}: output type '{type_name}' must be "
+                                      f"a subclass of nwpipe.Output")
+                if type_name in self.output_types:
+                    raise PluginError(f"output type '{type_name}' is registered twice: by "
+                                      f"{self.output_plugins[type_name]} and by {plugin_name}")
+                self.output_types[type_name] = cls
+                self.output_plugins[type_name] = plugin_name
+            return register
+
+        def filter_register(plugin_name: str):
+            def register(name: str, func: Callable) -> None:
+                if not callable(func):
+                    raise PluginError(f"plugin {plugin_name}: Jinja filter '{name}' is not callable")
+                self.jinja_filters[name] = func
+                self.filter_plugins[name] = plugin_name
+            return register
+
+        self._call_each("register_outputs", output_register)
+        self._call_each("register_jinja_filters", filter_register)
+
+    def info(self) -> list[PluginInfo]:
+        """Every loaded plugin with where it came from and what it registered."""
+        result = []
+        for name, plugin in self.pm.list_name_plugin():
+            hooks = sorted(c.name for c in self.pm.get_hookcallers(plugin) or [])
+            types = sorted(t for t, p in self.output_plugins.items() if p == name)
+            filters = sorted(f for f, p in self.filter_plugins.items() if p == name)
+            result.append(PluginInfo(name=name, origin=self.origins.get(name, "?"), hooks=hooks,
+                                     output_types=types, jinja_filters=filters))
+        return result

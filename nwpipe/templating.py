@@ -1,0 +1,491 @@
+"""Jinja for mappings, body templates and output conditions, always sandboxed.
+
+Every template runs in ``jinja2.sandbox.ImmutableSandboxedEnvironment``: a template can
+read the event but cannot reach Python internals (``__class__``, ``__globals__``, ...),
+change data, or open files other than templates through the template loader. Reaching
+for an unsafe attribute is an error, never a blank.
+
+Variables: every top-level field of the event (``{{ severity }}``,
+``{{ metrics.bits.max }}``), and ``event``, the whole event (``{{ event['odd-key'] }}``).
+
+Undefined variables are errors naming the variable (``'sevrity' is undefined``) unless a
+mapping sets ``undefined = "lenient"``, where they render blank (``null`` in a JSON body).
+``x | default("n/a")`` and ``x is defined`` work in both modes.
+
+Template files are looked up in the configured template directories, in order, then
+among the templates shipped in the ``nwpipe.templates`` package. A file
+``<dir>/<customer>/<name>`` overrides ``<name>`` for that customer's events.
+
+Filters, besides Jinja's built-in ones (``upper``, ``first``, ``join``, ``unique``,
+``default``, ``replace``, ``truncate``, ...):
+
+``isotime``
+    Epoch seconds to ISO 8601 UTC: ``1689391131 | isotime`` is
+    ``"2023-07-15T03:18:51Z"``; fractions keep milliseconds (``...:51.250Z``). ``0``,
+    ``None`` and ``""`` give ``""``: the vendor sends ``end = 0`` while an alert is open.
+    Values above 10^11 are taken as milliseconds. ``isotime("%d %b %Y %H:%M")`` formats
+    with strftime instead.
+``join_ips``
+    An IP list (``srcip``, ``dstip``) as one string: ``", "`` between addresses (or
+    ``join_ips(" ")``), empty entries skipped, a single string kept, ``None`` gives "".
+``tojson``
+    The value as JSON text (``tojson(indent=2)`` to indent).
+``severity_number``
+    ``low``/``medium``/``high``/``critical`` to 1/2/3/4 (any case); anything else gives
+    the ``default`` argument, 0 unless given.
+``lookup``
+    Translate a value through a table: ``severity | lookup({"high": "critical"})``.
+    Values not in the table pass through unchanged, or give the second argument.
+``human_duration``
+    Seconds as ``"1h 2m 5s"`` (``300`` is ``"5m"``, ``0`` is ``"0s"``).
+
+Plugins add filters with the ``register_jinja_filters`` hook; they reach
+:func:`make_environment` as ``filters`` and may replace the ones above.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import importlib.resources
+import math
+import re
+import weakref
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import jinja2
+import orjson
+from jinja2.exceptions import SecurityError, TemplateNotFound, TemplateSyntaxError
+from jinja2.loaders import BaseLoader, FileSystemLoader, split_template_path
+from jinja2.runtime import ChainableUndefined, StrictUndefined, Undefined
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedEnvironment
+
+from nwpipe.errors import ConfigError, EventError
+
+__all__ = [
+    "JSONText",
+    "TemplateLoader",
+    "Sandbox",
+    "make_environment",
+    "derive_environment",
+    "compile_condition",
+    "compile_template_string",
+    "get_template",
+    "customer_template",
+    "template_variables",
+    "render",
+    "describe_render_error",
+    "BUILTIN_FILTERS",
+    "UNDEFINED_MODES",
+]
+
+TEMPLATE_PACKAGE = "nwpipe.templates"
+UNDEFINED_MODES = ("strict", "lenient")
+
+
+class JSONText(str):
+    """A string that already is JSON text (what ``tojson`` returns).
+
+    A body template emits it unchanged instead of encoding it a second time, so
+    ``{{ x }}`` and ``{{ x | tojson }}`` give the same body.
+    """
+
+    __slots__ = ()
+
+
+# -- filters ------------------------------------------------------------------------------
+
+def _blank_if_undefined(value: Any) -> str:
+    # str() of a strict undefined raises "'x' is undefined"; a lenient one is "".
+    return str(value)
+
+
+def isotime(value: Any, fmt: str | None = None) -> str:
+    """Epoch seconds (or milliseconds above 10^11) to ISO 8601 UTC; 0/None/"" give ""."""
+    if isinstance(value, Undefined):
+        return _blank_if_undefined(value)
+    if value is None or value == "" or (type(value) in (int, float) and value == 0):
+        return ""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"isotime: expected epoch seconds, got {value!r}")
+    try:
+        seconds = float(value) if isinstance(value, str) else value
+    except ValueError:
+        raise ValueError(f"isotime: expected epoch seconds, got {value!r}") from None
+    if not math.isfinite(seconds):
+        raise ValueError(f"isotime: expected epoch seconds, got {value!r}")
+    if seconds == 0:
+        return ""
+    if abs(seconds) >= 1e11:
+        seconds = seconds / 1000
+    try:
+        moment = datetime.fromtimestamp(seconds, timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        raise ValueError(f"isotime: {value!r} is out of range") from None
+    if fmt is not None:
+        return moment.strftime(str(fmt))
+    if moment.microsecond:
+        return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def join_ips(value: Any, sep: str = ", ") -> str:
+    """An IP address list as one string; a single address is kept, None gives ""."""
+    if isinstance(value, Undefined):
+        return _blank_if_undefined(value)
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, collections.abc.Iterable) and not isinstance(
+            value, collections.abc.Mapping):
+        # Lists, and the generators that Jinja's unique/select/map filters give.
+        return sep.join(str(ip) for ip in value if ip is not None and ip != "")
+    raise ValueError(f"join_ips: expected a list of addresses, got {type(value).__name__}")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Undefined):
+        _blank_if_undefined(value)  # raises when strict
+        return None
+    if isinstance(value, collections.abc.Iterable) and not isinstance(
+            value, (collections.abc.Mapping, bytes)):
+        # Jinja's map/select/unique filters give generators; JSON wants arrays.
+        return list(value)
+    raise TypeError(f"a {type(value).__name__} value cannot be written as JSON")
+
+
+_JSON_OPTIONS = orjson.OPT_NON_STR_KEYS
+
+
+def to_json_text(value: Any, indent: int | None = None) -> str:
+    """``value`` as JSON text (orjson; ``indent`` gives two-space indentation)."""
+    option = _JSON_OPTIONS | orjson.OPT_INDENT_2 if indent else _JSON_OPTIONS
+    return orjson.dumps(value, default=_json_default, option=option).decode()
+
+
+def tojson(value: Any, indent: int | None = None) -> JSONText:
+    """The value as JSON text."""
+    if type(value) is JSONText:
+        return value
+    return JSONText(to_json_text(value, indent))
+
+
+_SEVERITIES = {"low": 1, "medium": 2, "high": 3, "critical": 4}
+
+
+def severity_number(value: Any, default: Any = 0) -> Any:
+    """low/medium/high/critical to 1/2/3/4; anything else gives ``default``."""
+    if isinstance(value, Undefined):
+        _blank_if_undefined(value)
+        return default
+    if isinstance(value, str):
+        return _SEVERITIES.get(value.strip().lower(), default)
+    return default
+
+
+_NOT_GIVEN = object()
+
+
+def lookup(value: Any, table: Mapping, default: Any = _NOT_GIVEN) -> Any:
+    """``table[value]``; otherwise ``default`` if given, else the value unchanged."""
+    if not isinstance(table, collections.abc.Mapping):
+        raise ValueError(f"lookup: expected a table like {{'high': 'critical'}}, "
+                         f"got {type(table).__name__}")
+    if isinstance(value, Undefined):
+        _blank_if_undefined(value)
+        return value if default is _NOT_GIVEN else default
+    try:
+        return table[value]
+    except (KeyError, TypeError):
+        return value if default is _NOT_GIVEN else default
+
+
+def human_duration(value: Any) -> str:
+    """Seconds as "1d 2h 3m 4s", zero parts left out; 0 is "0s", None is ""."""
+    if isinstance(value, Undefined):
+        return _blank_if_undefined(value)
+    if value is None or value == "":
+        return ""
+    if isinstance(value, bool):
+        raise ValueError(f"human_duration: expected seconds, got {value!r}")
+    try:
+        seconds = round(float(value))
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"human_duration: expected seconds, got {value!r}") from None
+    sign = "-" if seconds < 0 else ""
+    seconds = abs(seconds)
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        amount, seconds = divmod(seconds, size)
+        if amount:
+            parts.append(f"{amount}{unit}")
+    return sign + " ".join(parts) if parts else "0s"
+
+
+BUILTIN_FILTERS: dict[str, Callable] = {
+    "isotime": isotime,
+    "join_ips": join_ips,
+    "tojson": tojson,
+    "severity_number": severity_number,
+    "lookup": lookup,
+    "human_duration": human_duration,
+}
+
+
+# -- loading template files ---------------------------------------------------------------
+
+class TemplateLoader(BaseLoader):
+    """Template files from the configured directories, then from the package.
+
+    The package lookup goes through ``importlib.resources``, so the shipped templates
+    are found in any kind of install (editable, wheel, zip).
+    """
+
+    def __init__(self, dirs: Sequence[str | Path] = ()):
+        self.dirs = tuple(Path(d) for d in dirs)
+        self._files = FileSystemLoader([str(d) for d in self.dirs]) if self.dirs else None
+
+    def get_source(self, environment: jinja2.Environment,
+                   template: str) -> tuple[str, str | None, Callable[[], bool]]:
+        if self._files is not None:
+            try:
+                return self._files.get_source(environment, template)
+            except TemplateNotFound:
+                pass
+        resource = importlib.resources.files(TEMPLATE_PACKAGE)
+        for piece in split_template_path(template):
+            resource = resource.joinpath(piece)
+        if not resource.is_file():
+            raise TemplateNotFound(template)
+        return resource.read_text(encoding="utf-8"), str(resource), lambda: True
+
+    def list_templates(self) -> list[str]:
+        names = set(self._files.list_templates()) if self._files is not None else set()
+        for resource in importlib.resources.files(TEMPLATE_PACKAGE).iterdir():
+            if resource.is_file() and resource.name.endswith(".j2"):
+                names.add(resource.name)
+        return sorted(names)
+
+    def has_customer_file(self, customer: str, name: str) -> bool:
+        """True when a directory holds ``<customer>/<name>``."""
+        try:
+            pieces = split_template_path(f"{customer}/{name}")
+        except TemplateNotFound:
+            return False
+        return any(d.joinpath(*pieces).is_file() for d in self.dirs)
+
+    def describe(self) -> str:
+        """Where templates are looked up, for messages."""
+        places = [str(d) for d in self.dirs] + ["the built-in templates"]
+        return ", ".join(places)
+
+
+# A customer name only selects a sub-directory when it is an ordinary name: event data
+# must never steer the lookup outside the template directories.
+_SAFE_CUSTOMER = re.compile(r"[\w@+-][\w.@+-]{0,199}")
+
+
+# -- the environment ----------------------------------------------------------------------
+
+class Sandbox(ImmutableSandboxedEnvironment):
+    """The sandbox, with unsafe attribute access an error instead of a blank."""
+
+    def unsafe_undefined(self, obj: Any, attribute: str) -> Undefined:
+        raise SecurityError(
+            f"access to attribute {attribute!r} of {type(obj).__name__!r} object is unsafe")
+
+
+def make_environment(template_dirs: Sequence[str | Path] = (),
+                     filters: Mapping[str, Callable] | None = None) -> jinja2.Environment:
+    """The sandboxed Jinja environment for one configuration.
+
+    ``template_dirs`` are searched in order before the built-in templates; ``filters``
+    (from plugins) are added to, and may replace, the built-in filters. Undefined
+    variables are errors (see :func:`derive_environment` for the lenient variant).
+    """
+    env = Sandbox(
+        loader=TemplateLoader(template_dirs),
+        undefined=StrictUndefined,
+        autoescape=False,
+        auto_reload=False,  # templates are compiled once, at load, never re-read
+    )
+    env.filters.update(BUILTIN_FILTERS)
+    for name, function in (filters or {}).items():
+        if not callable(function):
+            raise TypeError(f"Jinja filter {name!r} is not callable")
+        env.filters[name] = function
+    return env
+
+
+def _json_finalize(value: Any) -> Any:
+    # Every {{ expression }} of a JSON body becomes a JSON value: strings are quoted and
+    # escaped, so quotes, backslashes, newlines or control characters in event data
+    # can never break the document.
+    if type(value) is JSONText:
+        return value
+    if isinstance(value, Undefined):
+        _blank_if_undefined(value)  # raises when strict
+        return "null"
+    return to_json_text(value)
+
+
+_DERIVED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def derive_environment(env: jinja2.Environment, *, undefined: str = "strict",
+                       json_body: bool = False) -> jinja2.Environment:
+    """A variant of ``env`` (same loader and filters) for one kind of template.
+
+    ``undefined``: "strict" (an undefined variable is an error) or "lenient" (blank).
+    ``json_body``: every ``{{ }}`` output is written as a JSON value.
+    """
+    if not isinstance(env, SandboxedEnvironment):
+        raise TypeError("templates must run in a sandboxed environment")
+    if undefined not in UNDEFINED_MODES:
+        raise ValueError(f"undefined must be one of {UNDEFINED_MODES}, got {undefined!r}")
+    variants = _DERIVED.setdefault(env, {})
+    key = (undefined, json_body)
+    if key not in variants:
+        options: dict[str, Any] = {
+            "undefined": StrictUndefined if undefined == "strict" else ChainableUndefined,
+        }
+        if json_body:
+            options["finalize"] = _json_finalize
+        variants[key] = env.overlay(**options)
+    return variants[key]
+
+
+# -- compiling ----------------------------------------------------------------------------
+
+def compile_template_string(env: jinja2.Environment, source: str, *, key: str,
+                            file: str | None = None) -> jinja2.Template:
+    """Compile a template written in the configuration.
+
+    A syntax error is a ConfigError naming ``key`` (and the line inside the template).
+    """
+    try:
+        return env.from_string(source)
+    except TemplateSyntaxError as exc:
+        raise ConfigError(f"Jinja syntax error on line {exc.lineno} of the template: "
+                          f"{exc.message}", key=key, file=file) from None
+
+
+def compile_condition(env: jinja2.Environment, expr: str, *, key: str,
+                      file: str | None = None,
+                      undefined: str = "strict") -> Callable[[dict], bool]:
+    """Compile a Jinja expression (``severity in ['high'] and alerttype != 'ongoing'``).
+
+    Returns ``test(event) -> bool``. A syntax error is a ConfigError naming ``key``; an
+    error while testing an event (an undefined variable, by default) is an EventError.
+    """
+    if not isinstance(expr, str) or not expr.strip():
+        raise ConfigError("must be a Jinja expression, like \"severity == 'high'\"",
+                          key=key, file=file)
+    variant = derive_environment(env, undefined=undefined)
+    try:
+        compiled = variant.compile_expression(expr, undefined_to_none=False)
+    except TemplateSyntaxError as exc:
+        raise ConfigError(f"invalid expression: {exc.message}", key=key, file=file) from None
+
+    def test(event: dict) -> bool:
+        try:
+            # compile_expression adds Jinja's globals itself.
+            return bool(compiled(template_variables(event)))
+        except Exception as exc:
+            raise EventError(f"{key}: {describe_render_error(exc)}") from None
+
+    test.expr = expr  # type: ignore[attr-defined]
+    return test
+
+
+def get_template(env: jinja2.Environment, name: str, *, key: str,
+                 file: str | None = None) -> jinja2.Template:
+    """Load and compile a template file at configuration load.
+
+    A missing file or a syntax error is a ConfigError naming ``key`` and, for a syntax
+    error, the template file and line.
+    """
+    try:
+        return env.get_template(name)
+    except TemplateNotFound as exc:
+        where = env.loader.describe() if isinstance(env.loader, TemplateLoader) else \
+            "the template directories"
+        missing = exc.name if exc.name and exc.name != name else None
+        detail = f" (it needs '{missing}')" if missing else ""
+        raise ConfigError(f"template '{name}' not found{detail}; looked in {where}",
+                          key=key, file=file) from None
+    except TemplateSyntaxError as exc:
+        raise ConfigError(f"Jinja syntax error in template '{name}': {exc.message}",
+                          key=key, file=exc.filename or name, line=exc.lineno) from None
+
+
+def customer_template(env: jinja2.Environment, name: str, customer: Any) -> jinja2.Template | None:
+    """The customer's own version of template ``name``, or None when there is none.
+
+    Only ``<dir>/<customer>/<name>`` in a configured directory counts; a customer value
+    that is not a plain name (a path, an empty string, not a string) never matches.
+    """
+    loader = env.loader
+    if not isinstance(loader, TemplateLoader) or not loader.dirs:
+        return None
+    if not isinstance(customer, str) or not _SAFE_CUSTOMER.fullmatch(customer):
+        return None
+    if not loader.has_customer_file(customer, name):
+        return None
+    return env.get_template(f"{customer}/{name}")
+
+
+# -- rendering ----------------------------------------------------------------------------
+
+def template_variables(event: Mapping, globals_: Mapping | None = None) -> dict:
+    """The variables a template sees: Jinja's globals, the event's fields, ``event``."""
+    variables = dict(globals_) if globals_ else {}
+    variables.update(event)
+    variables["event"] = event
+    return variables
+
+
+def render(template: jinja2.Template, variables: dict) -> str:
+    """Render with prepared variables (see :func:`template_variables`).
+
+    Exceptions propagate as they are (no traceback rewriting): the caller turns them
+    into an EventError with :func:`describe_render_error`.
+    """
+    env = template.environment
+    # Built directly rather than through Template.new_context, which also collects the
+    # template's global names (only `{% import ... with context %}` uses them, and these
+    # templates have no globals of their own): that alone was half the cost of a title.
+    context = env.context_class(env, variables, template.name, template.blocks)
+    return "".join(template.root_render_func(context))
+
+
+def _template_location(exc: BaseException) -> tuple[str | None, int] | None:
+    """The (template name, line) where a rendering error happened, innermost first."""
+    found = None
+    tb = exc.__traceback__
+    while tb is not None:
+        template = tb.tb_frame.f_globals.get("__jinja_template__")
+        if template is not None:
+            found = (template.name, template.get_corresponding_lineno(tb.tb_lineno))
+        tb = tb.tb_next
+    return found
+
+
+def describe_render_error(exc: BaseException) -> str:
+    """A one-line reason for an exception raised while rendering a template."""
+    if isinstance(exc, TemplateSyntaxError):
+        return f"{exc.filename or exc.name or 'template'}:{exc.lineno}: {exc.message}"
+    if isinstance(exc, TemplateNotFound):
+        return f"template '{exc.name}' not found"
+    message = str(exc).strip()
+    if not isinstance(exc, (jinja2.UndefinedError, SecurityError, ValueError)) or not message:
+        message = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    location = _template_location(exc)
+    if location is not None:
+        name, line = location
+        where = f"template '{name}' line {line}" if name else f"line {line} of the template"
+        message = f"{message} ({where})"
+    return message
+

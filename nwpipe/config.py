@@ -81,7 +81,10 @@ class OutputConfig:
 
     def create(self) -> Output:
         """A new, unopened instance of this output."""
-        return self.cls(self.name, self.settings)
+        output = self.cls(self.name, self.settings)
+        # the output may size its connection pool from this
+        output.concurrency = self.engine.concurrency
+        return output
 
 
 @dataclass
@@ -338,7 +341,7 @@ def _build_output(name: str, table: dict, defaults: dict, output_types, mappings
     own_table = {k: v for k, v in merged.items() if k not in OUTPUT_COMMON}
     common = validate_settings(common_table, OUTPUT_COMMON, key=key, file=file)
 
-    batch = BatchPolicy(max_events=cls.batch_max_events)
+    batch = BatchPolicy(max_events=cls.batch_max_events, max_wait=cls.batch_max_wait)
     if common["batch"] is not None:
         b = validate_settings(common["batch"], BATCH, key=f"{key}.batch", file=file)
         if b["format"] is not None:

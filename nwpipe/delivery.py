@@ -8,7 +8,8 @@ sends once and says how it went.
 Ordering: deliveries with the same key (the alert ``id``) are handed to the output one
 batch at a time, in input order, while different alerts go concurrently. A key that is
 being sent is "busy"; its later deliveries wait in its own queue, so a retrying alert
-never holds up the others.
+never holds up the others. With ``concurrency = 1`` everything shares one lane, so the
+output sees exactly the input order.
 """
 
 from __future__ import annotations
@@ -107,8 +108,10 @@ class DeliveryEngine:
         self._inflight: dict[int, list[Delivery]] = {}
         self._limiter = RateLimiter(settings.rate_limit) if settings.rate_limit else None
         self._refused: str | None = None
+        self._keyed = settings.concurrency > 1
         self._warnings = 0
         self._wake = asyncio.Event()  # set when the backoff waits should end (shutdown cut short)
+        self._flush = asyncio.Event()  # set when no more input comes: send partial batches now
 
     @property
     def failing(self) -> bool:
@@ -152,7 +155,8 @@ class DeliveryEngine:
             if self.closed:
                 return
         state.queued += 1
-        key = delivery.key
+        # with one worker, one lane for everything keeps the input order exactly
+        key = delivery.key if self._keyed else ""
         waiting = state.pending.get(key)
         if waiting is None:
             state.pending[key] = deque((delivery,))
@@ -209,12 +213,17 @@ class DeliveryEngine:
                 key = state.ready.get_nowait()
             except asyncio.QueueEmpty:
                 remaining = deadline - loop.time()
-                if remaining <= 0 or self.closed or self._wake.is_set():
+                if remaining <= 0 or self.closed or self._flush.is_set():
                     break
-                try:
-                    key = await asyncio.wait_for(state.ready.get(), remaining)
-                except asyncio.TimeoutError:
+                getter = asyncio.ensure_future(state.ready.get())
+                flush = asyncio.ensure_future(self._flush.wait())
+                await asyncio.wait((getter, flush), timeout=remaining,
+                                   return_when=asyncio.FIRST_COMPLETED)
+                flush.cancel()
+                if not getter.done():
+                    getter.cancel()  # not done: it has taken nothing
                     break
+                key = getter.result()
             before = len(batch)
             size = self._take(key, batch, size)
             keys.append(key)
@@ -322,6 +331,8 @@ class DeliveryEngine:
         With ``timeout`` (seconds), what is still waiting or in flight when it expires,
         or when ``abort`` is set, is dead-lettered.
         """
+        self._flush.set()
+
         async def idle():
             async with self._changed:
                 await self._changed.wait_for(lambda: self._state.queued == 0 or self.closed)

@@ -105,6 +105,8 @@ class Output:
     concurrency: ClassVar[int] = 1
     #: largest batch handed to one ``send`` by default (1 = one event per call)
     batch_max_events: ClassVar[int] = 1
+    #: seconds a partial batch waits for more events by default (0: send what is ready)
+    batch_max_wait: ClassVar[float] = 0.0
 
     def __init__(self, name: str, config: dict[str, Any]):
         self.name = name

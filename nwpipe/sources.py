@@ -764,6 +764,7 @@ async def _aiter_raw(path: str, chunk_size: int) -> AsyncIterator[bytes]:
     file = _open(path) if path == "-" else await loop.run_in_executor(None, _open, path)
     fd = file.fileno()
     mode = os.fstat(fd).st_mode
+    transport = None
     try:
         if sys.platform != "win32" and (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
                                         or (stat.S_ISCHR(mode) and os.isatty(fd))):
@@ -789,6 +790,9 @@ async def _aiter_raw(path: str, chunk_size: int) -> AsyncIterator[bytes]:
                             return
                         yield chunk
                 finally:
+                    # The transport owns the file now and closes its descriptor itself
+                    # (uvloop by number, later): closing it here too could close a
+                    # descriptor that a file opened next has been given meanwhile.
                     transport.close()
                     if path == "-":
                         # O_NONBLOCK is shared with the real stdin (and maybe a
@@ -819,7 +823,8 @@ async def _aiter_raw(path: str, chunk_size: int) -> AsyncIterator[bytes]:
                 return
             yield chunk
     finally:
-        file.close()
+        if transport is None:
+            file.close()
 
 
 async def aiter_chunks(path: str, chunk_size: int = 65536) -> AsyncIterator[bytes]:

@@ -1,0 +1,159 @@
+"""The real `nwpipe` command in a subprocess: what a user types and sees."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "examples" / "events.jsonl"
+
+
+def nwpipe(*args, input=None, cwd=None, env=None, timeout=60):
+    full_env = {k: v for k, v in os.environ.items() if k != "NWPIPE_CONFIG"}
+    full_env["NWPIPE_LOAD_PLUGINS"] = ""
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "nwpipe", *args], input=input, cwd=cwd,
+                          env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def event(i, customer="acme", **extra):
+    return {"id": f"alert-{i}", "customer": customer, "alerttype": "start", "updatecount": 1,
+            "severity": "high", **extra}
+
+
+def jsonl(events):
+    return "".join(json.dumps(e) + "\n" for e in events)
+
+
+def test_version_and_help():
+    assert nwpipe("--version").stdout.startswith("nwpipe ")
+    text = nwpipe("--help").stdout
+    for word in ("run", "check", "plugins", "exit codes", "130", "143", "NWPIPE_CONFIG"):
+        assert word in text
+    run_help = nwpipe("run", "--help").stdout
+    for word in ("--config", "--dead-letter", "--shutdown-timeout", "--plugins-dir", "FILE", ".gz"):
+        assert word in run_help
+
+
+def test_usage_error_exits_1():
+    proc = nwpipe("run", "--no-such-flag")
+    assert proc.returncode == 1 and "unrecognized arguments" in proc.stderr
+    assert nwpipe().returncode == 1
+
+
+def test_no_config_passes_events_through_to_stdout(tmp_path):
+    text = SAMPLE.read_text()
+    proc = nwpipe("run", input=text, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert [json.loads(l) for l in proc.stdout.splitlines()] == [json.loads(l) for l in text.splitlines()]
+    assert all(l == json.dumps(json.loads(l), separators=(",", ":"), ensure_ascii=False)
+               for l in proc.stdout.splitlines())  # compact
+    count = len(text.splitlines())
+    assert f"read {count} events; rejected 0; stdout: {count} delivered" in proc.stderr
+
+
+def test_files_in_order_and_stdin_dash(tmp_path):
+    (tmp_path / "a.jsonl").write_text(jsonl([event(1)]))
+    with gzip.open(tmp_path / "b.jsonl.gz", "wt") as fh:
+        fh.write(jsonl([event(2)]))
+    proc = nwpipe("run", "a.jsonl", "-", "b.jsonl.gz", input=jsonl([event(3)]), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert [json.loads(l)["id"] for l in proc.stdout.splitlines()] == ["alert-1", "alert-3", "alert-2"]
+
+
+def test_missing_input_file_is_a_clear_error(tmp_path):
+    proc = nwpipe("run", "nope.jsonl", cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "nope.jsonl" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_config_discovery(tmp_path):
+    (tmp_path / "nwpipe.toml").write_text('[outputs.f]\ntype = "file"\npath = "local.jsonl"\n')
+    (tmp_path / "other.toml").write_text('[outputs.f]\ntype = "file"\npath = "other.jsonl"\n')
+    assert nwpipe("run", input=jsonl([event(1)]), cwd=tmp_path).returncode == 0
+    assert (tmp_path / "local.jsonl").exists()
+    proc = nwpipe("run", input=jsonl([event(1)]), cwd=tmp_path, env={"NWPIPE_CONFIG": "other.toml"})
+    assert proc.returncode == 0 and (tmp_path / "other.jsonl").exists()
+
+
+def test_config_error_exits_1_before_reading(tmp_path):
+    (tmp_path / "c.toml").write_text('[outputs.f]\ntype = "file"\npaht = "x"\n')
+    proc = nwpipe("run", "-c", "c.toml", input=jsonl([event(1)]), cwd=tmp_path)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == ("nwpipe: error: c.toml: outputs.f.paht: unknown setting 'paht' "
+                                   "(did you mean 'path'?)")
+    assert not (tmp_path / "nwpipe-dead-letter.jsonl").exists()
+
+
+def test_fan_out_with_customer_filters(tmp_path):
+    (tmp_path / "c.toml").write_text("""
+        [outputs.all]
+        type = "file"
+        path = "all.jsonl"
+        [outputs.acme]
+        type = "file"
+        path = "acme.jsonl"
+        customers = ["acme"]
+    """)
+    events = [event(1, "acme"), event(2, "globex"), event(3, "acme")]
+    proc = nwpipe("run", "-c", "c.toml", input=jsonl(events), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    read = lambda name: [json.loads(l)["id"] for l in (tmp_path / name).read_text().splitlines()]
+    assert read("all.jsonl") == ["alert-1", "alert-2", "alert-3"]
+    assert read("acme.jsonl") == ["alert-1", "alert-3"]
+    assert "all: 3 delivered; acme: 2 delivered" in proc.stderr
+
+
+def test_bad_lines_are_dead_lettered_and_exit_3(tmp_path):
+    text = jsonl([event(1)]) + "this is not json\n" + json.dumps({"customer": "acme"}) + "\n" + jsonl([event(2)])
+    proc = nwpipe("run", "--dead-letter", "dl.jsonl", input=text, cwd=tmp_path)
+    assert proc.returncode == 3
+    assert [json.loads(l)["id"] for l in proc.stdout.splitlines()] == ["alert-1", "alert-2"]
+    assert "<stdin>:2: not valid JSON" in proc.stderr
+    assert "<stdin>:3: event has no 'id' field" in proc.stderr
+    records = [json.loads(l) for l in (tmp_path / "dl.jsonl").read_text().splitlines()]
+    assert [(r["stage"], r["line"]) for r in records] == [("parse", 2), ("parse", 3)]
+    assert records[0]["raw"] == "this is not json"
+    assert records[1]["event"] == {"customer": "acme"}
+    assert "Traceback" not in proc.stderr
+
+
+def test_quiet_hides_summary(tmp_path):
+    proc = nwpipe("run", "-q", input=jsonl([event(1)]), cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stderr == ""
+
+
+def test_json_log_format(tmp_path):
+    proc = nwpipe("run", "--log-format", "json", input=jsonl([event(1)]), cwd=tmp_path)
+    record = json.loads(proc.stderr.splitlines()[-1])
+    assert record["level"] == "info" and "read 1 event" in record["message"]
+
+
+def test_stdout_reader_going_away_is_quiet(tmp_path):
+    big = jsonl([event(i) for i in range(20000)])
+    (tmp_path / "big.jsonl").write_text(big)
+    proc = subprocess.run(f"{sys.executable} -m nwpipe run big.jsonl | head -n 1", shell=True,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "NWPIPE_LOAD_PLUGINS": ""})
+    assert json.loads(proc.stdout)["id"] == "alert-0"
+    assert "Traceback" not in proc.stderr and "Error" not in proc.stderr
+
+
+def test_check_describes_without_secrets(tmp_path):
+    (tmp_path / "c.toml").write_text('[outputs.f]\ntype = "file"\npath = "x.jsonl"\ncustomers = ["acme"]\n')
+    proc = nwpipe("check", "-c", "c.toml", cwd=tmp_path)
+    assert proc.returncode == 0
+    assert "c.toml: OK, 1 output" in proc.stdout
+    assert "f: type file" in proc.stdout and "customers ['acme']" in proc.stdout
+
+
+def test_example_config_is_valid():
+    proc = nwpipe("check", "-c", str(ROOT / "examples" / "nwpipe.toml"), cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr

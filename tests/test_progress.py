@@ -9,6 +9,8 @@ import asyncio
 import json
 import os
 import pty
+import re
+import select
 import subprocess
 import sys
 import time
@@ -41,44 +43,77 @@ def read_all(fd) -> bytes:
         data += chunk
 
 
-def run_on_terminal(*args, cwd, slow_events=0, delay=0.0, bad_line_at=None):
-    """Run nwpipe with a pseudo-terminal as stderr, feeding events one by one on stdin."""
+def run_on_terminal(*args, cwd):
+    """Run nwpipe with a pseudo-terminal as stderr, for long enough that a progress line
+    would be drawn several times: one event, a pause once it is through, two more."""
     master, slave = pty.openpty()
     proc = subprocess.Popen([sys.executable, "-m", "nwpipe", *args], cwd=cwd, env=env(),
-                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=slave)
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=slave)
     os.close(slave)
     try:
-        for i in range(slow_events):
-            line = "not json" if i == bad_line_at else json.dumps(event(i))
-            proc.stdin.write((line + "\n").encode())
-            proc.stdin.flush()
-            time.sleep(delay)
+        proc.stdin.write((json.dumps(event(0)) + "\n").encode())
+        proc.stdin.flush()
+        assert json.loads(proc.stdout.readline())["id"] == "alert-0"  # nwpipe is running
+        time.sleep(0.8)  # more than three redraw intervals
+        proc.stdin.write(("".join(json.dumps(event(i)) + "\n" for i in (1, 2))).encode())
         proc.stdin.close()
+        proc.stdout.read()
         proc.wait(timeout=30)
         return proc.returncode, read_all(master).decode()
     finally:
         os.close(master)
 
 
+def draws(screen: str) -> list[str]:
+    """The progress lines drawn: each starts with \r and erases the rest of the line."""
+    return [part for part in screen.split("\r") if part.startswith("nwpipe: read ")
+            and part.endswith("\x1b[K")]
+
+
 def test_progress_line_on_a_terminal(tmp_path):
-    code, screen = run_on_terminal("run", "--dead-letter", "dl.jsonl", cwd=tmp_path,
-                                   slow_events=7, delay=0.25, bad_line_at=4)
-    assert code == 3
-    # redrawn in place: each draw starts with \r and erases the rest of the line
-    draws = [part for part in screen.split("\r") if part.startswith("nwpipe: read ")
-             and part.endswith("\x1b[K")]
-    assert len(draws) >= 2, repr(screen)
-    assert "stdout: " in draws[-1] and " delivered" in draws[-1]
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "nwpipe", "run", "--dead-letter", "dl.jsonl"],
+                            cwd=tmp_path, env=env(), stdin=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, stderr=slave)
+    os.close(slave)
+    screen = ""
+
+    def send(line: str) -> None:
+        proc.stdin.write((line + "\n").encode())
+        proc.stdin.flush()
+
+    def read_until(done, timeout=15.0) -> None:
+        nonlocal screen
+        deadline = time.monotonic() + timeout
+        while not done(screen):
+            assert time.monotonic() < deadline, repr(screen)
+            if select.select([master], [], [], 0.05)[0]:
+                screen += os.read(master, 65536).decode()
+
+    try:
+        send(json.dumps(event(0)))
+        read_until(lambda s: len(draws(s)) >= 1)  # the line is up while input is open
+        send("not json")  # a message while the line is shown
+        read_until(lambda s: "not valid JSON" in s)
+        for i in range(1, 4):
+            send(json.dumps(event(i)))
+        read_until(lambda s: any("read 5 " in d for d in draws(s)))  # redrawn in place
+        proc.stdin.close()
+        proc.wait(timeout=30)
+        screen += read_all(master).decode()
+    finally:
+        os.close(master)
+    assert proc.returncode == 3
+    assert re.search(r"\| stdout: \d delivered", draws(screen)[-1])
     # cleared before a message and before the summary: each stands alone on its line
-    assert "\r\x1b[Knwpipe: <stdin>:5: not valid JSON" in screen
+    assert "\r\x1b[Knwpipe: <stdin>:2: not valid JSON" in screen
     before, summary = screen.rsplit("\r\x1b[K", 1)
-    assert summary.startswith("nwpipe: read 7 events; rejected 1; stdout: 6 delivered")
+    assert summary.startswith("nwpipe: read 5 events; rejected 1; stdout: 4 delivered")
 
 
 @pytest.mark.parametrize("flag", ["--quiet", "--log-format=json"])
 def test_no_progress_line_when_quiet_or_json(tmp_path, flag):
-    code, screen = run_on_terminal("run", flag, "--dead-letter", "dl.jsonl", cwd=tmp_path,
-                                   slow_events=3, delay=0.3)
+    code, screen = run_on_terminal("run", flag, "--dead-letter", "dl.jsonl", cwd=tmp_path)
     assert code == 0
     assert "\r" not in screen.replace("\r\n", "\n")
     if flag == "--quiet":
@@ -90,12 +125,13 @@ def test_no_progress_line_when_quiet_or_json(tmp_path, flag):
 def test_no_progress_line_when_stderr_is_not_a_terminal(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "nwpipe", "run", "--dead-letter", "dl.jsonl"],
                             cwd=tmp_path, env=env(), stdin=subprocess.PIPE,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    for i in range(3):
-        proc.stdin.write((json.dumps(event(i)) + "\n").encode())
-        proc.stdin.flush()
-        time.sleep(0.3)
-    _, err = proc.communicate(timeout=30)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdin.write((json.dumps(event(0)) + "\n").encode())
+    proc.stdin.flush()
+    proc.stdout.readline()
+    time.sleep(0.8)  # more than three redraw intervals
+    _, err = proc.communicate(("".join(json.dumps(event(i)) + "\n" for i in (1, 2))).encode(),
+                              timeout=30)
     assert err.decode().startswith("nwpipe: read 3 events") and b"\r" not in err
 
 

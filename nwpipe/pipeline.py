@@ -26,7 +26,8 @@ from nwpipe.config import Config
 from nwpipe.deadletter import DeadLetterFile, event_record, raw_record
 from nwpipe.delivery import DeliveryEngine, OutputStats
 from nwpipe.errors import EventError
-from nwpipe.outputs import Delivery, delivery_id
+from nwpipe.outputs import Delivery
+from nwpipe.outputs import delivery_id as make_delivery_id
 from nwpipe.routing import Route, Router
 from nwpipe.sources import Decoder, Event, Reject, aiter_chunks, source_name
 
@@ -275,9 +276,12 @@ class Pipeline:
             await self.route(event, record.source, record.line)
 
     async def route(self, event: dict, source: str, line: int, *, attempts: list | None = None,
-                    delivery_id_: str | None = None) -> None:
-        """Send a valid event to every output whose filters match it."""
-        did = delivery_id_ or delivery_id(event)
+                    delivery_id: str | None = None) -> None:
+        """Send a valid event to every output whose filters match it.
+
+        ``delivery_id`` and ``attempts`` carry over from a dead-letter record (replay).
+        """
+        did = delivery_id or make_delivery_id(event)
         try:
             routes = list(self.router.route(event))
         except EventError as exc:
@@ -292,10 +296,10 @@ class Pipeline:
                 await self._map_and_submit(route, event, source, line, did, attempts, True)
 
     async def send_to(self, output: str, event: dict, source: str, line: int, *,
-                      delivery_id_: str | None = None, attempts: list | None = None) -> None:
+                      delivery_id: str | None = None, attempts: list | None = None) -> None:
         """Map an event for one output and send it there, without its filters (replay)."""
         await self._map_and_submit(self._routes[output], event, source, line,
-                                   delivery_id_ or delivery_id(event), attempts, False)
+                                   delivery_id or make_delivery_id(event), attempts, False)
 
     async def _map_and_submit(self, route: Route, event: dict, source: str, line: int, did: str,
                               attempts: list | None, routed: bool) -> None:

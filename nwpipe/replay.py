@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 from dataclasses import dataclass, field
 
 import orjson
@@ -98,8 +99,6 @@ class ReplayResult:
             parts.append(f"{self.path} removed: nothing remains")
         line = "; ".join(parts) + f" ({run.seconds:.2f} s)"
         if run.signal is not None:
-            import signal
-
             line = f"interrupted by {signal.Signals(run.signal).name}: " + line
         return line
 
@@ -196,7 +195,7 @@ class _Replayer:
         did = record.get("delivery_id") if isinstance(record.get("delivery_id"), str) else None
         if output is None:
             self.result.replayed += 1
-            await pipeline.route(event, source, where, attempts=attempts, delivery_id_=did)
+            await pipeline.route(event, source, where, attempts=attempts, delivery_id=did)
             return
         if output not in pipeline.engines:
             self._unknown_outputs[output] = self._unknown_outputs.get(output, 0) + 1
@@ -204,7 +203,7 @@ class _Replayer:
             self.result.stuck += 1
             return
         self.result.replayed += 1
-        await pipeline.send_to(output, event, source, where, delivery_id_=did, attempts=attempts)
+        await pipeline.send_to(output, event, source, where, delivery_id=did, attempts=attempts)
 
     def _parse_again(self, record: dict, source: str, line: int) -> list[dict] | str:
         """The valid events a parse-stage record holds now, or why there are none."""

@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import orjson
 import pytest
@@ -17,7 +16,6 @@ from nwpipe.deadletter import (DeadLetterFile, Rewrite, delivery_record, event_r
 from nwpipe.errors import NwpipeError
 from nwpipe.outputs import Delivery
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def records(path):

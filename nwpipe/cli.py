@@ -87,6 +87,26 @@ def build_parser() -> argparse.ArgumentParser:
     _common(run, suppress=True)
     run.set_defaults(func=cmd_run)
 
+    replay = sub.add_parser(
+        "replay", help="send the deliveries in a dead-letter file again",
+        description="Send the records of DEAD_LETTER again through the config: failed "
+                    "deliveries are mapped again from the original event and sent to their "
+                    "output; failed mappings are mapped again; input that did not parse is "
+                    "decoded again. Delivery ids stay the same, so receivers can "
+                    "deduplicate. What is delivered leaves the file, what fails again stays "
+                    "(with the new reason); the file is replaced atomically, so a record is "
+                    "never lost, also on Ctrl-C.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    replay.add_argument("dead_letter", metavar="DEAD_LETTER", help="the dead-letter file")
+    _config_option(replay)
+    replay.add_argument("--output", metavar="NAME",
+                        help="only the records of this output (the others stay unchanged)")
+    replay.add_argument("--shutdown-timeout", metavar="SECONDS", type=float,
+                        help="on Ctrl-C/SIGTERM, seconds to finish in-flight deliveries "
+                             "(default: the config's shutdown_timeout, else 10)")
+    _common(replay, suppress=True)
+    replay.set_defaults(func=cmd_replay)
+
     check = sub.add_parser(
         "check", help="validate the config without reading any event",
         description="Load and validate the config: every key, type, output type, mapping, "
@@ -149,10 +169,25 @@ def load(args):
 def cmd_run(args) -> int:
     """Read events and deliver them."""
     from nwpipe.pipeline import run
+    from nwpipe.progress import wanted
 
     _, config, router = load(args)
     result = run(config, router, args.files or ["-"], dead_letter_path=args.dead_letter,
-                 shutdown_timeout=args.shutdown_timeout)
+                 shutdown_timeout=args.shutdown_timeout,
+                 progress=wanted(args.quiet, args.log_format))
+    log.info("%s", result.summary())
+    return result.exit_code
+
+
+def cmd_replay(args) -> int:
+    """Send the deliveries of a dead-letter file again."""
+    from nwpipe.progress import wanted
+    from nwpipe.replay import replay
+
+    _, config, router = load(args)
+    result = replay(config, router, args.dead_letter, output=args.output,
+                    shutdown_timeout=args.shutdown_timeout,
+                    progress=wanted(args.quiet, args.log_format))
     log.info("%s", result.summary())
     return result.exit_code
 

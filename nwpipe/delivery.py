@@ -108,6 +108,7 @@ class DeliveryEngine:
         self._inflight: dict[int, list[Delivery]] = {}
         self._limiter = RateLimiter(settings.rate_limit) if settings.rate_limit else None
         self._refused: str | None = None
+        self._refused_quietly = 0
         self._keyed = settings.concurrency > 1
         self._warnings = 0
         self._wake = asyncio.Event()  # set when the backoff waits should end (shutdown cut short)
@@ -139,13 +140,13 @@ class DeliveryEngine:
         if self.closed:
             return
         if self._refused is not None:
-            self._dead_letter([delivery], self._refused)
+            self._dead_letter([delivery], self._refused, quiet=True)
             return
         if state.queued >= self.settings.queue_size:
             async with self._changed:
                 while state.queued >= self.settings.queue_size and not self.closed:
                     if self._refused is not None:
-                        self._dead_letter([delivery], self._refused)
+                        self._dead_letter([delivery], self._refused, quiet=True)
                         return
                     if state.failing:
                         self._dead_letter([delivery], f"output '{self.name}' is failing and its "
@@ -153,6 +154,10 @@ class DeliveryEngine:
                         return
                     await self._changed.wait()
             if self.closed:
+                return
+            if self._refused is not None:
+                # room was made by a shutdown dead-lettering the queue: this one too
+                self._dead_letter([delivery], self._refused, quiet=True)
                 return
         state.queued += 1
         # with one worker, one lane for everything keeps the input order exactly
@@ -300,10 +305,14 @@ class DeliveryEngine:
             delivery.attempts.append(entry)
 
     def _dead_letter(self, batch: list[Delivery], reason: str, status: int | None = None,
-                     response: str | None = None) -> None:
+                     response: str | None = None, quiet: bool = False) -> None:
         self.dead_letter.write(delivery_record(d, stage="deliver", reason=reason, status=status,
                                                response=response) for d in batch)
         self.stats.dead_lettered += len(batch)
+        if quiet:
+            # refused one by one during a shutdown: counted, and reported once by drain()
+            self._refused_quietly += len(batch)
+            return
         self._warnings += 1
         if self._warnings <= MAX_WARNINGS:
             log.warning("%s: %d event%s dead-lettered: %s", self.name, len(batch),
@@ -320,8 +329,25 @@ class DeliveryEngine:
     # -- shutdown --------------------------------------------------------------
 
     async def refuse(self, reason: str) -> None:
-        """From now on, dead-letter new deliveries at once with ``reason`` (shutdown)."""
+        """Shutdown: dead-letter with ``reason`` what is queued and not yet in flight,
+        and from now on every new delivery at once. Batches in flight go on."""
         self._refused = reason
+        state = self._state
+        leftovers: list[Delivery] = []
+        # Keys in the ready queue are not being sent: drop them with their deliveries.
+        while True:
+            try:
+                key = state.ready.get_nowait()
+            except asyncio.QueueEmpty:
+                break
+            leftovers.extend(state.pending.pop(key, ()))
+        # The other keys are busy in a worker, which removes them when its batch ends.
+        for waiting in state.pending.values():
+            leftovers.extend(waiting)
+            waiting.clear()
+        if leftovers:
+            state.queued -= len(leftovers)
+            self._dead_letter(leftovers, reason)
         async with self._changed:
             self._changed.notify_all()
 
@@ -347,6 +373,11 @@ class DeliveryEngine:
                 w.cancel()
         if self._state.queued and not self.closed:
             await self._abandon("not delivered before the shutdown deadline")
+        if self._refused_quietly:
+            log.warning("%s: %d more event%s dead-lettered: %s", self.name,
+                        self._refused_quietly, "" if self._refused_quietly == 1 else "s",
+                        self._refused)
+            self._refused_quietly = 0
 
     async def _abandon(self, reason: str) -> None:
         self._wake.set()

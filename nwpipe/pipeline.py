@@ -3,6 +3,12 @@
 Parsing, routing and mapping are synchronous functions of one event; only delivery is
 asynchronous. Every event read either reaches each of its outputs or is written to the
 dead-letter file with the reason, also when the run is interrupted.
+
+Shutdown (SIGINT, SIGTERM): reading stops at once, even when it waits on a slow pipe;
+what was already decoded is still routed, and what has not been handed to an output
+yet is dead-lettered at once; batches in flight get ``shutdown_timeout`` seconds to
+finish, and whatever is left then is dead-lettered. A second signal cuts that wait
+short. The dead-letter file is complete before the exit code says "interrupted".
 """
 
 from __future__ import annotations
@@ -14,13 +20,15 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Awaitable, Callable, Iterable
 
 from nwpipe.config import Config
 from nwpipe.deadletter import DeadLetterFile, event_record, raw_record
 from nwpipe.delivery import DeliveryEngine, OutputStats
 from nwpipe.errors import EventError
-from nwpipe.outputs import Delivery, delivery_id
-from nwpipe.routing import Router
+from nwpipe.outputs import Delivery
+from nwpipe.outputs import delivery_id as make_delivery_id
+from nwpipe.routing import Route, Router
 from nwpipe.sources import Decoder, Event, Reject, aiter_chunks, source_name
 
 log = logging.getLogger("nwpipe")
@@ -34,41 +42,60 @@ EXIT_SIGTERM = 143
 #: per-line messages shown before they are only counted
 MAX_REPORTED_REJECTS = 50
 
+#: below this run time a per-output rate says nothing and is left out of the summary
+RATE_MIN_SECONDS = 1.0
+
+
+def exit_code_for(signum: int | None, failures: int) -> int:
+    """The documented exit code: a signal wins, then any failure, else 0."""
+    if signum == signal.SIGINT:
+        return EXIT_SIGINT
+    if signum is not None:
+        return EXIT_SIGTERM
+    return EXIT_DEAD_LETTERED if failures else EXIT_OK
+
+
+def output_summary(name: str, stats: OutputStats, seconds: float) -> str:
+    """``name: 40 delivered, 3 retried, 2 dead-lettered (812/s)`` for a summary line."""
+    text = f"{name}: {stats.delivered} delivered"
+    if stats.retried:
+        text += f", {stats.retried} retried"
+    if stats.dead_lettered:
+        text += f", {stats.dead_lettered} dead-lettered"
+    if seconds >= RATE_MIN_SECONDS and stats.delivered:
+        text += f" ({stats.delivered / seconds:,.0f}/s)"
+    return text
+
 
 @dataclass
 class RunResult:
     """What a run did, for the summary line and the exit code."""
 
+    #: input items decoded: events, and pieces of input rejected as not an event
     read: int = 0
+    #: items rejected before routing (not JSON, not an object, no id/customer, ...)
     rejected: int = 0
+    #: (event, output) pairs whose mapping or ``when`` failed
     map_failed: int = 0
     outputs: dict[str, OutputStats] = field(default_factory=dict)
     seconds: float = 0.0
     signal: int | None = None
     dead_letter_path: str | None = None
+    #: records written to the dead-letter file by this run
     dead_lettered: int = 0
 
     @property
     def exit_code(self) -> int:
-        if self.signal == signal.SIGINT:
-            return EXIT_SIGINT
-        if self.signal is not None:
-            return EXIT_SIGTERM
-        if self.dead_lettered or self.rejected:
-            return EXIT_DEAD_LETTERED
-        return EXIT_OK
+        return exit_code_for(self.signal, self.dead_lettered or self.rejected)
 
     def summary(self) -> str:
         rate = self.read / self.seconds if self.seconds > 0 else 0.0
         parts = [f"read {self.read} event{'s' if self.read != 1 else ''}",
                  f"rejected {self.rejected}"]
-        for name, stats in self.outputs.items():
-            text = f"{name}: {stats.delivered} delivered"
-            if stats.retried:
-                text += f", {stats.retried} retried"
-            if stats.dead_lettered:
-                text += f", {stats.dead_lettered} dead-lettered"
-            parts.append(text)
+        if self.map_failed:
+            parts.append(f"mapping failed {self.map_failed}")
+        parts.extend(output_summary(name, stats, self.seconds)
+                     for name, stats in self.outputs.items())
         line = "; ".join(parts) + f" ({self.seconds:.2f} s, {rate:,.0f} events/s)"
         if self.dead_lettered:
             line += f"; dead letters in {self.dead_letter_path}"
@@ -81,12 +108,14 @@ class Pipeline:
     """One run: read the inputs, route and map each event, hand it to the engines."""
 
     def __init__(self, config: Config, router: Router, outputs: dict, *,
-                 dead_letter: DeadLetterFile, shutdown_timeout: float | None = None):
+                 dead_letter: DeadLetterFile, shutdown_timeout: float | None = None,
+                 progress=None):
         self.config = config
         self.router = router
         self.dead_letter = dead_letter
         self.shutdown_timeout = (config.shutdown_timeout if shutdown_timeout is None
                                  else shutdown_timeout)
+        self.progress = progress
         self.result = RunResult(dead_letter_path=str(dead_letter.path))
         self._stop = asyncio.Event()
         self._abort = asyncio.Event()
@@ -95,26 +124,69 @@ class Pipeline:
             self.engines[name] = DeliveryEngine(output, config.outputs[name].engine, dead_letter,
                                                 on_closed=self._output_closed)
             self.result.outputs[name] = self.engines[name].stats
+        self._routes = {route.name: route for route in router.routes}
         self._reported = 0
+        self._fetch: asyncio.Future | None = None  # the read of the next input chunk
+        self._fetch_cancelled = False
+        self._refusing: asyncio.Task | None = None
+        self._deadline: asyncio.TimerHandle | None = None
 
     # -- control ---------------------------------------------------------------
 
+    @property
+    def stopping(self) -> bool:
+        """True once reading should stop (a signal, or an output gone for good)."""
+        return self._stop.is_set()
+
     def stop(self, signum: int | None = None) -> None:
-        """Stop reading; the first call drains, a second one cuts the drain short."""
-        if self._stop.is_set():
-            self._abort.set()
-            return
+        """Stop reading. With a signal, dead-letter what is not in flight yet; a second
+        signal cuts the wait for the deliveries in flight short."""
         if signum is not None:
+            if self.result.signal is not None:
+                self._abort.set()
+                return
             self.result.signal = signum
+            # Nothing new goes out after a signal: what waits in the queues is
+            # dead-lettered now, not sent during the shutdown deadline.
+            why = f"interrupted by {signal.Signals(signum).name} before delivery"
+            self._refusing = asyncio.ensure_future(self._refuse_all(why))
+            # Batches in flight get shutdown_timeout seconds from now, whatever the
+            # run is doing (reading, or already waiting for the last deliveries).
+            self._deadline = asyncio.get_running_loop().call_later(self.shutdown_timeout,
+                                                                    self._abort.set)
+        if self._stop.is_set():
+            return
         self._stop.set()
+        # A read waiting on a slow pipe would wait for the next line: end it now.
+        if self._fetch is not None and not self._fetch.done():
+            self._fetch_cancelled = True
+            self._fetch.cancel()
+
+    async def _refuse_all(self, why: str) -> None:
+        for engine in self.engines.values():
+            await engine.refuse(why)
 
     def _output_closed(self, reason: str) -> None:
         log.debug("%s; stopping", reason)
-        self._stop.set()
+        self.stop()
 
     # -- the run ---------------------------------------------------------------
 
     async def run(self, paths: list[str]) -> RunResult:
+        """Read ``paths`` in order (``"-"`` is stdin) and deliver what they hold."""
+        async def read_all() -> None:
+            for path in paths:
+                if self._stop.is_set():
+                    break
+                await self._read(path)
+        return await self.execute(read_all)
+
+    async def execute(self, feed: Callable[[], Awaitable[None]]) -> RunResult:
+        """Start the outputs, run ``feed`` (which hands events to the pipeline), then
+        deliver or dead-letter everything it handed over, and close the outputs.
+
+        SIGINT and SIGTERM are handled for the whole time (see the module docstring).
+        """
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
         installed = []
@@ -127,21 +199,26 @@ class Pipeline:
         try:
             for engine in self.engines.values():
                 await engine.start()
-            for path in paths:
-                if self._stop.is_set():
-                    break
-                await self._read(path)
-            if self._stop.is_set() and self.result.signal is not None:
-                why = f"interrupted by {signal.Signals(self.result.signal).name} before delivery"
-                for engine in self.engines.values():
-                    await engine.refuse(why)
-                timeout = self.shutdown_timeout
-            else:
-                timeout = None
-            await asyncio.gather(*(e.drain(timeout, self._abort) for e in self.engines.values()))
+            if self.progress is not None:
+                self.progress.start(self)
+            await feed()
+            if self._refusing is not None:
+                await self._refusing
+            # Without a signal this waits for every delivery (retries included); after
+            # one, _abort is set at the deadline and drain dead-letters the rest.
+            await asyncio.gather(*(e.drain(None, self._abort) for e in self.engines.values()))
         finally:
+            if self.progress is not None:
+                await self.progress.stop()
             for engine in self.engines.values():
                 await engine.close()
+            if self._refusing is not None:
+                await self._refusing
+            if self._deadline is not None:
+                self._deadline.cancel()
+            # Written while the signal handlers are still ours: a late Ctrl-C cannot
+            # interrupt the last records on their way to disk.
+            self.dead_letter.flush()
             for signum in installed:
                 loop.remove_signal_handler(signum)
             self.result.seconds = time.perf_counter() - started
@@ -151,62 +228,102 @@ class Pipeline:
 
     async def _read(self, path: str) -> None:
         decoder = Decoder(source_name(path), max_line_bytes=self.config.max_line_bytes)
+        chunks = aiter_chunks(path)
         try:
-            async for chunk in aiter_chunks(path):
+            while not self._stop.is_set():
+                # The read runs as its own task so that stop() can cancel it alone,
+                # never the routing of events already read.
+                self._fetch = asyncio.ensure_future(chunks.__anext__())
+                try:
+                    chunk = await self._fetch
+                except StopAsyncIteration:
+                    break
+                except asyncio.CancelledError:
+                    if not self._fetch_cancelled:
+                        raise
+                    break
+                finally:
+                    self._fetch = None
                 await self._handle(decoder.feed(chunk))
-                if self._stop.is_set():
-                    return
         finally:
+            await chunks.aclose()
             # also after a read error (a truncated .gz): a partial event is still reported
-            await self._handle(decoder.finish())
+            rest = decoder.finish()
+            if self._stop.is_set() and self.result.signal is not None:
+                cut = f"input cut short by {signal.Signals(self.result.signal).name}"
+                rest = [Reject(r.raw, r.source, r.line, f"{cut}: {r.reason}")
+                        if isinstance(r, Reject) else r for r in rest]
+            await self._handle(rest)
 
-    async def _handle(self, records) -> None:
+    async def _handle(self, records: Iterable[Event | Reject]) -> None:
+        result = self.result
         for record in records:
+            result.read += 1
             if isinstance(record, Reject):
-                self.result.rejected += 1
+                result.rejected += 1
                 self._reject(record.source, record.line, record.reason,
                              raw_record(record.raw, source=record.source, line=record.line,
                                         reason=record.reason))
                 continue
             event = record.data
-            self.result.read += 1
-            problem = _missing_fields(event)
+            problem = missing_fields(event)
             if problem:
-                self.result.rejected += 1
+                result.rejected += 1
                 self._reject(record.source, record.line, problem,
                              event_record(event, stage="parse", output=None, source=record.source,
                                           line=record.line, reason=problem))
                 continue
-            await self._route(event, record)
+            await self.route(event, record.source, record.line)
 
-    async def _route(self, event: dict, record: Event) -> None:
-        did = delivery_id(event)
-        customer = event.get("customer")
+    async def route(self, event: dict, source: str, line: int, *, attempts: list | None = None,
+                    delivery_id: str | None = None) -> None:
+        """Send a valid event to every output whose filters match it.
+
+        ``delivery_id`` and ``attempts`` carry over from a dead-letter record (replay).
+        """
+        did = delivery_id or make_delivery_id(event)
         try:
             routes = list(self.router.route(event))
         except EventError as exc:
             self.result.map_failed += 1
-            self._reject(record.source, record.line, f"'when' failed: {exc}",
-                         event_record(event, stage="map", output=None, source=record.source,
-                                      line=record.line, reason=f"'when' failed: {exc}",
-                                      delivery_id=did))
+            reason = f"'when' failed: {exc}"
+            self._reject(source, line, reason,
+                         event_record(event, stage="map", output=None, source=source, line=line,
+                                      reason=reason, delivery_id=did, attempts=attempts))
             return
         for route in routes:
-            mapper = route.mapper(customer)
-            if mapper is None:
-                continue
+            if route.name in self.engines:
+                await self._map_and_submit(route, event, source, line, did, attempts, True)
+
+    async def send_to(self, output: str, event: dict, source: str, line: int, *,
+                      delivery_id: str | None = None, attempts: list | None = None) -> None:
+        """Map an event for one output and send it there, without its filters (replay)."""
+        await self._map_and_submit(self._routes[output], event, source, line,
+                                   delivery_id or make_delivery_id(event), attempts, False)
+
+    async def _map_and_submit(self, route: Route, event: dict, source: str, line: int, did: str,
+                              attempts: list | None, routed: bool) -> None:
+        customer = event.get("customer")
+        mapper = route.mapper(customer)
+        if mapper is None:
+            if routed:
+                return  # the output maps some customers only, and not this one
+            reason = f"output '{route.name}' has no mapping for customer {customer!r}"
+        else:
             try:
                 body = mapper(event)
             except EventError as exc:
-                self.result.map_failed += 1
                 reason = f"mapping '{route.mapping_name(customer)}' failed: {exc}"
-                self._reject(record.source, record.line, f"{route.name}: {reason}",
-                             event_record(event, stage="map", output=route.name,
-                                          source=record.source, line=record.line, reason=reason,
-                                          delivery_id=did))
-                continue
-            await self.engines[route.name].submit(
-                Delivery(did, body, event, route.name, record.source, record.line))
+            else:
+                delivery = Delivery(did, body, event, route.name, source, line)
+                if attempts:
+                    delivery.attempts = list(attempts)  # a replay keeps the history
+                await self.engines[route.name].submit(delivery)
+                return
+        self.result.map_failed += 1
+        self._reject(source, line, f"{route.name}: {reason}",
+                     event_record(event, stage="map", output=route.name, source=source,
+                                  line=line, reason=reason, delivery_id=did, attempts=attempts))
 
     def _reject(self, source: str, line: int, reason: str, dead_record: dict) -> None:
         self.dead_letter.write((dead_record,))
@@ -221,7 +338,8 @@ class Pipeline:
                         "" if hidden == 1 else "s", self.dead_letter.path)
 
 
-def _missing_fields(event: dict) -> str | None:
+def missing_fields(event: dict) -> str | None:
+    """Why an event cannot be routed (no usable ``id`` or ``customer``), or None."""
     for name in ("id", "customer"):
         value = event.get(name)
         if value is None:
@@ -231,29 +349,49 @@ def _missing_fields(event: dict) -> str | None:
     return None
 
 
-def build_outputs(config: Config) -> dict:
-    """Instantiate every configured output (nothing is opened yet)."""
-    return {name: oc.create() for name, oc in config.outputs.items()}
+def build_outputs(config: Config, names: Iterable[str] | None = None) -> dict:
+    """Instantiate the configured outputs (all, or ``names``); nothing is opened yet."""
+    wanted = config.outputs if names is None else names
+    return {name: config.outputs[name].create() for name in wanted}
 
 
 def run(config: Config, router: Router, paths: list[str], *, dead_letter_path: str | None = None,
-        shutdown_timeout: float | None = None) -> RunResult:
-    """Run the pipeline to the end of the inputs (or a signal); returns what happened."""
+        shutdown_timeout: float | None = None, progress: bool = False) -> RunResult:
+    """Run the pipeline to the end of the inputs (or a signal); returns what happened.
+
+    ``progress``: show a live status line on stderr (see :mod:`nwpipe.progress`).
+    """
+    dead_letter = DeadLetterFile(dead_letter_path or config.dead_letter)
+    dead_letter.check()  # a dead-letter file that cannot be written is found before reading
+    tune_gc()
+    try:
+        pipeline = Pipeline(config, router, build_outputs(config), dead_letter=dead_letter,
+                            shutdown_timeout=shutdown_timeout, progress=make_progress(progress))
+        return event_loop_run(pipeline.run(paths))
+    finally:
+        dead_letter.close()
+
+
+def make_progress(enabled: bool):
+    """A Progress line for the pipeline when ``enabled``, else None."""
+    if not enabled:
+        return None
+    from nwpipe.progress import Progress
+
+    return Progress(sys.stderr)
+
+
+def tune_gc() -> None:
+    """Make the garbage collector cheap for a stream of short-lived events."""
     # Events are short-lived containers; the default collector thresholds make Python
     # scan them over and over (about 25% of decoding time). Objects alive now (config,
     # compiled templates) are frozen out of the scans.
     gc.freeze()
     gc.set_threshold(100_000, 50, 100)
-    dead_letter = DeadLetterFile(dead_letter_path or config.dead_letter)
-    try:
-        pipeline = Pipeline(config, router, build_outputs(config), dead_letter=dead_letter,
-                            shutdown_timeout=shutdown_timeout)
-        return _event_loop_run(pipeline.run(paths))
-    finally:
-        dead_letter.close()
 
 
-def _event_loop_run(coro):
+def event_loop_run(coro):
+    """Run ``coro`` to completion on a new event loop (uvloop when installed)."""
     try:
         import uvloop  # optional: a faster event loop when installed
     except ImportError:

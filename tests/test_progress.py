@@ -1,0 +1,160 @@
+"""What a person sees: the live progress line on a terminal, the summary, -v, --quiet.
+
+The terminal is a real pseudo-terminal (``pty.openpty``) given to nwpipe as stderr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pty
+import re
+import select
+import subprocess
+import sys
+import time
+
+import pytest
+
+if not hasattr(pty, "openpty"):  # pragma: no cover
+    pytest.skip("needs a pseudo-terminal", allow_module_level=True)
+
+
+def env():
+    e = {k: v for k, v in os.environ.items() if k != "NWPIPE_CONFIG"}
+    e["NWPIPE_LOAD_PLUGINS"] = ""
+    return e
+
+
+def event(i):
+    return {"id": f"alert-{i}", "customer": "acme", "alerttype": "start", "updatecount": 1}
+
+
+def read_all(fd) -> bytes:
+    data = b""
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # EIO: the other side is closed
+            return data
+        if not chunk:
+            return data
+        data += chunk
+
+
+def run_on_terminal(*args, cwd):
+    """Run nwpipe with a pseudo-terminal as stderr, for long enough that a progress line
+    would be drawn several times: one event, a pause once it is through, two more."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "nwpipe", *args], cwd=cwd, env=env(),
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=slave)
+    os.close(slave)
+    try:
+        proc.stdin.write((json.dumps(event(0)) + "\n").encode())
+        proc.stdin.flush()
+        assert json.loads(proc.stdout.readline())["id"] == "alert-0"  # nwpipe is running
+        time.sleep(0.8)  # more than three redraw intervals
+        proc.stdin.write(("".join(json.dumps(event(i)) + "\n" for i in (1, 2))).encode())
+        proc.stdin.close()
+        proc.stdout.read()
+        proc.wait(timeout=30)
+        return proc.returncode, read_all(master).decode()
+    finally:
+        os.close(master)
+
+
+def draws(screen: str) -> list[str]:
+    """The progress lines drawn: each starts with \r and erases the rest of the line."""
+    return [part for part in screen.split("\r") if part.startswith("nwpipe: read ")
+            and part.endswith("\x1b[K")]
+
+
+def test_progress_line_on_a_terminal(tmp_path):
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "nwpipe", "run", "--dead-letter", "dl.jsonl"],
+                            cwd=tmp_path, env=env(), stdin=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, stderr=slave)
+    os.close(slave)
+    screen = ""
+
+    def send(line: str) -> None:
+        proc.stdin.write((line + "\n").encode())
+        proc.stdin.flush()
+
+    def read_until(done, timeout=15.0) -> None:
+        nonlocal screen
+        deadline = time.monotonic() + timeout
+        while not done(screen):
+            assert time.monotonic() < deadline, repr(screen)
+            if select.select([master], [], [], 0.05)[0]:
+                screen += os.read(master, 65536).decode()
+
+    try:
+        send(json.dumps(event(0)))
+        read_until(lambda s: len(draws(s)) >= 1)  # the line is up while input is open
+        send("not json")  # a message while the line is shown
+        read_until(lambda s: "not valid JSON" in s)
+        for i in range(1, 4):
+            send(json.dumps(event(i)))
+        read_until(lambda s: any("read 5 " in d for d in draws(s)))  # redrawn in place
+        proc.stdin.close()
+        proc.wait(timeout=30)
+        screen += read_all(master).decode()
+    finally:
+        os.close(master)
+    assert proc.returncode == 3
+    assert re.search(r"\| stdout: \d delivered", draws(screen)[-1])
+    # cleared before a message and before the summary: each stands alone on its line
+    assert "\r\x1b[Knwpipe: <stdin>:2: not valid JSON" in screen
+    before, summary = screen.rsplit("\r\x1b[K", 1)
+    assert summary.startswith("nwpipe: read 5 events; rejected 1; stdout: 4 delivered")
+
+
+@pytest.mark.parametrize("flag", ["--quiet", "--log-format=json"])
+def test_no_progress_line_when_quiet_or_json(tmp_path, flag):
+    code, screen = run_on_terminal("run", flag, "--dead-letter", "dl.jsonl", cwd=tmp_path)
+    assert code == 0
+    assert "\r" not in screen.replace("\r\n", "\n")
+    if flag == "--quiet":
+        assert screen == ""
+    else:
+        assert json.loads(screen.splitlines()[-1])["message"].startswith("read 3 events")
+
+
+def test_no_progress_line_when_stderr_is_not_a_terminal(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "nwpipe", "run", "--dead-letter", "dl.jsonl"],
+                            cwd=tmp_path, env=env(), stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdin.write((json.dumps(event(0)) + "\n").encode())
+    proc.stdin.flush()
+    proc.stdout.readline()
+    time.sleep(0.8)  # more than three redraw intervals
+    _, err = proc.communicate(("".join(json.dumps(event(i)) + "\n" for i in (1, 2))).encode(),
+                              timeout=30)
+    assert err.decode().startswith("nwpipe: read 3 events") and b"\r" not in err
+
+
+async def test_summary_per_output_and_verbose_retries(receiver, tmp_path):
+    receiver.queue(503, body="busy").queue(503)  # the first two attempts
+    (tmp_path / "c.toml").write_text(f"""
+[outputs.soc]
+type = "webhook"
+url = "{receiver.url}/soc"
+concurrency = 1
+[outputs.soc.retry]
+initial_backoff = 0.01
+max_backoff = 0.01
+[outputs.archive]
+type = "file"
+path = "archive.jsonl"
+""")
+    events = "".join(json.dumps(event(i)) + "\n" for i in range(3))
+    proc = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "nwpipe", "run", "-v", "-c", "c.toml",
+                         "--dead-letter", "dl.jsonl"],
+        input=events, cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    retries = [line for line in proc.stderr.splitlines() if "retrying in" in line]
+    assert len(retries) == 2 and "soc: attempt 1 failed (HTTP 503" in retries[0]
+    assert "soc: 3 delivered, 2 retried; archive: 3 delivered" in proc.stderr.splitlines()[-1]

@@ -138,9 +138,9 @@ async def probe_output(route, output: Output, *, now: float | None = None) -> Pr
     trace = _Trace()
     started = time.monotonic()
     try:
-        await output.open()
-        trace.attach(output)
         try:
+            await output.open()
+            trace.attach(output)
             result: Result = await output.send([delivery])
         except (OSError, asyncio.TimeoutError) as exc:
             result = Retry(f"{type(exc).__name__}: {exc}")

@@ -294,15 +294,8 @@ class SyslogOutput(Output):
 
     @classmethod
     def check_config(cls, config: dict[str, Any]) -> None:
-        """TLS settings need protocol "tls", framing needs a stream, files must load."""
+        """A key needs its certificate, and with TLS the files must load."""
         protocol = config.get("protocol") or "udp"
-        if protocol != "tls":
-            for name in (*_TLS_ONLY, "skip_ssl_verification"):
-                if config.get(name):
-                    raise ValueError(f"{name} applies to protocol = \"tls\" only "
-                                     f"(protocol is \"{protocol}\")")
-        if protocol == "udp" and config.get("framing"):
-            raise ValueError("framing applies to protocol \"tcp\" and \"tls\" only")
         if config.get("client_key") and not config.get("client_cert"):
             raise ValueError("client_key is set but client_cert is not")
         if protocol == "tls":
@@ -372,6 +365,19 @@ class SyslogOutput(Output):
         if self._protocol == "tls" and self.config["skip_ssl_verification"]:
             log.warning("outputs.%s: skip_ssl_verification is on: the TLS certificate of "
                         "%s is NOT verified", self.name, self._where)
+        for name in self.ignored_settings():
+            log.warning("outputs.%s: %s is ignored with protocol = \"%s\"", self.name, name,
+                        self._protocol)
+
+    def ignored_settings(self) -> list[str]:
+        """Settings that do not apply to this protocol (they may come from [defaults],
+        shared with outputs that use them, so they are not an error)."""
+        names = []
+        if self._protocol != "tls":
+            names += [n for n in (*_TLS_ONLY, "skip_ssl_verification") if self.config.get(n)]
+        if self._protocol == "udp" and self.config.get("framing"):
+            names.append("framing")
+        return names
 
     async def close(self) -> None:
         """Close the socket or connection."""
@@ -382,6 +388,9 @@ class SyslogOutput(Output):
         details = [self._format, f"facility {self._facility}"]
         if self._protocol != "udp":
             details.append(f"{self._framing} framing")
+        ignored = self.ignored_settings()
+        if ignored:
+            details.append(f"ignored: {', '.join(ignored)}")
         if self._protocol == "tls":
             if self.config["skip_ssl_verification"]:
                 details.append("TLS NOT VERIFIED")

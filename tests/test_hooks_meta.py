@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 
-import nwpipe
 from nwpipe import hookspecs
 from nwpipe.outputs import Delivery, Failed, Output, Retry
 from nwpipe.plugins import ENV_LOAD_PLUGINS, ENV_TRACE_PLUGINS

@@ -390,8 +390,8 @@ def load(table: dict) -> str:
 
 
 @pytest.mark.parametrize("table, message", [
-    ({"host": "h", "ca_file": __file__}, 'outputs.s: ca_file applies to protocol = "tls" only'),
-    ({"host": "h", "framing": "newline"}, "framing applies to protocol \"tcp\" and \"tls\" only"),
+    ({"host": "h", "client_key": __file__}, "outputs.s: client_key is set but client_cert is not"),
+    ({"host": "h", "protocol": "tls", "ca_file": __file__}, "outputs.s: cannot load ca_file"),
     ({"host": "h", "facility": "locl0"}, "unknown facility 'locl0' (did you mean 'local0'?)"),
     ({"host": "h", "facility": 30}, "facility must be a name or a number from 0 to 23"),
     ({"host": "h", "app_name": "net ography"}, "outputs.s.app_name: app_name must be"),
@@ -402,6 +402,22 @@ def load(table: dict) -> str:
 ])
 def test_config_errors_name_the_key(table, message):
     assert message in load(table)
+
+
+async def test_settings_for_another_protocol_are_ignored_with_a_warning(tls, caplog):
+    # they may come from [defaults], shared with webhook outputs: not an error
+    out = make_output(host="h", ca_file=tls.ca_file, framing="newline")
+    with caplog.at_level(logging.WARNING, logger="nwpipe"):
+        await out.open()
+    assert 'outputs.s: ca_file is ignored with protocol = "udp"' in caplog.text
+    assert 'outputs.s: framing is ignored with protocol = "udp"' in caplog.text
+    assert out.describe() == "syslog udp h:514 (json, facility 1, ignored: ca_file, framing)"
+    await out.close()
+    config = build_config({"defaults": {"ca_file": tls.ca_file},
+                           "outputs": {"hook": {"type": "webhook", "url": "https://h/"},
+                                       "s": {"type": "syslog", "host": "h"}}},
+                          Plugins(load_entry_points=False).output_types)
+    assert config.outputs["s"].settings["ca_file"] == tls.ca_file
 
 
 def test_defaults_and_describe():

@@ -113,8 +113,23 @@ def build_parser() -> argparse.ArgumentParser:
                     "jsonpath and template. Prints one line per output; exit 0 when valid, "
                     "1 with a message naming the file, key and problem when not.")
     _config_option(check)
+    check.add_argument("--probe", action="store_true",
+                       help="also send one test event to each webhook and syslog output and "
+                            "report reachability, TLS and authentication problems; exit 1 if "
+                            "any fails")
     _common(check, suppress=True)
     check.set_defaults(func=cmd_check)
+
+    init = sub.add_parser(
+        "init", help="write a commented starter nwpipe.toml",
+        description="Write a commented starter config: a webhook output with the Netography "
+                    "portal's fields and a mapping showing each kind of field. It passes "
+                    "`nwpipe check` as written. An existing file is kept unless --force.")
+    init.add_argument("path", nargs="?", default="nwpipe.toml", metavar="PATH",
+                      help="file (or folder) to write (default: ./nwpipe.toml)")
+    init.add_argument("--force", action="store_true", help="overwrite an existing file")
+    _common(init, suppress=True)
+    init.set_defaults(func=cmd_init)
 
     plugins = sub.add_parser(
         "plugins", help="list loaded plugins and the output types they register",
@@ -209,6 +224,29 @@ def cmd_check(args) -> int:
         if oc.when:
             parts.append(f"when {oc.when!r}")
         print(f"  {oc.name}: " + "; ".join(parts))
+    if getattr(args, "probe", False):
+        return probe(config, router)
+    return 0
+
+
+def probe(config, router) -> int:
+    """``check --probe``: one test event per receiving output, one line each."""
+    from nwpipe.probe import run_probes
+
+    print("probe: one test event (alerttype 'end', algorithm 'nwpipe_probe') per output:")
+    results = run_probes(config, router)
+    for result in results:
+        print(f"  {result.line()}")
+    return 0 if all(r.ok for r in results) else 1
+
+
+def cmd_init(args) -> int:
+    """Write a starter config."""
+    from nwpipe.init import write_starter_config
+
+    path = write_starter_config(args.path, force=args.force)
+    print(f"wrote {path}")
+    print(f"next: set SOC_URL (or edit the url), then `nwpipe check --probe -c {path}`")
     return 0
 
 

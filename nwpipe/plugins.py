@@ -30,6 +30,7 @@ DEFAULT_PLUGINS = (
     "nwpipe_plugins.stdout",
     "nwpipe_plugins.file",
     "nwpipe_plugins.webhook",
+    "nwpipe_plugins.syslog",
 )
 
 #: comma-separated names of the installed (entry-point) plugins to load; "" loads none

@@ -36,7 +36,8 @@ class FileOutput(Output):
         self._fh = open(path, "ab")
 
     async def send(self, batch):
-        self._fh.write(b"".join(d.body_json() + b"\n" for d in batch))
+        data = b"\n".join([d.body_json() for d in batch])
+        self._fh.write(data + b"\n")
         self._fh.flush()
         if self.config["fsync"]:
             os.fsync(self._fh.fileno())

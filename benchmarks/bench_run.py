@@ -10,8 +10,9 @@ ways, each as its own process:
 - `jq -c` doing the same picks and building the title in jq;
 - a plain Python loop: orjson load, pick, orjson dump (what nwpipe could at best do).
 
-For each it prints the wall-clock time (start-up included), events/s and peak RSS
-(the child's own VmHWM): the best time of R runs, the largest RSS. Then the ratios nwpipe/jq and nwpipe/orjson loop, a check that nwpipe and the
+For each it prints the wall-clock time (start-up included), events/s, CPU time and peak
+RSS (the child's own VmHWM): the best times of R runs, the largest RSS. The contenders
+run in turn, R rounds, so that a busy moment on the machine hits each of them alike. Then the ratios nwpipe/jq and nwpipe/orjson loop, a check that nwpipe and the
 orjson loop wrote the same bytes, nwpipe's start-up time, and nwpipe's peak RSS at N/4
 and at N events, which should be about the same (input is streamed, queues bounded).
 """
@@ -111,8 +112,8 @@ def _high_water(pid: int) -> int | None:
     return None
 
 
-def run_child(argv: list[str], stdout_path: Path | None = None) -> tuple[float, int]:
-    """Run one contender; (wall seconds, peak RSS in bytes) of that child alone.
+def run_child(argv: list[str], stdout_path: Path | None = None) -> tuple[float, float, int]:
+    """Run one contender; (wall seconds, CPU seconds, peak RSS in bytes) of that child alone.
 
     The peak is the child's VmHWM, sampled every 10 ms until it exits: the high-water
     mark of its own memory since exec. (ru_maxrss from wait4 would not do: a child
@@ -138,17 +139,23 @@ def run_child(argv: list[str], stdout_path: Path | None = None) -> tuple[float, 
             stdout.close()
     if proc.returncode != 0:
         sys.exit(f"{' '.join(argv[:4])} ... failed with exit code {proc.returncode}")
-    return seconds, peak or usage.ru_maxrss * 1024  # ru_maxrss is in kilobytes on Linux
+    cpu = usage.ru_utime + usage.ru_stime
+    return seconds, cpu, peak or usage.ru_maxrss * 1024  # ru_maxrss is in kilobytes on Linux
 
 
-def best_of(repeat: int, argv: list[str], out: Path, stdout: bool = False) -> tuple[float, int]:
-    """Best wall time of ``repeat`` runs, and the largest peak RSS seen."""
-    best, peak = float("inf"), 0
-    for _ in range(repeat):
-        out.unlink(missing_ok=True)
-        seconds, rss = run_child(argv, out if stdout else None)
-        best, peak = min(best, seconds), max(peak, rss)
-    return best, peak
+class Contender:
+    """One way of doing the job, and the best of its runs."""
+
+    def __init__(self, label: str, short: str, argv: list[str], out: Path, stdout: bool = False):
+        self.label, self.short, self.argv, self.out, self.stdout = label, short, argv, out, stdout
+        self.seconds = self.cpu = float("inf")
+        self.rss = 0
+
+    def run(self) -> None:
+        self.out.unlink(missing_ok=True)
+        seconds, cpu, rss = run_child(self.argv, self.out if self.stdout else None)
+        self.seconds, self.cpu = min(self.seconds, seconds), min(self.cpu, cpu)
+        self.rss = max(self.rss, rss)
 
 
 def count_lines(path: Path) -> int:
@@ -164,7 +171,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=100_000, help="events (default 100000)")
     parser.add_argument("--repeat", type=int, default=3,
-                        help="runs per contender, the best time is kept (default 3)")
+                        help="rounds of runs, the best time is kept (default 3)")
     args = parser.parse_args()
     n, quarter = args.events, max(1, args.events // 4)
     work = Path(tempfile.mkdtemp(prefix="nwpipe-bench-"))
@@ -185,41 +192,45 @@ def main() -> None:
         print(f"{n:,} events, {size / n:,.0f} bytes each ({size / 1e6:,.0f} MB); Python "
               f"{platform.python_version()}, {os.cpu_count()} CPUs; best of {args.repeat} "
               "runs, wall clock including start-up\n")
-        rows: list[tuple[str, str, float, int]] = []  # label, short name, seconds, peak RSS
-        seconds, rss = best_of(args.repeat, [*nwpipe, str(events)], work / "nwpipe.out")
-        assert count_lines(work / "nwpipe.out") == n, "nwpipe did not write every event"
-        rows.append(("nwpipe run (file output)", "nwpipe", seconds, rss))
+        contenders = [Contender("nwpipe run (file output)", "nwpipe", [*nwpipe, str(events)],
+                                work / "nwpipe.out")]
         jq = shutil.which("jq")
         if jq:
             version = subprocess.run([jq, "--version"], capture_output=True,
                                      text=True).stdout.strip()
-            seconds, rss = best_of(args.repeat, [jq, "-c", JQ_FILTER, str(events)],
-                                   work / "jq.out", stdout=True)
-            assert count_lines(work / "jq.out") == n, "jq did not write every event"
-            rows.append((f"jq -c ({version})", "jq", seconds, rss))
+            contenders.append(Contender(f"jq -c ({version})", "jq",
+                                        [jq, "-c", JQ_FILTER, str(events)], work / "jq.out",
+                                        stdout=True))
         else:
             print("(jq not found: skipped)")
-        seconds, rss = best_of(args.repeat, [sys.executable, "-c", ORJSON_LOOP, str(events),
-                                             str(work / "loop.out")], work / "loop.out")
-        rows.append(("orjson loop (python)", "orjson loop", seconds, rss))
+        contenders.append(Contender("orjson loop (python)", "orjson loop",
+                                    [sys.executable, "-c", ORJSON_LOOP, str(events),
+                                     str(work / "loop.out")], work / "loop.out"))
+        startup = Contender("", "", [*nwpipe, os.devnull], work / "nwpipe.out")
+        small = Contender("", "", [*nwpipe, str(events_quarter)], work / "nwpipe.out")
+        # Round robin, so that a busy moment on the machine hits every contender alike.
+        for _ in range(args.repeat):
+            for contender in contenders:
+                contender.run()
+                assert count_lines(contender.out) == n, f"{contender.short}: events missing"
         same = filecmp.cmp(work / "nwpipe.out", work / "loop.out", shallow=False)
+        for _ in range(args.repeat):
+            startup.run()
+            small.run()
 
-        print(f"{'':28} {'seconds':>8} {'events/s':>10} {'peak RSS':>10}")
-        for label, _, seconds, rss in rows:
-            print(f"{label:28} {seconds:8.2f} {n / seconds:10,.0f} {mib(rss):>10}")
-        nw_seconds, nw_rss = rows[0][2], rows[0][3]
-        ratios = [f"nwpipe/{short} {seconds / nw_seconds:.2f}x"
-                  for _, short, seconds, _ in rows[1:]]
+        print(f"{'':28} {'seconds':>8} {'events/s':>10} {'CPU s':>7} {'peak RSS':>10}")
+        for c in contenders:
+            print(f"{c.label:28} {c.seconds:8.2f} {n / c.seconds:10,.0f} {c.cpu:7.2f} "
+                  f"{mib(c.rss):>10}")
+        nw = contenders[0]
+        ratios = [f"nwpipe/{c.short} {c.seconds / nw.seconds:.2f}x (CPU {c.cpu / nw.cpu:.2f}x)"
+                  for c in contenders[1:]]
         print("\nspeed ratios (events/s): " + ", ".join(ratios))
         print(f"nwpipe and the orjson loop wrote the same bytes: {'yes' if same else 'NO'}")
-
-        startup, _ = best_of(args.repeat, [*nwpipe, os.devnull], work / "nwpipe.out")
-        print(f"nwpipe start-up (0 events): {startup:.2f} s; without it "
-              f"{n / max(nw_seconds - startup, 1e-9):,.0f} events/s")
-        _, quarter_rss = best_of(args.repeat, [*nwpipe, str(events_quarter)],
-                                 work / "nwpipe.out")
-        print(f"flat memory: nwpipe peak RSS {mib(quarter_rss)} at {quarter:,} events, "
-              f"{mib(nw_rss)} at {n:,} events (largest of the runs)")
+        print(f"nwpipe start-up (0 events): {startup.seconds:.2f} s; without it "
+              f"{n / max(nw.seconds - startup.seconds, 1e-9):,.0f} events/s")
+        print(f"flat memory: nwpipe peak RSS {mib(small.rss)} at {quarter:,} events, "
+              f"{mib(nw.rss)} at {n:,} events (largest of the runs)")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -139,7 +139,60 @@ def build_parser() -> argparse.ArgumentParser:
     plugins.add_argument("--json", action="store_true", help="print JSON instead of text")
     _common(plugins, suppress=True)
     plugins.set_defaults(func=cmd_plugins)
+    _add_render_and_test(sub)
     return parser
+
+
+# -- render and test: develop and check mappings -----------------------------------
+
+
+def _add_render_and_test(sub) -> None:
+    render = sub.add_parser(
+        "render", help="show the body each output would receive for each event; send nothing",
+        description="Read events from FILEs (or stdin) and print, per event and output, the "
+                    "exact body that output would receive: the same routing (customers, when) "
+                    "and the mapping chosen for the event's customer. Nothing is sent and "
+                    "nothing is dead-lettered. An event that fails prints its error in place "
+                    "and the others go on; exit 3 if any failed, 0 if none.")
+    _config_option(render)
+    render.add_argument("files", nargs="*", metavar="FILE",
+                        help="event files to read in order; '-' is stdin (default: stdin)")
+    render.add_argument("--output", metavar="NAME", help="only this output")
+    render.add_argument("--customer", metavar="NAME",
+                        help="treat every event as this customer's (preview its mapping)")
+    render.add_argument("--json", action="store_true",
+                        help="one JSON object per line: {source, line, output, mapping, body} "
+                             "or {..., error}")
+    _common(render, suppress=True)
+    render.set_defaults(func=cmd_render)
+
+    test = sub.add_parser(
+        "test", help="run the mapping tests ([[tests]]) of the config",
+        description="Run every [[tests]] table of the config: map its event with its output "
+                    "or mapping and compare the body with 'expect' (the whole body) or "
+                    "'expect_subset' (only the keys given). Prints one line per test and a "
+                    "diff for each failure; exit 1 if any failed (or none is defined), 0 if "
+                    "all passed.")
+    _config_option(test)
+    _common(test, suppress=True)
+    test.set_defaults(func=cmd_test)
+
+
+def cmd_render(args) -> int:
+    """Print what each output would receive."""
+    from nwpipe.render import render_command
+
+    _, config, router = load(args)
+    return render_command(config, router, args.files or ["-"], output=args.output,
+                          customer=args.customer, as_json=args.json)
+
+
+def cmd_test(args) -> int:
+    """Run the config's mapping tests."""
+    from nwpipe.mappingtests import run_tests
+
+    plugins, config, router = load(args)
+    return run_tests(config, router, plugins.jinja_filters)
 
 
 # -- logging ----------------------------------------------------------------------

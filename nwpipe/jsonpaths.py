@@ -62,7 +62,10 @@ def compile_path(expr: str) -> PathFunction:
     attributes ``expr`` (the expression), ``fast`` (True when it runs as direct lookups
     rather than through jsonpath-ng) and ``one``: for a path that can match at most one
     value (only names and single indexes), a function that returns that value or
-    :data:`MISSING` without building a list; None for other paths.
+    :data:`MISSING` without building a list; None for other paths. For those singular
+    paths ``lookups`` is the tuple of their steps, each ``("field", name)`` for an object
+    member or ``("index", number)`` for an array element, so that a caller may inline
+    them; None for other paths.
 
     Raises ``ValueError`` with a readable message when the expression is not valid.
     """
@@ -86,10 +89,12 @@ def compile_path(expr: str) -> PathFunction:
         singular = all(kind in (_FIELD, _INDEX) for kind, _ in steps)
         one = _build_singular(steps, one=True) if singular else None
         function.one = one  # type: ignore[attr-defined]
+        function.lookups = tuple(steps) if singular else None  # type: ignore[attr-defined]
     else:
         function = _fallback(parsed)
         function.fast = False  # type: ignore[attr-defined]
         function.one = None  # type: ignore[attr-defined]
+        function.lookups = None  # type: ignore[attr-defined]
     function.expr = expr  # type: ignore[attr-defined]
     return function
 

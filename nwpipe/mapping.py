@@ -76,9 +76,8 @@ from nwpipe.templating import (
     customer_template,
     derive_environment,
     describe_render_error,
+    event_renderer,
     get_template,
-    render,
-    template_variables,
 )
 
 __all__ = ["Mapping", "compile_mappings", "IDENTITY", "MAPPING_SETTINGS"]
@@ -120,6 +119,7 @@ class _Field:
     omit_missing: bool = False
     as_list: bool = False
     convert: Callable[[str], Any] | None = None
+    source: str | None = None  # a template field's text
 
 
 # Kinds of field step, compared by identity in the hot loop.
@@ -170,7 +170,8 @@ class Mapping:
                  fields: tuple[_Field, ...] = (),
                  body: jinja2.Template | None = None, body_where: str = "",
                  template_name: str | None = None, body_env: jinja2.Environment | None = None,
-                 globals_: dict | None = None, identity: bool = False):
+                 globals_: dict | None = None, identity: bool = False,
+                 body_source: str | None = None):
         self.name = name
         self.keep = keep
         self.template_name = template_name
@@ -188,6 +189,9 @@ class Mapping:
                         or any(len(f.parts) > 1 for f in fields))
         self._steps = tuple(_step(f) for f in fields)
         self._by_customer: dict[str, Any] = {}
+        self._body_render = (event_renderer(body, body_source, self._globals)
+                             if body is not None else None)
+        self._apply_fields = _generate(self) if body is None and not identity else None
 
     def __repr__(self) -> str:
         return f"<Mapping {self.name!r}>"
@@ -210,9 +214,8 @@ class Mapping:
 
     # -- fields mode --
 
-    def _apply_fields(self, event: dict) -> dict:
-        out = dict(event) if self.keep else {}
-        owned = {id(out)} if self._nested else None
+    def _prepare(self, out: dict, owned: set[int] | None) -> None:
+        """Steps 2 and 3 on the new body: drop, then rename."""
         for parts in self._drops:
             if len(parts) == 1:
                 out.pop(parts[0], None)
@@ -229,60 +232,17 @@ class Mapping:
                 out[new[0]] = value
             else:
                 _set_path(out, new, value, owned, where)
-        variables = None
-        # The hot loop: plain tuples, one branch per kind of field.
-        for kind, name, parts, get, default, omit, convert, where in self._steps:
-            if kind is _ONE:
-                value = get(event)
-                if value is _MISSING:
-                    if omit:
-                        continue
-                    value = default
-            elif kind is _VALUE:
-                value = get
-            elif kind is _TEMPLATE:
-                if variables is None:
-                    variables = template_variables(event, self._globals)
-                try:
-                    value = render(get, variables)
-                    if convert is not None:
-                        value = convert(value)
-                except Exception as exc:
-                    raise EventError(f"{where}: {describe_render_error(exc)}") from None
-            else:
-                try:
-                    matches = get(event)
-                except Exception as exc:
-                    raise EventError(f"{where}: jsonpath failed on this event: "
-                                     f"{type(exc).__name__}: {exc}") from None
-                if kind is _LIST:
-                    value = matches
-                elif len(matches) == 1:
-                    value = matches[0]
-                else:
-                    value = matches
-                if not matches:
-                    if omit:
-                        continue
-                    if default is not None or kind is not _LIST:
-                        value = default
-            if parts is None:
-                out[name] = value
-            else:
-                _set_path(out, parts, value, owned, where)
-        return out
 
     # -- body mode --
 
     def _apply_body(self, event: dict) -> Any:
-        template = self._body
+        template, render_event = self._body, self._body_render
         if self.template_name is not None and self._body_env is not None:
             customer = event.get("customer")
             if type(customer) is str and customer:
-                template = self._customer_body(customer)
-        variables = template_variables(event, self._globals)
+                template, render_event = self._customer_body(customer)
         try:
-            text = render(template, variables)
+            text = render_event(event)
         except Exception as exc:
             raise EventError(f"{self._body_where}: {describe_render_error(exc)}") from None
         try:
@@ -291,13 +251,15 @@ class Mapping:
             reason = _describe_json_error(template, text, exc)
             raise EventError(f"{self._body_where}: {reason}") from None
 
-    def _customer_body(self, customer: str) -> jinja2.Template:
+    def _customer_body(self, customer: str) -> tuple[jinja2.Template, Callable[[dict], str]]:
         found = self._by_customer.get(customer)
         if found is None:
             try:
-                found = customer_template(self._body_env, self.template_name, customer)
-                if found is None:
-                    found = self._body
+                template = customer_template(self._body_env, self.template_name, customer)
+                if template is None:
+                    found = (self._body, self._body_render)
+                else:
+                    found = (template, event_renderer(template, globals_=self._globals))
             except Exception as exc:  # a broken customer file fails that customer's events
                 if isinstance(exc, jinja2.TemplateSyntaxError):
                     reason = (f"{exc.filename or exc.name}:{exc.lineno}: "
@@ -311,6 +273,100 @@ class Mapping:
         if isinstance(found, _Broken):
             raise EventError(f"{self._body_where}: {found.message}")
         return found
+
+
+# -- fields mode: one generated function per mapping ----------------------------------------
+
+def _generate(mapping: Mapping) -> Callable[[dict], dict]:
+    """The fields-mode body function of ``mapping``, as straight-line generated code.
+
+    Every field becomes a few lines in field order, with no loop and no dispatch on the
+    kind of field; a plain path that matches at most one value (``$.a.b``, ``$.a[0]``)
+    is written out as its dictionary and list lookups, with jsonpath-ng's rules (members
+    of objects only, indexes of arrays only, ``-len <= i < len``). Names, keys, defaults
+    and functions are passed in as constants, never pasted into the source, so nothing
+    from a configuration can inject code.
+    """
+    namespace: dict[str, Any] = {
+        "_M": _MISSING, "_seq": (list, tuple), "_set_path": _set_path,
+        "_EventError": EventError, "_describe": describe_render_error,
+        "_prepare": mapping._prepare,
+    }
+    lines = ["def apply_fields(event):"]
+    add = lines.append
+    add("    out = dict(event)" if mapping.keep else "    out = {}")
+    add("    owned = {id(out)}" if mapping._nested else "    owned = None")
+    if mapping._drops or mapping._renames:
+        add("    _prepare(out, owned)")
+
+    def const(prefix: str, i: int, value: Any) -> str:
+        name = f"{prefix}{i}"
+        namespace[name] = value
+        return name
+
+    for i, (field, step) in enumerate(zip(mapping._fields, mapping._steps)):
+        kind, name, parts, get, default, omit, convert, where = step
+        n = const("n", i, name)
+        w = const("w", i, where)
+        if parts is None:
+            store = f"out[{n}] = v"
+        else:
+            store = f"_set_path(out, {const('p', i, parts)}, v, owned, {w})"
+        if kind is _VALUE:
+            add(f"    v = {const('c', i, get)}")
+            add(f"    {store}")
+        elif kind is _ONE:
+            lookups = getattr(field.get, "lookups", None)
+            if lookups is None:
+                add(f"    v = {const('g', i, get)}(event)")
+            else:
+                if not lookups:
+                    add("    v = event")  # "$": the whole event
+                for j, (step_kind, key) in enumerate(lookups):
+                    k = const(f"k{i}_", j, key)
+                    # MISSING is neither an object nor an array, so a miss carries on
+                    # through the later steps without a test of its own.
+                    if step_kind == "field" and j == 0:
+                        add(f"    v = event.get({k}, _M)")  # apply() checked: an object
+                    elif step_kind == "field":
+                        add(f"    v = v.get({k}, _M) if isinstance(v, dict) else _M")
+                    else:
+                        bound = f"{k} < len(v)" if key >= 0 else f"-{k} <= len(v)"
+                        add(f"    v = v[{k}] if isinstance(v, _seq) and {bound} else _M")
+            if omit:
+                add(f"    if v is not _M: {store}")
+            else:
+                add(f"    if v is _M: v = {const('d', i, default)}")
+                add(f"    {store}")
+        elif kind is _TEMPLATE:
+            render_event = event_renderer(get, field.source, mapping._globals)
+            add("    try:")
+            add(f"        v = {const('t', i, render_event)}(event)")
+            if convert is not None:
+                add(f"        v = {const('cv', i, convert)}(v)")
+            add("    except Exception as exc:")
+            add(f"        raise _EventError({w} + ': ' + _describe(exc)) from None")
+            add(f"    {store}")
+        else:
+            add("    try:")
+            add(f"        m = {const('g', i, get)}(event)")
+            add("    except Exception as exc:")
+            add(f"        raise _EventError(f'{{{w}}}: jsonpath failed on this event: "
+                f"{{type(exc).__name__}}: {{exc}}') from None")
+            add("    if m:")
+            add("        v = m" if kind is _LIST else "        v = m[0] if len(m) == 1 else m")
+            add(f"        {store}")
+            if not omit:
+                add("    else:")
+                if default is not None or kind is not _LIST:
+                    add(f"        v = {const('d', i, default)}")
+                else:
+                    add("        v = m")
+                add(f"        {store}")
+    add("    return out")
+    code = compile("\n".join(lines), f"<nwpipe mapping {mapping.name!r}>", "exec")
+    exec(code, namespace)  # noqa: S102 - only constants by name, see the docstring
+    return namespace["apply_fields"]
 
 
 def _describe_json_error(template: jinja2.Template, text: str,
@@ -631,7 +687,7 @@ class _Compiler:
                            globals_=body_env.globals)
         template = self.template(body_env, merged["body"], body_key)
         return Mapping(name, body=template, body_where=self._where(body_key, name),
-                       globals_=body_env.globals)
+                       globals_=body_env.globals, body_source=merged["body"])
 
     def compile_field(self, field_name: str, value: Any, where: str, merged: dict,
                       env: jinja2.Environment, mapping_name: str) -> _Field:
@@ -641,7 +697,7 @@ class _Compiler:
         if isinstance(value, str):
             if _is_template(value):
                 return _Field(field_name, parts, shown, where, "template",
-                              self.template(env, value, where))
+                              self.template(env, value, where), source=value)
             if value.startswith("$"):
                 return _Field(field_name, parts, shown, where, "path", self.path(value, where),
                               omit_missing=omit_missing)
@@ -685,7 +741,7 @@ class _Compiler:
                                   key=f"{where}.type", file=self.file)
             return _Field(field_name, parts, shown, where, "template",
                           self.template(env, text, f"{where}.template"),
-                          convert=_CONVERTERS[kind])
+                          convert=_CONVERTERS[kind], source=text)
         expr = value["path"]
         if not isinstance(expr, str) or not expr.startswith("$"):
             raise ConfigError("must be a jsonpath starting with '$'", key=f"{where}.path",

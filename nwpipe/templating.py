@@ -56,6 +56,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import jinja2
 import orjson
+from jinja2 import nodes
 from jinja2.exceptions import SecurityError, TemplateNotFound, TemplateSyntaxError
 from jinja2.loaders import BaseLoader, FileSystemLoader, split_template_path
 from jinja2.runtime import ChainableUndefined, StrictUndefined, Undefined
@@ -75,6 +76,7 @@ __all__ = [
     "customer_template",
     "template_variables",
     "render",
+    "event_renderer",
     "describe_render_error",
     "BUILTIN_FILTERS",
     "UNDEFINED_MODES",
@@ -459,6 +461,74 @@ def render(template: jinja2.Template, variables: dict) -> str:
     # templates have no globals of their own): that alone was half the cost of a title.
     context = env.context_class(env, variables, template.name, template.blocks)
     return "".join(template.root_render_func(context))
+
+
+# Nodes that hand the whole context to another template, which then needs Jinja's globals
+# even when this template names none of them.
+_CONTEXT_SHARING = (nodes.Include, nodes.Import, nodes.FromImport, nodes.Extends)
+
+
+def _needs_full_variables(env: jinja2.Environment, source: str) -> bool | None:
+    """Whether a template needs Jinja's globals among its variables.
+
+    True when it names one (``range``, ``namespace``, ...) or shares its context with
+    another template; None when its names cannot be told (it does not parse).
+    """
+    try:
+        tree = env.parse(source)
+    except TemplateSyntaxError:
+        return None
+    if any(True for _ in tree.find_all(_CONTEXT_SHARING)):
+        return True
+    names = {node.name for node in tree.find_all(nodes.Name)}
+    return not names.isdisjoint(env.globals)
+
+
+def event_renderer(template: jinja2.Template, source: str | None = None,
+                   globals_: Mapping | None = None) -> Callable[[Mapping], str]:
+    """A function ``render(event) -> str`` for ``template`` and one event.
+
+    Gives exactly ``render(template, template_variables(event, globals_))`` (``globals_``
+    defaults to the environment's). ``source`` is the template's text; without it the
+    text is read through the environment's loader, for a template file.
+
+    Most templates name no Jinja global (``range``, ``namespace``, ...): those render
+    with the event itself as the variables, plus ``event`` when they name it, instead
+    of a merged copy of globals and the event's fields built for every event.
+    """
+    env = template.environment
+    if globals_ is None:
+        globals_ = env.globals
+    full = True
+    if source is None and template.name is not None and env.loader is not None:
+        try:
+            source = env.loader.get_source(env, template.name)[0]
+        except Exception:  # e.g. the file is gone since: keep the general way
+            source = None
+    if source is not None and _needs_full_variables(env, source) is False:
+        full = False
+    if full:
+        def render_full(event: Mapping) -> str:
+            return render(template, template_variables(event, globals_))
+
+        return render_full
+
+    root = template.root_render_func
+    name = template.name
+    blocks = template.blocks
+    context_class = env.context_class
+    wants_event = "event" in {node.name for node in env.parse(source).find_all(nodes.Name)}
+
+    def render_event(event: Mapping) -> str:
+        # The event is the context's read-only parent (templates run in the immutable
+        # sandbox); `event` goes in the context's own variables, which win over the
+        # parent, just as it wins over an event field of that name otherwise.
+        context = context_class(env, event, name, blocks)
+        if wants_event:
+            context.vars["event"] = event
+        return "".join(root(context))
+
+    return render_event
 
 
 def _template_location(exc: BaseException) -> tuple[str | None, int] | None:

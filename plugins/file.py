@@ -62,7 +62,7 @@ class FileOutput(Output):
         self._size = os.fstat(self._fh.fileno()).st_size
 
     async def send(self, batch):
-        data = b"".join(d.body_json() + b"\n" for d in batch)
+        data = b"\n".join([d.body_json() for d in batch]) + b"\n"
         if self._limit and self._size and self._size + len(data) > self._limit:
             self._rotate()
         self._fh.write(data)

@@ -191,8 +191,8 @@ def cmd_test(args) -> int:
     """Run the config's mapping tests."""
     from nwpipe.mappingtests import run_tests
 
-    plugins, config, router = load(args)
-    return run_tests(config, router, plugins.jinja_filters)
+    _, config, router = load(args)
+    return run_tests(config, router)
 
 
 # -- logging ----------------------------------------------------------------------
@@ -262,11 +262,15 @@ def cmd_replay(args) -> int:
 
 def cmd_check(args) -> int:
     """Validate the config and describe it."""
+    from nwpipe.mappingtests import check_tests
+
     _, config, router = load(args)
     outputs = {name: oc.create() for name, oc in config.outputs.items()}
+    tests = check_tests(config, router)
     where = config.file or "built-in default config"
     print(f"{where}: OK, {len(outputs)} output{'s' if len(outputs) != 1 else ''}, "
-          f"{len(config.mappings)} mapping{'s' if len(config.mappings) != 1 else ''}")
+          f"{len(config.mappings)} mapping{'s' if len(config.mappings) != 1 else ''}, "
+          f"{tests} test{'s' if tests != 1 else ''}")
     for route in router.routes:
         oc = route.output
         parts = [f"type {oc.type}", outputs[oc.name].describe()]

@@ -418,23 +418,25 @@ def format_result(result: TestResult) -> list[str]:
     return lines
 
 
-def run_tests(config: Config, router: Router, jinja_filters: dict | None = None,
-              stream: TextIO | None = None) -> int:
-    """Run every test of ``config`` and print the report; the exit code (0 all passed, 1 not)."""
-    from nwpipe.mapping import compile_mappings
-    from nwpipe.templating import make_environment
+def _compiled(router: Router) -> tuple[dict[str, Route], dict[str, Callable]]:
+    routes = {route.name: route for route in router.routes}
+    mappings = {name: mapping.apply for name, mapping in router.mappings.items()}
+    return routes, mappings
 
+
+def check_tests(config: Config, router: Router) -> int:
+    """Validate the ``[[tests]]`` tables without running them; returns how many there are."""
+    return len(load_tests(config, *_compiled(router)))
+
+
+def run_tests(config: Config, router: Router, stream: TextIO | None = None) -> int:
+    """Run every test of ``config`` and print the report; the exit code (0 all passed, 1 not)."""
     stream = stream if stream is not None else sys.stdout
     where = config.file or "the built-in default config"
     if not config.tests:
         stream.write(f"no tests in {where}: add [[tests]] tables (see the README)\n")
         return 1
-    routes = {route.name: route for route in router.routes}
-    mappings: dict[str, Callable] = {}
-    if config.mappings:
-        env = make_environment(config.templates, jinja_filters or {})
-        compiled = compile_mappings(config.mappings, env, file=config.file)
-        mappings = {name: mapping.apply for name, mapping in compiled.items()}
+    routes, mappings = _compiled(router)
     tests = load_tests(config, routes, mappings)
     failed = 0
     for test in tests:

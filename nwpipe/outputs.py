@@ -24,6 +24,7 @@ A minimal output::
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from hashlib import sha256
 from typing import Any, ClassVar, Union
 
 import orjson
@@ -149,7 +150,5 @@ def delivery_id(event: dict) -> str:
     Built from the event's ``id``, ``alerttype`` and ``updatecount``; hashed so that it is
     always a safe header value whatever the event contains.
     """
-    import hashlib
-
-    seed = "\x1f".join(str(event.get(k)) for k in ("id", "alerttype", "updatecount"))
-    return "nwp_" + hashlib.sha256(seed.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    seed = f"{event.get('id')}\x1f{event.get('alerttype')}\x1f{event.get('updatecount')}"
+    return "nwp_" + sha256(seed.encode("utf-8", "surrogatepass")).hexdigest()[:32]

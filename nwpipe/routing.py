@@ -58,7 +58,9 @@ class Router:
     def __init__(self, config: Config, jinja_filters: dict | None = None):
         self.config = config
         self.routes: list[Route] = []
-        compiled: dict[str, object] = {}
+        #: every compiled mapping by name (also those no output uses, for `nwpipe test`)
+        self.mappings: dict[str, object] = {}
+        compiled = self.mappings
         needs_jinja = bool(config.mappings) or any(o.when for o in config.outputs.values())
         env = None
         if needs_jinja:
@@ -66,7 +68,7 @@ class Router:
             from nwpipe.templating import compile_condition, make_environment
 
             env = make_environment(config.templates, jinja_filters or {})
-            compiled = compile_mappings(config.mappings, env, file=config.file)
+            compiled.update(compile_mappings(config.mappings, env, file=config.file))
         for output in config.outputs.values():
             condition = None
             if output.when:

@@ -157,3 +157,12 @@ def test_check_describes_without_secrets(tmp_path):
 def test_example_config_is_valid():
     proc = nwpipe("check", "-c", str(ROOT / "examples" / "nwpipe.toml"), cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_check_validates_mapping_tests(tmp_path):
+    (tmp_path / "c.toml").write_text('[outputs.f]\ntype = "stdout"\n'
+                                     '[[tests]]\noutput = "f"\nevent = { id = "a", customer = "x" }\n'
+                                     'expct = { id = "a" }\n')
+    proc = nwpipe("check", "-c", "c.toml", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "c.toml: tests[0].expct: unknown setting 'expct' (did you mean 'expect'?)" in proc.stderr

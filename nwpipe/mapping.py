@@ -52,6 +52,10 @@ Applied in this order:
 ``undefined = "strict"`` (default) makes an undefined variable an error naming it;
 ``"lenient"`` renders it blank.
 
+``vars = { routing_key = "${PD_ROUTING_KEY}" }`` names constants that every template of
+the mapping (fields, body, template file) can use like event fields; an event field of
+the same name wins. ``extends`` merges them.
+
 Bodies share unchanged nested values with the event (copy on write): nothing here
 modifies an event, and a body must be treated as read-only.
 """
@@ -93,6 +97,7 @@ MAPPING_SETTINGS: dict[str, Setting] = {
                          help="an undefined template variable is an error or blank"),
     "template": Setting(str, help="a whole-body Jinja template file"),
     "body": Setting(str, help="an inline whole-body Jinja template"),
+    "vars": Setting(dict, help="named constants every template of this mapping can use"),
 }
 
 _FIELD_KEYS = ("path", "template", "value", "default", "omit_missing", "list", "type")
@@ -615,8 +620,9 @@ class _Compiler:
         else:
             parent = {"fields": {}, "drop": {}, "rename": {}, "keep": None,
                       "omit_missing": None, "undefined": None, "template": None, "body": None,
-                      "explicit": set()}
+                      "explicit": set(), "vars": {}}
         merged = {
+            "vars": {**parent["vars"], **self.vars(settings["vars"], f"{key}.vars")},
             "fields": dict(parent["fields"]),
             "drop": dict(parent["drop"]),
             "rename": dict(parent["rename"]),
@@ -649,14 +655,33 @@ class _Compiler:
         self.merged[name] = merged
         return merged
 
+    def vars(self, table: dict | None, key: str) -> dict[str, Any]:
+        """Validate a mapping's ``vars``: names usable in templates, constant values."""
+        result = {}
+        for var, value in (table or {}).items():
+            if not var.isidentifier():
+                raise ConfigError("a template variable name must be a plain name "
+                                  "(letters, digits, _)", key=f"{key}.{var}", file=self.file)
+            result[var] = _constant(value, f"{key}.{var}", self.file)
+        return result
+
     # -- compiling --
+
+    def environment(self, merged: dict, undefined: str, json_body: bool = False):
+        """The Jinja environment for one mapping: its ``vars`` are globals there."""
+        env = derive_environment(self.env, undefined=undefined, json_body=json_body)
+        if merged["vars"]:
+            env = env.overlay()
+            # a new dict: the overlay would otherwise share (and change) its parent's
+            env.globals = {**env.globals, **merged["vars"]}
+        return env
 
     def compile(self, name: str) -> Mapping:
         merged = self.merge(name)
         undefined = merged["undefined"] or "strict"
         if merged["template"] is not None or merged["body"] is not None:
             return self.compile_body(name, merged, undefined)
-        text_env = derive_environment(self.env, undefined=undefined)
+        text_env = self.environment(merged, undefined)
         fields = tuple(self.compile_field(field_name, value, where, merged, text_env, name)
                        for field_name, (value, where) in merged["fields"].items())
         _check_field_overlaps(fields, self.file)
@@ -677,7 +702,7 @@ class _Compiler:
             raise ConfigError(f"'{what}' gives the whole body, so '{setting}' (set in "
                               f"{where}) has no effect; remove one of them",
                               key=key, file=self.file)
-        body_env = derive_environment(self.env, undefined=undefined, json_body=True)
+        body_env = self.environment(merged, undefined, json_body=True)
         body_key = merged["body_key"]
         if merged["template"] is not None:
             template_name = merged["template"]

@@ -647,3 +647,52 @@ def test_jsonpath_failing_on_odd_data_is_event_error():
 def test_mappings_share_compiled_expressions():
     mappings = load('[mappings.a.fields]\nx = "$.id"\n[mappings.b.fields]\ny = "$.id"')
     assert mappings["a"]._steps[0][3] is mappings["b"]._steps[0][3]
+
+
+# -- vars: named constants for templates ------------------------------------------------
+
+def test_vars_reach_field_templates_and_bodies():
+    body = apply('''
+        [mappings.m]
+        keep = false
+        vars = { team = "soc", level = 3 }
+        fields = { title = "{{ team }}: {{ algorithm }}", level = { template = "{{ level + 1 }}", type = "int" } }
+    ''')
+    assert body == {"title": "soc: knownbotnet", "level": 4}
+    body = apply('''
+        [mappings.m]
+        vars = { routing_key = "R0UT1NG" }
+        body = '{"key": {{ routing_key }}, "id": {{ id }}}'
+    ''')
+    assert body == {"key": "R0UT1NG", "id": EVENT["id"]}
+
+
+def test_vars_in_a_template_file_and_extends_merges_them():
+    mappings = load('''
+        [mappings.pd]
+        template = "pagerduty.json.j2"
+        vars = { routing_key = "base-key" }
+        [mappings.pd-acme]
+        extends = "pd"
+        vars = { routing_key = "acme-key" }
+    ''')
+    assert mappings["pd"].apply(EVENT)["routing_key"] == "base-key"
+    assert mappings["pd-acme"].apply(EVENT)["routing_key"] == "acme-key"
+
+
+def test_event_field_wins_over_a_var():
+    body = apply('''
+        [mappings.m]
+        keep = false
+        vars = { severity = "unknown" }
+        fields = { s = "{{ severity }}" }
+    ''')
+    assert body == {"s": "medium"}
+
+
+def test_var_names_must_be_plain_names():
+    error = config_error('''
+        [mappings.m]
+        vars = { "routing-key" = "x" }
+    ''')
+    assert error.key == "mappings.m.vars.routing-key" and "plain name" in str(error)

@@ -44,8 +44,7 @@ HOSTILE = ('He said "hi" \\ C:\\temp\\ \n\r\t {{ 7*7 }} {% if 1 %}x{% endif %} {
 def mapping_for(name: str):
     env = make_environment()
     if name == "pagerduty.json.j2":
-        table = {"body": '{% set routing_key = "' + ROUTING_KEY + '" %}'
-                         '{% include "pagerduty.json.j2" %}'}
+        table = {"template": name, "vars": {"routing_key": ROUTING_KEY}}
     else:
         table = {"template": name}
     return compile_mappings({"m": table}, env)["m"]

@@ -258,10 +258,12 @@ class _Connection(asyncio.Protocol):
                 return
 
     def _head(self, head: bytes) -> None:
-        lines = head.split(b"\r\n")
+        # one decode for the whole head (latin-1 maps every byte), then str work only
+        lines = head.decode("latin-1").split("\r\n")
         line = lines[0]
-        if (not line.startswith(b"HTTP/1.") or len(line) < 12 or line[8:9] != b" "
-                or not line[9:12].isdigit() or (len(line) > 12 and line[12:13] != b" ")):
+        if (not line.startswith("HTTP/1.") or len(line) < 12 or line[8] != " "
+                or not line[9:12].isdigit() or not line[9:12].isascii()
+                or (len(line) > 12 and line[12] != " ")):
             raise ProtocolError(f"not an HTTP/1.x status line: {line[:40]!r}")
         status = int(line[9:12])
         if 100 <= status < 200:
@@ -270,13 +272,13 @@ class _Connection(asyncio.Protocol):
             return  # informational: the real answer follows
         headers: dict[str, str] = {}
         for raw in lines[1:]:
-            if raw[:1] in (b" ", b"\t"):
-                raise ProtocolError("obsolete line folding in response headers")
-            name, colon, value = raw.partition(b":")
-            if not colon or not name or name != name.strip():
+            name, colon, value = raw.partition(":")
+            if not colon or not name or name[0] in " \t" or name[-1] in " \t":
+                if raw[:1] in (" ", "\t"):
+                    raise ProtocolError("obsolete line folding in response headers")
                 raise ProtocolError(f"invalid response header line: {raw[:40]!r}")
-            key = name.decode("latin-1").lower()
-            text = value.strip(b" \t").decode("latin-1")
+            key = name.lower()
+            text = value.strip(" \t")
             if key in headers:
                 if key == "content-length":
                     if headers[key] != text:
@@ -286,10 +288,10 @@ class _Connection(asyncio.Protocol):
             else:
                 headers[key] = text
         self._status = status
-        self._reason = line[13:].decode("latin-1")
+        self._reason = line[13:]
         self._headers = headers
         connection = headers.get("connection", "").lower()
-        if line[7:8] == b"1":
+        if line[7] == "1":
             self.keep_alive = "close" not in connection
         else:
             self.keep_alive = "keep-alive" in connection

@@ -36,17 +36,20 @@ import os
 import re
 import socket
 import ssl
+import sys
 import time
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 from urllib.parse import quote, unquote
 
-import aiohttp
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from yarl import URL
 
 from nwpipe import Delivered, Delivery, Failed, Output, Result, Retry, Setting, __version__, hookimpl
 from nwpipe import http1
+if TYPE_CHECKING:
+    import aiohttp
+
 from nwpipe.httputil import (
     check_header,
     has_line_break,
@@ -81,6 +84,24 @@ _URL_SAFE = "/?#[]@!$&'()*+,;=:%~"
 
 def _is_template(text: str) -> bool:
     return any(mark in text for mark in _TEMPLATE_MARKS)
+
+
+# aiohttp is imported only when an output needs it (a proxy, followed redirects): it
+# takes longer to import than the rest of nwpipe together.
+
+class _NotRaised(Exception):
+    """Stands in for aiohttp's exception classes while aiohttp is not imported."""
+
+
+class _AiohttpAbsent:
+    def __getattr__(self, name: str) -> type[Exception]:
+        return _NotRaised
+
+
+def _aiohttp_errors():
+    """The aiohttp module if it is imported, else a stand-in whose exception classes
+    nothing is an instance of (no aiohttp error can happen before it is imported)."""
+    return sys.modules.get("aiohttp") or _AiohttpAbsent()
 
 
 # --- templates ------------------------------------------------------------------------
@@ -492,6 +513,8 @@ class WebhookOutput(Output):
                 limit=max(1, int(self.concurrency)), keep=RESPONSE_SNIPPET,
                 drain_limit=DRAIN_LIMIT)
             return
+        import aiohttp
+
         connector = aiohttp.TCPConnector(limit=max(1, int(self.concurrency)),
                                          ssl=context if context is not None else True)
         self._session = aiohttp.ClientSession(
@@ -698,6 +721,8 @@ class WebhookOutput(Output):
         return Failed(f"too many redirects (more than {MAX_REDIRECTS})")
 
     async def _classify_response(self, resp: aiohttp.ClientResponse) -> Result:
+        import aiohttp
+
         try:
             data = await _read_some(resp, RESPONSE_SNIPPET)
         except (aiohttp.ClientError, asyncio.TimeoutError):
@@ -722,6 +747,7 @@ class WebhookOutput(Output):
 
     def _exception_result(self, exc: BaseException, url: URL) -> Result:
         """Turn a client exception into Retry (the network) or Failed (the config)."""
+        aiohttp = _aiohttp_errors()
         where = f"{url.host}:{url.port}"
         if isinstance(exc, (aiohttp.ClientConnectorCertificateError,
                             ssl.SSLCertVerificationError)):
@@ -771,6 +797,7 @@ class WebhookOutput(Output):
 
 def _ssl_error(exc: BaseException) -> ssl.SSLError | None:
     """The ssl.SSLError behind ``exc`` (aiohttp wraps them), if any."""
+    aiohttp = _aiohttp_errors()
     seen = 0
     while exc is not None and seen < 5:
         # aiohttp's ClientConnectorSSLError is an SSLError too, but without the
@@ -817,6 +844,8 @@ async def _read_some(resp: aiohttp.ClientResponse, limit: int) -> bytes:
 
 async def _drain(resp: aiohttp.ClientResponse) -> None:
     """Read a (short) response to its end so the connection goes back to the pool."""
+    import aiohttp
+
     try:
         await _read_some(resp, DRAIN_LIMIT)
     except (aiohttp.ClientError, asyncio.TimeoutError):

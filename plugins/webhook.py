@@ -20,6 +20,11 @@ other 4xx, 3xx not followed and certificate errors are ``Failed``.
 Every request carries ``webhook-id`` and ``Idempotency-Key`` (the delivery id, the same
 across retries and replays) and, with ``signing_secret``, the Standard Webhooks
 ``webhook-timestamp`` and ``webhook-signature`` headers.
+
+Direct connections go through :mod:`nwpipe.http1`, a lean keep-alive HTTP/1.1 client
+(per request it costs a fraction of a general client); a ``proxy``, ``trust_env`` or
+``follow_redirects`` sends requests through an aiohttp session instead. Both paths send
+the same requests and map outcomes to the same results.
 """
 
 from __future__ import annotations

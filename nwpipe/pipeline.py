@@ -156,6 +156,10 @@ class Pipeline:
                 await self._handle(decoder.feed(chunk))
                 if self._stop.is_set():
                     return
+                # Reading a regular file never waits: give the deliveries a turn after
+                # each chunk, so sending overlaps reading instead of starting only when
+                # an output's queue is full.
+                await asyncio.sleep(0)
         finally:
             # also after a read error (a truncated .gz): a partial event is still reported
             await self._handle(decoder.finish())

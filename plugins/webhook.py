@@ -156,7 +156,9 @@ def split_url(url: str) -> tuple[str, str]:
     url = url.strip()
     scheme, sep, remainder = url.partition("://")
     if not sep or scheme.lower() not in ("http", "https"):
-        raise ValueError(f"url must start with http:// or https://, got {url[:40]!r}")
+        # show only the scheme: the rest may hold credentials or a token
+        shown = f"{scheme[:20]}://..." if sep else "no scheme"
+        raise ValueError(f"url must start with http:// or https:// (got {shown})")
     end = len(remainder)
     for stop in "/?#":
         found = remainder.find(stop)

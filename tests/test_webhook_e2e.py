@@ -629,3 +629,15 @@ async def test_secrets_never_appear_in_stderr_or_the_dead_letter_file(tmp_path, 
     # ... and nowhere else
     for secret in forbidden():
         assert secret not in text, secret
+
+
+async def test_config_errors_about_the_url_do_not_show_credentials(tmp_path):
+    config = """
+        [outputs.soc]
+        type = "webhook"
+        url = "ftp://soc:pw-Zq81-soc@ftp.example.com/in?token=qs-Vb09-url"
+    """
+    run = await nwpipe(tmp_path, config, command="check")
+    assert run.returncode == 1
+    assert "outputs.soc.url: url must start with http:// or https:// (got ftp://...)" in run.stderr
+    assert "pw-Zq81" not in run.stderr and "qs-Vb09" not in run.stderr

@@ -85,9 +85,14 @@ class RateLimiter:
 @dataclass
 class _State:
     pending: dict[str, deque] = field(default_factory=dict)
-    ready: asyncio.Queue = field(default_factory=asyncio.Queue)
+    ready: deque = field(default_factory=deque)  # keys with waiting deliveries, none in flight
     queued: int = 0           # deliveries accepted and not finished (waiting or in flight)
     failing: bool = False     # the last attempt did not deliver
+
+
+def _expire(waiter: asyncio.Future) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 class DeliveryEngine:
@@ -103,7 +108,11 @@ class DeliveryEngine:
         self.closed = False
         self._on_closed = on_closed
         self._state = _State()
-        self._changed = asyncio.Condition()
+        # Hand-made wake-ups instead of asyncio.Queue/Condition: this is the per-event
+        # path, and a bare future costs a fraction of a Condition round trip.
+        self._key_waiters: deque[asyncio.Future] = deque()  # workers waiting for a key
+        self._change_waiters: list[asyncio.Future] = []     # submit/drain waiting for room
+        self._filling = asyncio.Lock()  # batching: one worker at a time gathers a batch
         self._workers: list[asyncio.Task] = []
         self._inflight: dict[int, list[Delivery]] = {}
         self._limiter = RateLimiter(settings.rate_limit) if settings.rate_limit else None
@@ -111,6 +120,9 @@ class DeliveryEngine:
         self._refused_quietly = 0
         self._keyed = settings.concurrency > 1
         self._warnings = 0
+        # A full queue makes the reader wait until a quarter of it is free again, not
+        # for every single slot: one wake-up per many deliveries instead of one each.
+        self._resume_at = settings.queue_size - max(1, settings.queue_size // 4)
         self._wake = asyncio.Event()  # set when the backoff waits should end (shutdown cut short)
         self._flush = asyncio.Event()  # set when no more input comes: send partial batches now
 
@@ -143,21 +155,19 @@ class DeliveryEngine:
             self._dead_letter([delivery], self._refused, quiet=True)
             return
         if state.queued >= self.settings.queue_size:
-            async with self._changed:
-                while state.queued >= self.settings.queue_size and not self.closed:
-                    if self._refused is not None:
-                        self._dead_letter([delivery], self._refused, quiet=True)
-                        return
+            while not self.closed:
+                if self._refused is not None:
+                    self._dead_letter([delivery], self._refused, quiet=True)
+                    return
+                if state.queued >= self.settings.queue_size:
                     if state.failing:
                         self._dead_letter([delivery], f"output '{self.name}' is failing and its "
                                           f"queue is full ({self.settings.queue_size} waiting)")
                         return
-                    await self._changed.wait()
+                elif state.failing or state.queued <= self._resume_at:
+                    break
+                await self._wait_change()
             if self.closed:
-                return
-            if self._refused is not None:
-                # room was made by a shutdown dead-lettering the queue: this one too
-                self._dead_letter([delivery], self._refused, quiet=True)
                 return
         state.queued += 1
         # with one worker, one lane for everything keeps the input order exactly
@@ -165,34 +175,83 @@ class DeliveryEngine:
         waiting = state.pending.get(key)
         if waiting is None:
             state.pending[key] = deque((delivery,))
-            state.ready.put_nowait(key)
+            self._push_ready(key)
         else:
             waiting.append(delivery)
+
+    # -- wake-ups --------------------------------------------------------------
+
+    def _push_ready(self, key: str) -> None:
+        """``key`` has deliveries and none in flight: give it to a waiting worker."""
+        waiters = self._key_waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(key)
+                return
+        self._state.ready.append(key)
+
+    async def _next_key(self) -> str:
+        ready = self._state.ready
+        while True:
+            if ready:
+                return ready.popleft()
+            waiter = asyncio.get_running_loop().create_future()
+            self._key_waiters.append(waiter)
+            key = await waiter
+            if key is not None:  # None: woken to look at the flush flag (drain)
+                return key
+
+    async def _wait_change(self) -> None:
+        waiter = asyncio.get_running_loop().create_future()
+        self._change_waiters.append(waiter)
+        await waiter
+
+    def _notify(self) -> None:
+        """Wake every submit/drain waiting for the queue, the failing flag or shutdown."""
+        waiters, self._change_waiters = self._change_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _wake_workers(self) -> None:
+        for waiter in self._key_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._key_waiters.clear()
 
     # -- workers ---------------------------------------------------------------
 
     async def _worker(self, number: int) -> None:
         state = self._state
-        batch_policy = self.settings.batch
+        max_events = self.settings.batch.max_events
         while True:
-            key = await state.ready.get()
             # registered before anything is taken, so a cancelled worker loses nothing
             batch: list[Delivery] = []
-            self._inflight[number] = batch
-            keys = [key]
-            size = self._take(key, batch, 0)
-            if batch_policy.max_events > 1 and len(batch) < batch_policy.max_events:
-                await self._fill(batch, keys, size)
+            if max_events > 1:
+                async with self._filling:
+                    key = await self._next_key()
+                    self._inflight[number] = batch
+                    keys = [key]
+                    size = self._take(key, batch, 0)
+                    if len(batch) < max_events:
+                        await self._fill(batch, keys, size)
+            else:
+                key = await self._next_key()
+                self._inflight[number] = batch
+                keys = (key,)
+                batch.append(state.pending[key].popleft())
             await self._deliver(batch)
             del self._inflight[number]
+            pending = state.pending
             for k in keys:
-                if state.pending[k]:
-                    state.ready.put_nowait(k)
+                if pending[k]:
+                    self._push_ready(k)
                 else:
-                    del state.pending[k]
+                    del pending[k]
             state.queued -= len(batch)
-            async with self._changed:
-                self._changed.notify_all()
+            if self._change_waiters and state.queued <= self._resume_at:
+                self._notify()
 
     def _take(self, key: str, batch: list[Delivery], size: int) -> int:
         """Move deliveries of ``key`` into ``batch`` within the batch limits."""
@@ -210,25 +269,24 @@ class DeliveryEngine:
     async def _fill(self, batch: list[Delivery], keys: list[str], size: int) -> int:
         """Add other ready alerts to the batch until it is full or max_wait has passed."""
         policy = self.settings.batch
-        state = self._state
+        ready = self._state.ready
         loop = asyncio.get_running_loop()
         deadline = loop.time() + policy.max_wait
         while len(batch) < policy.max_events and size < policy.max_bytes:
-            try:
-                key = state.ready.get_nowait()
-            except asyncio.QueueEmpty:
-                remaining = deadline - loop.time()
-                if remaining <= 0 or self.closed or self._flush.is_set():
+            if ready:
+                key = ready.popleft()
+            else:
+                if loop.time() >= deadline or self.closed or self._flush.is_set():
                     break
-                getter = asyncio.ensure_future(state.ready.get())
-                flush = asyncio.ensure_future(self._flush.wait())
-                await asyncio.wait((getter, flush), timeout=remaining,
-                                   return_when=asyncio.FIRST_COMPLETED)
-                flush.cancel()
-                if not getter.done():
-                    getter.cancel()  # not done: it has taken nothing
+                waiter = loop.create_future()
+                self._key_waiters.append(waiter)
+                timer = loop.call_at(deadline, _expire, waiter)
+                try:
+                    key = await waiter
+                finally:
+                    timer.cancel()
+                if key is None:  # max_wait passed, or no more input is coming
                     break
-                key = getter.result()
             before = len(batch)
             size = self._take(key, batch, size)
             keys.append(key)
@@ -264,8 +322,7 @@ class DeliveryEngine:
             if not self._state.failing:
                 self._state.failing = True
                 # a submitter waiting for space can now dead-letter instead of waiting
-                async with self._changed:
-                    self._changed.notify_all()
+                self._notify()
             if isinstance(result, Failed):
                 self._record(batch, attempt, "failed", result.reason, result.status)
                 self._dead_letter(batch, result.reason, result.status, result.response)
@@ -323,6 +380,7 @@ class DeliveryEngine:
 
     def _output_closed(self, reason: str) -> None:
         self.closed = True
+        self._notify()
         if self._on_closed is not None:
             self._on_closed(reason)
 
@@ -335,12 +393,8 @@ class DeliveryEngine:
         state = self._state
         leftovers: list[Delivery] = []
         # Keys in the ready queue are not being sent: drop them with their deliveries.
-        while True:
-            try:
-                key = state.ready.get_nowait()
-            except asyncio.QueueEmpty:
-                break
-            leftovers.extend(state.pending.pop(key, ()))
+        while state.ready:
+            leftovers.extend(state.pending.pop(state.ready.popleft(), ()))
         # The other keys are busy in a worker, which removes them when its batch ends.
         for waiting in state.pending.values():
             leftovers.extend(waiting)
@@ -348,8 +402,7 @@ class DeliveryEngine:
         if leftovers:
             state.queued -= len(leftovers)
             self._dead_letter(leftovers, reason)
-        async with self._changed:
-            self._changed.notify_all()
+        self._notify()
 
     async def drain(self, timeout: float | None = None, abort: asyncio.Event | None = None) -> None:
         """Wait until every accepted delivery is delivered or dead-lettered.
@@ -358,10 +411,11 @@ class DeliveryEngine:
         or when ``abort`` is set, is dead-lettered.
         """
         self._flush.set()
+        self._wake_workers()  # a worker gathering a batch sends it now
 
         async def idle():
-            async with self._changed:
-                await self._changed.wait_for(lambda: self._state.queued == 0 or self.closed)
+            while self._state.queued and not self.closed:
+                await self._wait_change()
 
         waiters = [asyncio.ensure_future(idle())]
         if abort is not None:
@@ -390,6 +444,8 @@ class DeliveryEngine:
         for waiting in self._state.pending.values():
             leftovers.extend(waiting)
         self._state.pending.clear()
+        self._state.ready.clear()
+        self._key_waiters.clear()
         if leftovers:
             self._dead_letter(leftovers, reason)
         self._state.queued = 0

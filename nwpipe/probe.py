@@ -27,6 +27,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from typing import Iterable
+from urllib.parse import urlsplit
 
 from nwpipe.errors import EventError
 from nwpipe.outputs import Delivered, Delivery, Failed, Output, Result, Retry
@@ -89,40 +90,6 @@ def _customer_for(route) -> str:
     return next(iter(candidates), PROBE_CUSTOMER)
 
 
-class _Trace:
-    """The HTTP status and the client exception of a webhook request, via aiohttp's
-    tracing (the output's result says how it went, not always why)."""
-
-    def __init__(self) -> None:
-        self.status: int | None = None
-        self.exception: BaseException | None = None
-
-    async def on_end(self, session, context, params) -> None:
-        self.status = params.response.status
-
-    async def on_exception(self, session, context, params) -> None:
-        self.exception = params.exception
-
-    def attach(self, output: Output) -> None:
-        try:
-            import aiohttp
-        except ImportError:  # pragma: no cover - aiohttp is a dependency
-            return
-        session = getattr(output, "_session", None)
-        if not isinstance(session, aiohttp.ClientSession):
-            return
-        configs = getattr(session, "trace_configs", None)
-        if configs is None:
-            configs = getattr(session, "_trace_configs", None)
-        if not isinstance(configs, list):
-            return
-        trace = aiohttp.TraceConfig()
-        trace.on_request_end.append(self.on_end)
-        trace.on_request_exception.append(self.on_exception)
-        trace.freeze()
-        configs.append(trace)
-
-
 async def probe_output(route, output: Output, *, now: float | None = None) -> ProbeResult:
     """Open ``output``, send it the mapped test event once, close it, and explain."""
     name = route.name
@@ -135,16 +102,15 @@ async def probe_output(route, output: Output, *, now: float | None = None) -> Pr
         return ProbeResult(name, False, f"the mapping failed on the test event: {exc}")
     delivery = Delivery(id=f"nwp_probe_{uuid.uuid4().hex}", body=body, event=event,
                         output=name, source="<probe>")
-    trace = _Trace()
+    raised: BaseException | None = None
     started = time.monotonic()
     try:
         try:
             await output.open()
-            trace.attach(output)
             result: Result = await output.send([delivery])
         except (OSError, asyncio.TimeoutError) as exc:
             result = Retry(f"{type(exc).__name__}: {exc}")
-            trace.exception = trace.exception or exc
+            raised = exc
         except Exception as exc:  # noqa: BLE001 - a plugin bug is one line of the report
             result = Failed(f"{type(exc).__name__}: {exc}")
     finally:
@@ -153,7 +119,10 @@ async def probe_output(route, output: Output, *, now: float | None = None) -> Pr
             await output.close()
         except Exception:  # noqa: BLE001 - closing cannot change the answer
             pass
-    return explain(name, output, result, trace.status, trace.exception, elapsed)
+    # The webhook output keeps the last HTTP status and client error: the result says
+    # how the send went, these say why.
+    return explain(name, output, result, getattr(output, "last_status", None),
+                   raised or getattr(output, "last_error", None), elapsed)
 
 
 def _ms(seconds: float) -> str:
@@ -218,8 +187,15 @@ def _ssl_error(exc: BaseException | None) -> ssl.SSLError | None:
 
 
 def _explain_exception(exc: BaseException, config: dict) -> str | None:
-    host = getattr(exc, "host", None) or config.get("host") or "the host"
+    host = getattr(exc, "host", None)
     port = getattr(exc, "port", None)
+    if host is None and config.get("url"):
+        # the webhook's direct client names no host in its errors: the url does
+        url = urlsplit(str(config["url"]))
+        host = url.hostname
+        port = url.port or {"https": 443, "http": 80}.get(url.scheme)
+    host = host or config.get("host") or "the host"
+    port = port or config.get("port")
     where = f"{host}:{port}" if port else str(host)
     tls_error = _ssl_error(exc)
     if isinstance(tls_error, ssl.SSLCertVerificationError):

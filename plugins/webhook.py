@@ -20,6 +20,11 @@ other 4xx, 3xx not followed and certificate errors are ``Failed``.
 Every request carries ``webhook-id`` and ``Idempotency-Key`` (the delivery id, the same
 across retries and replays) and, with ``signing_secret``, the Standard Webhooks
 ``webhook-timestamp`` and ``webhook-signature`` headers.
+
+Direct connections go through :mod:`nwpipe.http1`, a lean keep-alive HTTP/1.1 client
+(per request it costs a fraction of a general client); a ``proxy``, ``trust_env`` or
+``follow_redirects`` sends requests through an aiohttp session instead. Both paths send
+the same requests and map outcomes to the same results.
 """
 
 from __future__ import annotations
@@ -36,16 +41,20 @@ import os
 import re
 import socket
 import ssl
+import sys
 import time
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 from urllib.parse import quote, unquote
 
-import aiohttp
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from yarl import URL
 
 from nwpipe import Delivered, Delivery, Failed, Output, Result, Retry, Setting, __version__, hookimpl
+from nwpipe import http1
+if TYPE_CHECKING:
+    import aiohttp
+
 from nwpipe.httputil import (
     check_header,
     has_line_break,
@@ -80,6 +89,24 @@ _URL_SAFE = "/?#[]@!$&'()*+,;=:%~"
 
 def _is_template(text: str) -> bool:
     return any(mark in text for mark in _TEMPLATE_MARKS)
+
+
+# aiohttp is imported only when an output needs it (a proxy, followed redirects): it
+# takes longer to import than the rest of nwpipe together.
+
+class _NotRaised(Exception):
+    """Stands in for aiohttp's exception classes while aiohttp is not imported."""
+
+
+class _AiohttpAbsent:
+    def __getattr__(self, name: str) -> type[Exception]:
+        return _NotRaised
+
+
+def _aiohttp_errors():
+    """The aiohttp module if it is imported, else a stand-in whose exception classes
+    nothing is an instance of (no aiohttp error can happen before it is imported)."""
+    return sys.modules.get("aiohttp") or _AiohttpAbsent()
 
 
 # --- templates ------------------------------------------------------------------------
@@ -129,7 +156,9 @@ def split_url(url: str) -> tuple[str, str]:
     url = url.strip()
     scheme, sep, remainder = url.partition("://")
     if not sep or scheme.lower() not in ("http", "https"):
-        raise ValueError(f"url must start with http:// or https://, got {url[:40]!r}")
+        # show only the scheme: the rest may hold credentials or a token
+        shown = f"{scheme[:20]}://..." if sep else "no scheme"
+        raise ValueError(f"url must start with http:// or https:// (got {shown})")
     end = len(remainder)
     for stop in "/?#":
         found = remainder.find(stop)
@@ -380,6 +409,9 @@ class WebhookOutput(Output):
     def __init__(self, name: str, config: dict[str, Any]):
         config = {**{key: s.default for key, s in self.settings.items()}, **config}
         super().__init__(name, config)
+        #: the HTTP status of the last answer and the last client error, for `check --probe`
+        self.last_status: int | None = None
+        self.last_error: BaseException | None = None
         self._method = _check_method(config["method"])
         self._origin, rest = split_url(config["url"])
         self._url_template = _compile(_URL_ENV, rest, "url") if _is_template(rest) else None
@@ -434,11 +466,49 @@ class WebhookOutput(Output):
         self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
         self._session: aiohttp.ClientSession | None = None
 
+        # A direct connection goes through the lean HTTP/1.1 client (nwpipe.http1);
+        # proxies (explicit or from the environment) and followed redirects through
+        # aiohttp. For the direct path the request head is pre-encoded: a send only
+        # appends the per-request headers.
+        self._direct = not (self._proxy or config["trust_env"] or self._follow_redirects)
+        self._pool: http1.Pool | None = None
+        origin = URL(self._origin)
+        host = origin.raw_host or ""
+        self._connect_host = host
+        self._connect_port = origin.port
+        host_header = f"[{host}]" if ":" in host else host
+        if origin.explicit_port and origin.port != {"http": 80, "https": 443}[origin.scheme]:
+            host_header += f":{origin.port}"
+        self._host_line = f"Host: {host_header}\r\n".encode("ascii")
+        self._prefix = self._prefix_batch = b""
+        if self._url is not None:
+            target = self._request_line(self._url)
+            self._prefix = target + self._encode_headers(static)
+            self._prefix_batch = target + self._encode_headers(self._batch_headers(static))
+
+    def _request_line(self, url: URL) -> bytes:
+        target = url.raw_path_qs or "/"
+        return f"{self._method} {target} HTTP/1.1\r\n".encode("ascii") + self._host_line
+
+    @staticmethod
+    def _encode_headers(headers: dict[str, str]) -> bytes:
+        # names and values were checked for CR, LF and NUL when the config loaded
+        # (templated values when rendered); values are sent as UTF-8, as aiohttp does
+        return "".join(f"{name}: {value}\r\n" for name, value in headers.items()).encode()
+
+    def _batch_headers(self, headers: dict[str, str]) -> dict[str, str]:
+        """``headers`` for a request carrying several events (their Content-Type)."""
+        if self._fixed_content_type:
+            return headers
+        headers = headers.copy()
+        headers["Content-Type"] = self._batch_content_type
+        return headers
+
     # -- lifecycle --
 
     async def open(self) -> None:
         """Create the one HTTP session (keep-alive pool sized to the concurrency)."""
-        if self._session is not None:
+        if self._session is not None or self._pool is not None:
             return
         config = self.config
         needs_tls = self._origin.startswith("https:") or self._follow_redirects
@@ -446,6 +516,15 @@ class WebhookOutput(Output):
         if config["skip_ssl_verification"] and self._origin.startswith("https:"):
             log.warning("outputs.%s: skip_ssl_verification is on: the TLS certificate of "
                         "%s is NOT verified", self.name, self._origin)
+        if self._direct:
+            self._pool = http1.Pool(
+                self._connect_host, self._connect_port, ssl_context=context,
+                server_hostname=self._connect_host if context is not None else None,
+                limit=max(1, int(self.concurrency)), keep=RESPONSE_SNIPPET,
+                drain_limit=DRAIN_LIMIT)
+            return
+        import aiohttp
+
         connector = aiohttp.TCPConnector(limit=max(1, int(self.concurrency)),
                                          ssl=context if context is not None else True)
         self._session = aiohttp.ClientSession(
@@ -458,6 +537,9 @@ class WebhookOutput(Output):
 
     async def close(self) -> None:
         """Close the session and its connections."""
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
         if self._session is not None:
             session, self._session = self._session, None
             await session.close()
@@ -519,7 +601,7 @@ class WebhookOutput(Output):
             else:
                 groups[key] = (url, headers, [delivery])
         for url, headers, members in groups.values():
-            result = await self._send(url, headers, members)
+            result = await self._send(url, headers, members, templated=True)
             if result is not _DELIVERED:
                 return result
         return _DELIVERED
@@ -554,35 +636,67 @@ class WebhookOutput(Output):
                 headers[name] = value
         return url, headers
 
-    async def _send(self, url: URL, static: dict[str, str], batch: list[Delivery]) -> Result:
+    async def _send(self, url: URL, static: dict[str, str], batch: list[Delivery],
+                    templated: bool = False) -> Result:
         if len(batch) == 1:
             delivery = batch[0]
             body = delivery.body_json()
             message_id = delivery.id
-            content_type = None
+            single = True
         else:
             message_id = batch_id([d.id for d in batch])
             if self._ndjson:
                 body = b"\n".join([d.body_json() for d in batch]) + b"\n"
             else:
                 body = b"[" + b",".join([d.body_json() for d in batch]) + b"]"
-            content_type = self._batch_content_type
-        headers = static.copy()
-        headers["webhook-id"] = message_id
-        headers["Idempotency-Key"] = message_id
-        if content_type is not None and not self._fixed_content_type:
-            headers["Content-Type"] = content_type
+            single = False
+        signature = None
         if self._key is not None:
             # Standard Webhooks: HMAC-SHA256 over "id.timestamp.body" (the body before
             # any Content-Encoding, as the receiver's framework hands it over)
             timestamp = str(int(time.time()))
             digest = hmac.new(self._key, f"{message_id}.{timestamp}.".encode() + body,
                               hashlib.sha256).digest()
-            headers["webhook-timestamp"] = timestamp
-            headers["webhook-signature"] = "v1," + base64.b64encode(digest).decode()
+            signature = (timestamp, "v1," + base64.b64encode(digest).decode())
         if self._gzip:
             body = gzip.compress(body, compresslevel=6, mtime=0)
+
+        if self._direct:
+            if templated:
+                prefix = self._request_line(url) + self._encode_headers(
+                    static if single else self._batch_headers(static))
+            else:
+                prefix = self._prefix if single else self._prefix_batch
+            mid = message_id.encode()
+            head = prefix + b"webhook-id: " + mid + b"\r\nIdempotency-Key: " + mid + b"\r\n"
+            if signature is not None:
+                head += ("webhook-timestamp: %s\r\nwebhook-signature: %s\r\n"
+                         % signature).encode()
+            head += b"Content-Length: %d\r\n\r\n" % len(body)
+            return await self._request_direct(url, head, body)
+
+        headers = static.copy() if single else self._batch_headers(static)
+        headers["webhook-id"] = message_id
+        headers["Idempotency-Key"] = message_id
+        if signature is not None:
+            headers["webhook-timestamp"], headers["webhook-signature"] = signature
         return await self._request(url, headers, body)
+
+    async def _request_direct(self, url: URL, head: bytes, body: bytes) -> Result:
+        pool = self._pool
+        if pool is None:
+            raise RuntimeError("WebhookOutput.send() called before open()")
+        try:
+            response = await pool.request(head, body, self._timeout)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a result
+            self.last_error = exc
+            return self._exception_result(exc, url)
+        self.last_status = status = response.status
+        if 200 <= status < 300:
+            return _DELIVERED
+        headers = response.headers
+        return self._classify(status, response.reason, headers.get("retry-after"),
+                              headers.get("location"), response.body)
 
     async def _request(self, url: URL, headers: dict[str, str], body: bytes) -> Result:
         session = self._session
@@ -592,7 +706,7 @@ class WebhookOutput(Output):
             try:
                 async with session.request(self._method, url, data=body, headers=headers,
                                            proxy=self._proxy, allow_redirects=False) as resp:
-                    status = resp.status
+                    self.last_status = status = resp.status
                     if 200 <= status < 300:
                         await _drain(resp)
                         return _DELIVERED
@@ -612,24 +726,31 @@ class WebhookOutput(Output):
                                            if k.lower() != "authorization"}
                             url = target
                             continue
-                    return await self._classify(resp)
+                    return await self._classify_response(resp)
             except Exception as exc:  # noqa: BLE001 - every failure becomes a result
+                self.last_error = exc
                 return self._exception_result(exc, url)
         return Failed(f"too many redirects (more than {MAX_REDIRECTS})")
 
-    async def _classify(self, resp: aiohttp.ClientResponse) -> Result:
-        status = resp.status
+    async def _classify_response(self, resp: aiohttp.ClientResponse) -> Result:
+        import aiohttp
+
         try:
-            text = snippet(await _read_some(resp, RESPONSE_SNIPPET), RESPONSE_SNIPPET)
+            data = await _read_some(resp, RESPONSE_SNIPPET)
         except (aiohttp.ClientError, asyncio.TimeoutError):
-            text = ""
-        text = redact(text, self._secrets)
-        reason = status_reason(status, resp.reason)
+            data = b""
+        return self._classify(resp.status, resp.reason, resp.headers.get("Retry-After"),
+                              resp.headers.get("Location"), data)
+
+    def _classify(self, status: int, reason: str | None, retry_after: str | None,
+                  location: str | None, data: bytes) -> Result:
+        """The result of a non-2xx answer (redirects here are not followed)."""
+        text = redact(snippet(data, RESPONSE_SNIPPET), self._secrets)
+        reason = status_reason(status, reason)
         if status in RETRY_STATUSES or 500 <= status < 600:
-            after = parse_retry_after(resp.headers.get("Retry-After"))
-            return Retry(reason, after=after, status=status, response=text)
+            return Retry(reason, after=parse_retry_after(retry_after), status=status,
+                         response=text)
         if 300 <= status < 400:
-            location = resp.headers.get("Location")
             where = f" to {location[:200]}" if location else ""
             hint = "" if self._follow_redirects else " (set follow_redirects = true to follow)"
             return Failed(f"{reason}: redirect{where} not followed{hint}",
@@ -638,9 +759,11 @@ class WebhookOutput(Output):
 
     def _exception_result(self, exc: BaseException, url: URL) -> Result:
         """Turn a client exception into Retry (the network) or Failed (the config)."""
+        aiohttp = _aiohttp_errors()
         where = f"{url.host}:{url.port}"
-        if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-            cert_error = exc.certificate_error
+        if isinstance(exc, (aiohttp.ClientConnectorCertificateError,
+                            ssl.SSLCertVerificationError)):
+            cert_error = getattr(exc, "certificate_error", exc)
             detail = getattr(cert_error, "verify_message", None) or str(cert_error)
             return Failed(f"TLS certificate verify failed for {where}: {detail} "
                           "(set ca_file to the receiver's CA bundle)")
@@ -658,7 +781,11 @@ class WebhookOutput(Output):
         if isinstance(exc, aiohttp.ClientProxyConnectionError):
             return Retry(f"cannot connect to proxy {exc.host}:{exc.port}: "
                          f"{_os_reason(exc.os_error)}")
-        if isinstance(exc, aiohttp.ClientConnectorError):
+        if isinstance(exc, http1.ServerDisconnected):
+            return Retry(f"{where} {exc}")
+        if isinstance(exc, http1.ProtocolError):
+            return Retry(f"bad HTTP response from {where}: {exc}")
+        if isinstance(exc, (aiohttp.ClientConnectorError, http1.ConnectError)):
             os_error = exc.os_error
             if isinstance(os_error, socket.gaierror):
                 return Retry(f"cannot resolve host {url.host!r}: {_os_reason(os_error)}")
@@ -682,6 +809,7 @@ class WebhookOutput(Output):
 
 def _ssl_error(exc: BaseException) -> ssl.SSLError | None:
     """The ssl.SSLError behind ``exc`` (aiohttp wraps them), if any."""
+    aiohttp = _aiohttp_errors()
     seen = 0
     while exc is not None and seen < 5:
         # aiohttp's ClientConnectorSSLError is an SSLError too, but without the
@@ -728,6 +856,8 @@ async def _read_some(resp: aiohttp.ClientResponse, limit: int) -> bytes:
 
 async def _drain(resp: aiohttp.ClientResponse) -> None:
     """Read a (short) response to its end so the connection goes back to the pool."""
+    import aiohttp
+
     try:
         await _read_some(resp, DRAIN_LIMIT)
     except (aiohttp.ClientError, asyncio.TimeoutError):

@@ -1,0 +1,129 @@
+"""The webhook output has two HTTP paths: the lean HTTP/1.1 client (nwpipe.http1) for
+direct connections, and aiohttp for proxies and followed redirects. Both must send the
+same request and report the same results; each test here runs on both."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+
+import pytest
+from aiohttp import web
+from standardwebhooks.webhooks import Webhook
+
+from nwpipe import Delivered, Failed, Retry
+from nwpipe.settings import validate_settings
+from nwpipe_plugins.webhook import WebhookOutput
+
+# follow_redirects = true sends every request through aiohttp
+PATHS = {"direct": {}, "aiohttp": {"follow_redirects": True}}
+
+
+@pytest.fixture(params=sorted(PATHS))
+def path(request) -> dict:
+    return PATHS[request.param]
+
+
+def make_output(path: dict, **table) -> WebhookOutput:
+    config = validate_settings({**table, **path}, WebhookOutput.settings, key="outputs.soc")
+    WebhookOutput.check_config(config)
+    output = WebhookOutput("soc", config)
+    output.concurrency = 4
+    return output
+
+
+async def send_once(output, batch):
+    await output.open()
+    try:
+        return await output.send(batch)
+    finally:
+        await output.close()
+
+
+async def test_same_request_on_both_paths(receiver, make_delivery):
+    secret = "whsec_" + base64.b64encode(b"s" * 32).decode()
+    delivery = make_delivery(body={"state": "start", "note": "é"})
+    sent = {}
+    for name, path in PATHS.items():
+        output = make_output(path, url=receiver.url + "/in?x=1", username="soc", password="pw",
+                             headers="X-Netography: Webhook, X-Env: prod",
+                             signing_secret=secret, compression="gzip")
+        assert await send_once(output, [delivery]) == Delivered()
+        request = receiver.requests[-1]
+        assert Webhook(secret).verify(request.body, dict(request.headers)) == delivery.body
+        sent[name] = request
+    direct, other = sent["direct"], sent["aiohttp"]
+    assert (direct.method, direct.target) == (other.method, other.target) == ("POST", "/in?x=1")
+    assert gzip.decompress(direct.raw_body) == gzip.decompress(other.raw_body)
+    for header in ("Host", "Content-Type", "Content-Encoding", "Authorization", "User-Agent",
+                   "X-Netography", "X-Env", "webhook-id", "Idempotency-Key",
+                   "Content-Length"):
+        assert direct.headers[header] == other.headers[header], header
+    assert direct.headers["Authorization"] == "Basic " + base64.b64encode(b"soc:pw").decode()
+
+
+async def test_batches_on_both_paths(receiver, make_delivery, make_event, path):
+    batch = [make_delivery(event=make_event(id=f"a-{i}")) for i in range(3)]
+    output = make_output(path, url=receiver.url, batch_format="ndjson")
+    assert await send_once(output, batch) == Delivered()
+    request = receiver.requests[0]
+    assert request.headers["Content-Type"] == "application/x-ndjson"
+    assert [e["id"] for e in request.ndjson()] == ["a-0", "a-1", "a-2"]
+    assert request.headers["webhook-id"].startswith("batch_")
+
+
+async def test_templated_url_and_header_on_both_paths(receiver, make_delivery, make_event, path):
+    output = make_output(path, url=receiver.url + "/c/{{ customer }}",
+                         headers={"X-Customer": "{{ customer }}"})
+    batch = [make_delivery(event=make_event(customer=c)) for c in ("acme", "glo bex")]
+    assert await send_once(output, batch) == Delivered()
+    assert [(r.target, r.headers["X-Customer"]) for r in receiver.requests] == [
+        ("/c/acme", "acme"), ("/c/glo%20bex", "glo bex")]
+
+
+async def test_results_on_both_paths(receiver, make_delivery, path):
+    receiver.queue(500, body="down").queue(429, headers={"Retry-After": "7"})
+    receiver.queue(400, body="x" * 3000).queue(404)
+    output = make_output(path, url=receiver.url)
+    await output.open()
+    try:
+        assert await output.send([make_delivery()]) == Retry(
+            "HTTP 500 Internal Server Error", status=500, response="down")
+        result = await output.send([make_delivery()])
+        assert (result.status, result.after) == (429, 7.0)
+        result = await output.send([make_delivery()])
+        assert result == Failed("HTTP 400 Bad Request", status=400, response="x" * 1024)
+        assert (await output.send([make_delivery()])).status == 404
+        assert await output.send([make_delivery()]) == Delivered()
+    finally:
+        await output.close()
+
+
+async def test_failures_on_both_paths(receiver, tls_receiver, closed_port, make_delivery, path):
+    result = await send_once(make_output(path, url=f"http://127.0.0.1:{closed_port}"),
+                             [make_delivery()])
+    assert result == Retry(f"connection refused to 127.0.0.1:{closed_port}")
+
+    result = await send_once(make_output(path, url=tls_receiver.url), [make_delivery()])
+    assert isinstance(result, Failed) and "certificate verify failed" in result.reason
+
+    receiver.queue(200, delay=3)
+    result = await send_once(make_output(path, url=receiver.url, timeout=0.1), [make_delivery()])
+    assert result == Retry(f"timed out after 0.1 s (127.0.0.1:{receiver.port})")
+
+    async def hang_up(request, record):
+        request.transport.close()
+        return web.Response()
+    receiver.handler = hang_up
+    result = await send_once(make_output(path, url=receiver.url), [make_delivery()])
+    assert isinstance(result, Retry)
+    assert f"127.0.0.1:{receiver.port} closed the connection" in result.reason
+
+
+async def test_secrets_redacted_from_answers_on_both_paths(receiver, make_delivery, path):
+    async def echo(request, record):
+        return web.Response(status=401, text="got " + record.headers["Authorization"])
+    receiver.handler = echo
+    result = await send_once(make_output(path, url=receiver.url, bearer_token="t0ken-secret"),
+                             [make_delivery()])
+    assert result == Failed("HTTP 401 Unauthorized", status=401, response="got Bearer ***")

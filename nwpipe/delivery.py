@@ -388,8 +388,11 @@ class DeliveryEngine:
 
     async def refuse(self, reason: str) -> None:
         """Shutdown: dead-letter with ``reason`` what is queued and not yet in flight,
-        and from now on every new delivery at once. Batches in flight go on."""
+        and from now on every new delivery at once. Batches in flight go on: an attempt
+        under way may finish, but a temporary failure is not retried any more (the
+        backoff waits end now), so a receiver that is down does not hold up the exit."""
         self._refused = reason
+        self._wake.set()
         state = self._state
         leftovers: list[Delivery] = []
         # Keys in the ready queue are not being sent: drop them with their deliveries.

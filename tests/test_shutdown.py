@@ -132,3 +132,32 @@ async def test_second_signal_cuts_the_wait_short(receiver, tmp_path):
     records = dead_letters(tmp_path / "dl.jsonl")
     assert sorted(r["event"]["id"] for r in records) == ["alert-0", "alert-1", "alert-2"]
     assert "Traceback" not in stderr
+
+
+async def test_signal_stops_retrying_a_receiver_that_is_down(tmp_path, closed_port):
+    # Without the signal these retries would go on for a minute; the signal ends them
+    # after the attempt under way, long before shutdown_timeout.
+    (tmp_path / "c.toml").write_text(f"""
+shutdown_timeout = 60
+[outputs.soc]
+type = "webhook"
+url = "http://127.0.0.1:{closed_port}/in"
+retry = {{ max_attempts = 1000, initial_backoff = 1, max_backoff = 5, max_elapsed = 60 }}
+""")
+    proc = await start("run", "-c", "c.toml", "--dead-letter", "dl.jsonl", cwd=tmp_path)
+    proc.stdin.write(jsonl([event(i) for i in range(20)]).encode())
+    await proc.stdin.drain()
+    await asyncio.sleep(1.5)  # every event has failed at least once and is backing off
+    loop = asyncio.get_running_loop()
+    signalled = loop.time()
+    proc.send_signal(signal.SIGTERM)
+    returncode, _, stderr = await finish(proc, timeout=30)
+    proc.stdin.close()
+    assert returncode == 143, stderr
+    assert loop.time() - signalled < 15
+    records = dead_letters(tmp_path / "dl.jsonl")
+    assert sorted(r["event"]["id"] for r in records) == sorted(f"alert-{i}" for i in range(20))
+    # 16 were in flight (the webhook's concurrency) and tried; the rest never left the queue
+    tried = [r for r in records if r["attempts"]]
+    assert len(tried) == 16
+    assert all("connection refused" in r["attempts"][-1]["reason"] for r in tried)

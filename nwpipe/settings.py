@@ -8,6 +8,7 @@ too, gets the same precise messages: the key path, the problem, "did you mean".
 from __future__ import annotations
 
 import difflib
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -113,3 +114,20 @@ def validate_settings(table: dict, schema: dict[str, Setting], *, key: str,
                 raise ConfigError("required setting is missing", key=_join(key, name), file=file)
             result[name] = setting.default
     return result
+
+
+# -- checks for Setting(check=...) that outputs share -----------------------------------
+
+def existing_file(value: str) -> str:
+    """A path to a file that exists (``~`` expanded); for ``Setting(check=...)``."""
+    path = os.path.expanduser(value)
+    if not os.path.isfile(path):
+        raise ValueError(f"file not found: {value}")
+    return path
+
+
+def positive_seconds(value: float) -> float:
+    """A duration greater than 0; for ``Setting(check=...)``."""
+    if not value > 0:
+        raise ValueError("timeout must be more than 0 seconds")
+    return value

@@ -154,6 +154,20 @@ def _invalid_reason(exc: _JSONDecodeError, data: bytes | bytearray, line: int,
     return f"not valid JSON: {exc.msg} (line {err_line}, column {err_column})"
 
 
+def _whole_value(line: bytes, pos: int, closer: int):
+    """The JSON value that fills ``line`` from ``pos`` on, or None when it does not.
+
+    Only a line ending in the value's closing bracket can hold it whole: that spares
+    the first line of each pretty-printed value a failing parse.
+    """
+    if line.rstrip()[-1] != closer:
+        return None
+    try:
+        return _loads(line[pos:] if pos else line)
+    except _JSONDecodeError:
+        return None
+
+
 class Decoder:
     """Push parser turning a byte stream into :class:`Event` and :class:`Reject` items.
 
@@ -540,14 +554,7 @@ class Decoder:
                     pos += 1
                     continue
                 if char == _OPEN_OBJECT:
-                    # Only a line ending in "}" can hold the whole object: spare the
-                    # first line of each pretty-printed object a failing parse.
-                    value = None
-                    if line.rstrip()[-1] == _CLOSE_OBJECT:
-                        try:
-                            value = _loads(line[pos:] if pos else line)
-                        except _JSONDecodeError:
-                            pass
+                    value = _whole_value(line, pos, _CLOSE_OBJECT)
                     if value is None:
                         self._stack = []
                         pos = self._start_value(line, pos, n, out)
@@ -558,12 +565,7 @@ class Decoder:
                     return
                 if char == _OPEN_ARRAY:
                     # A whole array on one line parses in one go; otherwise stream it.
-                    value = None
-                    if line.rstrip()[-1] == _CLOSE_ARRAY:
-                        try:
-                            value = _loads(line[pos:] if pos else line)
-                        except _JSONDecodeError:
-                            pass
+                    value = _whole_value(line, pos, _CLOSE_ARRAY)
                     if value is None:
                         self._state = _ELEMENT
                         self._array_line = n

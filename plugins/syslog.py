@@ -39,6 +39,8 @@ import time
 from typing import Any
 
 from nwpipe import Delivered, Delivery, Failed, Output, Result, Retry, Setting, hookimpl
+from nwpipe.settings import existing_file, positive_seconds
+from nwpipe.tls import client_context
 
 log = logging.getLogger("nwpipe")
 
@@ -97,31 +99,7 @@ def _check_facility(value: str | int) -> int:
     return value
 
 
-def _check_file(value: str) -> str:
-    path = os.path.expanduser(value)
-    if not os.path.isfile(path):
-        raise ValueError(f"file not found: {value}")
-    return path
 
-
-def _check_timeout(value: float) -> float:
-    if not value > 0:
-        raise ValueError("timeout must be more than 0 seconds")
-    return value
-
-
-def tls_context(config: dict[str, Any]) -> ssl.SSLContext:
-    """The client TLS context: verified by default (system CAs or ``ca_file``), a client
-    certificate for mutual TLS, or no verification with ``skip_ssl_verification``."""
-    if config.get("skip_ssl_verification"):
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    else:
-        context = ssl.create_default_context(cafile=config.get("ca_file"))
-    if config.get("client_cert"):
-        context.load_cert_chain(config["client_cert"], config.get("client_key"))
-    return context
 
 
 def _sanitize(value: Any, limit: int) -> str:
@@ -278,15 +256,15 @@ class SyslogOutput(Output):
                             help="HOSTNAME of each message (default: this machine's name)"),
         "bom": Setting(bool, default=False,
                        help="start each message with the UTF-8 byte-order mark of RFC 5424"),
-        "timeout": Setting(float, default=10.0, check=_check_timeout,
+        "timeout": Setting(float, default=10.0, check=positive_seconds,
                            help="seconds to connect, and to hand over a batch"),
         "skip_ssl_verification": Setting(bool, default=False, aliases=("skipsslverification",),
                                          help="tls: do not verify the certificate (warns)"),
-        "ca_file": Setting(str, default=None, check=_check_file,
+        "ca_file": Setting(str, default=None, check=existing_file,
                            help="tls: PEM CA bundle to verify the collector with"),
-        "client_cert": Setting(str, default=None, check=_check_file,
+        "client_cert": Setting(str, default=None, check=existing_file,
                                help="tls: PEM client certificate for mutual TLS"),
-        "client_key": Setting(str, default=None, check=_check_file,
+        "client_key": Setting(str, default=None, check=existing_file,
                               help="tls: PEM key of client_cert (if not in the same file)"),
     }
     concurrency = 1          # one connection: messages keep their order
@@ -300,7 +278,7 @@ class SyslogOutput(Output):
             raise ValueError("client_key is set but client_cert is not")
         if protocol == "tls":
             try:
-                tls_context(config)
+                client_context(config)
             except (ssl.SSLError, OSError) as exc:
                 which = "client_cert/client_key" if config.get("client_cert") else "ca_file"
                 raise ValueError(f"cannot load {which}: {exc.strerror or exc}") from None
@@ -322,7 +300,7 @@ class SyslogOutput(Output):
         self._middle = f" {hostname} {config['app_name']} {os.getpid()} "
         self._bom = _BOM if config["bom"] else b""
         self._timeout = float(config["timeout"])
-        self._ssl = tls_context(config) if self._protocol == "tls" else None
+        self._ssl = client_context(config) if self._protocol == "tls" else None
         self._sock: socket.socket | None = None
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None

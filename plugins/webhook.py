@@ -37,7 +37,6 @@ import gzip
 import hashlib
 import hmac
 import logging
-import os
 import re
 import socket
 import ssl
@@ -52,6 +51,8 @@ from yarl import URL
 
 from nwpipe import Delivered, Delivery, Failed, Output, Result, Retry, Setting, __version__, hookimpl
 from nwpipe import http1
+from nwpipe.settings import existing_file, positive_seconds
+from nwpipe.tls import client_context
 if TYPE_CHECKING:
     import aiohttp
 
@@ -249,17 +250,6 @@ def _check_method(value: str) -> str:
     return method
 
 
-def _check_timeout(value: float) -> float:
-    if not value > 0:
-        raise ValueError("timeout must be more than 0 seconds")
-    return value
-
-
-def _check_file(value: str) -> str:
-    path = os.path.expanduser(value)
-    if not os.path.isfile(path):
-        raise ValueError(f"file not found: {value}")
-    return path
 
 
 def _check_no_line_break(what: str):
@@ -314,19 +304,6 @@ def _check_compression(value: str) -> str:
     return value
 
 
-def ssl_context(config: dict[str, Any]) -> ssl.SSLContext:
-    """The client TLS context for ``config``: verified by default, a CA file, a client
-    certificate, or no verification at all with ``skip_ssl_verification``."""
-    if config.get("skip_ssl_verification"):
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    else:
-        context = ssl.create_default_context(cafile=config.get("ca_file"))
-    if config.get("client_cert"):
-        context.load_cert_chain(config["client_cert"], config.get("client_key"))
-    return context
-
 
 def batch_id(ids: Iterable[str]) -> str:
     """A stable id for a batch: the same member ids always give the same id."""
@@ -359,16 +336,16 @@ class WebhookOutput(Output):
                                 help="sent as 'Authorization: Bearer <token>'"),
         "skip_ssl_verification": Setting(bool, default=False, aliases=("skipsslverification",),
                                          help="do not verify the TLS certificate (warns)"),
-        "ca_file": Setting(str, default=None, check=_check_file,
+        "ca_file": Setting(str, default=None, check=existing_file,
                            help="PEM CA bundle to verify the receiver with"),
-        "client_cert": Setting(str, default=None, check=_check_file,
+        "client_cert": Setting(str, default=None, check=existing_file,
                                help="PEM client certificate for mutual TLS"),
-        "client_key": Setting(str, default=None, check=_check_file,
+        "client_key": Setting(str, default=None, check=existing_file,
                               help="PEM key of client_cert (if not in the same file)"),
         "content_type": Setting(str, default=None, check=_check_no_line_break("content_type"),
                                 help="default application/json "
                                      "(application/x-ndjson for ndjson batches)"),
-        "timeout": Setting(float, default=10.0, check=_check_timeout,
+        "timeout": Setting(float, default=10.0, check=positive_seconds,
                            help="seconds for the whole request"),
         "proxy": Setting(str, default=None, check=_check_proxy, help="http proxy URL"),
         "trust_env": Setting(bool, default=False,
@@ -401,7 +378,7 @@ class WebhookOutput(Output):
         if config.get("client_key") and not config.get("client_cert"):
             raise ValueError("client_key is set but client_cert is not")
         try:
-            ssl_context(config)
+            client_context(config)
         except (ssl.SSLError, OSError) as exc:
             which = "client_cert/client_key" if config.get("client_cert") else "ca_file"
             raise ValueError(f"cannot load {which}: {exc.strerror or exc}") from None
@@ -512,7 +489,7 @@ class WebhookOutput(Output):
             return
         config = self.config
         needs_tls = self._origin.startswith("https:") or self._follow_redirects
-        context = ssl_context(config) if needs_tls else None
+        context = client_context(config) if needs_tls else None
         if config["skip_ssl_verification"] and self._origin.startswith("https:"):
             log.warning("outputs.%s: skip_ssl_verification is on: the TLS certificate of "
                         "%s is NOT verified", self.name, self._origin)

@@ -182,7 +182,10 @@ def cmd_render(args) -> int:
     """Print what each output would receive."""
     from nwpipe.render import render_command
 
+    from nwpipe.sources import check_inputs
+
     _, config, router = load(args)
+    check_inputs(args.files)
     return render_command(config, router, args.files or ["-"], output=args.output,
                           customer=args.customer, as_json=args.json)
 
@@ -238,8 +241,10 @@ def cmd_run(args) -> int:
     """Read events and deliver them."""
     from nwpipe.pipeline import run
     from nwpipe.progress import wanted
+    from nwpipe.sources import check_inputs
 
     _, config, router = load(args)
+    check_inputs(args.files)
     result = run(config, router, args.files or ["-"], dead_letter_path=args.dead_letter,
                  shutdown_timeout=args.shutdown_timeout,
                  progress=wanted(args.quiet, args.log_format))

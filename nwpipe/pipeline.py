@@ -25,7 +25,7 @@ from typing import Awaitable, Callable, Iterable
 from nwpipe.config import Config
 from nwpipe.deadletter import DeadLetterFile, event_record, raw_record
 from nwpipe.delivery import DeliveryEngine, OutputStats
-from nwpipe.errors import EventError
+from nwpipe.errors import EventError, NwpipeError
 from nwpipe.outputs import Delivery
 from nwpipe.outputs import delivery_id as make_delivery_id
 from nwpipe.routing import Route, Router
@@ -84,9 +84,12 @@ class RunResult:
     #: records written to the dead-letter file by this run
     dead_lettered: int = 0
 
+    #: inputs that could not be read to the end (a missing file, a truncated .gz, ...)
+    unreadable: int = 0
+
     @property
     def exit_code(self) -> int:
-        return exit_code_for(self.signal, self.dead_lettered or self.rejected)
+        return exit_code_for(self.signal, self.dead_lettered or self.rejected or self.unreadable)
 
     def summary(self) -> str:
         rate = self.read / self.seconds if self.seconds > 0 else 0.0
@@ -94,6 +97,9 @@ class RunResult:
                  f"rejected {self.rejected}"]
         if self.map_failed:
             parts.append(f"mapping failed {self.map_failed}")
+        if self.unreadable:
+            parts.append(f"{self.unreadable} input{'s' if self.unreadable != 1 else ''} "
+                         "not read to the end")
         parts.extend(output_summary(name, stats, self.seconds)
                      for name, stats in self.outputs.items())
         line = "; ".join(parts) + f" ({self.seconds:.2f} s, {rate:,.0f} events/s)"
@@ -178,7 +184,12 @@ class Pipeline:
             for path in paths:
                 if self._stop.is_set():
                     break
-                await self._read(path)
+                try:
+                    await self._read(path)
+                except NwpipeError as exc:
+                    # What was read from it goes on to the outputs; so do the next inputs.
+                    self.result.unreadable += 1
+                    log.error("error: %s", exc)
         return await self.execute(read_all)
 
     async def execute(self, feed: Callable[[], Awaitable[None]]) -> RunResult:

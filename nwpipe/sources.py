@@ -26,7 +26,7 @@ import sys
 import zlib
 from dataclasses import dataclass
 from itertools import islice
-from typing import AsyncIterator, Callable, Iterator
+from typing import AsyncIterator, Callable, Iterable, Iterator
 
 import orjson
 
@@ -648,6 +648,19 @@ class Decoder:
                     return -1
         self._stack = []
         return self._start_value(line, pos, n, out)
+
+
+def check_inputs(paths: Iterable[str]) -> None:
+    """Raise NwpipeError, before anything is read, for an input that cannot be opened."""
+    for path in paths:
+        if path == "-":
+            continue
+        if not os.path.exists(path):
+            raise NwpipeError(f"{path}: no such file")
+        if os.path.isdir(path):
+            raise NwpipeError(f"{path}: is a folder, not a file of events")
+        if not os.access(path, os.R_OK):
+            raise NwpipeError(f"{path}: permission denied")
 
 
 def source_name(path: str) -> str:

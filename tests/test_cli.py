@@ -67,10 +67,32 @@ def test_files_in_order_and_stdin_dash(tmp_path):
     assert [json.loads(l)["id"] for l in proc.stdout.splitlines()] == ["alert-1", "alert-3", "alert-2"]
 
 
-def test_missing_input_file_is_a_clear_error(tmp_path):
-    proc = nwpipe("run", "nope.jsonl", cwd=tmp_path)
-    assert proc.returncode != 0
-    assert "nope.jsonl" in proc.stderr and "Traceback" not in proc.stderr
+def test_missing_input_file_is_a_clear_error_before_reading(tmp_path):
+    (tmp_path / "a.jsonl").write_text(jsonl([event(1)]))
+    proc = nwpipe("run", "a.jsonl", "nope.jsonl", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == "nwpipe: error: nope.jsonl: no such file"
+    assert proc.stdout == ""  # nothing was read, nothing sent
+    folder = nwpipe("run", ".", cwd=tmp_path)
+    assert folder.returncode == 1 and "is a folder" in folder.stderr
+
+
+def test_input_failing_midway_loses_nothing_read(tmp_path):
+    (tmp_path / "a.jsonl").write_text(jsonl([event(1)]))
+    whole = gzip.compress(jsonl([event(i) for i in range(2, 12)]).encode())
+    (tmp_path / "b.jsonl.gz").write_bytes(whole[: len(whole) - 20])  # truncated
+    (tmp_path / "c.jsonl").write_text(jsonl([event(99)]))
+    proc = nwpipe("run", "--dead-letter", "dl.jsonl", "a.jsonl", "b.jsonl.gz", "c.jsonl",
+                  cwd=tmp_path)
+    assert proc.returncode == 3
+    assert "b.jsonl.gz" in proc.stderr and "Traceback" not in proc.stderr
+    assert "1 input not read to the end" in proc.stderr
+    sent = {json.loads(l)["id"] for l in proc.stdout.splitlines()}
+    dead = [json.loads(l) for l in (tmp_path / "dl.jsonl").read_text().splitlines()] \
+        if (tmp_path / "dl.jsonl").exists() else []
+    # every event the decompressor gave back is sent or dead-lettered; the next file is read
+    assert {"alert-1", "alert-99"} <= sent
+    assert len(sent) + len(dead) >= 3
 
 
 def test_config_discovery(tmp_path):

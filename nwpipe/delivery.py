@@ -23,6 +23,7 @@ from typing import Callable
 
 from nwpipe.config import EngineSettings
 from nwpipe.deadletter import DeadLetterFile, delivery_record, utc_now
+from nwpipe.errors import NwpipeError
 from nwpipe.outputs import Delivered, Delivery, Failed, Output, OutputClosed, Retry
 
 log = logging.getLogger("nwpipe")
@@ -138,7 +139,11 @@ class DeliveryEngine:
 
     async def start(self) -> None:
         """Open the output and start the workers."""
-        await self.output.open()
+        try:
+            await self.output.open()
+        except Exception as exc:
+            raise NwpipeError(f"outputs.{self.name}: cannot start: "
+                              f"{type(exc).__name__}: {exc}") from None
         for i in range(self.settings.concurrency):
             self._workers.append(asyncio.create_task(self._worker(i), name=f"{self.name}-{i}"))
 
@@ -240,8 +245,16 @@ class DeliveryEngine:
                 key = await self._next_key()
                 self._inflight[number] = batch
                 keys = (key,)
-                batch.append(state.pending[key].popleft())
-            await self._deliver(batch)
+                waiting = state.pending[key]
+                if waiting:  # a shutdown may have emptied it since the key was handed over
+                    batch.append(waiting.popleft())
+            if batch:
+                try:
+                    await self._deliver(batch)
+                except Exception as exc:  # a bug here must not strand the batch
+                    log.error("%s: internal error: %s: %s", self.name, type(exc).__name__, exc)
+                    self._dead_letter(batch, f"internal error while delivering: "
+                                             f"{type(exc).__name__}: {exc}")
             del self._inflight[number]
             pending = state.pending
             for k in keys:
@@ -289,9 +302,11 @@ class DeliveryEngine:
                     break
             before = len(batch)
             size = self._take(key, batch, size)
-            keys.append(key)
-            if len(batch) == before:  # did not fit: give it back for the next batch
+            if len(batch) == before:
+                # did not fit: ready again at once, not held while this batch is sent
+                self._push_ready(key)
                 break
+            keys.append(key)
         return size
 
     async def _deliver(self, batch: list[Delivery]) -> None:
@@ -429,14 +444,15 @@ class DeliveryEngine:
             for w in waiters:
                 w.cancel()
         if self._state.queued and not self.closed:
-            await self._abandon("not delivered before the shutdown deadline")
+            await self.abandon("not delivered before the shutdown deadline")
         if self._refused_quietly:
             log.warning("%s: %d more event%s dead-lettered: %s", self.name,
                         self._refused_quietly, "" if self._refused_quietly == 1 else "s",
                         self._refused)
             self._refused_quietly = 0
 
-    async def _abandon(self, reason: str) -> None:
+    async def abandon(self, reason: str) -> None:
+        """Stop the workers now and dead-letter everything waiting or in flight."""
         self._wake.set()
         for task in self._workers:
             task.cancel()

@@ -212,7 +212,14 @@ class Pipeline:
                 await engine.start()
             if self.progress is not None:
                 self.progress.start(self)
-            await feed()
+            try:
+                await feed()
+            except BaseException as exc:
+                # Stopped by something unforeseen: what was read is still accounted for.
+                for engine in self.engines.values():
+                    await engine.abandon(f"not delivered: nwpipe stopped on "
+                                         f"{type(exc).__name__}: {exc}")
+                raise
             if self._refusing is not None:
                 await self._refusing
             # Without a signal this waits for every delivery (retries included); after
@@ -263,13 +270,16 @@ class Pipeline:
                 await asyncio.sleep(0)
         finally:
             await chunks.aclose()
-            # also after a read error (a truncated .gz): a partial event is still reported
-            rest = decoder.finish()
-            if self._stop.is_set() and self.result.signal is not None:
-                cut = f"input cut short by {signal.Signals(self.result.signal).name}"
-                rest = [Reject(r.raw, r.source, r.line, f"{cut}: {r.reason}")
-                        if isinstance(r, Reject) else r for r in rest]
-            await self._handle(rest)
+            # Stopped without a signal: the reader of an output went away (`run | head`),
+            # and the rest of the input, a partial line included, is simply not read.
+            if not self._stop.is_set() or self.result.signal is not None:
+                # also after a read error (a truncated .gz): a partial event is reported
+                rest = decoder.finish()
+                if self._stop.is_set():
+                    cut = f"input cut short by {signal.Signals(self.result.signal).name}"
+                    rest = [Reject(r.raw, r.source, r.line, f"{cut}: {r.reason}")
+                            if isinstance(r, Reject) else r for r in rest]
+                await self._handle(rest)
 
     async def _handle(self, records: Iterable[Event | Reject]) -> None:
         result = self.result
@@ -328,10 +338,16 @@ class Pipeline:
         else:
             try:
                 body = mapper(event)
+                delivery = Delivery(did, body, event, route.name, source, line)
+                # Serialised here, once (the output reuses it): a body JSON cannot hold
+                # (an integer beyond 64 bits, say) fails this event, not a worker.
+                delivery.body_json()
             except EventError as exc:
                 reason = f"mapping '{route.mapping_name(customer)}' failed: {exc}"
+            except TypeError as exc:  # orjson.JSONEncodeError
+                reason = (f"mapping '{route.mapping_name(customer)}' made a body that is "
+                          f"not valid JSON: {exc}")
             else:
-                delivery = Delivery(did, body, event, route.name, source, line)
                 if attempts:
                     delivery.attempts = list(attempts)  # a replay keeps the history
                 await self.engines[route.name].submit(delivery)

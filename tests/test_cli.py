@@ -160,11 +160,42 @@ def test_json_log_format(tmp_path):
 def test_stdout_reader_going_away_is_quiet(tmp_path):
     big = jsonl([event(i) for i in range(20000)])
     (tmp_path / "big.jsonl").write_text(big)
-    proc = subprocess.run(f"{sys.executable} -m nwpipe run big.jsonl | head -n 1", shell=True,
+    proc = subprocess.run(["bash", "-c", f"set -o pipefail; {sys.executable} -m nwpipe run "
+                           "big.jsonl | head -n 1"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=60,
                           env={**os.environ, "NWPIPE_LOAD_PLUGINS": ""})
     assert json.loads(proc.stdout)["id"] == "alert-0"
     assert "Traceback" not in proc.stderr and "Error" not in proc.stderr
+    assert proc.returncode == 0, proc.stderr
+    assert not (tmp_path / "nwpipe-dead-letter.jsonl").exists()
+
+
+def test_body_that_json_cannot_hold_fails_that_event_only(tmp_path):
+    (tmp_path / "c.toml").write_text("""
+        [mappings.m]
+        fields = { big = { template = "{{ n }}", type = "int" } }
+        [outputs.f]
+        type = "file"
+        path = "out.jsonl"
+        mapping = "m"
+    """)
+    events = [event(1, n="1"), event(2, n="123456789012345678901234567890"), event(3, n="3")]
+    proc = nwpipe("run", "-c", "c.toml", "--dead-letter", "dl.jsonl", input=jsonl(events),
+                  cwd=tmp_path, timeout=30)
+    assert proc.returncode == 3, proc.stderr
+    out = [json.loads(l) for l in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [(e["id"], e["big"]) for e in out] == [("alert-1", 1), ("alert-3", 3)]
+    [record] = [json.loads(l) for l in (tmp_path / "dl.jsonl").read_text().splitlines()]
+    assert record["stage"] == "map" and "not valid JSON" in record["reason"]
+    assert record["event"]["id"] == "alert-2"
+
+
+def test_output_that_cannot_open_is_named_before_reading(tmp_path):
+    (tmp_path / "blocker").write_text("a file, not a folder")
+    (tmp_path / "c.toml").write_text('[outputs.archive]\ntype = "file"\npath = "blocker/x.jsonl"\n')
+    proc = nwpipe("run", "-c", "c.toml", input=jsonl([event(1)]), cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "outputs.archive: cannot start:" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_check_describes_without_secrets(tmp_path):

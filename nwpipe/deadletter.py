@@ -327,6 +327,18 @@ class Rewrite:
                                           "(a replay of the same file?); try again later") \
                             from None
                     time.sleep(0.05)
+            # A replay that held the lock before may have replaced or removed the file
+            # meanwhile: this lock is then on the old file, and a run appends to the new one.
+            try:
+                current = os.stat(self.path)
+            except FileNotFoundError:
+                current = None
+            if current is None or not os.path.samestat(os.fstat(self._file.fileno()), current):
+                self._file.close()
+                if current is None:
+                    raise NwpipeError(f"{self.path}: no such dead-letter file (another replay "
+                                      "delivered everything in it)")
+                return self.open()
         folder = self.path.absolute().parent
         if not os.access(folder, os.W_OK | os.X_OK):
             self._file.close()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import signal
 from dataclasses import dataclass, field
 
@@ -36,6 +37,9 @@ from nwpipe.pipeline import (Pipeline, RunResult, build_outputs, event_loop_run,
 from nwpipe.routing import Router
 from nwpipe.settings import did_you_mean
 from nwpipe.sources import Decoder, Event, Reject
+
+#: the shape of a delivery id nwpipe made (outputs.delivery_id)
+_DELIVERY_ID = re.compile(r"nwp_[0-9a-f]{32}")
 
 log = logging.getLogger("nwpipe")
 
@@ -192,7 +196,11 @@ class _Replayer:
             return
         attempts = record.get("attempts")
         attempts = attempts if isinstance(attempts, list) else None
-        did = record.get("delivery_id") if isinstance(record.get("delivery_id"), str) else None
+        # The id from the record keeps receivers' deduplication working; one that is not
+        # nwpipe's own shape (an edited file) is rebuilt, since it goes into a header.
+        did = record.get("delivery_id")
+        if not (isinstance(did, str) and _DELIVERY_ID.fullmatch(did)):
+            did = None
         if output is None:
             self.result.replayed += 1
             await pipeline.route(event, source, where, attempts=attempts, delivery_id=did)

@@ -164,3 +164,27 @@ def test_second_replay_of_the_same_file_is_refused(tmp_path):
         first.abort()
     with pytest.raises(NwpipeError, match="no such dead-letter file"):
         Rewrite(tmp_path / "missing.jsonl").open()
+
+
+async def test_replay_waiting_for_the_lock_follows_a_file_replaced_meanwhile(tmp_path):
+    path = tmp_path / "dl.jsonl"
+    path.write_bytes(b'{"old": 1}\n{"old": 2}\n')
+    first = Rewrite(path)
+    first.open()
+    second = Rewrite(path, lock_timeout=10)
+    # the second replay opens the same file and waits for the first one's lock
+    waiting = asyncio.ensure_future(asyncio.to_thread(second.open))
+    await asyncio.sleep(0.2)
+    assert not waiting.done()
+    # the first one delivers record 1 and keeps record 2: the file is replaced
+    first.remaining.write_raw(b'{"old": 2}')
+    first.commit()
+    handle = await asyncio.wait_for(waiting, 10)
+    try:
+        # the second replay reads the file as it is now (record 2 only), not the one it
+        # first opened: record 1 is not sent twice, and a record a run appends to the new
+        # file is not lost when the second replay replaces it
+        assert handle.read() == b'{"old": 2}\n'
+    finally:
+        second.abort()
+    assert path.read_bytes() == b'{"old": 2}\n'

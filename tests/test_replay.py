@@ -222,3 +222,15 @@ def test_missing_file_is_a_clear_error(tmp_path):
     text = nwpipe("replay", "--help", cwd=tmp_path).stdout
     for word in ("DEAD_LETTER", "--output", "--config", "--shutdown-timeout", "atomically"):
         assert word in text
+
+
+async def test_an_edited_delivery_id_cannot_inject_headers(receiver, tmp_path):
+    records = await failed_run(receiver, tmp_path, [event(1)])
+    good_id = records[0]["delivery_id"]
+    records[0]["delivery_id"] = "nwp_x\r\nX-Injected: yes"
+    (tmp_path / "dl.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    proc = await run_nwpipe("replay", "dl.jsonl", "-c", "c.toml", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    [request] = receiver.requests
+    assert "X-Injected" not in request.headers
+    assert request.headers["webhook-id"] == good_id  # rebuilt from the event, as first sent

@@ -362,7 +362,12 @@ def _build_output(name: str, table: dict, defaults: dict, output_types, mappings
         retry=retry,
     )
 
-    settings = validate_settings(own_table, cls.settings, key=key, file=file)
+    try:
+        settings = validate_settings(own_table, cls.settings, key=key, file=file)
+    except ConfigError as exc:
+        if exc.key == f"{key}.batch_format" and "batch_format" not in table:
+            exc.key = f"{key}.batch.format"  # where the user wrote it
+        raise
     try:
         cls.check_config(settings)
     except ValueError as exc:

@@ -109,6 +109,8 @@ def test_unset_variable_names_key_not_value(tmp_path, types):
     ('[outputs.a]\ntype = "file"\npath = "x"\ncustomers = "acme"\n', "outputs.a.customers", "must be a list"),
     ('[outputs.a]\ntype = "file"\npath = "x"\nbatch = { format = "ndjson" }\n', "outputs.a.batch.format",
      "has no batch formats"),
+    ('[outputs.a]\ntype = "webhook"\nurl = "https://x.example/"\nbatch = { format = "xml" }\n',
+     "outputs.a.batch.format", "'json_array'"),
     ('[defaults]\nconcurency = 3\n[outputs.a]\ntype = "stdout"\n', "defaults.concurency",
      "did you mean 'concurrency'"),
     ('outputz = 1\n', "outputz", "did you mean 'outputs'"),

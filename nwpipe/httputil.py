@@ -24,9 +24,40 @@ def is_header_name(name: str) -> bool:
     return _TOKEN.fullmatch(name) is not None
 
 
+#: C0 controls but horizontal tab, and DEL: RFC 9110 field values allow none of them
+_HEADER_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+#: what :func:`printable` removes: C0 and C1 controls (tab included), DEL, and the
+#: Unicode line and paragraph separators, all of which can end or rewrite a log line
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
 def has_line_break(value: str) -> bool:
     """True when ``value`` contains CR, LF or NUL, which could split or end a header."""
     return "\r" in value or "\n" in value or "\0" in value
+
+
+def header_value_problem(value: str) -> str | None:
+    """Why ``value`` cannot be sent as a header value, or None when it can.
+
+    CR, LF and NUL could split or end the header; other control characters (but tab)
+    are not allowed in a field value and some receivers or logs act on them. The
+    answer never quotes the value: it may be a credential.
+    """
+    if has_line_break(value):
+        return "contains a line break (CR or LF)"
+    found = _HEADER_CONTROL.search(value)
+    if found is not None:
+        return f"contains a control character (U+{ord(found.group()):04X})"
+    return None
+
+
+def printable(text: str) -> str:
+    """``text`` without control characters or line separators.
+
+    For text a receiver sent (a reason phrase, a Location) that ends up in a message:
+    it must not be able to start a forged line on stderr or move the terminal cursor.
+    """
+    return _UNPRINTABLE.sub("", text)
 
 
 def parse_header_list(text: str) -> list[tuple[str, str]]:
@@ -39,16 +70,22 @@ def parse_header_list(text: str) -> list[tuple[str, str]]:
     checks (token characters, line breaks) are left to :func:`check_header`.
     """
     headers = []
-    for item in text.split(","):
+    for position, item in enumerate(text.split(","), 1):
         item = item.strip()
         if not item:
             continue
         name, colon, value = item.partition(":")
         name = name.strip()
+        # An item is not quoted in a message: it may be (part of) a secret value, e.g.
+        # "X-Api-Key s3cret" or the rest of a value that held a comma. Its position and,
+        # when it has several words, its first (the intended name) are enough to find it.
         if not colon:
-            raise ValueError(f"header item {item!r} has no ':' (expected 'Name: value')")
+            words = item.split()
+            start = f" (starting {words[0][:40]!r})" if len(words) > 1 else ""
+            raise ValueError(f"header item {position}{start} has no ':' "
+                             "(expected 'Name: value'; a value cannot hold ',')")
         if not name:
-            raise ValueError(f"header item {item!r} has no name before ':'")
+            raise ValueError(f"header item {position} has no name before ':'")
         headers.append((name, value.strip()))
     return headers
 
@@ -63,8 +100,10 @@ def check_header(name: str, value: str | None = None) -> None:
     if not is_header_name(name):
         raise ValueError(f"invalid header name {name!r} (letters, digits and "
                          "!#$%&'*+-.^_`|~ only)")
-    if value is not None and has_line_break(value):
-        raise ValueError(f"header '{name}': value contains a line break (CR or LF)")
+    if value is not None:
+        problem = header_value_problem(value)
+        if problem is not None:
+            raise ValueError(f"header '{name}': value {problem}")
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None,
@@ -98,12 +137,14 @@ def parse_retry_after(value: str | None, *, now: float | None = None,
 def status_reason(status: int, reason: str | None = None) -> str:
     """``"HTTP 400 Bad Request"``: the status with its standard phrase.
 
-    The server's own reason phrase is used when the status is not a standard one.
+    The server's own reason phrase is used when the status is not a standard one,
+    without control characters (see :func:`printable`); it may still echo the request
+    (and a token in its URL), so callers redact the result.
     """
     try:
         phrase = HTTPStatus(status).phrase
     except ValueError:
-        phrase = reason or ""
+        phrase = printable(reason or "").strip()
     return f"HTTP {status} {phrase}".rstrip()
 
 

@@ -43,7 +43,7 @@ import ssl
 import sys
 import time
 from typing import TYPE_CHECKING, Any, Iterable
-from urllib.parse import quote, unquote
+from urllib.parse import quote, unquote, unquote_plus
 
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -59,8 +59,10 @@ if TYPE_CHECKING:
 from nwpipe.httputil import (
     check_header,
     has_line_break,
+    header_value_problem,
     parse_header_list,
     parse_retry_after,
+    printable,
     redact,
     snippet,
     status_reason,
@@ -84,6 +86,16 @@ _DELIVERED = Delivered()
 _TEMPLATE_MARKS = ("{{", "{%", "{#")
 #: user headers whose values are treated as credentials (kept out of messages)
 _CREDENTIAL_HEADER = re.compile(r"auth|token|key|secret|pass|cookie|session|signature", re.I)
+#: headers that stay on a redirect to another origin although their names look like
+#: credentials: they identify the message, so the receiver can deduplicate it
+_IDENTITY_HEADERS = frozenset({"webhook-id", "idempotency-key"})
+#: headers that prove the request came from us: never sent to another origin
+_SIGNATURE_HEADERS = frozenset({"webhook-signature", "webhook-timestamp"})
+#: the shortest query value taken for a secret when its name does not say it is one:
+#: shorter ones ("v=1") would blank out ordinary text in every message
+_MIN_QUERY_SECRET = 4
+#: how much of a Location a message shows
+_LOCATION_SHOWN = 200
 #: characters left alone when a rendered URL is escaped: the reserved ones and '%'
 _URL_SAFE = "/?#[]@!$&'()*+,;=:%~"
 
@@ -260,6 +272,16 @@ def _check_no_line_break(what: str):
     return check
 
 
+def _check_header_value(what: str):
+    """A check for a setting sent as a header value (no control characters)."""
+    def check(value: str) -> str:
+        problem = header_value_problem(value)
+        if problem is not None:
+            raise ValueError(f"{what} {problem}")
+        return value
+    return check
+
+
 def _check_username(value: str) -> str:
     if ":" in value:
         # RFC 7617: the user-id of Basic Auth cannot contain a colon
@@ -332,7 +354,7 @@ class WebhookOutput(Output):
                             check=_check_no_line_break("password"),
                             help="HTTP Basic Auth password"),
         "bearer_token": Setting(str, default=None, secret=True,
-                                check=_check_no_line_break("bearer_token"),
+                                check=_check_header_value("bearer_token"),
                                 help="sent as 'Authorization: Bearer <token>'"),
         "skip_ssl_verification": Setting(bool, default=False, aliases=("skipsslverification",),
                                          help="do not verify the TLS certificate (warns)"),
@@ -342,7 +364,7 @@ class WebhookOutput(Output):
                                help="PEM client certificate for mutual TLS"),
         "client_key": Setting(str, default=None, check=existing_file,
                               help="PEM key of client_cert (if not in the same file)"),
-        "content_type": Setting(str, default=None, check=_check_no_line_break("content_type"),
+        "content_type": Setting(str, default=None, check=_check_header_value("content_type"),
                                 help="default application/json "
                                      "(application/x-ndjson for ndjson batches)"),
         "timeout": Setting(float, default=10.0, check=positive_seconds,
@@ -438,6 +460,7 @@ class WebhookOutput(Output):
                 static[hname] = value
                 if _CREDENTIAL_HEADER.search(hname):
                     secrets.append(value)
+        secrets.extend(_query_secrets(rest))
         self._static_headers = static
         # only used on failure paths, to keep credentials out of messages
         self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
@@ -605,9 +628,9 @@ class WebhookOutput(Output):
                     value = _render(template, delivery)
                 except Exception as exc:
                     return Failed(f"header '{name}' template: {type(exc).__name__}: {exc}")
-                if has_line_break(value):
-                    return Failed(f"header '{name}': rendered value contains a line break "
-                                  "(CR or LF)")
+                problem = header_value_problem(value)
+                if problem is not None:
+                    return Failed(f"header '{name}': rendered value {problem}")
                 for existing in [k for k in headers if k.lower() == name.lower()]:
                     del headers[existing]
                 headers[name] = value
@@ -693,14 +716,12 @@ class WebhookOutput(Output):
                             await _drain(resp)
                             return _DELIVERED
                         if status in (301, 302, 307, 308):
-                            target = _redirect_target(url, resp.headers.get("Location"))
+                            target = self._redirect_target(url, resp.headers.get("Location"))
                             if isinstance(target, Failed):
                                 return target
                             await _drain(resp)
                             if target.origin() != url.origin():
-                                # credentials are for the configured host only
-                                headers = {k: v for k, v in headers.items()
-                                           if k.lower() != "authorization"}
+                                headers = _cross_origin_headers(headers)
                             url = target
                             continue
                     return await self._classify_response(resp)
@@ -723,16 +744,46 @@ class WebhookOutput(Output):
                   location: str | None, data: bytes) -> Result:
         """The result of a non-2xx answer (redirects here are not followed)."""
         text = redact(snippet(data, RESPONSE_SNIPPET), self._secrets)
-        reason = status_reason(status, reason)
+        # a non-standard status brings the receiver's phrase, which may echo the
+        # request line and so a token in the URL's query
+        reason = redact(status_reason(status, reason), self._secrets)
         if status in RETRY_STATUSES or 500 <= status < 600:
             return Retry(reason, after=parse_retry_after(retry_after), status=status,
                          response=text)
         if 300 <= status < 400:
-            where = f" to {location[:200]}" if location else ""
+            where = f" to {self._show_location(location)}" if location else ""
             hint = "" if self._follow_redirects else " (set follow_redirects = true to follow)"
             return Failed(f"{reason}: redirect{where} not followed{hint}",
                           status=status, response=text)
         return Failed(reason, status=status, response=text)
+
+    def _show_location(self, location: str) -> str:
+        """A Location for a message: origin and path only (a query may carry a token),
+        decoded, without control characters, redacted."""
+        cut = location.split("?", 1)[0].split("#", 1)[0]
+        try:
+            parsed = URL(cut)
+            shown = (str(parsed.origin()) if parsed.absolute else "") + parsed.path
+        except ValueError:
+            shown = unquote(cut)
+        # redact before cutting: a cut could leave part of a secret unmatched
+        return redact(printable(shown), self._secrets)[:_LOCATION_SHOWN]
+
+    def _redirect_target(self, url: URL, location: str | None) -> URL | Failed:
+        """Where a followed redirect goes, or why it is not followed."""
+        if not location:
+            return Failed("redirect without a Location header")
+        try:
+            target = url.join(URL(location))
+        except ValueError:
+            return Failed("redirect to an invalid Location")
+        if target.scheme not in ("http", "https") or not target.host:
+            return Failed("redirect to an unsupported location "
+                          f"'{self._show_location(location)}'")
+        if url.scheme == "https" and target.scheme == "http":
+            return Failed("refusing a redirect from https to http "
+                          f"({printable(target.host)})")
+        return target
 
     def _exception_result(self, exc: BaseException, url: URL) -> Result:
         """Turn a client exception into Retry (the network) or Failed (the config)."""
@@ -761,7 +812,9 @@ class WebhookOutput(Output):
         if isinstance(exc, http1.ServerDisconnected):
             return Retry(f"{where} {exc}")
         if isinstance(exc, http1.ProtocolError):
-            return Retry(f"bad HTTP response from {where}: {exc}")
+            # the message may quote what the receiver sent
+            return Retry(redact(printable(f"bad HTTP response from {where}: {exc}"),
+                                self._secrets))
         if isinstance(exc, (aiohttp.ClientConnectorError, http1.ConnectError)):
             os_error = exc.os_error
             if isinstance(os_error, socket.gaierror):
@@ -804,18 +857,39 @@ def _os_reason(error: OSError) -> str:
     return error.strerror or type(error).__name__
 
 
-def _redirect_target(url: URL, location: str | None) -> URL | Failed:
-    if not location:
-        return Failed("redirect without a Location header")
-    try:
-        target = url.join(URL(location))
-    except ValueError:
-        return Failed("redirect to an invalid Location")
-    if target.scheme not in ("http", "https") or not target.host:
-        return Failed(f"redirect to an unsupported location {location[:200]!r}")
-    if url.scheme == "https" and target.scheme == "http":
-        return Failed(f"refusing a redirect from https to http ({target.host})")
-    return target
+def _query_secrets(rest: str) -> list[str]:
+    """The parts of a configured URL's query that may be credentials (``?token=...``).
+
+    The whole query, and each value as written and decoded: a receiver may echo any
+    of them (in a reason phrase, a Location, a body). A short value counts only under
+    a name that says it is a credential. Templated values are rendered per event and
+    are left out.
+    """
+    query = rest.partition("?")[2].split("#", 1)[0]
+    secrets = []
+    for item in query.split("&"):
+        name, _, raw = item.partition("=")
+        if not raw or _is_template(raw):
+            continue
+        value = unquote_plus(raw)
+        if len(value) >= _MIN_QUERY_SECRET or _CREDENTIAL_HEADER.search(unquote_plus(name)):
+            secrets.extend((raw, value, quote(value, safe="")))
+    if secrets or len(query) >= _MIN_QUERY_SECRET:
+        secrets.extend((query, unquote(query)))
+    return [s for s in secrets if s and not _is_template(s)]
+
+
+def _cross_origin_headers(headers: dict[str, str]) -> dict[str, str]:
+    """``headers`` for a redirect to another origin: credentials (by name, as in
+    messages) and the signature are for the configured receiver only."""
+    kept = {}
+    for name, value in headers.items():
+        lower = name.lower()
+        if lower in _SIGNATURE_HEADERS or (
+                _CREDENTIAL_HEADER.search(name) and lower not in _IDENTITY_HEADERS):
+            continue
+        kept[name] = value
+    return kept
 
 
 async def _read_some(resp: aiohttp.ClientResponse, limit: int) -> bytes:

@@ -10,6 +10,7 @@ from nwpipe.httputil import (
     check_header,
     parse_header_list,
     parse_retry_after,
+    printable,
     redact,
     snippet,
     status_reason,
@@ -89,3 +90,38 @@ def test_snippet_and_redact():
     assert snippet(b"a" * 2000) == "a" * 1024
     assert snippet("é".encode() * 600, limit=5) == "éé\ufffd"
     assert redact("token=abc and abc", ["abc", ""]) == "token=*** and ***"
+
+
+def test_header_item_without_colon_names_its_position_and_first_word_only():
+    with pytest.raises(ValueError) as info:
+        parse_header_list("X-Api-Key supersecret123, X-B: c")
+    assert str(info.value).startswith("header item 1 (starting 'X-Api-Key') has no ':'")
+    assert "supersecret123" not in str(info.value)
+    # a lone word may be a value split off at a comma: it is not shown at all
+    with pytest.raises(ValueError) as info:
+        parse_header_list("X-Api-Key: abc, def123secret")
+    assert "header item 2 has no ':'" in str(info.value)
+    assert "def123secret" not in str(info.value)
+
+
+def test_header_item_without_name_does_not_show_its_value():
+    with pytest.raises(ValueError) as info:
+        parse_header_list("X-A: 1, : s3cr3t-value")
+    assert "header item 2 has no name before ':'" in str(info.value)
+    assert "s3cr3t-value" not in str(info.value)
+
+
+@pytest.mark.parametrize("value", ["a\x0bb", "a\x7fb", "a\x1bb", "a\x08b", "a\x1fb"])
+def test_header_values_with_control_characters_are_refused(value):
+    with pytest.raises(ValueError, match="control character") as info:
+        check_header("X-Api-Key", value)
+    assert value not in str(info.value)
+
+
+def test_status_reason_strips_control_characters_from_the_receiver_phrase():
+    assert status_reason(599, "Bad\r\nnwpipe: forged\x1b[2J") == "HTTP 599 Badnwpipe: forged[2J"
+    assert status_reason(599, "\x85\u2028") == "HTTP 599"
+
+
+def test_printable():
+    assert printable("a\tb\x00c\x7fd\x9fe\u2028f é ✓") == "abcdef é ✓"

@@ -146,7 +146,9 @@ async def test_header_table_with_templated_value(receiver, make_delivery, make_e
     ({"X-Split": "a\nb"}, "X-Split"),
     ({"X-Name\r\n": "v"}, "X-Name"),
     ({"X(bad)": "v"}, "X(bad)"),
-    ("X-Ok: 1, no colon here", "no colon here"),
+    ("X-Ok: 1, no colon here", "item 2 (starting 'no')"),
+    ({"X-Ctl": "a\x0bb"}, "X-Ctl"),
+    ("X-Ok: 1, X-Del: a\x7fb", "X-Del"),
     ("webhook-id: mine", "webhook-id"),
     ("Content-Encoding: br", "Content-Encoding"),
     ("X-A: 1, x-a: 2", "x-a"),
@@ -162,6 +164,38 @@ def test_header_value_is_not_shown_when_rejected():
     message = load_error(url="http://127.0.0.1/x", headers={"X-Api-Key": "k3y-v4lue\r\nX: y"})
     assert "X-Api-Key" in message
     assert "k3y-v4lue" not in message
+
+
+def test_header_item_without_colon_does_not_show_its_value():
+    message = load_error(url="http://127.0.0.1/x", headers="X-Api-Key supersecret123, X-B: c")
+    assert "header item 1 (starting 'X-Api-Key') has no ':'" in message
+    assert "supersecret123" not in message
+
+
+@pytest.mark.parametrize("value", ["a\x0bb", "a\x7fb", "a\x1b[2Jb", "a\x0cb"])
+def test_header_values_with_control_characters_are_rejected_at_load(value):
+    for headers in ({"X-Api-Key": value}, f"X-Api-Key: {value}"):
+        message = load_error(url="http://127.0.0.1/x", headers=headers)
+        assert "X-Api-Key" in message and "control character" in message
+        assert value not in message
+    assert "control character" in load_error(url="http://127.0.0.1/x", bearer_token=value)
+    assert "control character" in load_error(url="http://127.0.0.1/x", content_type=value)
+
+
+async def test_header_value_may_hold_a_tab(receiver, make_delivery):
+    output = make_output(url=receiver.url, headers={"X-Note": "a\tb"})
+    assert await send_once(output, [make_delivery()]) == Delivered()
+    assert receiver.requests[0].headers["X-Note"] == "a\tb"
+
+
+@pytest.mark.parametrize("char", ["\x0b", "\x7f", "\x1b"])
+async def test_templated_header_rendering_a_control_character_fails_that_event(
+        receiver, make_delivery, make_event, char):
+    output = make_output(url=receiver.url, headers={"X-Customer": "{{ customer }}"})
+    result = await send_once(output, [make_delivery(event=make_event(customer=f"a{char}b"))])
+    assert isinstance(result, Failed)
+    assert "X-Customer" in result.reason and "control character" in result.reason
+    assert receiver.requests == []
 
 
 async def test_templated_header_rendering_a_line_break_fails_that_event(
@@ -637,3 +671,129 @@ async def test_environment_proxy_only_with_trust_env(make_receiver, make_deliver
     output = make_output(url="http://webhook.example/in", trust_env=True)
     assert await send_once(output, [make_delivery()]) == Delivered()
     assert proxy.requests[0].target == "http://webhook.example/in"
+
+
+# --- secrets in the URL's query and in what the receiver sends back ------------------------
+
+# follow_redirects = true sends requests through aiohttp, otherwise the lean client
+BOTH_PATHS = pytest.mark.parametrize("path", [{}, {"follow_redirects": True}],
+                                     ids=["direct", "aiohttp"])
+
+
+@pytest.mark.parametrize("location", [
+    "/next?token=QSECRET&x=1",
+    "{base}/next?token=QSECRET",
+    "{base}/next/QSECRET?a=b",
+    "/next/%51SECRET?x=1",
+])
+async def test_redirect_location_in_reason_has_no_query_and_no_url_secret(
+        receiver, make_delivery, location):
+    receiver.reply(status=302, headers={"Location": location.format(base=receiver.url)})
+    output = make_output(url=receiver.url + "/hook?token=QSECRET")
+    result = await send_once(output, [make_delivery()])
+    assert isinstance(result, Failed) and result.status == 302
+    assert "QSECRET" not in result.reason and "%51SECRET" not in result.reason
+    assert "/next" in result.reason and "?" not in result.reason.split("not followed")[0]
+    assert "redirect to" in result.reason
+
+
+async def test_unsupported_redirect_location_does_not_show_url_secret(receiver, make_delivery):
+    receiver.reply(status=302, headers={"Location": "ftp://files.example/QSECRET?token=QSECRET"})
+    output = make_output(url=receiver.url + "/hook?token=QSECRET", follow_redirects=True)
+    result = await send_once(output, [make_delivery()])
+    assert isinstance(result, Failed)
+    assert "unsupported location" in result.reason
+    assert "QSECRET" not in result.reason
+    assert "ftp://files.example/***" in result.reason
+
+
+@BOTH_PATHS
+async def test_receiver_reason_phrase_echoing_the_url_token_is_redacted(
+        receiver, make_delivery, path):
+    async def echo_request_line(request, record):
+        return web.Response(status=599, reason=f"bad {request.path_qs}",
+                            text=f"you sent {request.path_qs}")
+    receiver.handler = echo_request_line
+    output = make_output(url=receiver.url + "/hook?token=QSECRET&v=2", **path)
+    result = await send_once(output, [make_delivery()])
+    assert isinstance(result, Retry) and result.status == 599
+    assert result.reason.startswith("HTTP 599 bad /hook?")
+    assert "QSECRET" not in result.reason
+    assert "QSECRET" not in result.response
+
+
+async def _raw_server(answer: bytes):
+    """A bare TCP server on 127.0.0.1 answering every request with ``answer`` bytes."""
+    import asyncio
+
+    async def handle(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+    return await asyncio.start_server(handle, "127.0.0.1", 0)
+
+
+async def test_receiver_text_cannot_forge_log_lines(make_delivery):
+    forged = b"Oops\rnwpipe: delivered everything\x1b[2J\x85ok"
+    location = b"/x\x1b[31mred\rforged"
+    server = await _raw_server(
+        b"HTTP/1.1 599 " + forged + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+    redirect = await _raw_server(
+        b"HTTP/1.1 302 Found\r\nLocation: " + location
+        + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+    try:
+        for srv in (server, redirect):
+            port = srv.sockets[0].getsockname()[1]
+            result = await send_once(make_output(url=f"http://127.0.0.1:{port}/x"),
+                                     [make_delivery()])
+            assert result.reason.isprintable(), result.reason
+            assert "\r" not in result.reason and "\x1b" not in result.reason
+    finally:
+        for srv in (server, redirect):
+            srv.close()
+            await srv.wait_closed()
+
+
+async def test_cross_origin_redirect_drops_every_credential_and_signature(
+        make_receiver, make_delivery):
+    first, second = await make_receiver(), await make_receiver()
+    first.queue(307, headers={"Location": "/same"})
+    first.queue(307, headers={"Location": second.url + "/there"})
+    secret = "whsec_" + base64.b64encode(b"s" * 32).decode()
+    output = make_output(url=first.url, follow_redirects=True, bearer_token="tok-1",
+                         signing_secret=secret,
+                         headers="X-Api-Key: k-1, X-Session-Id: s-1, X-Netography: Webhook")
+    delivery = make_delivery()
+    assert await send_once(output, [delivery]) == Delivered()
+    credentials = ("Authorization", "X-Api-Key", "X-Session-Id",
+                   "webhook-signature", "webhook-timestamp")
+    for request in first.requests:  # the same origin: everything is kept
+        for name in credentials:
+            assert name in request.headers
+    [moved] = second.requests
+    for name in credentials:
+        assert name not in moved.headers
+    assert moved.headers["webhook-id"] == moved.headers["Idempotency-Key"] == delivery.id
+    assert moved.headers["X-Netography"] == "Webhook"
+
+
+@pytest.mark.parametrize("query, hidden, shown", [
+    ("?token=ab&v=1", ["ab", "token=ab&v=1"], ["v=1"]),
+    ("?code=QSECRET+x%2By", ["QSECRET x+y", "QSECRET+x%2By", "QSECRET%20x%2By"], []),
+    ("?QSECRETonly", ["QSECRETonly"], []),
+    ("?token=QSECRET&c={{ customer }}", ["QSECRET"], []),
+])
+async def test_url_query_values_are_redacted_from_receiver_answers(
+        receiver, make_delivery, query, hidden, shown):
+    echoed = " | ".join(hidden + shown)
+
+    async def echo(request, record):
+        return web.Response(status=400, text=echoed)
+    receiver.handler = echo
+    result = await send_once(make_output(url=receiver.url + "/hook" + query), [make_delivery()])
+    assert isinstance(result, Failed)
+    for text in hidden:
+        assert text not in result.response
+    for text in shown:  # short values under ordinary names stay readable
+        assert text in result.response

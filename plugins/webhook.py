@@ -83,6 +83,9 @@ RESERVED_HEADERS = frozenset({
 })
 RETRY_STATUSES = frozenset({408, 429})
 _DELIVERED = Delivered()
+#: a URL path segment that looks like a token rather than a name: 16 or more letters,
+#: digits, "-" or "_", with a digit or with both upper and lower case
+_TOKEN_LIKE = re.compile(r"(?=.*\d|(?=.*[a-z])(?=.*[A-Z]))[A-Za-z0-9_-]{16,}")
 _TEMPLATE_MARKS = ("{{", "{%", "{#")
 #: user headers whose values are treated as credentials (kept out of messages)
 _CREDENTIAL_HEADER = re.compile(r"auth|token|key|secret|pass|cookie|session|signature", re.I)
@@ -576,6 +579,9 @@ class WebhookOutput(Output):
         # the query string may carry a token ("?code=..."): show only that there is one
         rest = self.config["url"].strip()[len(self._origin):] or "/"
         path, question, _ = rest.partition("?")
+        # so may the path (Slack: /services/T…/B…/<token>): hide token-like segments
+        path = "/".join("…" if _TOKEN_LIKE.fullmatch(part) else part
+                        for part in path.split("/"))
         return path + ("?…" if question else "")
 
     # -- sending --

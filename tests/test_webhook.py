@@ -797,3 +797,20 @@ async def test_url_query_values_are_redacted_from_receiver_answers(
         assert text not in result.response
     for text in shown:  # short values under ordinary names stay readable
         assert text in result.response
+
+
+def test_describe_hides_token_like_path_segments():
+    from nwpipe.settings import validate_settings
+    from nwpipe_plugins.webhook import WebhookOutput
+
+    def shown(url):
+        config = validate_settings({"url": url}, WebhookOutput.settings, key="outputs.o")
+        return WebhookOutput("o", config).describe()
+
+    # Slack puts the secret in the path
+    assert shown("https://hooks.slack.com/services/T0123ABCD/B0123ABCD/AbCdEfGhIjKlMnOpQrStUvWx") \
+        == "webhook POST https://hooks.slack.com/services/T0123ABCD/B0123ABCD/…"
+    assert "00edee24" not in shown("https://x.example/hooks/00edee24-bc66-4b37-803c-123456789012")
+    # names stay readable
+    assert shown("https://soc.example.com/netography-webhooks/{{ customer }}") \
+        == "webhook POST https://soc.example.com/netography-webhooks/{{ customer }}"

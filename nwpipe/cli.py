@@ -17,7 +17,8 @@ EPILOG = """\
 exit codes:
   0    every event was delivered to each of its outputs
   1    configuration or usage error; nothing was read
-  3    finished, but some events were rejected or dead-lettered
+  3    finished, but some events were rejected or dead-lettered, or an input
+       could not be read to the end
   130  interrupted by Ctrl-C (SIGINT), after the dead-letter file is complete
   143  terminated by SIGTERM, after the dead-letter file is complete
 

@@ -40,6 +40,8 @@ class OutputStats:
     retried: int = 0
     dead_lettered: int = 0
     requests: int = 0
+    #: not sent because the output closed for good on purpose (the reader of stdout left)
+    not_sent: int = 0
 
 
 @dataclass
@@ -155,6 +157,7 @@ class DeliveryEngine:
         """
         state = self._state
         if self.closed:
+            self.stats.not_sent += 1
             return
         if self._refused is not None:
             self._dead_letter([delivery], self._refused, quiet=True)
@@ -324,6 +327,7 @@ class DeliveryEngine:
             except asyncio.CancelledError:
                 raise
             except OutputClosed as exc:
+                self.stats.not_sent += len(batch)
                 self._output_closed(str(exc))
                 return
             except (OSError, asyncio.TimeoutError) as exc:
@@ -475,4 +479,8 @@ class DeliveryEngine:
             task.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
         self._workers.clear()
+        if self.closed:
+            # what the closed output still held (queued or on its way) was not sent
+            self.stats.not_sent += self._state.queued
+            self._state.queued = 0
         await self.output.close()

@@ -62,6 +62,8 @@ def output_summary(name: str, stats: OutputStats, seconds: float) -> str:
         text += f", {stats.retried} retried"
     if stats.dead_lettered:
         text += f", {stats.dead_lettered} dead-lettered"
+    if stats.not_sent:
+        text += f", {stats.not_sent} not sent (the output was closed)"
     if seconds >= RATE_MIN_SECONDS and stats.delivered:
         text += f" ({stats.delivered / seconds:,.0f}/s)"
     return text

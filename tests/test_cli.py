@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -168,6 +169,11 @@ def test_stdout_reader_going_away_is_quiet(tmp_path):
     assert "Traceback" not in proc.stderr and "Error" not in proc.stderr
     assert proc.returncode == 0, proc.stderr
     assert not (tmp_path / "nwpipe-dead-letter.jsonl").exists()
+    # nothing vanishes from the count: what the closed output did not take is said
+    m = re.search(r"read (\d+) events; rejected 0; stdout: (\d+) delivered, (\d+) not sent "
+                  r"\(the output was closed\)", proc.stderr)
+    assert m, proc.stderr
+    assert int(m[2]) + int(m[3]) == int(m[1])
 
 
 def test_body_that_json_cannot_hold_fails_that_event_only(tmp_path):

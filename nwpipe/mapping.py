@@ -431,12 +431,14 @@ def _set_path(out: dict, parts: tuple[str, ...], value: Any, owned: set[int],
         else:
             at = ".".join(parts[:depth + 1])
             raise EventError(f"{where}: cannot set '{'.'.join(parts)}': '{at}' is a "
-                             f"{_json_type(child)}, not an object")
+                             f"{json_kind(child)}, not an object")
         node = child
     node[parts[-1]] = value
 
 
-def _json_type(value: Any) -> str:
+def json_kind(value: Any) -> str:
+    """The kind of a JSON value in words, for messages: null, boolean, number, string,
+    list or object."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -447,6 +449,8 @@ def _json_type(value: Any) -> str:
         return "string"
     if isinstance(value, list):
         return "list"
+    if isinstance(value, dict):
+        return "object"
     return type(value).__name__
 
 

@@ -52,6 +52,7 @@ import orjson
 
 from nwpipe.config import Config
 from nwpipe.errors import ConfigError, EventError, NwpipeError
+from nwpipe.mapping import json_kind
 from nwpipe.pipeline import missing_fields
 from nwpipe.routing import Route, Router
 from nwpipe.settings import Setting, did_you_mean, validate_settings
@@ -254,26 +255,10 @@ def _show(value: Any) -> str:
     return text if len(text) <= 100 else text[:97] + "..."
 
 
-def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "list"
-    if isinstance(value, dict):
-        return "object"
-    return type(value).__name__
-
-
 def _same(expected: Any, actual: Any) -> bool:
     """Scalar equality as JSON sees it: numbers by value, booleans only equal booleans."""
-    kind = _kind(expected)
-    return kind == _kind(actual) and expected == actual
+    kind = json_kind(expected)
+    return kind == json_kind(actual) and expected == actual
 
 
 def compare(expected: Any, actual: Any, *, subset: bool = False, path: str = "$") -> list[str]:
@@ -289,7 +274,7 @@ def compare(expected: Any, actual: Any, *, subset: bool = False, path: str = "$"
 def _compare(expected: Any, actual: Any, subset: bool, path: str, out: list[str]) -> None:
     if isinstance(expected, dict):
         if not isinstance(actual, dict):
-            out.append(f"{path}: expected an object, got {_kind(actual)} {_show(actual)}")
+            out.append(f"{path}: expected an object, got {json_kind(actual)} {_show(actual)}")
             return
         for key, value in expected.items():
             where = _child(path, key)
@@ -304,7 +289,7 @@ def _compare(expected: Any, actual: Any, subset: bool, path: str, out: list[str]
         return
     if isinstance(expected, list):
         if not isinstance(actual, list):
-            out.append(f"{path}: expected a list, got {_kind(actual)} {_show(actual)}")
+            out.append(f"{path}: expected a list, got {json_kind(actual)} {_show(actual)}")
             return
         if len(expected) != len(actual):
             out.append(f"{path}: expected {len(expected)} item{'s' if len(expected) != 1 else ''}"
@@ -314,8 +299,8 @@ def _compare(expected: Any, actual: Any, subset: bool, path: str, out: list[str]
         return
     if not _same(expected, actual):
         got = _show(actual)
-        if _kind(expected) != _kind(actual) and expected == actual:
-            got += f" (a {_kind(actual)}, not a {_kind(expected)})"
+        if json_kind(expected) != json_kind(actual) and expected == actual:
+            got += f" (a {json_kind(actual)}, not a {json_kind(expected)})"
         out.append(f"{path}: expected {_show(expected)}, got {got}")
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import ssl
 from typing import Any
 
+from nwpipe.settings import Setting, existing_file
+
 
 def client_context(config: dict[str, Any]) -> ssl.SSLContext:
     """The client TLS context for an output's settings.
@@ -22,3 +24,19 @@ def client_context(config: dict[str, Any]) -> ssl.SSLContext:
     if config.get("client_cert"):
         context.load_cert_chain(config["client_cert"], config.get("client_key"))
     return context
+
+
+def tls_settings(peer: str, prefix: str = "") -> dict[str, Setting]:
+    """The TLS settings an output declares; ``peer`` names what it connects to in help
+    texts ("the receiver"), ``prefix`` marks settings used with one protocol only."""
+    return {
+        "skip_ssl_verification": Setting(bool, default=False, aliases=("skipsslverification",),
+                                         help=f"{prefix}do not verify the TLS certificate "
+                                              "(warns)"),
+        "ca_file": Setting(str, default=None, check=existing_file,
+                           help=f"{prefix}PEM CA bundle to verify {peer} with"),
+        "client_cert": Setting(str, default=None, check=existing_file,
+                               help=f"{prefix}PEM client certificate for mutual TLS"),
+        "client_key": Setting(str, default=None, check=existing_file,
+                              help=f"{prefix}PEM key of client_cert (if not in the same file)"),
+    }

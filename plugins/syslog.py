@@ -39,8 +39,8 @@ import time
 from typing import Any
 
 from nwpipe import Delivered, Delivery, Failed, Output, Result, Retry, Setting, hookimpl
-from nwpipe.settings import existing_file, positive_seconds
-from nwpipe.tls import client_context
+from nwpipe.settings import positive_seconds
+from nwpipe.tls import client_context, tls_settings
 
 log = logging.getLogger("nwpipe")
 
@@ -258,14 +258,7 @@ class SyslogOutput(Output):
                        help="start each message with the UTF-8 byte-order mark of RFC 5424"),
         "timeout": Setting(float, default=10.0, check=positive_seconds,
                            help="seconds to connect, and to hand over a batch"),
-        "skip_ssl_verification": Setting(bool, default=False, aliases=("skipsslverification",),
-                                         help="tls: do not verify the certificate (warns)"),
-        "ca_file": Setting(str, default=None, check=existing_file,
-                           help="tls: PEM CA bundle to verify the collector with"),
-        "client_cert": Setting(str, default=None, check=existing_file,
-                               help="tls: PEM client certificate for mutual TLS"),
-        "client_key": Setting(str, default=None, check=existing_file,
-                              help="tls: PEM key of client_cert (if not in the same file)"),
+        **tls_settings("the collector", prefix="tls: "),
     }
     concurrency = 1          # one connection: messages keep their order
     batch_max_events = 100   # over TCP a batch is one write

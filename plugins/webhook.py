@@ -51,8 +51,8 @@ from yarl import URL
 
 from nwpipe import Delivered, Delivery, Failed, Output, Result, Retry, Setting, __version__, hookimpl
 from nwpipe import http1
-from nwpipe.settings import existing_file, positive_seconds
-from nwpipe.tls import client_context
+from nwpipe.settings import positive_seconds
+from nwpipe.tls import client_context, tls_settings
 if TYPE_CHECKING:
     import aiohttp
 
@@ -359,14 +359,7 @@ class WebhookOutput(Output):
         "bearer_token": Setting(str, default=None, secret=True,
                                 check=_check_header_value("bearer_token"),
                                 help="sent as 'Authorization: Bearer <token>'"),
-        "skip_ssl_verification": Setting(bool, default=False, aliases=("skipsslverification",),
-                                         help="do not verify the TLS certificate (warns)"),
-        "ca_file": Setting(str, default=None, check=existing_file,
-                           help="PEM CA bundle to verify the receiver with"),
-        "client_cert": Setting(str, default=None, check=existing_file,
-                               help="PEM client certificate for mutual TLS"),
-        "client_key": Setting(str, default=None, check=existing_file,
-                              help="PEM key of client_cert (if not in the same file)"),
+        **tls_settings("the receiver"),
         "content_type": Setting(str, default=None, check=_check_header_value("content_type"),
                                 help="default application/json "
                                      "(application/x-ndjson for ndjson batches)"),

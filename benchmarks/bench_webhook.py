@@ -127,16 +127,8 @@ def client_main(url: str, bodies_path: str, concurrency: int) -> None:
 # --- shared -------------------------------------------------------------------------------
 
 
-def run_loop(coro):
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coro)
-    if sys.version_info >= (3, 11):
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            return runner.run(coro)
-    uvloop.install()
-    return asyncio.run(coro)
+# the same event loop nwpipe runs on (uvloop when installed), for a fair comparison
+from nwpipe.pipeline import event_loop_run as run_loop  # noqa: E402
 
 
 def loop_name() -> str:

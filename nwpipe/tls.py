@@ -40,3 +40,15 @@ def tls_settings(peer: str, prefix: str = "") -> dict[str, Setting]:
         "client_key": Setting(str, default=None, check=existing_file,
                               help=f"{prefix}PEM key of client_cert (if not in the same file)"),
     }
+
+
+def check_tls_files(config: dict[str, Any]) -> None:
+    """Raise ValueError, when the config loads, for TLS files that do not go together or
+    do not load (for ``Output.check_config``)."""
+    if config.get("client_key") and not config.get("client_cert"):
+        raise ValueError("client_key is set but client_cert is not")
+    try:
+        client_context(config)
+    except (ssl.SSLError, OSError) as exc:
+        which = "client_cert/client_key" if config.get("client_cert") else "ca_file"
+        raise ValueError(f"cannot load {which}: {exc.strerror or exc}") from None

@@ -40,7 +40,7 @@ from typing import Any
 
 from nwpipe import Delivered, Delivery, Failed, Output, Result, Retry, Setting, hookimpl
 from nwpipe.settings import positive_seconds
-from nwpipe.tls import client_context, tls_settings
+from nwpipe.tls import check_tls_files, client_context, tls_settings
 
 log = logging.getLogger("nwpipe")
 
@@ -266,15 +266,10 @@ class SyslogOutput(Output):
     @classmethod
     def check_config(cls, config: dict[str, Any]) -> None:
         """A key needs its certificate, and with TLS the files must load."""
-        protocol = config.get("protocol") or "udp"
         if config.get("client_key") and not config.get("client_cert"):
             raise ValueError("client_key is set but client_cert is not")
-        if protocol == "tls":
-            try:
-                client_context(config)
-            except (ssl.SSLError, OSError) as exc:
-                which = "client_cert/client_key" if config.get("client_cert") else "ca_file"
-                raise ValueError(f"cannot load {which}: {exc.strerror or exc}") from None
+        if (config.get("protocol") or "udp") == "tls":
+            check_tls_files(config)
 
     def __init__(self, name: str, config: dict[str, Any]):
         config = {**{key: s.default for key, s in self.settings.items()}, **config}

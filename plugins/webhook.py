@@ -52,7 +52,7 @@ from yarl import URL
 from nwpipe import Delivered, Delivery, Failed, Output, Result, Retry, Setting, __version__, hookimpl
 from nwpipe import http1
 from nwpipe.settings import positive_seconds
-from nwpipe.tls import client_context, tls_settings
+from nwpipe.tls import check_tls_files, client_context, tls_settings
 if TYPE_CHECKING:
     import aiohttp
 
@@ -393,13 +393,7 @@ class WebhookOutput(Output):
                 if name.lower() == "authorization":
                     raise ValueError("header 'Authorization' conflicts with "
                                      "username/password or bearer_token; keep one")
-        if config.get("client_key") and not config.get("client_cert"):
-            raise ValueError("client_key is set but client_cert is not")
-        try:
-            client_context(config)
-        except (ssl.SSLError, OSError) as exc:
-            which = "client_cert/client_key" if config.get("client_cert") else "ca_file"
-            raise ValueError(f"cannot load {which}: {exc.strerror or exc}") from None
+        check_tls_files(config)
 
     def __init__(self, name: str, config: dict[str, Any]):
         config = {**{key: s.default for key, s in self.settings.items()}, **config}

@@ -345,10 +345,14 @@ def _build_output(name: str, table: dict, defaults: dict, output_types, mappings
     if common["batch"] is not None:
         b = validate_settings(common["batch"], BATCH, key=f"{key}.batch", file=file)
         if b["format"] is not None:
-            if "batch_format" not in cls.settings:
+            formats = cls.settings.get("batch_format")
+            if formats is None:
                 raise ConfigError(f"output type '{type_name}' has no batch formats",
                                   key=f"{key}.batch.format", file=file)
-            own_table["batch_format"] = b["format"]
+            # checked here, so that a problem is named where the user wrote it
+            own_table["batch_format"] = validate_settings(
+                {"format": b["format"]}, {"format": formats}, key=f"{key}.batch",
+                file=file)["format"]
         batch = BatchPolicy(b["max_events"], b["max_bytes"], b["max_wait"], b["format"])
     retry = RetryPolicy()
     if common["retry"] is not None:
@@ -362,12 +366,7 @@ def _build_output(name: str, table: dict, defaults: dict, output_types, mappings
         retry=retry,
     )
 
-    try:
-        settings = validate_settings(own_table, cls.settings, key=key, file=file)
-    except ConfigError as exc:
-        if exc.key == f"{key}.batch_format" and "batch_format" not in table:
-            exc.key = f"{key}.batch.format"  # where the user wrote it
-        raise
+    settings = validate_settings(own_table, cls.settings, key=key, file=file)
     try:
         cls.check_config(settings)
     except ValueError as exc:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import orjson
 
-from nwpipe.sources import Decoder, iter_chunks
+from nwpipe.sources.decode import Decoder, iter_chunks
 
 SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "netography-sample.json"
 ROUNDS = 5

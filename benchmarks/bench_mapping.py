@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import jsonpath_ng.ext  # noqa: E402
 import orjson  # noqa: E402
 
-from nwpipe.jsonpaths import compile_path  # noqa: E402
-from nwpipe.mapping import compile_mappings  # noqa: E402
-from nwpipe.templating import make_environment  # noqa: E402
+from nwpipe.transform.jsonpaths import compile_path  # noqa: E402
+from nwpipe.transform.mapping import compile_mappings  # noqa: E402
+from nwpipe.transform.templating import make_environment  # noqa: E402
 
 PATHS = [
     "$.id", "$.alerttype", "$.customer", "$.severity", "$.srcip[0]", "$.dstip[-1]",

@@ -128,7 +128,7 @@ def client_main(url: str, bodies_path: str, concurrency: int) -> None:
 
 
 # the same event loop nwpipe runs on (uvloop when installed), for a fair comparison
-from nwpipe.pipeline import event_loop_run as run_loop  # noqa: E402
+from nwpipe.engine.pipeline import event_loop_run as run_loop  # noqa: E402
 
 
 def loop_name() -> str:
@@ -247,7 +247,7 @@ def premap(workdir: Path, events: list[dict], concurrency: int) -> bytes:
 
     from nwpipe.config import load_config
     from nwpipe.plugins import Plugins
-    from nwpipe.routing import Router
+    from nwpipe.transform.routing import Router
 
     config_path = workdir / "premap.toml"
     config_path.write_text(CONFIG.format(url="http://127.0.0.1:9", concurrency=concurrency,

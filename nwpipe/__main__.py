@@ -1,3 +1,3 @@
-from nwpipe.cli import main
+from nwpipe.commands.cli import main
 
 raise SystemExit(main())

@@ -2,7 +2,7 @@
 
 An output *sends once* and says how it went. Retries, backoff, ordering per alert,
 batching, rate limits and the dead-letter file belong to the delivery engine
-(``nwpipe.delivery``), so every output, a user's plugin too, gets them for free.
+(``nwpipe.engine.delivery``), so every output, a user's plugin too, gets them for free.
 
 A minimal output::
 

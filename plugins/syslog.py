@@ -40,7 +40,7 @@ from typing import Any
 
 from nwpipe import Delivered, Delivery, Failed, Output, Result, Retry, Setting, hookimpl
 from nwpipe.settings import positive_seconds
-from nwpipe.tls import check_tls_files, client_context, tls_settings
+from nwpipe.net.tls import check_tls_files, client_context, tls_settings
 
 log = logging.getLogger("nwpipe")
 

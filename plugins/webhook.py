@@ -21,7 +21,7 @@ Every request carries ``webhook-id`` and ``Idempotency-Key`` (the delivery id, t
 across retries and replays) and, with ``signing_secret``, the Standard Webhooks
 ``webhook-timestamp`` and ``webhook-signature`` headers.
 
-Direct connections go through :mod:`nwpipe.http1`, a lean keep-alive HTTP/1.1 client
+Direct connections go through :mod:`nwpipe.net.http1`, a lean keep-alive HTTP/1.1 client
 (per request it costs a fraction of a general client); a ``proxy``, ``trust_env`` or
 ``follow_redirects`` sends requests through an aiohttp session instead. Both paths send
 the same requests and map outcomes to the same results.
@@ -50,13 +50,13 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from yarl import URL
 
 from nwpipe import Delivered, Delivery, Failed, Output, Result, Retry, Setting, __version__, hookimpl
-from nwpipe import http1
+from nwpipe.net import http1
 from nwpipe.settings import positive_seconds
-from nwpipe.tls import check_tls_files, client_context, tls_settings
+from nwpipe.net.tls import check_tls_files, client_context, tls_settings
 if TYPE_CHECKING:
     import aiohttp
 
-from nwpipe.httputil import (
+from nwpipe.net.httputil import (
     check_header,
     has_line_break,
     header_value_problem,
@@ -456,7 +456,7 @@ class WebhookOutput(Output):
         self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
         self._session: aiohttp.ClientSession | None = None
 
-        # A direct connection goes through the lean HTTP/1.1 client (nwpipe.http1);
+        # A direct connection goes through the lean HTTP/1.1 client (nwpipe.net.http1);
         # proxies (explicit or from the environment) and followed redirects through
         # aiohttp. For the direct path the request head is pre-encoded: a send only
         # appends the per-request headers.

@@ -11,7 +11,7 @@ import textwrap
 import orjson
 import pytest
 
-from nwpipe.deadletter import (DeadLetterFile, Rewrite, delivery_record, event_record,
+from nwpipe.engine.deadletter import (DeadLetterFile, Rewrite, delivery_record, event_record,
                                raw_record, read_records)
 from nwpipe.errors import NwpipeError
 from nwpipe.outputs import Delivery
@@ -71,7 +71,7 @@ def test_written_records_survive_a_kill(tmp_path):
     # The process reports "written" after one turn of the loop, and is killed at once.
     script = textwrap.dedent(f"""
         import asyncio, sys, time
-        from nwpipe.deadletter import DeadLetterFile
+        from nwpipe.engine.deadletter import DeadLetterFile
 
         async def main():
             dl = DeadLetterFile({str(tmp_path / 'dl.jsonl')!r})

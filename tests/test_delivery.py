@@ -15,8 +15,8 @@ import pytest
 
 from nwpipe import Delivered, Failed, Output, Retry
 from nwpipe.config import BatchPolicy, EngineSettings, RetryPolicy
-from nwpipe.deadletter import DeadLetterFile, read_records
-from nwpipe.delivery import DeliveryEngine, backoff_delay
+from nwpipe.engine.deadletter import DeadLetterFile, read_records
+from nwpipe.engine.delivery import DeliveryEngine, backoff_delay
 from nwpipe.outputs import Delivery
 
 FAST = RetryPolicy(max_attempts=5, initial_backoff=0.001, max_backoff=0.01, max_elapsed=5)

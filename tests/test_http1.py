@@ -1,4 +1,4 @@
-"""The lean HTTP/1.1 client (nwpipe.http1) against raw TCP servers on 127.0.0.1 that
+"""The lean HTTP/1.1 client (nwpipe.net.http1) against raw TCP servers on 127.0.0.1 that
 answer with exactly the bytes each test scripts: framing, keep-alive, broken answers."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import ssl
 
 import pytest
 
-from nwpipe import http1
+from nwpipe.net import http1
 
 
 class RawServer:

@@ -6,7 +6,7 @@ import email.utils
 
 import pytest
 
-from nwpipe.httputil import (
+from nwpipe.net.httputil import (
     check_header,
     parse_header_list,
     parse_retry_after,

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from nwpipe.config import build_config, read_toml
-from nwpipe.init import STARTER_CONFIG, InitError, write_starter_config
+from nwpipe.commands.init import STARTER_CONFIG, InitError, write_starter_config
 from nwpipe.plugins import Plugins
-from nwpipe.routing import Router
+from nwpipe.transform.routing import Router
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = json.loads((ROOT / "examples" / "netography-sample.json").read_text())

@@ -11,8 +11,8 @@ import jsonpath_ng.ext
 import jsonpath_ng.jsonpath
 import pytest
 
-from nwpipe import jsonpaths
-from nwpipe.jsonpaths import MISSING, compile_path
+from nwpipe.transform import jsonpaths
+from nwpipe.transform.jsonpaths import MISSING, compile_path
 
 VENDOR_EVENT = {
     "alerttype": "start", "algorithm": "knownbotnet", "beta": False, "bypassdisplay": False,

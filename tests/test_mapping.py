@@ -9,8 +9,8 @@ import orjson
 import pytest
 
 from nwpipe.errors import ConfigError, EventError
-from nwpipe.mapping import IDENTITY, Mapping, compile_mappings
-from nwpipe.templating import make_environment
+from nwpipe.transform.mapping import IDENTITY, Mapping, compile_mappings
+from nwpipe.transform.templating import make_environment
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -15,9 +15,9 @@ import jsonpath_ng.ext
 import pytest
 
 from nwpipe.errors import EventError
-from nwpipe.jsonpaths import _fast_path_agrees
-from nwpipe.mapping import compile_mappings
-from nwpipe.templating import (
+from nwpipe.transform.jsonpaths import _fast_path_agrees
+from nwpipe.transform.mapping import compile_mappings
+from nwpipe.transform.templating import (
     compile_template_string,
     derive_environment,
     event_renderer,

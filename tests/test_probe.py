@@ -15,8 +15,8 @@ import pytest
 
 from nwpipe.config import build_config
 from nwpipe.plugins import Plugins
-from nwpipe.probe import probe_event, probe_outputs
-from nwpipe.routing import Router
+from nwpipe.commands.probe import probe_event, probe_outputs
+from nwpipe.transform.routing import Router
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT_TYPES = Plugins(load_entry_points=False).output_types

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from nwpipe.errors import NwpipeError
-from nwpipe.sources import (
+from nwpipe.sources.decode import (
     Decoder,
     Event,
     Reject,
@@ -489,7 +489,7 @@ def test_corrupt_gzip_is_a_clear_error(tmp_path):
 
 READ_STDIN = """
 import sys
-from nwpipe.sources import read_events, Event
+from nwpipe.sources.decode import read_events, Event
 for item in read_events('-'):
     kind = 'E' if isinstance(item, Event) else 'R'
     print(kind, item.source, item.line, item.data.get('id') if kind == 'E' else item.reason)
@@ -517,7 +517,7 @@ def test_plain_stdin_through_a_pipe():
 
 ASYNC_STDIN = """
 import asyncio, sys
-from nwpipe.sources import aiter_chunks, Decoder
+from nwpipe.sources.decode import aiter_chunks, Decoder
 
 async def main():
     decoder = Decoder('<stdin>')

@@ -23,10 +23,10 @@ else:  # pragma: no cover
 import pytest
 
 from nwpipe.config import build_config
-from nwpipe.mapping import compile_mappings
+from nwpipe.transform.mapping import compile_mappings
 from nwpipe.plugins import Plugins
-from nwpipe.routing import Router
-from nwpipe.templating import make_environment
+from nwpipe.transform.routing import Router
+from nwpipe.transform.templating import make_environment
 
 ROOT = Path(__file__).resolve().parent.parent
 VENDOR_SAMPLE = json.loads((ROOT / "examples" / "netography-sample.json").read_text())

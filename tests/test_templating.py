@@ -7,9 +7,9 @@ import sys
 import jinja2
 import pytest
 
-from nwpipe import templating
+from nwpipe.transform import templating
 from nwpipe.errors import ConfigError, EventError
-from nwpipe.templating import (
+from nwpipe.transform.templating import (
     JSONText,
     compile_condition,
     compile_template_string,

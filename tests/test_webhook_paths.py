@@ -1,4 +1,4 @@
-"""The webhook output has two HTTP paths: the lean HTTP/1.1 client (nwpipe.http1) for
+"""The webhook output has two HTTP paths: the lean HTTP/1.1 client (nwpipe.net.http1) for
 direct connections, and aiohttp for proxies and followed redirects. Both must send the
 same request and report the same results; each test here runs on both."""
 

@@ -71,10 +71,10 @@ import jinja2
 import orjson
 
 from nwpipe.errors import ConfigError, EventError
-from nwpipe.jsonpaths import MISSING as _MISSING
-from nwpipe.jsonpaths import compile_path
+from nwpipe.transform.jsonpaths import MISSING as _MISSING
+from nwpipe.transform.jsonpaths import compile_path
 from nwpipe.settings import Setting, did_you_mean, validate_settings
-from nwpipe.templating import (
+from nwpipe.transform.templating import (
     UNDEFINED_MODES,
     compile_template_string,
     customer_template,
@@ -826,7 +826,7 @@ def compile_mappings(tables: dict[str, dict], env: jinja2.Environment, *,
                      file: str | None = None) -> dict[str, Mapping]:
     """Compile every ``[mappings.NAME]`` table once, at configuration load.
 
-    ``env`` comes from :func:`nwpipe.templating.make_environment`. Every key is checked
+    ``env`` comes from :func:`nwpipe.transform.templating.make_environment`. Every key is checked
     (an unknown one is a ConfigError with a "did you mean"), and every jsonpath and
     template is compiled now: an invalid one is a ConfigError naming the key path
     (``mappings.siem.fields.src_ip``) and, for a template file, the file and line.

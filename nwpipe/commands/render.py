@@ -34,10 +34,10 @@ import orjson
 
 from nwpipe.config import Config
 from nwpipe.errors import ConfigError, EventError
-from nwpipe.pipeline import EXIT_DEAD_LETTERED, EXIT_OK, missing_fields
-from nwpipe.routing import Route, Router
+from nwpipe.engine.pipeline import EXIT_DEAD_LETTERED, EXIT_OK, missing_fields
+from nwpipe.transform.routing import Route, Router
 from nwpipe.settings import did_you_mean
-from nwpipe.sources import Event, Reject, read_events
+from nwpipe.sources.decode import Event, Reject, read_events
 
 __all__ = ["Rendered", "NotSent", "select_routes", "render_record", "render_event",
            "render_command"]

@@ -23,13 +23,13 @@ from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Iterable
 
 from nwpipe.config import Config
-from nwpipe.deadletter import DeadLetterFile, event_record, raw_record
-from nwpipe.delivery import DeliveryEngine, OutputStats
+from nwpipe.engine.deadletter import DeadLetterFile, event_record, raw_record
+from nwpipe.engine.delivery import DeliveryEngine, OutputStats
 from nwpipe.errors import EventError, NwpipeError
 from nwpipe.outputs import Delivery
 from nwpipe.outputs import delivery_id as make_delivery_id
-from nwpipe.routing import Route, Router
-from nwpipe.sources import Decoder, Event, Reject, aiter_chunks, source_name
+from nwpipe.transform.routing import Route, Router
+from nwpipe.sources.decode import Decoder, Event, Reject, aiter_chunks, source_name
 
 log = logging.getLogger("nwpipe")
 
@@ -393,7 +393,7 @@ def run(config: Config, router: Router, paths: list[str], *, dead_letter_path: s
         shutdown_timeout: float | None = None, progress: bool = False) -> RunResult:
     """Run the pipeline to the end of the inputs (or a signal); returns what happened.
 
-    ``progress``: show a live status line on stderr (see :mod:`nwpipe.progress`).
+    ``progress``: show a live status line on stderr (see :mod:`nwpipe.commands.progress`).
     """
     dead_letter = DeadLetterFile(dead_letter_path or config.dead_letter)
     dead_letter.check()  # a dead-letter file that cannot be written is found before reading
@@ -410,7 +410,7 @@ def make_progress(enabled: bool):
     """A Progress line for the pipeline when ``enabled``, else None."""
     if not enabled:
         return None
-    from nwpipe.progress import Progress
+    from nwpipe.commands.progress import Progress
 
     return Progress(sys.stderr)
 

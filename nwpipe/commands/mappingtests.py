@@ -52,11 +52,11 @@ import orjson
 
 from nwpipe.config import Config
 from nwpipe.errors import ConfigError, EventError, NwpipeError
-from nwpipe.mapping import json_kind
-from nwpipe.pipeline import missing_fields
-from nwpipe.routing import Route, Router
+from nwpipe.transform.mapping import json_kind
+from nwpipe.engine.pipeline import missing_fields
+from nwpipe.transform.routing import Route, Router
 from nwpipe.settings import Setting, did_you_mean, validate_settings
-from nwpipe.sources import Reject, read_events
+from nwpipe.sources.decode import Reject, read_events
 
 __all__ = ["MappingTest", "TestResult", "TEST_SETTINGS", "load_tests", "run_test",
            "compare", "unified_diff", "format_result", "run_tests"]

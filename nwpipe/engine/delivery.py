@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from nwpipe.config import EngineSettings
-from nwpipe.deadletter import DeadLetterFile, delivery_record, utc_now
+from nwpipe.engine.deadletter import DeadLetterFile, delivery_record, utc_now
 from nwpipe.errors import NwpipeError
 from nwpipe.outputs import Delivered, Delivery, Failed, Output, OutputClosed, Retry
 

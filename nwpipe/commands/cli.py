@@ -181,9 +181,9 @@ def _add_render_and_test(sub) -> None:
 
 def cmd_render(args) -> int:
     """Print what each output would receive."""
-    from nwpipe.render import render_command
+    from nwpipe.commands.render import render_command
 
-    from nwpipe.sources import check_inputs
+    from nwpipe.sources.decode import check_inputs
 
     _, config, router = load(args)
     check_inputs(args.files)
@@ -193,7 +193,7 @@ def cmd_render(args) -> int:
 
 def cmd_test(args) -> int:
     """Run the config's mapping tests."""
-    from nwpipe.mappingtests import run_tests
+    from nwpipe.commands.mappingtests import run_tests
 
     _, config, router = load(args)
     return run_tests(config, router)
@@ -229,7 +229,7 @@ def load(args):
     """Plugins, the validated config and its compiled routes, from the command line."""
     from nwpipe.config import find_config_file, load_config
     from nwpipe.plugins import Plugins
-    from nwpipe.routing import Router
+    from nwpipe.transform.routing import Router
 
     plugins = Plugins(args.plugins_dir)
     path = find_config_file(getattr(args, "config", None))
@@ -240,9 +240,9 @@ def load(args):
 
 def cmd_run(args) -> int:
     """Read events and deliver them."""
-    from nwpipe.pipeline import run
-    from nwpipe.progress import wanted
-    from nwpipe.sources import check_inputs
+    from nwpipe.engine.pipeline import run
+    from nwpipe.commands.progress import wanted
+    from nwpipe.sources.decode import check_inputs
 
     _, config, router = load(args)
     check_inputs(args.files)
@@ -255,8 +255,8 @@ def cmd_run(args) -> int:
 
 def cmd_replay(args) -> int:
     """Send the deliveries of a dead-letter file again."""
-    from nwpipe.progress import wanted
-    from nwpipe.replay import replay
+    from nwpipe.commands.progress import wanted
+    from nwpipe.commands.replay import replay
 
     _, config, router = load(args)
     result = replay(config, router, args.dead_letter, output=args.output,
@@ -268,7 +268,7 @@ def cmd_replay(args) -> int:
 
 def cmd_check(args) -> int:
     """Validate the config and describe it."""
-    from nwpipe.mappingtests import check_tests
+    from nwpipe.commands.mappingtests import check_tests
 
     _, config, router = load(args)
     outputs = {name: oc.create() for name, oc in config.outputs.items()}
@@ -294,7 +294,7 @@ def cmd_check(args) -> int:
 
 def probe(config, router) -> int:
     """``check --probe``: one test event per receiving output, one line each."""
-    from nwpipe.probe import run_probes
+    from nwpipe.commands.probe import run_probes
 
     print("probe: one test event (alerttype 'end', algorithm 'nwpipe_probe') per output:")
     results = run_probes(config, router)
@@ -305,7 +305,7 @@ def probe(config, router) -> int:
 
 def cmd_init(args) -> int:
     """Write a starter config."""
-    from nwpipe.init import write_starter_config
+    from nwpipe.commands.init import write_starter_config
 
     path = write_starter_config(args.path, force=args.force)
     print(f"wrote {path}")

@@ -64,8 +64,8 @@ class Router:
         needs_jinja = bool(config.mappings) or any(o.when for o in config.outputs.values())
         env = None
         if needs_jinja:
-            from nwpipe.mapping import compile_mappings
-            from nwpipe.templating import compile_condition, make_environment
+            from nwpipe.transform.mapping import compile_mappings
+            from nwpipe.transform.templating import compile_condition, make_environment
 
             env = make_environment(config.templates, jinja_filters or {})
             compiled.update(compile_mappings(config.mappings, env, file=config.file))

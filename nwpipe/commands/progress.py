@@ -47,7 +47,7 @@ class Progress:
         self._filter = _ClearFirst(self)
 
     def start(self, pipeline) -> None:
-        """Begin redrawing for ``pipeline`` (a running :class:`nwpipe.pipeline.Pipeline`)."""
+        """Begin redrawing for ``pipeline`` (a running :class:`nwpipe.engine.pipeline.Pipeline`)."""
         self._pipeline = pipeline
         self._started = time.monotonic()
         for handler in log.handlers:

@@ -15,7 +15,7 @@ Delivery ids stay the same, so a receiver can tell a replayed delivery it alread
 What is delivered leaves the file; what fails again stays with the new reason and all
 attempts; records for another output (``--output``), for an output no longer in the
 config, or not replayable stay unchanged. The file is rewritten atomically (see
-:class:`nwpipe.deadletter.Rewrite`): at every moment each record is in the old file or
+:class:`nwpipe.engine.deadletter.Rewrite`): at every moment each record is in the old file or
 the new one, and a replay that is interrupted or fails leaves nothing half-done.
 """
 
@@ -30,13 +30,13 @@ from dataclasses import dataclass, field
 import orjson
 
 from nwpipe.config import Config
-from nwpipe.deadletter import Rewrite, iter_lines
+from nwpipe.engine.deadletter import Rewrite, iter_lines
 from nwpipe.errors import NwpipeError
-from nwpipe.pipeline import (Pipeline, RunResult, build_outputs, event_loop_run, exit_code_for,
+from nwpipe.engine.pipeline import (Pipeline, RunResult, build_outputs, event_loop_run, exit_code_for,
                              make_progress, missing_fields, output_summary, tune_gc)
-from nwpipe.routing import Router
+from nwpipe.transform.routing import Router
 from nwpipe.settings import did_you_mean
-from nwpipe.sources import Decoder, Event, Reject
+from nwpipe.sources.decode import Decoder, Event, Reject
 
 #: the shape of a delivery id nwpipe made (outputs.delivery_id)
 _DELIVERY_ID = re.compile(r"nwp_[0-9a-f]{32}")

@@ -1,0 +1,1 @@
+"""Delivery: the pipeline, one engine per output, and the dead-letter file."""

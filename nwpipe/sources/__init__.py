@@ -1,0 +1,1 @@
+"""Where events come from: decoding and the sources that read them."""

@@ -1,0 +1,1 @@
+"""Routing and mapping: which outputs an event goes to, and the body each gets."""

@@ -23,8 +23,9 @@ Filters, besides Jinja's built-in ones (``upper``, ``first``, ``join``, ``unique
     Epoch seconds to ISO 8601 UTC: ``1689391131 | isotime`` is
     ``"2023-07-15T03:18:51Z"``; fractions keep milliseconds (``...:51.250Z``). ``0``,
     ``None`` and ``""`` give ``""``: the vendor sends ``end = 0`` while an alert is open.
-    Values above 10^11 are taken as milliseconds. ``isotime("%d %b %Y %H:%M")`` formats
-    with strftime instead.
+    Milliseconds, microseconds, numeric strings and ISO 8601 text are read too, rounded
+    to the millisecond (``nwpipe.transform.timeutil``). ``isotime("%d %b %Y %H:%M")``
+    formats with strftime instead.
 ``join_ips``
     An IP list (``srcip``, ``dstip``) as one string: ``", "`` between addresses (or
     ``join_ips(" ")``), empty entries skipped, a single string kept, ``None`` gives "".
@@ -63,6 +64,7 @@ from jinja2.runtime import ChainableUndefined, StrictUndefined, Undefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedEnvironment
 
 from nwpipe.errors import ConfigError, EventError
+from nwpipe.transform.timeutil import TimeValueError, epoch_millis, iso_utc, to_datetime
 
 __all__ = [
     "JSONText",
@@ -104,32 +106,18 @@ def _blank_if_undefined(value: Any) -> str:
 
 
 def isotime(value: Any, fmt: str | None = None) -> str:
-    """Epoch seconds (or milliseconds above 10^11) to ISO 8601 UTC; 0/None/"" give ""."""
+    """Any event time (see ``timeutil.epoch_millis``) as ISO 8601 UTC; 0/None/"" give ""."""
     if isinstance(value, Undefined):
         return _blank_if_undefined(value)
-    if value is None or value == "" or (type(value) in (int, float) and value == 0):
-        return ""
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ValueError(f"isotime: expected epoch seconds, got {value!r}")
     try:
-        seconds = float(value) if isinstance(value, str) else value
-    except ValueError:
-        raise ValueError(f"isotime: expected epoch seconds, got {value!r}") from None
-    if not math.isfinite(seconds):
-        raise ValueError(f"isotime: expected epoch seconds, got {value!r}")
-    if seconds == 0:
+        millis = epoch_millis(value)
+    except TimeValueError as exc:
+        raise ValueError(f"isotime: {exc}") from None
+    if millis is None:
         return ""
-    if abs(seconds) >= 1e11:
-        seconds = seconds / 1000
-    try:
-        moment = datetime.fromtimestamp(seconds, timezone.utc)
-    except (OverflowError, OSError, ValueError):
-        raise ValueError(f"isotime: {value!r} is out of range") from None
     if fmt is not None:
-        return moment.strftime(str(fmt))
-    if moment.microsecond:
-        return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+        return to_datetime(millis).strftime(str(fmt))
+    return iso_utc(millis)
 
 
 def join_ips(value: Any, sep: str = ", ") -> str:

@@ -336,7 +336,9 @@ class DeliveryEngine:
                 result = Failed(f"output raised {type(exc).__name__}: {exc}")
             if isinstance(result, Delivered):
                 self._state.failing = False
-                self.stats.delivered += len(batch)
+                self.stats.delivered += len(batch) - len(result.refused)
+                if result.refused:
+                    self._dead_letter_refused(batch, attempt, result.refused)
                 return
             if not self._state.failing:
                 self._state.failing = True
@@ -374,6 +376,16 @@ class DeliveryEngine:
                 await asyncio.wait_for(self._wake.wait(), delay)
             except asyncio.TimeoutError:
                 pass
+
+    def _dead_letter_refused(self, batch: list[Delivery], attempt: int,
+                             refused: tuple[tuple[int, str], ...]) -> None:
+        """Dead-letter the deliveries an output refused while the rest arrived."""
+        by_reason: dict[str, list[Delivery]] = {}
+        for index, reason in refused:
+            by_reason.setdefault(reason, []).append(batch[index])
+        for reason, deliveries in by_reason.items():
+            self._record(deliveries, attempt, "failed", reason)
+            self._dead_letter(deliveries, reason)
 
     def _record(self, batch, number, outcome, reason, status=None, after=None) -> None:
         entry = _Attempt(number, utc_now(), outcome, reason, status, after).as_dict()

@@ -755,3 +755,33 @@ async def test_relp_collector_restarted_mid_run_loses_nothing(tmp_path, make_eve
     expected = {f"kill-{i:05d}" for i in range(total)}
     assert expected - received - dead_ids == set(), err.decode()[-2000:]
     assert proc.returncode in (0, 3), err.decode()[-2000:]
+
+
+async def test_cli_oversize_dead_letter_keeps_the_others_flowing(rsyslog, tmp_path, make_event):
+    """oversize = "dead-letter": the one long event goes to the dead-letter file with its
+    reason, the rest of its batch reaches rsyslog, the summary counts both."""
+    dead = tmp_path / "dead.jsonl"
+    config = tmp_path / "nwpipe.toml"
+    config.write_text(f'dead_letter = "{dead}"\n[outputs.siem]\ntype = "syslog"\n'
+                      f'host = "127.0.0.1"\nport = {rsyslog.tcp_port}\nprotocol = "tcp"\n'
+                      f'oversize = "dead-letter"\nmax_message_bytes = 2000\n')
+    events = [make_event(id="over-1"), make_event(id="over-2", description="d" * 5000),
+              make_event(id="over-3")]
+    env = {**os.environ, "NWPIPE_LOAD_PLUGINS": ""}
+    env.pop("NWPIPE_CONFIG", None)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "nwpipe", "run", "-c", str(config), cwd=tmp_path, env=env,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    _, err = await asyncio.wait_for(
+        proc.communicate(b"".join(json.dumps(e).encode() + b"\n" for e in events)), 60)
+    assert proc.returncode == 3, err.decode()   # 3: something is in the dead-letter file
+    assert "2 delivered" in err.decode() and "1 dead-lettered" in err.decode()
+    assert "Traceback" not in err.decode()
+    records = [json.loads(line) for line in dead.read_text().splitlines()]
+    assert [r["event"]["id"] for r in records] == ["over-2"]
+    assert "over max_message_bytes = 2000" in records[0]["reason"]
+    await asyncio.to_thread(wait_for_line, rsyslog, b'"over-3"')
+    ids = [json.loads(parse(line)["msg"])["id"] for line in rsyslog.lines()
+           if b'"over-' in line]
+    assert ids == ["over-1", "over-3"]

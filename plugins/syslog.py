@@ -362,8 +362,9 @@ class SyslogOutput(Output):
         self._oversize = config["oversize"]
         self._window = config["relp_window"]
         self._relp: RelpSession | None = None
-        # relp: deliveries of the batch being retried that the collector already took
-        self._acked: dict[int, Delivery] = {}
+        # relp: the collector's answers so far for the batch being retried: id of the
+        # delivery -> (delivery, None when taken or the reason it was refused)
+        self._answered: dict[int, tuple[Delivery, str | None]] = {}
         self._relp_lock = asyncio.Lock()
         self._ssl = client_context(config) if self._protocol == "tls" else None
         self._sock: socket.socket | None = None
@@ -490,38 +491,44 @@ class SyslogOutput(Output):
         return result
 
     async def _send_relp(self, batch: list[Delivery]) -> Result:
-        """Send what the collector has not taken yet; Delivered once every message of
-        the batch is acknowledged, Retry (keeping the acknowledged ones) otherwise."""
-        # a new batch means the previous one is settled: forget its acknowledgements
-        # (the dict keeps its deliveries alive, so their ids cannot be reused meanwhile)
+        """Send what the collector has not answered yet; Delivered once every message of
+        the batch has its answer, Retry (keeping the answers so far) otherwise."""
+        # a new batch means the previous one is settled: forget its answers (the dict
+        # keeps its deliveries alive, so their ids cannot be reused meanwhile)
         current = {id(d) for d in batch}
-        self._acked = {key: d for key, d in self._acked.items() if key in current}
+        self._answered = {key: v for key, v in self._answered.items() if key in current}
         numbered, refused = self._messages(batch)
-        todo = [(i, m) for i, m in numbered if id(batch[i]) not in self._acked]
-        if todo:
-            if self._relp is None:
+        todo = [(i, m) for i, m in numbered if id(batch[i]) not in self._answered]
+        for last_try in (False, True):
+            if not todo:
+                break
+            reused = self._relp is not None
+            if not reused:
                 failure = await self._connect_relp()
                 if failure is not None:
                     return failure
             answers = await self._relp.send([m for _, m in todo])
             for (i, _), frame in zip(todo, answers):
-                if frame is None:
-                    continue
-                if frame.status == 200:
-                    self._acked[id(batch[i])] = batch[i]
-                else:
-                    # the collector looked at the message and said no: sending it again
-                    # would give the same answer
-                    refused.append((i, f"{self._where} refused the message: {frame.text}"))
-                    self._acked[id(batch[i])] = batch[i]
-            if self._relp.broken is not None:
-                why = self._relp.broken
-                await self._disconnect()
-                missing = sum(1 for frame in answers if frame is None)
-                return Retry(f"RELP session with {self._where} ended ({why}); "
-                             f"{missing} message{'' if missing == 1 else 's'} "
-                             "not acknowledged")
-        self._acked.clear()
+                if frame is not None:
+                    # any answer settles the message: a refusal would be the same again
+                    why = None if frame.status == 200 else \
+                        f"{self._where} refused the message: {frame.text}"
+                    self._answered[id(batch[i])] = (batch[i], why)
+            if self._relp.broken is None:
+                break
+            why = self._relp.broken
+            await self._disconnect()
+            if reused and not last_try and not any(answers):
+                # the collector closed the session while it was idle (a restart): a new
+                # session now, rather than a retry after a backoff
+                continue
+            missing = sum(1 for frame in answers if frame is None)
+            return Retry(f"RELP session with {self._where} ended ({why}); "
+                         f"{missing} message{'' if missing == 1 else 's'} "
+                         "not acknowledged")
+        refused += [(i, self._answered[id(d)][1]) for i, d in enumerate(batch)
+                    if id(d) in self._answered and self._answered[id(d)][1] is not None]
+        self._answered.clear()
         return Delivered(refused=tuple(sorted(refused))) if refused else Delivered()
 
     async def _connect_relp(self) -> Result | None:
@@ -536,12 +543,8 @@ class SyslogOutput(Output):
             if exc.permanent:
                 return Failed(f"{self._where}: {exc}")
             return Retry(f"{self._where}: {exc} (is it a RELP port?)")
-        except socket.gaierror as exc:
-            return Retry(f"cannot resolve host {self._host!r}: {exc.strerror}")
-        except ConnectionRefusedError:
-            return Retry(f"connection refused by {self._where}")
         except OSError as exc:
-            return Retry(f"cannot connect to {self._where}: {_reason(exc)}")
+            return self._unreachable(exc)
         return None
 
     async def _send_udp(self, messages: list[bytes]) -> Result:
@@ -623,13 +626,17 @@ class SyslogOutput(Output):
             if detail == "WRONG_VERSION_NUMBER":
                 detail += " (does the collector speak TLS on this port?)"
             return Failed(f"TLS error with {self._where}: {detail}")
-        except socket.gaierror as exc:
-            return Retry(f"cannot resolve host {self._host!r}: {exc.strerror}")
-        except ConnectionRefusedError:
-            return Retry(f"connection refused by {self._where}")
         except OSError as exc:
-            return Retry(f"cannot connect to {self._where}: {_reason(exc)}")
+            return self._unreachable(exc)
         return None
+
+    def _unreachable(self, exc: OSError) -> Retry:
+        """The Retry for a connection that could not be made."""
+        if isinstance(exc, socket.gaierror):
+            return Retry(f"cannot resolve host {self._host!r}: {exc.strerror}")
+        if isinstance(exc, ConnectionRefusedError):
+            return Retry(f"connection refused by {self._where}")
+        return Retry(f"cannot connect to {self._where}: {_reason(exc)}")
 
     async def _disconnect(self) -> None:
         if self._relp is not None:

@@ -428,18 +428,23 @@ def test_defaults_and_describe():
         == "syslog tls siem:6514 (cef, facility 16, octet-counting framing)"
 
 
+async def start_run(config: Path) -> asyncio.subprocess.Process:
+    """``nwpipe run -c config`` as a subprocess, in the config's folder, reading stdin."""
+    env = {**os.environ, "NWPIPE_LOAD_PLUGINS": ""}
+    env.pop("NWPIPE_CONFIG", None)
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "nwpipe", "run", "-c", str(config), cwd=config.parent, env=env,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+
+
 async def test_cli_run_delivers_every_event_in_order(collectors, tmp_path):
     collector = await collectors()
     config = tmp_path / "nwpipe.toml"
     config.write_text(f'[outputs.siem]\ntype = "syslog"\nhost = "127.0.0.1"\n'
                       f'port = {collector.port}\nprotocol = "tcp"\n')
     sample = (ROOT / "examples" / "events.jsonl").read_text()
-    env = {**os.environ, "NWPIPE_LOAD_PLUGINS": ""}
-    env.pop("NWPIPE_CONFIG", None)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "nwpipe", "run", "-c", str(config), cwd=tmp_path, env=env,
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE)
+    proc = await start_run(config)
     _, err = await asyncio.wait_for(proc.communicate(sample.encode()), 60)
     assert proc.returncode == 0, err.decode()
     expected = [json.loads(line) for line in sample.splitlines() if line.strip()]
@@ -662,11 +667,17 @@ async def test_relp_resends_only_what_was_not_acknowledged(make_event):
 async def test_relp_refused_message_is_dead_lettered_alone(make_event):
     server = await ScriptedRelpServer().start()
     server.answer = lambda n: b"500 message refused\x1b[2J" if n == 2 else b"200 OK"
+    server.drop_after = 2   # and the answer to the third is lost with the connection
     out = make_output(host="127.0.0.1", port=server.port, protocol="relp")
     await out.open()
-    result = await out.send([delivery(make_event(id=f"r{i}")) for i in range(3)])
+    batch = [delivery(make_event(id=f"r{i}")) for i in range(3)]
+    assert isinstance(await out.send(batch), Retry)
+    # the refusal is remembered across the retry: not sent again, not counted delivered
+    result = await out.send(batch)
     await out.close()
     await server.stop()
+    assert [json.loads(parse(m)["msg"])["id"] for m in server.received] == \
+        ["r0", "r1", "r2", "r2"]
     assert result == Delivered(refused=((1, f"127.0.0.1:{server.port} refused the message: "
                                             "500 message refused[2J"),))
 
@@ -719,14 +730,9 @@ async def test_relp_collector_restarted_mid_run_loses_nothing(tmp_path, make_eve
     config.write_text(f'dead_letter = "{dead}"\n[outputs.siem]\ntype = "syslog"\n'
                       f'host = "127.0.0.1"\nport = {collector.relp_port}\nprotocol = "relp"\n'
                       f'timeout = 5\n')
-    env = {**os.environ, "NWPIPE_LOAD_PLUGINS": ""}
-    env.pop("NWPIPE_CONFIG", None)
     total = 4000
     lines = [json.dumps(make_event(id=f"kill-{i:05d}")).encode() + b"\n" for i in range(total)]
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "nwpipe", "run", "-c", str(config), cwd=tmp_path, env=env,
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE)
+    proc = await start_run(config)
     try:
         proc.stdin.write(b"".join(lines[:total // 2]))
         await proc.stdin.drain()
@@ -767,12 +773,7 @@ async def test_cli_oversize_dead_letter_keeps_the_others_flowing(rsyslog, tmp_pa
                       f'oversize = "dead-letter"\nmax_message_bytes = 2000\n')
     events = [make_event(id="over-1"), make_event(id="over-2", description="d" * 5000),
               make_event(id="over-3")]
-    env = {**os.environ, "NWPIPE_LOAD_PLUGINS": ""}
-    env.pop("NWPIPE_CONFIG", None)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "nwpipe", "run", "-c", str(config), cwd=tmp_path, env=env,
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE)
+    proc = await start_run(config)
     _, err = await asyncio.wait_for(
         proc.communicate(b"".join(json.dumps(e).encode() + b"\n" for e in events)), 60)
     assert proc.returncode == 3, err.decode()   # 3: something is in the dead-letter file
@@ -785,3 +786,24 @@ async def test_cli_oversize_dead_letter_keeps_the_others_flowing(rsyslog, tmp_pa
     ids = [json.loads(parse(line)["msg"])["id"] for line in rsyslog.lines()
            if b'"over-' in line]
     assert ids == ["over-1", "over-3"]
+
+
+async def test_relp_session_closed_while_idle_reconnects_at_once(tmp_path, make_event):
+    from rsyslog import Rsyslog, rsyslog_missing
+    missing = rsyslog_missing()
+    if missing:
+        (pytest.fail if os.environ.get("CI") else pytest.skip)(missing)
+    collector = await asyncio.to_thread(Rsyslog(tmp_path / "rsyslog").start)
+    try:
+        out = make_output(host="127.0.0.1", port=collector.relp_port, protocol="relp")
+        await out.open()
+        assert await out.send([delivery(make_event(id="before"))]) == Delivered()
+        await asyncio.to_thread(collector.stop)     # sends serverclose to the idle session
+        await asyncio.to_thread(collector.start)
+        # no Retry (and no backoff): the stale session is replaced within the send
+        assert await out.send([delivery(make_event(id="after"))]) == Delivered()
+        await out.close()
+        ids = [json.loads(parse(line)["msg"])["id"] for line in collector.lines()]
+        assert ids == ["before", "after"]
+    finally:
+        collector.stop()

@@ -734,15 +734,14 @@ async def test_relp_collector_restarted_mid_run_loses_nothing(tmp_path, make_eve
     lines = [json.dumps(make_event(id=f"kill-{i:05d}")).encode() + b"\n" for i in range(total)]
     proc = await start_run(config)
     try:
-        proc.stdin.write(b"".join(lines[:total // 2]))
-        await proc.stdin.drain()
+        proc.stdin.write(b"".join(lines))
+        writing = asyncio.ensure_future(proc.stdin.drain())
         # kill while messages are in flight: some written, some sent but not answered
         await asyncio.to_thread(collector.wait_for_lines, 300)
         getattr(collector, how)()
         in_file_at_kill = len(collector.lines())
-        collector.start()
-        proc.stdin.write(b"".join(lines[total // 2:]))
-        await proc.stdin.drain()
+        await asyncio.to_thread(collector.start)
+        await writing
         proc.stdin.close()
         _, err = await asyncio.wait_for(proc.communicate(), 120)
     finally:

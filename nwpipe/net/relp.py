@@ -17,6 +17,7 @@ next connection: RELP delivers at least once.
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 from dataclasses import dataclass
 
@@ -73,8 +74,12 @@ class FrameReader:
         self._reader = reader
         self._buffer = bytearray()
         self._max_data = max_data
+        #: called before each read (see RelpSession.connect)
+        self.quickack = None
 
     async def _fill(self) -> None:
+        if self.quickack is not None:
+            self.quickack()
         chunk = await self._reader.read(65536)
         if not chunk:
             raise ConnectionResetError("the collector closed the connection")
@@ -151,6 +156,18 @@ class RelpSession:
             asyncio.open_connection(host, port, ssl=ssl_context,
                                     server_hostname=host if ssl_context else None), timeout)
         session = cls(reader, writer, window, timeout)
+        sock = writer.get_extra_info("socket")
+        if sock is not None and hasattr(socket, "TCP_QUICKACK"):
+            # The collector answers each message with a small frame. Linux delays the
+            # ACK of what arrives (up to 40 ms) and the collector's Nagle algorithm holds
+            # its next answer until that ACK: a stall at the end of every batch. Asking
+            # for immediate ACKs before each read removes it (Linux resets the flag).
+            def quickack() -> None:
+                try:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+                except OSError:
+                    pass
+            session._frames.quickack = quickack
         try:
             await asyncio.wait_for(session._open(), timeout)
         except BaseException:

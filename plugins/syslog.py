@@ -304,7 +304,7 @@ class SyslogOutput(Output):
         "host": Setting(str, required=True, check=_check_host,
                         help="the syslog collector's host name or IP address"),
         "port": Setting(int, default=None, check=_check_port,
-                        help="default 514 (udp, tcp) or 6514 (tls)"),
+                        help="default 514 (udp, tcp), 6514 (tls) or 2514 (relp)"),
         "protocol": Setting(str, default="udp", choices=("udp", "tcp", "tls", "relp"),
                             help="transport (relp: every message acknowledged)"),
         "framing": Setting(str, default=None, choices=("octet-counting", "newline"),

@@ -320,7 +320,8 @@ class SyslogOutput(Output):
         "bom": Setting(bool, default=False,
                        help="start each message with the UTF-8 byte-order mark of RFC 5424"),
         "timeout": Setting(float, default=10.0, check=positive_seconds,
-                           help="seconds to connect, and to hand over a batch"),
+                           help="seconds to connect, and to hand over a batch (relp: "
+                                "also to wait for the next answer)"),
         "max_message_bytes": Setting(int, default=8192, check=_check_message_bytes,
                                      help="longest message, header included (rsyslog's "
                                           "default limit is 8192)"),

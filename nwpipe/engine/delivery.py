@@ -334,11 +334,11 @@ class DeliveryEngine:
                 result = Retry(f"{type(exc).__name__}: {exc}")
             except Exception as exc:  # a plugin bug must not kill the run
                 result = Failed(f"output raised {type(exc).__name__}: {exc}")
+            if isinstance(result, Delivered) and result.refused:
+                batch = self._dead_letter_refused(batch, attempt, result.refused)
             if isinstance(result, Delivered):
                 self._state.failing = False
-                self.stats.delivered += len(batch) - len(result.refused)
-                if result.refused:
-                    self._dead_letter_refused(batch, attempt, result.refused)
+                self.stats.delivered += len(batch)
                 return
             if not self._state.failing:
                 self._state.failing = True
@@ -378,14 +378,17 @@ class DeliveryEngine:
                 pass
 
     def _dead_letter_refused(self, batch: list[Delivery], attempt: int,
-                             refused: tuple[tuple[int, str], ...]) -> None:
-        """Dead-letter the deliveries an output refused while the rest arrived."""
+                             refused: tuple[tuple[int, str], ...]) -> list[Delivery]:
+        """Dead-letter the deliveries an output refused while the rest arrived; return
+        the rest."""
         by_reason: dict[str, list[Delivery]] = {}
         for index, reason in refused:
             by_reason.setdefault(reason, []).append(batch[index])
         for reason, deliveries in by_reason.items():
             self._record(deliveries, attempt, "failed", reason)
             self._dead_letter(deliveries, reason)
+        gone = {index for index, _ in refused}
+        return [d for i, d in enumerate(batch) if i not in gone]
 
     def _record(self, batch, number, outcome, reason, status=None, after=None) -> None:
         entry = _Attempt(number, utc_now(), outcome, reason, status, after).as_dict()

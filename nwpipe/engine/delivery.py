@@ -377,19 +377,6 @@ class DeliveryEngine:
             except asyncio.TimeoutError:
                 pass
 
-    def _dead_letter_refused(self, batch: list[Delivery], attempt: int,
-                             refused: tuple[tuple[int, str], ...]) -> list[Delivery]:
-        """Dead-letter the deliveries an output refused while the rest arrived; return
-        the rest."""
-        by_reason: dict[str, list[Delivery]] = {}
-        for index, reason in refused:
-            by_reason.setdefault(reason, []).append(batch[index])
-        for reason, deliveries in by_reason.items():
-            self._record(deliveries, attempt, "failed", reason)
-            self._dead_letter(deliveries, reason)
-        gone = {index for index, _ in refused}
-        return [d for i, d in enumerate(batch) if i not in gone]
-
     def _record(self, batch, number, outcome, reason, status=None, after=None) -> None:
         entry = _Attempt(number, utc_now(), outcome, reason, status, after).as_dict()
         for delivery in batch:
@@ -411,6 +398,19 @@ class DeliveryEngine:
             if self._warnings == MAX_WARNINGS:
                 log.warning("%s: further dead letters are only counted (see %s)", self.name,
                             self.dead_letter.path)
+
+    def _dead_letter_refused(self, batch: list[Delivery], attempt: int,
+                             refused: tuple[tuple[int, str], ...]) -> list[Delivery]:
+        """Dead-letter the deliveries an output refused while the rest arrived; return
+        the rest."""
+        by_reason: dict[str, list[Delivery]] = {}
+        for index, reason in refused:
+            by_reason.setdefault(reason, []).append(batch[index])
+        for reason, deliveries in by_reason.items():
+            self._record(deliveries, attempt, "failed", reason)
+            self._dead_letter(deliveries, reason)
+        gone = {index for index, _ in refused}
+        return [d for i, d in enumerate(batch) if i not in gone]
 
     def _output_closed(self, reason: str) -> None:
         self.closed = True

@@ -55,8 +55,8 @@ from typing import Any
 
 from nwpipe import Delivered, Delivery, Failed, Output, Result, Retry, Setting, hookimpl
 from nwpipe.net.relp import RelpError, RelpSession
-from nwpipe.settings import positive_seconds
 from nwpipe.net.tls import check_tls_files, client_context, tls_settings
+from nwpipe.settings import positive_seconds
 from nwpipe.transform.timeutil import TimeValueError, epoch_millis, iso_utc
 
 log = logging.getLogger("nwpipe")
@@ -503,21 +503,23 @@ class SyslogOutput(Output):
         for last_try in (False, True):
             if not todo:
                 break
-            reused = self._relp is not None
-            if not reused:
-                failure = await self._connect_relp()
-                if failure is not None:
-                    return failure
-            answers = await self._relp.send([m for _, m in todo])
+            session = self._relp
+            reused = session is not None
+            if session is None:
+                opened = await self._connect_relp()
+                if not isinstance(opened, RelpSession):
+                    return opened
+                session = self._relp = opened
+            answers = await session.send([m for _, m in todo])
             for (i, _), frame in zip(todo, answers):
                 if frame is not None:
                     # any answer settles the message: a refusal would be the same again
                     why = None if frame.status == 200 else \
                         f"{self._where} refused the message: {frame.text}"
                     self._answered[id(batch[i])] = (batch[i], why)
-            if self._relp.broken is None:
+            if session.broken is None:
                 break
-            why = self._relp.broken
+            why = session.broken
             await self._disconnect()
             if reused and not last_try and not any(answers):
                 # the collector closed the session while it was idle (a restart): a new
@@ -527,16 +529,18 @@ class SyslogOutput(Output):
             return Retry(f"RELP session with {self._where} ended ({why}); "
                          f"{missing} message{'' if missing == 1 else 's'} "
                          "not acknowledged")
-        refused += [(i, self._answered[id(d)][1]) for i, d in enumerate(batch)
-                    if id(d) in self._answered and self._answered[id(d)][1] is not None]
+        for i, d in enumerate(batch):
+            why = self._answered.get(id(d), (d, None))[1]
+            if why is not None:
+                refused.append((i, why))
         self._answered.clear()
         return Delivered(refused=tuple(sorted(refused))) if refused else Delivered()
 
-    async def _connect_relp(self) -> Result | None:
-        """Open the RELP session; a Result when that failed."""
+    async def _connect_relp(self) -> RelpSession | Result:
+        """A new RELP session, or the Result when none could be opened."""
         try:
-            self._relp = await RelpSession.connect(self._host, self._port,
-                                                   timeout=self._timeout, window=self._window)
+            return await RelpSession.connect(self._host, self._port, timeout=self._timeout,
+                                             window=self._window)
         except asyncio.TimeoutError:
             return Retry(f"timed out after {self._timeout:g} s opening a RELP session "
                          f"with {self._where}")
@@ -546,7 +550,6 @@ class SyslogOutput(Output):
             return Retry(f"{self._where}: {exc} (is it a RELP port?)")
         except OSError as exc:
             return self._unreachable(exc)
-        return None
 
     async def _send_udp(self, messages: list[bytes]) -> Result:
         if self._sock is None:

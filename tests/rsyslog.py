@@ -78,7 +78,7 @@ input(type="imrelp" port="{self.relp_port}" address="127.0.0.1" ruleset="net")
 input(type="imtcp" port="{self.tcp_port}" address="127.0.0.1" ruleset="net")
 """)
 
-    def start(self, timeout: float = 60) -> "Rsyslog":
+    def start(self, timeout: float = 60) -> Rsyslog:
         """Start rsyslogd and wait until both ports accept connections."""
         self._write_config()
         binary = shutil.which("rsyslogd") or "/usr/sbin/rsyslogd"

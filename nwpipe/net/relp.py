@@ -20,6 +20,7 @@ import asyncio
 import socket
 import ssl
 from dataclasses import dataclass
+from typing import Callable
 
 from nwpipe import __version__
 from nwpipe.net.httputil import printable
@@ -75,7 +76,7 @@ class FrameReader:
         self._buffer = bytearray()
         self._max_data = max_data
         #: called before each read (see RelpSession.connect)
-        self.quickack = None
+        self.quickack: Callable[[], None] | None = None
 
     async def _fill(self) -> None:
         if self.quickack is not None:
@@ -149,7 +150,7 @@ class RelpSession:
 
     @classmethod
     async def connect(cls, host: str, port: int, *, timeout: float, window: int = 128,
-                      ssl_context: ssl.SSLContext | None = None) -> "RelpSession":
+                      ssl_context: ssl.SSLContext | None = None) -> RelpSession:
         """Connect and open a session; OSError/TimeoutError when the collector cannot be
         reached, RelpError when it does not accept the session."""
         reader, writer = await asyncio.wait_for(

@@ -48,10 +48,8 @@ from __future__ import annotations
 
 import collections.abc
 import importlib.resources
-import math
 import re
 import weakref
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 

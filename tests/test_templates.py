@@ -451,14 +451,14 @@ def test_ecs_ip_fields_hold_only_valid_addresses(make_event):
 LONG = ('Ünïcödé & <b>bold</b> "quoted" \\ \x01\x1b[31m 🚨 ' * 4000)  # ~180 KB, ~300 KB as JSON
 
 
-def huge_event(**extra) -> dict:
+def huge_event(text: str = LONG, ips: int = 20000, lists: int = 200, **extra) -> dict:
     """Long texts everywhere, thousands of addresses: what a template must cut to fit."""
-    event = hostile_event(summary=LONG, description=LONG, algorithm=LONG, customer=LONG,
-                          severity="high", threshold=LONG, id="id-" + LONG,
+    event = hostile_event(summary=text, description=text, algorithm=text, customer=text,
+                          severity="high", threshold=text, id="id-" + text,
                           srcip=[f"10.{i // 65536}.{i // 256 % 256}.{i % 256}"
-                                 for i in range(20000)] + ["not-an-ip"],
-                          dstip=["2001:db8::%x" % i for i in range(20000)],
-                          tags=[LONG] * 200, categories=[LONG] * 200)
+                                 for i in range(ips)] + ["not-an-ip"],
+                          dstip=["2001:db8::%x" % i for i in range(ips)],
+                          tags=[text] * lists, categories=[text] * lists)
     event.update(extra)
     return event
 
@@ -472,6 +472,36 @@ def test_huge_events_give_bodies_within_the_service_limits(name, alerttype):
     text = json.dumps(body, ensure_ascii=False)
     if name != "pagerduty.json.j2" or alerttype != "end":
         assert "…" in text  # cut text is marked
+
+
+async def test_huge_events_are_delivered_within_the_limits_by_the_real_cli(receiver, tmp_path):
+    """Through `nwpipe run`, the bytes on the wire: one huge event to Slack, Teams and
+    PagerDuty outputs, each body received and within its service's limits."""
+    names = ["slack.json.j2", "teams.json.j2", "pagerduty.json.j2"]
+    lines = []
+    for i, name in enumerate(names):
+        lines += [f'[mappings.m{i}]', f'template = "{name}"']
+        if name == "pagerduty.json.j2":
+            lines.append(f'vars = {{ routing_key = "{ROUTING_KEY}" }}')
+        lines += [f'[outputs.o{i}]', 'type = "webhook"', f'url = "{receiver.url}/{i}"',
+                  f'mapping = "m{i}"']
+    config = tmp_path / "nwpipe.toml"
+    config.write_text("\n".join(lines) + "\n")
+    event = huge_event(LONG[:30000], ips=5000, lists=3)  # a line under max_line_bytes
+    env = {**os.environ, "NWPIPE_LOAD_PLUGINS": ""}
+    env.pop("NWPIPE_CONFIG", None)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "nwpipe", "run", "-c", str(config), "-", cwd=tmp_path, env=env,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    _, err = await asyncio.wait_for(proc.communicate(orjson.dumps(event) + b"\n"), 60)
+    assert proc.returncode == 0, err.decode()
+    assert sorted(r.path for r in receiver.requests) == ["/0", "/1", "/2"]
+    for request in receiver.requests:
+        name = names[int(request.path[1:])]
+        VALIDATORS[name](request.json(), event)
+        if name == "teams.json.j2":
+            assert len(request.body) <= TEAMS_MAX_BYTES
 
 
 def test_limits_cut_with_a_marker_and_keep_what_fits(make_event):

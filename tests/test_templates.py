@@ -28,7 +28,7 @@ from nwpipe.config import build_config
 from nwpipe.transform.mapping import compile_mappings
 from nwpipe.plugins import Plugins
 from nwpipe.transform.routing import Router
-from nwpipe.transform.templating import make_environment
+from nwpipe.transform.templating import clip, make_environment, valid_ips, valid_time
 
 ROOT = Path(__file__).resolve().parent.parent
 VENDOR_SAMPLE = json.loads((ROOT / "examples" / "netography-sample.json").read_text())
@@ -133,8 +133,9 @@ def validate_slack(body: dict, event: dict) -> None:
     for ip in event.get("srcip") or []:
         if is_ip(ip) and not sources.endswith("…"):  # every address, unless cut to fit
             assert ip in sources
-    if isinstance(event.get("start"), int) and event["start"] > 0:
-        assert f"<!date^{event['start']}^" in fields
+    start = event.get("start")
+    if isinstance(start, int) and 0 < start < 10**14:  # seconds, or milliseconds above 10^11
+        assert f"<!date^{start // 1000 if start >= 10**11 else start}^" in fields
 
 
 #: a Teams webhook refuses messages over about 28 KB
@@ -288,7 +289,7 @@ def validate_flat(body: dict, event: dict) -> None:
         assert isinstance(value, (str, int, float, bool)) or value is None, key
     assert body["id"] == str(event["id"])
     assert body["customer"] == event["customer"]
-    if event.get("start"):
+    if valid_time(event.get("start")):
         iso8601(body["start_time"])
 
 
@@ -324,6 +325,19 @@ def test_hostile_strings_never_break_the_json(name):
         VALIDATORS[name](body, event)
         text = json.dumps(body, ensure_ascii=False)
         assert "{{ 7*7 }}" in text and "{% if 1 %}x{% endif %}" in text  # data, not code
+
+
+@pytest.mark.parametrize("name", sorted(VALIDATORS))
+@pytest.mark.parametrize("times", [
+    {"timestamp": 1e300, "start": -1e300, "end": 1e30},  # out of any calendar
+    {"timestamp": "soon", "start": "1689391131", "end": "1689391731000"},  # strings
+    {"timestamp": 1689391131250, "start": 1689391131250, "end": 0},  # milliseconds
+    {"timestamp": [1], "start": {"t": 1}, "end": True},
+])
+def test_odd_times_still_give_valid_bodies(make_event, name, times):
+    event = make_event(**times, tags=["a", {"b": 1}, ["c"]])
+    body = mapping_for(name).apply(event)
+    VALIDATORS[name](body, event)
 
 
 def test_hostile_text_is_intact_where_each_api_expects_it():
@@ -551,12 +565,10 @@ def test_teams_bodies_of_generated_events_with_long_texts_fit(make_event):
     (12345678, (5, ""), "12345"),
 ])
 def test_clip_filter(value, args, expected):
-    from nwpipe.transform.templating import clip
     assert clip(value, *args) == expected
 
 
 def test_clip_counts_escapes_and_json_bytes():
-    from nwpipe.transform.templating import clip
     mrkdwn = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
     assert clip("a&b", 7, escape=mrkdwn) == "a&amp;b"
     assert clip("a&b&c", 8, escape=mrkdwn) == "a&amp;b…"  # never "a&amp;b&a…"
@@ -574,7 +586,6 @@ def test_clip_counts_escapes_and_json_bytes():
 
 
 def test_valid_ips_and_valid_time_filters():
-    from nwpipe.transform.templating import valid_ips, valid_time
     assert valid_ips(["1.2.3.4", "x", "::FFFF:1.2.3.4", None, 5, "1.2.3.4/24"]) == \
         ["1.2.3.4", "::ffff:102:304"]
     assert valid_ips("10.0.0.1") == ["10.0.0.1"] and valid_ips({"a": 1}) == []

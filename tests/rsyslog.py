@@ -106,10 +106,11 @@ input(type="imtcp" port="{self.tcp_port}" address="127.0.0.1" ruleset="net")
 
     def _end(self, sig: int, timeout: float = 30) -> None:
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
+        if proc is None:
             return
-        os.kill(proc.pid, sig)
-        proc.wait(timeout)
+        if proc.poll() is None:
+            os.kill(proc.pid, sig)
+            proc.wait(timeout)
         self.stderr.close()
         self.pid_file.unlink(missing_ok=True)
 

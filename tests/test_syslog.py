@@ -21,6 +21,7 @@ from nwpipe.outputs import Delivery
 from nwpipe.plugins import Plugins
 from nwpipe.settings import validate_settings
 from nwpipe_plugins.syslog import SyslogOutput, cef_message
+from rsyslog import Rsyslog, rsyslog_missing
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -522,16 +523,28 @@ def test_max_message_bytes_is_checked():
 
 # -- against a real rsyslogd ------------------------------------------------------------------
 
+def need_rsyslog() -> None:
+    """Skip without rsyslogd and imrelp; under CI, which installs them, fail instead."""
+    missing = rsyslog_missing()
+    if missing:
+        (pytest.fail if os.environ.get("CI") else pytest.skip)(missing)
+
+
 @pytest.fixture(scope="module")
 def rsyslog(tmp_path_factory):
     """A real rsyslogd (imrelp and imtcp on free ports), stopped after the module."""
-    from rsyslog import Rsyslog, rsyslog_missing
-    missing = rsyslog_missing()
-    if missing:
-        if os.environ.get("CI"):
-            pytest.fail(missing)
-        pytest.skip(missing)
+    need_rsyslog()
     server = Rsyslog(tmp_path_factory.mktemp("rsyslog")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_rsyslog(tmp_path):
+    """An rsyslogd of the test's own, not started yet (a test that kills or restarts
+    it); stopped after the test."""
+    need_rsyslog()
+    server = Rsyslog(tmp_path / "rsyslog")
     yield server
     server.stop()
 
@@ -582,21 +595,17 @@ async def test_relp_every_message_acknowledged_by_rsyslog(rsyslog, make_event):
     assert got == events
 
 
-async def test_relp_collector_down_is_retry_then_recovers(tmp_path, make_event):
-    from rsyslog import Rsyslog
-    collector = Rsyslog(tmp_path / "rsyslog")           # not started yet
+async def test_relp_collector_down_is_retry_then_recovers(own_rsyslog, make_event):
+    collector = own_rsyslog                              # not started yet
     out = make_output(host="127.0.0.1", port=collector.relp_port, protocol="relp", timeout=2)
     await out.open()
     result = await out.send([delivery(make_event(id="early"))])
     assert isinstance(result, Retry)
     assert result.reason == f"connection refused by 127.0.0.1:{collector.relp_port}"
     await asyncio.to_thread(collector.start)
-    try:
-        assert await out.send([delivery(make_event(id="early"))]) == Delivered()
-        await out.close()
-        assert [json.loads(parse(line)["msg"])["id"] for line in collector.lines()] == ["early"]
-    finally:
-        collector.stop()
+    assert await out.send([delivery(make_event(id="early"))]) == Delivered()
+    await out.close()
+    assert [json.loads(parse(line)["msg"])["id"] for line in collector.lines()] == ["early"]
 
 
 class ScriptedRelpServer:
@@ -717,14 +726,11 @@ async def test_relp_oversize_dead_letter_refuses_only_that_message(rsyslog, make
 
 
 @pytest.mark.parametrize("how", ["kill", "stop"])
-async def test_relp_collector_restarted_mid_run_loses_nothing(tmp_path, make_event, how):
+async def test_relp_collector_restarted_mid_run_loses_nothing(own_rsyslog, tmp_path,
+                                                              make_event, how):
     """kill -9 (or SIGTERM) of rsyslogd while events stream, then a restart on the same
     port: every event is in rsyslog's file or in the dead-letter file."""
-    from rsyslog import Rsyslog, rsyslog_missing
-    missing = rsyslog_missing()
-    if missing:
-        (pytest.fail if os.environ.get("CI") else pytest.skip)(missing)
-    collector = Rsyslog(tmp_path / "rsyslog").start()
+    collector = await asyncio.to_thread(own_rsyslog.start)
     dead = tmp_path / "dead.jsonl"
     config = tmp_path / "nwpipe.toml"
     config.write_text(f'dead_letter = "{dead}"\n[outputs.siem]\ntype = "syslog"\n'
@@ -787,22 +793,15 @@ async def test_cli_oversize_dead_letter_keeps_the_others_flowing(rsyslog, tmp_pa
     assert ids == ["over-1", "over-3"]
 
 
-async def test_relp_session_closed_while_idle_reconnects_at_once(tmp_path, make_event):
-    from rsyslog import Rsyslog, rsyslog_missing
-    missing = rsyslog_missing()
-    if missing:
-        (pytest.fail if os.environ.get("CI") else pytest.skip)(missing)
-    collector = await asyncio.to_thread(Rsyslog(tmp_path / "rsyslog").start)
-    try:
-        out = make_output(host="127.0.0.1", port=collector.relp_port, protocol="relp")
-        await out.open()
-        assert await out.send([delivery(make_event(id="before"))]) == Delivered()
-        await asyncio.to_thread(collector.stop)     # sends serverclose to the idle session
-        await asyncio.to_thread(collector.start)
-        # no Retry (and no backoff): the stale session is replaced within the send
-        assert await out.send([delivery(make_event(id="after"))]) == Delivered()
-        await out.close()
-        ids = [json.loads(parse(line)["msg"])["id"] for line in collector.lines()]
-        assert ids == ["before", "after"]
-    finally:
-        collector.stop()
+async def test_relp_session_closed_while_idle_reconnects_at_once(own_rsyslog, make_event):
+    collector = await asyncio.to_thread(own_rsyslog.start)
+    out = make_output(host="127.0.0.1", port=collector.relp_port, protocol="relp")
+    await out.open()
+    assert await out.send([delivery(make_event(id="before"))]) == Delivered()
+    await asyncio.to_thread(collector.stop)     # sends serverclose to the idle session
+    await asyncio.to_thread(collector.start)
+    # no Retry (and no backoff): the stale session is replaced within the send
+    assert await out.send([delivery(make_event(id="after"))]) == Delivered()
+    await out.close()
+    ids = [json.loads(parse(line)["msg"])["id"] for line in collector.lines()]
+    assert ids == ["before", "after"]

@@ -76,6 +76,8 @@ class Delivery:
     line: int = 0
     attempts: list = field(default_factory=list)
     _json: bytes | None = None
+    #: the pipeline's record of the event this delivery came from (for its acknowledgement)
+    ticket: Any = None
 
     @property
     def key(self) -> str:

@@ -1,7 +1,8 @@
 """The plugin manager: built-in plugins, entry points and ``--plugins-dir``.
 
-Built-in plugins are ordinary plugin modules (``DEFAULT_PLUGINS``) registered exactly
-like third-party ones. A plugin that fails to import gives one warning naming it; a
+Built-in plugins are ordinary plugin modules, listed as entry points of the
+``nwpipe.builtin`` group in nwpipe's own package metadata and registered exactly like
+third-party ones (the core imports none of them by name). A plugin that fails to import gives one warning naming it; a
 hook implementation whose name or arguments match no hook is an error.
 """
 
@@ -27,13 +28,8 @@ from nwpipe.sources.base import Source
 
 log = logging.getLogger("nwpipe")
 
-DEFAULT_PLUGINS = (
-    "nwpipe_plugins.stdout",
-    "nwpipe_plugins.file",
-    "nwpipe_plugins.webhook",
-    "nwpipe_plugins.syslog",
-    "nwpipe_plugins.files",
-)
+#: entry-point group of the plugins that ship with nwpipe (always loaded)
+BUILTIN_GROUP = "nwpipe.builtin"
 
 #: comma-separated names of the installed (entry-point) plugins to load; "" loads none
 ENV_LOAD_PLUGINS = "NWPIPE_LOAD_PLUGINS"
@@ -67,8 +63,13 @@ class Plugins:
         if os.environ.get(ENV_TRACE_PLUGINS) and os.environ[ENV_TRACE_PLUGINS] != "0":
             self.pm.trace.root.setwriter(lambda text: sys.stderr.write(f"nwpipe trace: {text}"))
             self.pm.enable_tracing()
-        for module_name in DEFAULT_PLUGINS:
-            self._register_module(module_name, "built-in")
+        builtin = importlib.metadata.entry_points(group=BUILTIN_GROUP)
+        if not builtin:
+            raise PluginError("nwpipe's built-in plugins are not registered (its package "
+                              "metadata is out of date): reinstall nwpipe, e.g. "
+                              "pip install -e .")
+        for ep in builtin:
+            self._register_module(ep.value, "built-in")
         if load_entry_points:
             self._load_entry_points()
         for folder in plugins_dirs:
@@ -125,7 +126,7 @@ class Plugins:
         if not folder.is_dir():
             raise PluginError(f"--plugins-dir {folder}: no such folder")
         for path in sorted(folder.glob("*.py")):
-            name = f"nwpipe_plugins_dir.{path.stem}"
+            name = f"nwpipe_dir_plugin.{path.stem}"
             try:
                 spec = importlib.util.spec_from_file_location(name, path)
                 module = importlib.util.module_from_spec(spec)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from nwpipe import hookspecs
-from nwpipe.outputs import Delivery, Failed, Output, Retry
+from nwpipe.outputs import Delivery, Failed, Output, ProbeResult, Retry
 from nwpipe.plugins import ENV_LOAD_PLUGINS, ENV_TRACE_PLUGINS
 from nwpipe.settings import Setting
 from nwpipe.sources.base import Source
@@ -94,7 +94,7 @@ def test_plugin_environment_switches_are_documented():
 
 def test_output_contract_names_every_member():
     members = ["settings", "concurrency", "batch_max_events", "batch_max_wait",
-               "check_config", "open", "send", "close", "describe"]
+               "check_config", "open", "send", "close", "describe", "probe"]
     for name in members:
         assert hasattr(Output, name)
         assert re.search(rf"^\| `(async )?{name}[`(]", PLUGINS, re.M), f"Output.{name}"
@@ -102,9 +102,10 @@ def test_output_contract_names_every_member():
     for name in public + ["key", "body_json"]:
         assert re.search(rf"^\| `{name}(\(\))?`", PLUGINS, re.M) or \
             f"`{name}`, `" in PLUGINS or f", `{name}` |" in PLUGINS, f"Delivery.{name}"
-    for cls in (Retry, Failed):
-        fields = [f.name for f in dataclasses.fields(cls)]
-        shown = ", ".join([fields[0]] + [f"{f}=None" for f in fields[1:]])
+    for cls in (Retry, Failed, ProbeResult):
+        fields = dataclasses.fields(cls)
+        shown = ", ".join(f.name if f.default is dataclasses.MISSING else f"{f.name}=None"
+                          for f in fields)
         assert f"`{cls.__name__}({shown})`" in PLUGINS
     documented = re.search(r"`Setting\(([^`]*)\)`", PLUGINS, re.S)
     assert documented, "document Setting(...)"

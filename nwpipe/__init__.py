@@ -14,7 +14,14 @@ __version__ = "0.1.0"
 hookimpl = pluggy.HookimplMarker("nwpipe")
 
 from nwpipe.outputs import (  # noqa: E402
-    Delivered, Delivery, Failed, Output, ProbeResult, Result, Retry)
+    Delivered,
+    Delivery,
+    Failed,
+    Output,
+    ProbeResult,
+    Result,
+    Retry,
+)
 from nwpipe.settings import Setting  # noqa: E402
 from nwpipe.sources.base import Event, Reject, Source  # noqa: E402
 

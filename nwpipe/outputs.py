@@ -118,8 +118,9 @@ class Output:
     """
 
     settings: ClassVar[dict[str, Setting]] = {}
-    #: deliveries in flight at once (per-alert order is kept regardless)
-    concurrency: ClassVar[int] = 1
+    #: deliveries in flight at once (per-alert order is kept regardless); the instance
+    #: made for a run holds the configured value
+    concurrency: int = 1
     #: largest batch handed to one ``send`` by default (1 = one event per call)
     batch_max_events: ClassVar[int] = 1
     #: seconds a partial batch waits for more events by default (0: send what is ready)

@@ -2,8 +2,9 @@
 
 Built-in plugins are ordinary plugin modules, listed as entry points of the
 ``nwpipe.builtin`` group in nwpipe's own package metadata and registered exactly like
-third-party ones (the core imports none of them by name). A plugin that fails to import gives one warning naming it; a
-hook implementation whose name or arguments match no hook is an error.
+third-party ones (the core imports none of them by name). A plugin that fails to import
+gives one warning naming it; a hook implementation whose name or arguments match no hook
+is an error.
 """
 
 from __future__ import annotations
@@ -111,7 +112,8 @@ class Plugins:
             if allowed is not None and ep.name not in allowed:
                 continue
             dist = ep.dist.name if ep.dist is not None else "unknown distribution"
-            origin = f"entry point {ep.value} ({dist} {ep.dist.version if ep.dist else ''})".replace(" )", ")")
+            version = f" {ep.dist.version}" if ep.dist is not None else ""
+            origin = f"entry point {ep.value} ({dist}{version})"
             if self.pm.has_plugin(ep.name):
                 continue
             try:
@@ -129,6 +131,8 @@ class Plugins:
             name = f"nwpipe_dir_plugin.{path.stem}"
             try:
                 spec = importlib.util.spec_from_file_location(name, path)
+                if spec is None or spec.loader is None:
+                    raise ImportError("not a Python module")
                 module = importlib.util.module_from_spec(spec)
                 sys.modules[name] = module
                 spec.loader.exec_module(module)
@@ -191,7 +195,8 @@ class Plugins:
         def filter_register(plugin_name: str):
             def register(name: str, func: Callable) -> None:
                 if not callable(func):
-                    raise PluginError(f"plugin {plugin_name}: Jinja filter '{name}' is not callable")
+                    raise PluginError(f"plugin {plugin_name}: Jinja filter '{name}' is not "
+                                      "callable")
                 self.jinja_filters[name] = func
                 self.filter_plugins[name] = plugin_name
             return register

@@ -253,7 +253,7 @@ class DeliveryEngine:
             else:
                 key = await self._next_key()
                 self._inflight[number] = batch
-                keys = (key,)
+                keys = [key]
                 waiting = state.pending[key]
                 if waiting:  # a shutdown may have emptied it since the key was handed over
                     batch.append(waiting.popleft())

@@ -43,6 +43,21 @@ def nwpipe_cli(*args, input=None, cwd=None, env=None):
                           env=full_env, capture_output=True, text=True, timeout=120)
 
 
+def plugin_dir(tmp_path: Path, name: str, text: str) -> Path:
+    """A --plugins-dir folder holding one plugin module ``name``.py."""
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / f"{name}.py").write_text(text)
+    return plugins
+
+
+def listed(plugins: Path) -> dict[str, dict]:
+    """What ``nwpipe plugins --json`` says about each plugin, by name."""
+    listing = nwpipe_cli("--plugins-dir", str(plugins), "plugins", "--json")
+    assert listing.returncode == 0, listing.stderr
+    return {p["name"]: p for p in json.loads(listing.stdout)}
+
+
 def event(i: int, **extra) -> dict:
     return {"id": f"alert-{i}", "customer": "acme", "alerttype": "start", "updatecount": 1,
             "severity": "high", "srcip": ["1.2.3.4"], "start": 1689391131, **extra}
@@ -154,12 +169,8 @@ def register_outputs(register):
 
 
 def test_hook_register_outputs(tmp_path):
-    plugins = tmp_path / "plugins"
-    plugins.mkdir()
-    (plugins / "recorder.py").write_text(OUTPUT_PLUGIN)
-    listing = nwpipe_cli("--plugins-dir", str(plugins), "plugins", "--json")
-    assert listing.returncode == 0, listing.stderr
-    info = {p["name"]: p for p in json.loads(listing.stdout)}["recorder"]
+    plugins = plugin_dir(tmp_path, "recorder", OUTPUT_PLUGIN)
+    info = listed(plugins)["recorder"]
     assert info["output_types"] == ["recorder"] and info["hooks"] == ["register_outputs"]
     config = tmp_path / "nwpipe.toml"
     config.write_text('[outputs.r]\ntype = "recorder"\npath = "out.txt"\ntag = "T"\n')
@@ -200,11 +211,8 @@ def register_jinja_filters(register):
 
 
 def test_hook_register_jinja_filters(tmp_path):
-    plugins = tmp_path / "plugins"
-    plugins.mkdir()
-    (plugins / "filters.py").write_text(FILTER_PLUGIN)
-    listing = nwpipe_cli("--plugins-dir", str(plugins), "plugins", "--json")
-    info = {p["name"]: p for p in json.loads(listing.stdout)}["filters"]
+    plugins = plugin_dir(tmp_path, "filters", FILTER_PLUGIN)
+    info = listed(plugins)["filters"]
     assert info["jinja_filters"] == ["defang", "isotime", "shout"]
     config = tmp_path / "nwpipe.toml"
     config.write_text(textwrap.dedent('''
@@ -298,12 +306,8 @@ def register_outputs(register):
 
 
 def test_hook_register_sources(tmp_path):
-    plugins = tmp_path / "plugins"
-    plugins.mkdir()
-    (plugins / "numbers.py").write_text(SOURCE_PLUGIN)
-    listing = nwpipe_cli("--plugins-dir", str(plugins), "plugins", "--json")
-    assert listing.returncode == 0, listing.stderr
-    info = {p["name"]: p for p in json.loads(listing.stdout)}
+    plugins = plugin_dir(tmp_path, "numbers", SOURCE_PLUGIN)
+    info = listed(plugins)
     assert info["numbers"]["source_types"] == ["numbers"]
     assert info["nwpipe_plugins.files"]["source_types"] == ["files"]  # the built-in one
     text = nwpipe_cli("--plugins-dir", str(plugins), "plugins")

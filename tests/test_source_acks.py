@@ -115,3 +115,62 @@ async def test_sigterm_every_event_read_is_acknowledged_once_after_it_settled(
         assert f"alert-{n}" in archived or f"alert-{n}" in dead, n
         if n % 2:
             assert f"alert-{n}" in dead, n
+
+
+BUGGY = '''
+from nwpipe import Event, Setting, Source, hookimpl
+
+
+class Buggy(Source):
+    settings = {"fail_in": Setting(str, required=True)}
+
+    async def open(self):
+        if self.config["fail_in"] == "open":
+            raise OSError("spool not mounted")
+
+    async def read(self):
+        yield [Event({"id": "a1", "customer": "acme"}, "buggy", 1),
+               Event({"id": "a2", "customer": "acme"}, "buggy", 2)]
+        if self.config["fail_in"] == "read":
+            raise RuntimeError("lost the broker")
+
+    def ack(self, item):
+        if self.config["fail_in"] == "ack":
+            raise KeyError(item.line)
+
+
+@hookimpl
+def register_sources(register):
+    register("buggy", Buggy)
+'''
+
+
+def test_a_source_plugins_failures_are_one_clear_line(tmp_path):
+    import subprocess
+
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "buggy.py").write_text(BUGGY)
+    env = {k: v for k, v in os.environ.items() if k != "NWPIPE_CONFIG"}
+    env["NWPIPE_LOAD_PLUGINS"] = ""
+
+    def run(fail_in):
+        (tmp_path / "c.toml").write_text(f'[source]\ntype = "buggy"\nfail_in = "{fail_in}"\n'
+                                         '[outputs.out]\ntype = "stdout"\n')
+        return subprocess.run([sys.executable, "-m", "nwpipe", "--plugins-dir", str(plugins),
+                               "run", "-c", "c.toml"], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=60)
+
+    opened = run("open")
+    assert opened.returncode == 1 and opened.stdout == ""
+    assert "error: source: cannot start: OSError: spool not mounted" in opened.stderr
+    read = run("read")  # what was read is still delivered; the exit code says the rest
+    assert read.returncode == 3
+    assert [json.loads(x)["id"] for x in read.stdout.splitlines()] == ["a1", "a2"]
+    assert "error: source Buggy stopped: RuntimeError: lost the broker" in read.stderr
+    acked = run("ack")  # a failing ack never fails the delivery it confirms
+    assert acked.returncode == 0
+    assert [json.loads(x)["id"] for x in acked.stdout.splitlines()] == ["a1", "a2"]
+    assert acked.stderr.count("ack failed: KeyError") == 1
+    for proc in (opened, read, acked):
+        assert "Traceback" not in proc.stderr

@@ -115,7 +115,8 @@ class DeliveryEngine:
         self.stats = OutputStats()
         self.closed = False
         self._on_closed = on_closed
-        self._on_settled = on_settled
+        #: told of every settled delivery (see __init__); may be set before start()
+        self.on_settled = on_settled
         self._state = _State()
         # Hand-made wake-ups instead of asyncio.Queue/Condition: this is the per-event
         # path, and a bare future costs a fraction of a Condition round trip.
@@ -343,8 +344,8 @@ class DeliveryEngine:
             if isinstance(result, Delivered):
                 self._state.failing = False
                 self.stats.delivered += len(batch)
-                if self._on_settled is not None:
-                    self._on_settled(batch, False)
+                if self.on_settled is not None:
+                    self.on_settled(batch, False)
                 return
             if not self._state.failing:
                 self._state.failing = True
@@ -393,8 +394,8 @@ class DeliveryEngine:
         self.dead_letter.write(delivery_record(d, stage="deliver", reason=reason, status=status,
                                                response=response) for d in batch)
         self.stats.dead_lettered += len(batch)
-        if self._on_settled is not None:
-            self._on_settled(batch, True)
+        if self.on_settled is not None:
+            self.on_settled(batch, True)
         if quiet:
             # refused one by one during a shutdown: counted, and reported once by drain()
             self._refused_quietly += len(batch)

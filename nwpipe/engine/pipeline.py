@@ -143,8 +143,7 @@ class Pipeline:
         self.engines: dict[str, DeliveryEngine] = {}
         for name, output in outputs.items():
             self.engines[name] = DeliveryEngine(output, config.outputs[name].engine, dead_letter,
-                                                on_closed=self._output_closed,
-                                                on_settled=self._acks.settled)
+                                                on_closed=self._output_closed)
             self.result.outputs[name] = self.engines[name].stats
         self._by_name = {route.name: route for route in router.routes}
         #: the routes of the outputs this pipeline drives, in config order
@@ -200,7 +199,10 @@ class Pipeline:
         source is opened first and closed after its last acknowledgement."""
         self.source = source
         if type(source).ack is not Source.ack:
-            self._acks.source = source  # only a source that confirms pays for the counting
+            # only a source that confirms pays for the counting
+            self._acks.source = source
+            for engine in self.engines.values():
+                engine.on_settled = self._acks.settled
         try:
             await source.open()
         except NwpipeError:
@@ -209,6 +211,7 @@ class Pipeline:
             raise NwpipeError(f"source: cannot start: {type(exc).__name__}: {exc}") from None
 
         async def read_all() -> None:
+            failed = 0
             try:
                 async for batch in source.read():
                     await self._handle(batch)
@@ -217,8 +220,15 @@ class Pipeline:
                     # only fills their queues with events that are cold in the CPU cache
                     # by the time they are sent (slower, and memory grows with queue_size).
                     await asyncio.sleep(0)
+            except NwpipeError as exc:
+                failed = 1  # what was read goes on to the outputs
+                log.error("error: %s", exc)
+            except Exception as exc:  # a source plugin's bug: one line, not a traceback
+                failed = 1
+                log.error("error: source %s stopped: %s: %s", source.describe(),
+                          type(exc).__name__, exc)
             finally:
-                self.result.unreadable = source.unreadable
+                self.result.unreadable = source.unreadable + failed
         try:
             return await self.execute(read_all)
         finally:
@@ -379,6 +389,7 @@ class _Acks:
         #: the source to acknowledge to; None when nobody listens (no tickets are made)
         self.source: Source | None = None
         self._waiting: list[Event | Reject] = []
+        self._ack_failed = False
         self._timer: asyncio.TimerHandle | asyncio.Handle | None = None
 
     def settled(self, batch: list[Delivery], dead: bool) -> None:
@@ -396,8 +407,19 @@ class _Acks:
             return
         if ticket.dead:
             self.after_dead_letter(ticket.item)
-        elif self.source is not None:
-            self.source.ack(ticket.item)
+        else:
+            self._ack(ticket.item)
+
+    def _ack(self, item: Event | Reject) -> None:
+        if self.source is None:
+            return
+        try:
+            self.source.ack(item)
+        except Exception as exc:  # a plugin's bug must not fail the delivery it confirms
+            if not self._ack_failed:
+                self._ack_failed = True
+                log.error("error: source %s: ack failed: %s: %s", self.source.describe(),
+                          type(exc).__name__, exc)
 
     def after_dead_letter(self, item: Event | Reject) -> None:
         """Acknowledge ``item`` once the dead-letter records written so far are on disk."""
@@ -421,9 +443,8 @@ class _Acks:
             self._timer.cancel()
             self._timer = None
         waiting, self._waiting = self._waiting, []
-        if self.source is not None:
-            for item in waiting:
-                self.source.ack(item)
+        for item in waiting:
+            self._ack(item)
 
 
 def build_outputs(config: Config, names: Iterable[str] | None = None) -> dict:

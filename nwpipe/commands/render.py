@@ -32,6 +32,7 @@ from typing import Any, Iterator, TextIO
 
 import orjson
 
+from nwpipe import jsonio
 from nwpipe.config import Config
 from nwpipe.errors import ConfigError, EventError
 from nwpipe.engine.pipeline import EXIT_DEAD_LETTERED, EXIT_OK, missing_fields
@@ -164,7 +165,7 @@ def _why_not_taken(event: dict, routes: list[Route]) -> str:
 def _body_text(item: Rendered, option: int) -> str | None:
     """The body as JSON text; None after turning ``item`` into an error when it has none."""
     try:
-        return orjson.dumps(item.body, option=option).decode()
+        return jsonio.dumps(item.body, option=option).decode()
     except orjson.JSONEncodeError as exc:  # what the output's body_json() would raise too
         item.error = f"the body cannot be written as JSON: {exc}"
         return None
@@ -194,7 +195,7 @@ def write_json(item: Rendered | NotSent, stream: TextIO) -> None:
         return
     if item.error is None:
         _body_text(item, 0)
-    stream.write(orjson.dumps(item.as_dict()).decode() + "\n")
+    stream.write(jsonio.dumps(item.as_dict()).decode() + "\n")
 
 
 def render_command(config: Config, router: Router, paths: list[str], *,

@@ -23,14 +23,15 @@ import asyncio
 import errno
 import logging
 import os
+import reprlib
 import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-import orjson
 
+from nwpipe import jsonio
 from nwpipe.errors import NwpipeError
 from nwpipe.outputs import Delivery
 
@@ -149,9 +150,9 @@ class DeadLetterFile:
 
     def write(self, records: Iterable[dict[str, Any]]) -> None:
         """Append records durably (see the module docstring for when exactly)."""
-        data = b"".join(orjson.dumps(r, default=_fallback) + b"\n" for r in records)
+        data = b"".join(encode_record(r) + b"\n" for r in records)
         if data:
-            self.count += data.count(b"\n")  # orjson never writes a raw newline
+            self.count += data.count(b"\n")  # compact JSON never holds a raw newline
             self._add(data)
 
     def write_raw(self, data: bytes) -> None:
@@ -274,12 +275,58 @@ def _fallback(value: Any) -> Any:
     return repr(value)
 
 
+#: longest text kept of a value that could not be written as JSON (see encode_record)
+UNENCODABLE_TEXT = 64 * 1024
+
+
+def encode_record(record: dict[str, Any]) -> bytes:
+    """One record as a line of JSON (without the newline); never raises.
+
+    A record whose event or raw text cannot be written as JSON (nested too deeply, say)
+    keeps every other field; the value is replaced by a bounded text of it under
+    ``event_text`` (or ``raw``), and ``encode_error`` says why, so the record is still
+    written once, whole, and can be read back.
+    """
+    try:
+        return jsonio.dumps(record, default=_fallback)
+    except Exception as exc:  # any value at all: this is the writer of last resort
+        problem = f"{type(exc).__name__}: {exc}"
+    safe: dict[str, Any] = {}
+    for key, value in record.items():
+        try:
+            jsonio.dumps(value, default=_fallback)
+        except Exception:
+            safe[key] = None if key == "event" else _bounded_text(value)
+            if key == "event":
+                safe["event_text"] = _bounded_text(value)
+        else:
+            safe[key] = value
+    safe["encode_error"] = f"could not be written as JSON ({problem})"
+    try:
+        return jsonio.dumps(safe, default=_fallback)
+    except Exception:
+        return jsonio.dumps({"nwpipe_dead_letter": RECORD_VERSION, "time": utc_now(),
+                             "reason": str(record.get("reason", ""))[:UNENCODABLE_TEXT],
+                             "encode_error": f"could not be written as JSON ({problem})"})
+
+
+def _bounded_text(value: Any) -> str:
+    """A short text of any value, safe for any depth or size."""
+    short = reprlib.Repr()
+    short.maxlevel, short.maxstring, short.maxother = 12, UNENCODABLE_TEXT, 200
+    try:
+        text = short.repr(value)
+    except Exception as exc:
+        text = f"<{type(value).__name__}: {type(exc).__name__}>"
+    return text[:UNENCODABLE_TEXT]
+
+
 def read_records(path: str | os.PathLike) -> Iterable[tuple[int, dict[str, Any]]]:
     """Yield ``(line_number, record)`` from a dead-letter file, skipping blank lines."""
     with open(path, "rb") as fh:
         for number, line in enumerate(fh, 1):
             if line.strip():
-                yield number, orjson.loads(line)
+                yield number, jsonio.loads(line)
 
 
 # -- rewriting (nwpipe replay) ---------------------------------------------------------

@@ -70,6 +70,7 @@ from typing import Any, Callable
 import jinja2
 import orjson
 
+from nwpipe import jsonio
 from nwpipe.errors import ConfigError, EventError
 from nwpipe.transform.jsonpaths import MISSING as _MISSING
 from nwpipe.transform.jsonpaths import compile_path
@@ -251,7 +252,7 @@ class Mapping:
         except Exception as exc:
             raise EventError(f"{self._body_where}: {describe_render_error(exc)}") from None
         try:
-            return orjson.loads(text)
+            return jsonio.loads(text)
         except orjson.JSONDecodeError as exc:
             reason = _describe_json_error(template, text, exc)
             raise EventError(f"{self._body_where}: {reason}") from None
@@ -499,7 +500,7 @@ def _to_bool(text: str) -> bool:
 
 def _to_json(text: str) -> Any:
     try:
-        return orjson.loads(text)
+        return jsonio.loads(text)
     except orjson.JSONDecodeError as exc:
         raise ValueError(f"the template did not render valid JSON ({exc.msg}): "
                          f"{_snippet(text)}") from None

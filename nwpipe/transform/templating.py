@@ -62,6 +62,7 @@ from jinja2.loaders import BaseLoader, FileSystemLoader, split_template_path
 from jinja2.runtime import ChainableUndefined, StrictUndefined, Undefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedEnvironment
 
+from nwpipe import jsonio
 from nwpipe.errors import ConfigError, EventError
 
 __all__ = [
@@ -164,7 +165,7 @@ _JSON_OPTIONS = orjson.OPT_NON_STR_KEYS
 def to_json_text(value: Any, indent: int | None = None) -> str:
     """``value`` as JSON text (orjson; ``indent`` gives two-space indentation)."""
     option = _JSON_OPTIONS | orjson.OPT_INDENT_2 if indent else _JSON_OPTIONS
-    return orjson.dumps(value, default=_json_default, option=option).decode()
+    return jsonio.dumps(value, default=_json_default, option=option).decode()
 
 
 def tojson(value: Any, indent: int | None = None) -> JSONText:

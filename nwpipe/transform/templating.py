@@ -442,10 +442,15 @@ def customer_template(env: jinja2.Environment, name: str, customer: Any) -> jinj
 
 # -- rendering ----------------------------------------------------------------------------
 
-def template_variables(event: Mapping, globals_: Mapping | None = None) -> dict:
-    """The variables a template sees: Jinja's globals, the event's fields, ``event``."""
+def template_variables(event: Mapping, globals_: Mapping | None = None,
+                       vars_: Mapping | None = None) -> dict:
+    """The variables a template sees: Jinja's globals, the event's fields, then a
+    mapping's ``vars`` (configured values win over event data of the same name), and
+    ``event``."""
     variables = dict(globals_) if globals_ else {}
     variables.update(event)
+    if vars_:
+        variables.update(vars_)
     variables["event"] = event
     return variables
 
@@ -486,11 +491,13 @@ def _needs_full_variables(env: jinja2.Environment, source: str) -> bool | None:
 
 
 def event_renderer(template: jinja2.Template, source: str | None = None,
-                   globals_: Mapping | None = None) -> Callable[[Mapping], str]:
+                   globals_: Mapping | None = None,
+                   vars_: Mapping | None = None) -> Callable[[Mapping], str]:
     """A function ``render(event) -> str`` for ``template`` and one event.
 
-    Gives exactly ``render(template, template_variables(event, globals_))`` (``globals_``
-    defaults to the environment's). ``source`` is the template's text; without it the
+    Gives exactly ``render(template, template_variables(event, globals_, vars_))``
+    (``globals_`` defaults to the environment's; ``vars_`` must be among them, so that a
+    template naming one takes the general way below). ``source`` is the template's text; without it the
     text is read through the environment's loader, for a template file.
 
     Most templates name no Jinja global (``range``, ``namespace``, ...): those render
@@ -510,7 +517,7 @@ def event_renderer(template: jinja2.Template, source: str | None = None,
         full = False
     if full:
         def render_full(event: Mapping) -> str:
-            return render(template, template_variables(event, globals_))
+            return render(template, template_variables(event, globals_, vars_))
 
         return render_full
 

@@ -27,6 +27,7 @@ from nwpipe.settings import did_you_mean
 log = logging.getLogger("nwpipe")
 
 DEFAULT_PLUGINS = (
+    "nwpipe_plugins.filters",
     "nwpipe_plugins.stdout",
     "nwpipe_plugins.file",
     "nwpipe_plugins.webhook",
@@ -189,6 +190,10 @@ class Plugins:
 
         self._call_each("register_outputs", output_register)
         self._call_each("register_jinja_filters", filter_register)
+        # Every template environment made from now on (an output's URL and headers too)
+        # gets these filters.
+        from nwpipe.transform.templating import use_filters
+        use_filters(self.jinja_filters)
 
     def info(self) -> list[PluginInfo]:
         """Every loaded plugin with where it came from and what it registered."""

@@ -70,6 +70,9 @@ __all__ = [
     "TemplateLoader",
     "Sandbox",
     "make_environment",
+    "output_environment",
+    "use_filters",
+    "registered_filters",
     "derive_environment",
     "compile_condition",
     "compile_template_string",
@@ -300,25 +303,61 @@ class Sandbox(ImmutableSandboxedEnvironment):
             f"access to attribute {attribute!r} of {type(obj).__name__!r} object is unsafe")
 
 
-def make_environment(template_dirs: Sequence[str | Path] = (),
-                     filters: Mapping[str, Callable] | None = None) -> jinja2.Environment:
-    """The sandboxed Jinja environment for one configuration.
+# The filters registered through the `register_jinja_filters` hook (the built-in ones by
+# the built-in plugin nwpipe_plugins.filters, like a user's), set when plugins load.
+# Before that (nwpipe used as a library, without plugins) the built-in filters stand in.
+_registered_filters: dict[str, Callable] | None = None
+_output_environments: dict[Any, jinja2.Environment] = {}
 
-    ``template_dirs`` are searched in order before the built-in templates; ``filters``
-    (from plugins) are added to, and may replace, the built-in filters. Undefined
-    variables are errors (see :func:`derive_environment` for the lenient variant).
+
+def use_filters(filters: Mapping[str, Callable]) -> None:
+    """Make ``filters`` (every plugin's, built-in ones included) the filters of every
+    environment made from now on; called by the plugin manager once plugins are loaded."""
+    global _registered_filters
+    _registered_filters = dict(filters)
+    _output_environments.clear()
+
+
+def registered_filters() -> dict[str, Callable]:
+    """The filters every template gets (see :func:`use_filters`)."""
+    return dict(BUILTIN_FILTERS if _registered_filters is None else _registered_filters)
+
+
+def make_environment(template_dirs: Sequence[str | Path] = (),
+                     filters: Mapping[str, Callable] | None = None, *,
+                     finalize: Callable[[Any], Any] | None = None) -> jinja2.Environment:
+    """The one factory of sandboxed Jinja environments: mappings, ``when`` conditions and
+    outputs' templates (a webhook's URL and headers) all come from here.
+
+    ``template_dirs`` are searched in order before the built-in templates. Every filter
+    registered through ``register_jinja_filters`` is there; ``filters`` are added to, and
+    may replace, them. ``finalize`` transforms every ``{{ }}`` value (a URL template
+    percent-encodes it). Undefined variables are errors (see :func:`derive_environment`
+    for the lenient variant).
     """
+    options: dict[str, Any] = {"finalize": finalize} if finalize is not None else {}
     env = Sandbox(
         loader=TemplateLoader(template_dirs),
         undefined=StrictUndefined,
         autoescape=False,
         auto_reload=False,  # templates are compiled once, at load, never re-read
+        **options,
     )
-    env.filters.update(BUILTIN_FILTERS)
+    env.filters.update(registered_filters())
     for name, function in (filters or {}).items():
         if not callable(function):
             raise TypeError(f"Jinja filter {name!r} is not callable")
         env.filters[name] = function
+    return env
+
+
+def output_environment(*, finalize: Callable[[Any], Any] | None = None) -> jinja2.Environment:
+    """The environment for an output's own templates (a URL, a header value): every
+    registered filter, no template files. Shared per ``finalize`` while the filters stay
+    the same."""
+    env = _output_environments.get(finalize)
+    if env is None:
+        env = _output_environments[finalize] = make_environment(finalize=finalize)
     return env
 
 

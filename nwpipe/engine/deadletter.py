@@ -51,6 +51,13 @@ GROUP_BYTES = 1 << 20
 #: how often a run retries appending while a replay holds the file (seconds)
 LOCKED_RETRY = 0.05
 
+#: waits before each retry of a write that failed (disk full, read-only file system);
+#: after the last one the waiting records are printed on stderr (``spill``)
+RETRY_DELAYS = (0.1, 0.5)
+
+#: most bytes of records waiting in memory for a file that cannot be written
+PENDING_LIMIT = 8 << 20
+
 
 def utc_now() -> str:
     """The current time as ISO 8601 UTC with milliseconds."""
@@ -116,18 +123,37 @@ class DeadLetterFile:
     """Append-only, durable writer; the file is created on the first record only.
 
     ``lock=False`` skips the advisory lock (for a private file nobody else opens).
+
+    When the file cannot be written (disk full, a read-only file system), records wait in
+    memory while the write is retried a few times (:data:`RETRY_DELAYS`), never more than
+    one retry at a time, each going on exactly where the last write stopped, so no record
+    is written twice or cut. Then, with ``spill=True`` (what ``nwpipe run`` uses), the
+    waiting records are printed on stderr, once, and counted in :attr:`spilled`; the
+    next records try the file again. Without ``spill`` they keep waiting and
+    :meth:`close` prints them and raises NwpipeError. Memory stays bounded either way:
+    past :data:`PENDING_LIMIT` bytes, records waiting are spilled (or the write raises).
     """
 
-    def __init__(self, path: str | os.PathLike, *, lock: bool = True):
+    def __init__(self, path: str | os.PathLike, *, lock: bool = True, spill: bool = False):
         self.path = Path(path)
         #: records written through :meth:`write` (not :meth:`write_raw`)
         self.count = 0
+        #: records that could not be written to the file and were printed on stderr
+        self.spilled = 0
+        #: why the file could not be written, when it could not (for the summary)
+        self.error: str | None = None
         self._lock = lock and fcntl is not None
+        self._spill = spill
         self._fd: int | None = None
+        # Waiting records as one buffer; its first ``_head_written`` bytes (part of its
+        # first record) are already in the file, after a write that stopped midway.
         self._pending: list[bytes] = []
         self._pending_bytes = 0
+        self._head_written = 0
+        self._end_after_partial = -1  # file size right after that partial write
         self._handle: asyncio.Handle | asyncio.TimerHandle | None = None
-        self._error: OSError | None = None
+        self._failures = 0  # failed attempts in a row
+        self._outage = False  # the file could not be written, and not since
         self._waiting_reported = False
 
     def check(self) -> None:
@@ -168,7 +194,18 @@ class DeadLetterFile:
         except RuntimeError:
             self.flush()
             return
+        if self._failures:
+            # A retry is already scheduled: wait for it, within the memory bound.
+            if self._pending_bytes > PENDING_LIMIT:
+                if self._spill:
+                    self._spill_pending()
+                else:
+                    raise OSError(errno.ENOSPC, f"{self.error} ({self._pending_bytes} bytes "
+                                                "of dead letters waiting)")
+            return
         if self._pending_bytes >= GROUP_BYTES:
+            if self._handle is not None:
+                self._handle.cancel()
             self._try_flush()
         elif self._handle is None:
             # Everything written during this turn of the loop shares one fsync.
@@ -182,40 +219,131 @@ class DeadLetterFile:
         try:
             done = self._flush(block=False)
         except OSError as exc:
-            if self._error is None:
-                log.error("cannot write the dead-letter file %s: %s (retrying)", self.path,
-                          exc.strerror or exc)
-            self._error = exc
-            done = False
-        if not done:
+            self._failed(exc)
+            if self._failures > len(RETRY_DELAYS):
+                if self._spill:
+                    self._spill_pending()
+                self._failures = 0 if self._spill else len(RETRY_DELAYS)
+                if self._spill:
+                    return
+            delay = RETRY_DELAYS[min(self._failures, len(RETRY_DELAYS)) - 1]
+            self._handle = asyncio.get_running_loop().call_later(delay, self._try_flush)
+            return
+        if done:
+            self._recovered()
+        else:  # a replay holds the file
             self._handle = asyncio.get_running_loop().call_later(LOCKED_RETRY, self._try_flush)
 
+    def _failed(self, exc: OSError) -> None:
+        reason = exc.strerror or str(exc)
+        if not self._outage:  # one message per outage, not one per attempt
+            self._outage = True
+            what = ("retrying, then printing records on stderr" if self._spill
+                    else "retrying")
+            log.error("cannot write the dead-letter file %s: %s (%s)", self.path, reason, what)
+        self.error = reason
+        self._failures += 1
+
+    def _recovered(self) -> None:
+        if self._outage:
+            self._outage = False
+            log.info("the dead-letter file %s can be written again", self.path)
+        self._failures = 0
+
     def flush(self) -> None:
-        """Write everything pending now, waiting for a replay's lock if need be."""
+        """Write everything pending now, waiting for a replay's lock if need be.
+
+        With ``spill``, what cannot be written is printed on stderr instead (never
+        raises); otherwise the OSError propagates and the records keep waiting.
+        """
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
-        if self._pending:
+        if not self._pending:
+            return
+        try:
             self._flush(block=True)
-            self._error = None
+        except OSError as exc:
+            self._failed(exc)
+            if not self._spill:
+                raise
+            self._spill_pending()
+        else:
+            self._recovered()
+        self._failures = 0
 
     def _flush(self, *, block: bool) -> bool:
         fd = self._locked_fd(block)
         if fd is None:
             return False
         try:
-            data = b"".join(self._pending)
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            os.fsync(fd)
+            data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
+            self._pending[:] = [data]
+            done = self._head_written
+            try:
+                while done < len(data):
+                    done += os.write(fd, memoryview(data)[done:])
+            except OSError:
+                # Keep exactly what is not in the file yet: whole records written now
+                # are dropped from the buffer, the record cut midway is completed by the
+                # next write (never written twice).
+                start = data.rfind(b"\n", 0, done) + 1
+                if start:
+                    data = data[start:]
+                    self._pending[:] = [data]
+                    self._pending_bytes = len(data)
+                self._head_written = done - start
+                if self._head_written:
+                    self._end_after_partial = os.fstat(fd).st_size
+                raise
             self._pending.clear()
             self._pending_bytes = 0
+            self._head_written = 0
+            try:
+                os.fsync(fd)
+            except OSError as exc:
+                # The records are in the file; only their flush to disk is in doubt.
+                log.warning("cannot sync the dead-letter file %s: %s", self.path,
+                            exc.strerror or exc)
             return True
         finally:
             if self._lock:
                 fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _spill_pending(self) -> None:
+        """Print every waiting record on stderr, once, and forget it."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        data = b"".join(self._pending)
+        self._pending.clear()
+        self._pending_bytes = 0
+        if self._head_written:
+            # Part of the first record is in the file: take it back out when the file
+            # still ends there, so the record is printed whole and the file holds no
+            # cut line. (A file system that refuses even that keeps the fragment.)
+            self._take_back_partial()
+        self._head_written = 0
+        if not data:
+            return
+        self.spilled += data.count(b"\n")
+        try:
+            sys.stderr.flush()
+            sys.stderr.buffer.write(data)
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass  # stderr is gone too: nothing left to tell
+
+    def _take_back_partial(self) -> None:
+        fd = self._fd
+        if fd is None:
+            return
+        try:
+            size = os.fstat(fd).st_size
+            if size == self._end_after_partial:
+                os.ftruncate(fd, size - self._head_written)
+        except OSError:
+            pass
 
     def _locked_fd(self, block: bool) -> int | None:
         """The open file, locked (shared) and still the one at ``path``; None if busy."""
@@ -242,6 +370,8 @@ class DeadLetterFile:
                 same = False
             if same:
                 return self._fd
+            if self._head_written:
+                return self._fd  # finish the cut record where it started
             os.close(self._fd)  # also drops the lock
             self._fd = None
 
@@ -249,7 +379,7 @@ class DeadLetterFile:
         """Write what is pending and close the file.
 
         When the file cannot be written, the pending records are printed on stderr (so
-        they are not lost) and NwpipeError is raised.
+        they are not lost); without ``spill``, NwpipeError is raised then too.
         """
         try:
             self.flush()
@@ -257,6 +387,8 @@ class DeadLetterFile:
             data = b"".join(self._pending)
             self._pending.clear()
             self._pending_bytes = 0
+            self._take_back_partial()
+            self._head_written = 0
             lost = data.count(b"\n")
             sys.stderr.flush()
             sys.stderr.buffer.write(data)

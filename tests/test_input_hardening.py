@@ -248,3 +248,19 @@ def test_cli_big_integer_reaches_the_body_of_every_mapping_kind(tmp_path):
                       f'{{"id": "x", "customer": "c", "n": {BIG}}}\n'.encode())
     assert proc.returncode == 0, proc.stderr.decode()
     assert (tmp_path / "out.jsonl").read_text() == f'{{"n":{BIG}}}\n'
+
+
+def test_cli_a_body_template_nesting_too_deep_dead_letters_that_event(tmp_path):
+    config = FILE_OUTPUT + 'mapping = "b"\n[mappings.b]\n' + \
+        'body = \'{% if n %}{% for i in range(300) %}[{% endfor %}1' + \
+        '{% for i in range(300) %}]{% endfor %}{% else %}{"ok": 1}{% endif %}\'\n'
+    events = [{"id": "a", "customer": "c", "n": 0}, {"id": "b", "customer": "c", "n": 1},
+              {"id": "c", "customer": "c", "n": 0}]
+    proc = nwpipe_run(tmp_path, config, "".join(json.dumps(e) + "\n" for e in events).encode(),
+                      "--dead-letter", "dl.jsonl")
+    assert proc.returncode == 3, proc.stderr.decode()
+    assert b"Traceback" not in proc.stderr
+    assert (tmp_path / "out.jsonl").read_text() == '{"ok":1}\n{"ok":1}\n'
+    [record] = [json.loads(x) for x in (tmp_path / "dl.jsonl").read_text().splitlines()]
+    assert record["event"]["id"] == "b"
+    assert "nested deeper than 200 levels" in record["reason"]

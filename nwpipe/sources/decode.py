@@ -74,7 +74,7 @@ def _loads(data: bytes | bytearray):
     value = _orjson_loads(data)
     if _LONG_RUN in data.translate(_DIGITS):
         value = jsonio.loads(data)
-    if data.count(b"{") + data.count(b"[") > _MAX_DEPTH and jsonio.depth(value) > _MAX_DEPTH:
+    if jsonio.too_deep(data, value):
         raise _TooDeep(_too_deep_reason(), "", 0)
     return value
 

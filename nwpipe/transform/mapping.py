@@ -255,10 +255,15 @@ class Mapping:
         except Exception as exc:
             raise EventError(f"{self._body_where}: {describe_render_error(exc)}") from None
         try:
-            return jsonio.loads(text)
+            body = jsonio.loads(text)
         except orjson.JSONDecodeError as exc:
             reason = _describe_json_error(template, text, exc)
             raise EventError(f"{self._body_where}: {reason}") from None
+        if jsonio.too_deep(text, body):
+            # It could not be written to the output (nor to the dead-letter file).
+            raise EventError(f"{self._body_where}: the rendered body is nested deeper than "
+                             f"{jsonio.MAX_DEPTH} levels")
+        return body
 
     def _customer_body(self, customer: str) -> tuple[jinja2.Template, Callable[[dict], str]]:
         found = self._by_customer.get(customer)
@@ -504,10 +509,13 @@ def _to_bool(text: str) -> bool:
 
 def _to_json(text: str) -> Any:
     try:
-        return jsonio.loads(text)
+        value = jsonio.loads(text)
     except orjson.JSONDecodeError as exc:
         raise ValueError(f"the template did not render valid JSON ({exc.msg}): "
                          f"{_snippet(text)}") from None
+    if jsonio.too_deep(text, value):
+        raise ValueError(f"the rendered JSON is nested deeper than {jsonio.MAX_DEPTH} levels")
+    return value
 
 
 _CONVERTERS: dict[str, Callable[[str], Any] | None] = {

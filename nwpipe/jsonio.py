@@ -28,10 +28,20 @@ JSONDecodeError = orjson.JSONDecodeError
 #: record, a batch array, a mapping that nests it under a field).
 MAX_DEPTH = 200
 
-# Every integer orjson cannot hold has at least 20 digits (2**64 - 1 has 20); mapping all
-# digits to "0" and looking for 20 of them in a row is a cheap, C-speed pre-check.
-_DIGITS = bytes(0x30 if 0x30 <= i <= 0x39 else i for i in range(256))
+# Every integer orjson cannot hold has at least 20 digits (2**64 - 1 has 20). One
+# C-speed pass maps every digit to "0" and both opening brackets to "{" (the rest to
+# " "): 20 zeros in a row may be such an integer, and more than MAX_DEPTH "{" may be
+# nesting too deep (see shape()).
+_SHAPE = bytes(0x30 if 0x30 <= i <= 0x39 else 0x7B if i in (0x7B, 0x5B) else 0x20
+               for i in range(256))
 _LONG_RUN = b"0" * 20
+
+
+def shape(data: bytes | bytearray) -> tuple[bool, bool]:
+    """Two quick questions about JSON text, in one pass: may it hold an integer beyond
+    64 bits, and may it nest deeper than :data:`MAX_DEPTH`? (No means certainly not.)"""
+    mapped = data.translate(_SHAPE)
+    return _LONG_RUN in mapped, mapped.count(b"{") > MAX_DEPTH
 
 
 def _no_constant(name: str) -> Any:
@@ -47,7 +57,7 @@ def loads(data: bytes | bytearray | memoryview | str) -> Any:
     """
     value = orjson.loads(data)
     raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else bytes(data)
-    if _LONG_RUN in raw.translate(_DIGITS):
+    if _LONG_RUN in raw.translate(_SHAPE):
         # Maybe a big integer (or just a long digit run inside a string): read it again
         # with the standard library, which keeps integers exact.
         value = json.loads(raw, parse_constant=_no_constant)

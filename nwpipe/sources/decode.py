@@ -51,7 +51,8 @@ _GZIP_MAGIC = b"\x1f\x8b"
 
 _JSONDecodeError = orjson.JSONDecodeError
 _orjson_loads = orjson.loads
-_DIGITS = jsonio._DIGITS
+_shape = jsonio.shape
+_SHAPE = jsonio._SHAPE
 _LONG_RUN = jsonio._LONG_RUN
 _MAX_DEPTH = jsonio.MAX_DEPTH
 
@@ -72,9 +73,10 @@ def _loads(data: bytes | bytearray):
     Both checks cost a few C-speed passes over the bytes for ordinary input.
     """
     value = _orjson_loads(data)
-    if _LONG_RUN in data.translate(_DIGITS):
+    big, deep = _shape(data)
+    if big:
         value = jsonio.loads(data)
-    if jsonio.too_deep(data, value):
+    if deep and jsonio.depth(value) > _MAX_DEPTH:
         raise _TooDeep(_too_deep_reason(), "", 0)
     return value
 
@@ -300,7 +302,9 @@ class Decoder:
         # multi-line value (no bracket, not a possible new object at column 0), which
         # only need buffering. Everything else goes line by line through _line().
         append = out.append
-        loads = _loads
+        # Integers beyond 64 bits need the exact (slower) parse: one pass over the chunk
+        # tells whether any line of it may hold one.
+        loads = _loads if _LONG_RUN in data.translate(_SHAPE) else _orjson_loads
         source = self.source
         max_len = self.max_line_bytes
         no_bracket = _BRACKET.search
@@ -314,7 +318,10 @@ class Decoder:
             if plain:
                 if line[:1] == b"{" and len(line) <= max_len:
                     try:
-                        append(Event(loads(line), source, n))
+                        value = loads(line)
+                        if line.count(b"{") + line.count(b"[") > _MAX_DEPTH:
+                            value = _loads(line)  # maybe too deep: checked in full
+                        append(Event(value, source, n))
                         continue
                     except _JSONDecodeError:
                         if line == b"{" or line == b"{\r":

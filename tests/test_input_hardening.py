@@ -15,24 +15,9 @@ from nwpipe.engine.deadletter import DeadLetterFile, encode_record, raw_record
 from nwpipe.outputs import Delivery, delivery_id
 from nwpipe.sources.decode import Decoder, Event, Reject
 
+from test_sources import decode, summary
+
 BIG = 99999999999999999999999  # beyond 64 bits: orjson alone reads it as 1e+23
-
-
-def decode(data: bytes, chunk: int | None = None, **kwargs) -> list[Event | Reject]:
-    decoder = Decoder("test", **kwargs)
-    out: list[Event | Reject] = []
-    if chunk is None:
-        out += decoder.feed(data)
-    else:
-        for i in range(0, len(data), chunk):
-            out += decoder.feed(data[i:i + chunk])
-    out += decoder.finish()
-    return out
-
-
-def summary(items) -> list[tuple]:
-    return [("E", item.line, item.data.get("id")) if isinstance(item, Event)
-            else ("R", item.line, item.reason) for item in items]
 
 
 def pretty(i: int, indent: str = "") -> str:

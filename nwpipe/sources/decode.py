@@ -726,13 +726,7 @@ class Decoder:
             # A pretty-printed value indents everything inside it: a bracket back at the
             # value's own indentation starts the next value, so this one was cut short
             # (or was a stray "{" line). Reject it alone and carry on with the new one.
-            if self._buf is not None:
-                kind = "object" if self._stack[0] == _OPEN_OBJECT else "array"
-                out.append(self._reject(
-                    self._buf, self._value_line,
-                    f"unfinished JSON {kind}: a new value starts at line {n} "
-                    "before it was closed"))
-            self._end_value()
+            self._cut_short(n, "value", out)
             return 0
         if (line[0] == _OPEN_OBJECT and stripped[-1] == _CLOSE_OBJECT
                 and not self._may_continue_with_object()):
@@ -743,13 +737,7 @@ class Decoder:
             except _JSONDecodeError:
                 pass
             else:
-                if self._buf is not None:
-                    kind = "object" if self._stack[0] == _OPEN_OBJECT else "array"
-                    out.append(self._reject(
-                        self._buf, self._value_line,
-                        f"unfinished JSON {kind}: a new object starts at line {n} "
-                        "before it was closed"))
-                self._end_value()
+                self._cut_short(n, "object", out)
                 out.append(Event(data, self.source, n))
                 return -1
         buf = self._buf
@@ -770,6 +758,16 @@ class Decoder:
             self._emit_value(buf, self._value_line, self._value_column, out)
         self._end_value()
         return end
+
+    def _cut_short(self, n: int, new: str, out: list[Event | Reject]) -> None:
+        """The open value was never closed: a new ``new`` starts at line ``n``. Reject
+        the value (unless it was rejected already) and forget it."""
+        if self._buf is not None:
+            kind = "object" if self._stack[0] == _OPEN_OBJECT else "array"
+            out.append(self._reject(self._buf, self._value_line,
+                                    f"unfinished JSON {kind}: a new {new} starts at line {n} "
+                                    "before it was closed"))
+        self._end_value()
 
     def _interior_deeper(self, indent: int) -> bool:
         """Is the open value laid out pretty-printed: its inside indented past ``indent``?

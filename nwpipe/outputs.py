@@ -34,7 +34,14 @@ from nwpipe.settings import Setting
 
 @dataclass(frozen=True, slots=True)
 class Delivered:
-    """Every delivery in the batch arrived."""
+    """Every delivery in the batch arrived, except those listed in ``refused``.
+
+    ``refused`` holds ``(index in the batch, reason)`` pairs for deliveries that failed
+    for good while the rest arrived (a message too large for the receiver): those go to
+    the dead-letter file with their reason and are not sent again.
+    """
+
+    refused: tuple[tuple[int, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

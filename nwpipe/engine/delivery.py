@@ -334,6 +334,8 @@ class DeliveryEngine:
                 result = Retry(f"{type(exc).__name__}: {exc}")
             except Exception as exc:  # a plugin bug must not kill the run
                 result = Failed(f"output raised {type(exc).__name__}: {exc}")
+            if isinstance(result, Delivered) and result.refused:
+                batch = self._dead_letter_refused(batch, attempt, result.refused)
             if isinstance(result, Delivered):
                 self._state.failing = False
                 self.stats.delivered += len(batch)
@@ -396,6 +398,19 @@ class DeliveryEngine:
             if self._warnings == MAX_WARNINGS:
                 log.warning("%s: further dead letters are only counted (see %s)", self.name,
                             self.dead_letter.path)
+
+    def _dead_letter_refused(self, batch: list[Delivery], attempt: int,
+                             refused: tuple[tuple[int, str], ...]) -> list[Delivery]:
+        """Dead-letter the deliveries an output refused while the rest arrived; return
+        the rest."""
+        by_reason: dict[str, list[Delivery]] = {}
+        for index, reason in refused:
+            by_reason.setdefault(reason, []).append(batch[index])
+        for reason, deliveries in by_reason.items():
+            self._record(deliveries, attempt, "failed", reason)
+            self._dead_letter(deliveries, reason)
+        gone = {index for index, _ in refused}
+        return [d for i, d in enumerate(batch) if i not in gone]
 
     def _output_closed(self, reason: str) -> None:
         self.closed = True

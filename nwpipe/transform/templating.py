@@ -23,8 +23,9 @@ Filters, besides Jinja's built-in ones (``upper``, ``first``, ``join``, ``unique
     Epoch seconds to ISO 8601 UTC: ``1689391131 | isotime`` is
     ``"2023-07-15T03:18:51Z"``; fractions keep milliseconds (``...:51.250Z``). ``0``,
     ``None`` and ``""`` give ``""``: the vendor sends ``end = 0`` while an alert is open.
-    Values above 10^11 are taken as milliseconds. ``isotime("%d %b %Y %H:%M")`` formats
-    with strftime instead.
+    Milliseconds, microseconds, numeric strings and ISO 8601 text are read too, rounded
+    to the millisecond (``nwpipe.transform.timeutil``). ``isotime("%d %b %Y %H:%M")``
+    formats with strftime instead.
 ``join_ips``
     An IP list (``srcip``, ``dstip``) as one string: ``", "`` between addresses (or
     ``join_ips(" ")``), empty entries skipped, a single string kept, ``None`` gives "".
@@ -38,6 +39,22 @@ Filters, besides Jinja's built-in ones (``upper``, ``first``, ``join``, ``unique
     Values not in the table pass through unchanged, or give the second argument.
 ``human_duration``
     Seconds as ``"1h 2m 5s"`` (``300`` is ``"5m"``, ``0`` is ``"0s"``).
+``clip``
+    Text cut to fit a receiver's limit, ending with a marker when cut:
+    ``summary | clip(3000)`` (characters), ``clip(8000, unit="bytes")`` (UTF-8 bytes as
+    a JSON string, escapes counted), ``clip(3000, escape={"<": "&lt;"})`` (escapes
+    applied first and counted, never cut in half), ``clip(150, marker="...")``.
+``valid_ips``
+    Only the valid IPv4/IPv6 addresses of a list (or of a single string), written in
+    their standard form: for fields a receiver types as ``ip``.
+``valid_time``
+    The first of a value or a list of candidates that is a time (as ``isotime`` reads
+    it: epoch seconds, milliseconds or microseconds, numbers, numeric strings or ISO
+    8601 text), as ISO 8601 UTC;
+    ``none`` when none is. Never an error: ``[timestamp, start] | valid_time``.
+
+Globals, besides Jinja's (``range``, ``namespace``, ...): ``now()``, the current time as
+ISO 8601 UTC with milliseconds.
 
 Plugins add filters with the ``register_jinja_filters`` hook; they reach
 :func:`make_environment` as ``filters`` and may replace the ones above.
@@ -47,7 +64,7 @@ from __future__ import annotations
 
 import collections.abc
 import importlib.resources
-import math
+import ipaddress
 import re
 import weakref
 from datetime import datetime, timezone
@@ -73,6 +90,7 @@ from nwpipe.transform.limits import (
     end,
     guarded_join,
 )
+from nwpipe.transform.timeutil import TimeValueError, epoch_millis, iso_utc, to_datetime
 
 __all__ = [
     "JSONText",
@@ -117,32 +135,18 @@ def _blank_if_undefined(value: Any) -> str:
 
 
 def isotime(value: Any, fmt: str | None = None) -> str:
-    """Epoch seconds (or milliseconds above 10^11) to ISO 8601 UTC; 0/None/"" give ""."""
+    """Any event time (see ``timeutil.epoch_millis``) as ISO 8601 UTC; 0/None/"" give ""."""
     if isinstance(value, Undefined):
         return _blank_if_undefined(value)
-    if value is None or value == "" or (type(value) in (int, float) and value == 0):
-        return ""
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ValueError(f"isotime: expected epoch seconds, got {value!r}")
     try:
-        seconds = float(value) if isinstance(value, str) else value
-    except ValueError:
-        raise ValueError(f"isotime: expected epoch seconds, got {value!r}") from None
-    if not math.isfinite(seconds):
-        raise ValueError(f"isotime: expected epoch seconds, got {value!r}")
-    if seconds == 0:
+        millis = epoch_millis(value)
+    except TimeValueError as exc:
+        raise ValueError(f"isotime: {exc}") from None
+    if millis is None:
         return ""
-    if abs(seconds) >= 1e11:
-        seconds = seconds / 1000
-    try:
-        moment = datetime.fromtimestamp(seconds, timezone.utc)
-    except (OverflowError, OSError, ValueError):
-        raise ValueError(f"isotime: {value!r} is out of range") from None
     if fmt is not None:
-        return moment.strftime(str(fmt))
-    if moment.microsecond:
-        return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+        return to_datetime(millis).strftime(str(fmt))
+    return iso_utc(millis)
 
 
 def join_ips(value: Any, sep: str = ", ") -> str:
@@ -239,6 +243,80 @@ def human_duration(value: Any) -> str:
     return sign + " ".join(parts) if parts else "0s"
 
 
+def clip(value: Any, limit: int, marker: str = "…", escape: Mapping | None = None,
+         unit: str = "chars") -> str | None:
+    """Text cut to at most ``limit`` characters (or ``unit="bytes"``: UTF-8 bytes as a
+    JSON string), ``marker`` included when cut; ``escape`` replacements count, uncut.
+    None stays None."""
+    if isinstance(value, Undefined):
+        return _blank_if_undefined(value)
+    if unit not in ("chars", "bytes"):
+        raise ValueError(f'clip: unit must be "chars" or "bytes", got {unit!r}')
+    if value is None:
+        return None
+    text = str(value)
+    table = str.maketrans(dict(escape)) if escape else None
+
+    def size(piece: str) -> int:
+        # A JSON string's bytes: UTF-8, with quotes, backslashes and controls escaped.
+        return len(piece) if unit == "chars" else len(to_json_text(piece).encode()) - 2
+
+    # Every character costs at least 1, so a text longer than the limit is cut without
+    # escaping or encoding all of it (events may carry megabytes).
+    if len(text) <= limit:
+        whole = text.translate(table) if table else text
+        if size(whole) <= limit:
+            return whole
+    budget, kept = limit - size(marker), []
+    for char in text:  # each character costs at least 1, so this stops within `limit`
+        piece = char.translate(table) if table else char
+        budget -= size(piece)
+        if budget < 0:
+            break
+        kept.append(piece)
+    return "".join(kept) + marker
+
+
+def valid_ips(value: Any) -> list[str]:
+    """The valid IP addresses of a list (or a single string), in standard form."""
+    if isinstance(value, Undefined):
+        _blank_if_undefined(value)
+        return []
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, collections.abc.Iterable) or isinstance(
+            items, collections.abc.Mapping):
+        return []
+    found = []
+    for item in items:
+        try:  # a zone ("fe80::1%eth0") is not an address an ip-typed field takes
+            if isinstance(item, str) and "%" not in item:
+                found.append(str(ipaddress.ip_address(item.strip())))
+        except ValueError:
+            pass
+    return found
+
+
+def valid_time(value: Any) -> str | None:
+    """ISO 8601 of the first candidate that ``isotime`` reads as a time, else None."""
+    items = value if isinstance(value, (list, tuple)) else [value]
+    for item in items:
+        if isinstance(item, (Undefined, bool)) or item is None:
+            continue
+        try:
+            text = isotime(item)
+        except (ValueError, TypeError):
+            continue
+        if text:
+            return text
+    return None
+
+
+def now() -> str:
+    """The current time as ISO 8601 UTC with milliseconds."""
+    moment = datetime.now(timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
 BUILTIN_FILTERS: dict[str, Callable] = {
     "isotime": isotime,
     "join_ips": join_ips,
@@ -246,6 +324,9 @@ BUILTIN_FILTERS: dict[str, Callable] = {
     "severity_number": severity_number,
     "lookup": lookup,
     "human_duration": human_duration,
+    "clip": clip,
+    "valid_ips": valid_ips,
+    "valid_time": valid_time,
 }
 
 
@@ -464,6 +545,7 @@ def make_environment(template_dirs: Sequence[str | Path] = (),
     env.limits = limits or DEFAULT_LIMITS
     env.filters.update(_bounded_filters(env.filters, env))
     env.filters.update(registered_filters())
+    env.globals["now"] = now
     for name, function in (filters or {}).items():
         if not callable(function):
             raise TypeError(f"Jinja filter {name!r} is not callable")

@@ -119,6 +119,9 @@ class Config:
     max_line_bytes: int = 1 << 20
     shutdown_timeout: float = 10.0
     tests: list[dict] = field(default_factory=list)
+    #: bounds on rendering one template for one event (nwpipe.transform.limits)
+    template_time_limit: float = 2.0
+    template_max_bytes: int = 1 << 20
 
     @property
     def base_dir(self) -> Path:
@@ -150,6 +153,10 @@ TOP_LEVEL = {
                                 help="seconds to finish in-flight deliveries on Ctrl-C/SIGTERM"),
     "tests": Setting(list, default=[], help="mapping tests run by `nwpipe test`"),
     "source": Setting(dict, default=None, help="where `nwpipe run` reads events: [source]"),
+    "template_time_limit": Setting(float, default=2.0, check=_positive,
+                                   help="seconds one template may take for one event"),
+    "template_max_bytes": Setting(int, default=1 << 20, check=_positive,
+                                  help="longest text one template may render for one event"),
 }
 
 #: keys of [outputs.NAME] that are not the output type's own settings
@@ -319,6 +326,8 @@ def build_config(data: dict, output_types: dict[str, type[Output]], *, file: str
         max_line_bytes=top["max_line_bytes"],
         shutdown_timeout=top["shutdown_timeout"],
         tests=tests,
+        template_time_limit=top["template_time_limit"],
+        template_max_bytes=top["template_max_bytes"],
     )
 
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from hashlib import sha256
 from typing import Any, ClassVar, Union
 
-import orjson
+from nwpipe import jsonio
 
 from nwpipe.settings import Setting
 
@@ -109,7 +109,8 @@ class Delivery:
     def body_json(self) -> bytes:
         """The body serialised as compact JSON (computed once)."""
         if self._json is None:
-            self._json = orjson.dumps(self.body)
+            # jsonio keeps integers beyond 64 bits exact, where orjson alone would fail.
+            self._json = jsonio.dumps(self.body)
         return self._json
 
 

@@ -46,13 +46,13 @@ from typing import TYPE_CHECKING, Any, Iterable
 from urllib.parse import quote, unquote, unquote_plus
 
 import jinja2
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 from yarl import URL
 
 from nwpipe import Delivered, Delivery, Failed, Output, Result, Retry, Setting, __version__, hookimpl
 from nwpipe.net import http1
 from nwpipe.settings import positive_seconds
 from nwpipe.net.tls import check_tls_files, client_context, tls_settings
+from nwpipe.transform.templating import output_environment
 if TYPE_CHECKING:
     import aiohttp
 
@@ -137,13 +137,15 @@ def _url_value(value: Any) -> str:
     return quote(value if isinstance(value, str) else str(value), safe="")
 
 
-# Compiled once per process. The URL environment percent-encodes every expression's
-# value (``finalize``); both are sandboxed and fail on undefined names rather than
-# silently rendering "".
-_URL_ENV = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined,
-                                         finalize=_url_value, autoescape=False)
-_HEADER_ENV = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined,
-                                            autoescape=False)
+# From nwpipe's one environment factory, with every registered filter. The URL
+# environment percent-encodes every expression's value (``finalize``); both are sandboxed
+# and fail on undefined names rather than silently rendering "".
+def _url_env() -> jinja2.Environment:
+    return output_environment(finalize=_url_value)
+
+
+def _header_env() -> jinja2.Environment:
+    return output_environment()
 
 
 def _compile(env: jinja2.Environment, source: str, what: str) -> jinja2.Template:
@@ -205,7 +207,7 @@ def split_url(url: str) -> tuple[str, str]:
 def _check_url(url: str) -> str:
     origin, rest = split_url(url)
     if _is_template(rest):
-        _compile(_URL_ENV, rest, "url")
+        _compile(_url_env(), rest, "url")
     else:
         _check_path_segments(rest)
     return url
@@ -249,7 +251,7 @@ def parse_headers(value: str | dict | None) -> list[tuple[str, str]]:
             raise ValueError(f"header '{name}' is given twice")
         seen.add(lower)
         if _is_template(item):
-            _compile(_HEADER_ENV, item, f"header '{name}'")
+            _compile(_header_env(), item, f"header '{name}'")
     return pairs
 
 
@@ -403,7 +405,7 @@ class WebhookOutput(Output):
         self.last_error: BaseException | None = None
         self._method = _check_method(config["method"])
         self._origin, rest = split_url(config["url"])
-        self._url_template = _compile(_URL_ENV, rest, "url") if _is_template(rest) else None
+        self._url_template = _compile(_url_env(), rest, "url") if _is_template(rest) else None
         self._url = None if self._url_template else URL(self._origin + rest)
         self._timeout = float(config["timeout"])
         self._follow_redirects = bool(config["follow_redirects"])
@@ -442,7 +444,7 @@ class WebhookOutput(Output):
                 self._fixed_content_type = True
             if _is_template(value):
                 self._header_templates.append(
-                    (hname, _compile(_HEADER_ENV, value, f"header '{hname}'")))
+                    (hname, _compile(_header_env(), value, f"header '{hname}'")))
             else:
                 # a user's header may replace User-Agent or Content-Type
                 for existing in [k for k in static if k.lower() == hname.lower()]:

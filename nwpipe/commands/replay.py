@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
+from nwpipe import jsonio
 from nwpipe.config import Config
 from nwpipe.engine.deadletter import Rewrite, iter_lines
 from nwpipe.engine.pipeline import (
@@ -166,7 +167,7 @@ class _Replayer:
 
     async def _one(self, number: int, line: bytes) -> None:
         try:
-            record = orjson.loads(line)
+            record = jsonio.loads(line)
         except orjson.JSONDecodeError:
             self._stay(line, number, "not a dead-letter record (not valid JSON)")
             return

@@ -43,6 +43,8 @@ log = logging.getLogger("nwpipe")
 
 EXIT_OK = 0
 EXIT_DEAD_LETTERED = 3
+#: some dead-letter records could not be written to the file and went to stderr instead
+EXIT_DEAD_LETTERS_ON_STDERR = 4
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
 
@@ -98,9 +100,14 @@ class RunResult:
 
     #: inputs that could not be read to the end (a missing file, a truncated .gz, ...)
     unreadable: int = 0
+    #: dead-letter records the file could not take (disk full...): printed on stderr
+    dead_letters_on_stderr: int = 0
+    dead_letter_error: str | None = None
 
     @property
     def exit_code(self) -> int:
+        if self.dead_letters_on_stderr and self.signal is None:
+            return EXIT_DEAD_LETTERS_ON_STDERR
         return exit_code_for(self.signal, self.dead_lettered or self.rejected or self.unreadable)
 
     def summary(self) -> str:
@@ -115,7 +122,14 @@ class RunResult:
         parts.extend(output_summary(name, stats, self.seconds)
                      for name, stats in self.outputs.items())
         line = "; ".join(parts) + f" ({self.seconds:.2f} s, {rate:,.0f} events/s)"
-        if self.dead_lettered:
+        if self.dead_letters_on_stderr:
+            written = self.dead_lettered - self.dead_letters_on_stderr
+            line += (f"; {self.dead_letters_on_stderr} dead letter"
+                     f"{'s' if self.dead_letters_on_stderr != 1 else ''} could not be written "
+                     f"to {self.dead_letter_path} ({self.dead_letter_error}) and "
+                     f"{'are' if self.dead_letters_on_stderr != 1 else 'is'} printed on "
+                     f"stderr above; {written} written there")
+        elif self.dead_lettered:
             line += f"; dead letters in {self.dead_letter_path}"
         if self.signal is not None:
             line = f"interrupted by {signal.Signals(self.signal).name}: " + line
@@ -461,16 +475,20 @@ def run(config: Config, router: Router, paths: list[str], *, dead_letter_path: s
     in order, ``"-"`` or nothing for stdin). ``progress``: show a live status line on
     stderr (see :mod:`nwpipe.commands.progress`).
     """
-    dead_letter = DeadLetterFile(dead_letter_path or config.dead_letter)
+    # spill: records the file cannot take (disk full) are printed on stderr, never lost
+    dead_letter = DeadLetterFile(dead_letter_path or config.dead_letter, spill=True)
     dead_letter.check()  # a dead-letter file that cannot be written is found before reading
     source = config.source.create(list(paths), config.max_line_bytes)
     tune_gc()
     try:
         pipeline = Pipeline(config, router, build_outputs(config), dead_letter=dead_letter,
                             shutdown_timeout=shutdown_timeout, progress=make_progress(progress))
-        return event_loop_run(pipeline.run(source))
+        result = event_loop_run(pipeline.run(source))
     finally:
         dead_letter.close()
+    result.dead_letters_on_stderr = dead_letter.spilled
+    result.dead_letter_error = dead_letter.error
+    return result
 
 
 def make_progress(enabled: bool):

@@ -65,9 +65,11 @@ class Router:
         env = None
         if needs_jinja:
             from nwpipe.transform.mapping import compile_mappings
+            from nwpipe.transform.limits import RenderLimits
             from nwpipe.transform.templating import compile_condition, make_environment
 
-            env = make_environment(config.templates, jinja_filters or {})
+            limits = RenderLimits(config.template_time_limit, config.template_max_bytes)
+            env = make_environment(config.templates, jinja_filters or {}, limits=limits)
             compiled.update(compile_mappings(config.mappings, env, file=config.file))
         for output in config.outputs.values():
             condition = None

@@ -30,6 +30,7 @@ from typing import Iterable
 from urllib.parse import urlsplit
 
 from nwpipe.errors import EventError
+from nwpipe.net.httputil import printable
 from nwpipe.outputs import Delivered, Delivery, Failed, Output, Result, Retry
 
 __all__ = ["ProbeResult", "probe_event", "probe_output", "probe_outputs", "run_probes"]
@@ -49,8 +50,9 @@ class ProbeResult:
     probed: bool = True
 
     def line(self) -> str:
-        """``soc: OK (HTTP 200 in 35 ms)``."""
-        return f"{self.output}: {self.message}"
+        """``soc: OK (HTTP 200 in 35 ms)``; a plugin's message may quote its receiver,
+        so control characters never reach the terminal."""
+        return f"{self.output}: {printable(self.message)}"
 
 
 def probe_event(customer: str = PROBE_CUSTOMER, now: float | None = None) -> dict:
@@ -239,7 +241,9 @@ def _auth_kind(config: dict) -> str | None:
 
 def _explain_status(status: int, result: Result, config: dict) -> str:
     reason = getattr(result, "reason", "") or ""
-    answer = (getattr(result, "response", None) or "").strip().replace("\n", " ")
+    # the receiver's words: one line, without control characters (a CR or an escape
+    # sequence could overwrite the verdict); the output has already hidden its secrets
+    answer = printable(" ".join((getattr(result, "response", None) or "").split()))
     said = f" (the receiver said: {answer[:200]})" if answer else ""
     head = reason.split(":")[0] if reason.startswith("HTTP ") else f"HTTP {status}"
     auth = _auth_kind(config)

@@ -33,11 +33,6 @@ _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _UNPRINTABLE_IN_LINES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
 
 
-def has_line_break(value: str) -> bool:
-    """True when ``value`` contains CR, LF or NUL, which could split or end a header."""
-    return "\r" in value or "\n" in value or "\0" in value
-
-
 def break_problem(value: str) -> str | None:
     """Why ``value`` could split or end a header (a NUL or a line break), or None.
 

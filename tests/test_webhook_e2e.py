@@ -266,6 +266,52 @@ async def test_429_with_retry_after_waits_as_told(tmp_path, receiver):
     assert 0.9 <= arrivals[1] - arrivals[0] < 10
 
 
+@pytest.mark.parametrize("retry_after", ["0", "Wed, 21 Oct 2015 07:28:00 GMT"])
+async def test_retry_after_zero_or_past_waits_at_least_the_initial_backoff(
+        tmp_path, receiver, retry_after):
+    # a receiver whose clock lags answers with a date in the past (or 0): the waits
+    # must not shrink to nothing, or the whole retry budget goes in milliseconds
+    loop = asyncio.get_running_loop()
+    arrivals = []
+
+    async def busy(request, record):
+        arrivals.append(loop.time())
+        return web.Response(status=429, headers={"Retry-After": retry_after})
+    receiver.handler = busy
+    config = f"""
+        [outputs.soc]
+        type = "webhook"
+        url = "{receiver.url}/hook"
+        retry = {{ max_attempts = 4, initial_backoff = 0.25, max_backoff = 0.5 }}
+    """
+    run = await nwpipe(tmp_path, config, [event("a-1")])
+    assert run.returncode == 3, run.stderr
+    assert len(arrivals) == 4
+    gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
+    assert all(gap >= 0.24 for gap in gaps), gaps
+    [record] = run.dead_letters()
+    assert record["reason"].startswith("gave up after 4 attempts in ")
+
+
+async def test_retry_after_longer_than_max_elapsed_says_so(tmp_path, receiver):
+    receiver.reply(503, headers={"Retry-After": "600"})
+    config = f"""
+        [outputs.soc]
+        type = "webhook"
+        url = "{receiver.url}/hook"
+        retry = {{ max_attempts = 5, max_elapsed = 30 }}
+    """
+    run = await nwpipe(tmp_path, config, [event("a-1")])
+    assert run.returncode == 3, run.stderr
+    assert len(receiver.requests) == 1  # not waited for: it could never be retried in time
+    [record] = run.dead_letters()
+    assert record["reason"].startswith("gave up after 1 attempt in ")
+    assert re.search(r": HTTP 503 Service Unavailable \(Retry-After asked for 600 s, more "
+                     r"than the \d+\.\d s left of retry\.max_elapsed = 30 s\)$",
+                     record["reason"]), record["reason"]
+    assert "Retry-After asked for 600 s" in run.stderr
+
+
 async def test_400_is_not_retried_and_is_dead_lettered(tmp_path, receiver):
     answer = "field 'x' is invalid; " + "y" * 2000
     receiver.queue(400, body=answer)

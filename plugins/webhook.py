@@ -150,7 +150,9 @@ class WebhookOutput(Output):
         # aiohttp.
         self._direct = not (self._proxy or config["trust_env"] or self._follow_redirects)
         self._transport: Transport | None = None
-        self._prepared: tuple[Any, Any] | None = None
+        #: with a fixed URL and headers: the URL and what every request shares, for
+        #: one event and for a batch (prepared once, when the transport opens)
+        self._prepared: tuple[URL, Any, Any] | None = None
 
     # -- lifecycle --
 
@@ -180,7 +182,7 @@ class WebhookOutput(Output):
         self._transport = transport
         if self._url is not None and not self._headers.templates:
             # the shared part of every request, for one event and for a batch
-            self._prepared = (transport.prepare(self._url, self._headers.single),
+            self._prepared = (self._url, transport.prepare(self._url, self._headers.single),
                               transport.prepare(self._url, self._headers.batch))
 
     async def close(self) -> None:
@@ -228,7 +230,7 @@ class WebhookOutput(Output):
             return _DELIVERED
         prepared = self._prepared
         if prepared is not None:
-            return await self._send(self._url, prepared[0] if len(batch) == 1 else prepared[1],
+            return await self._send(prepared[0], prepared[1] if len(batch) == 1 else prepared[2],
                                     batch)
         transport = self._transport
         if transport is None:

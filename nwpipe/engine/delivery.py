@@ -80,7 +80,8 @@ def gave_up(attempt: int, elapsed: float, reason: str, after: float | None = Non
             max_elapsed: float | None = None) -> str:
     """The dead-letter reason when retries end; says so when the receiver asked to
     wait longer than ``retry.max_elapsed`` leaves."""
-    why = f"gave up after {attempt} attempt{'s' if attempt > 1 else ''} in {elapsed:.1f} s: {reason}"
+    plural = "s" if attempt > 1 else ""
+    why = f"gave up after {attempt} attempt{plural} in {elapsed:.1f} s: {reason}"
     if after is not None and max_elapsed is not None:
         left = max(0.0, max_elapsed - elapsed)
         why += (f" (Retry-After asked for {after:g} s, more than the {left:.1f} s left of "

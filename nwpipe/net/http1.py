@@ -92,7 +92,8 @@ class _Connection(asyncio.Protocol):
         self.loop = loop
         self.keep = keep
         self.drain_limit = drain_limit
-        self.transport: Optional[asyncio.Transport] = None
+        # set by connection_made, before anything else is called
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.closed = False
         self.received = False        # some bytes of the current answer arrived
         self.keep_alive = False

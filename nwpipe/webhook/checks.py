@@ -133,24 +133,23 @@ def check_method(value: str) -> str:
     return method
 
 
-def check_no_line_break(what: str) -> Callable[[str], str]:
-    """A check for a setting that must not hold CR, LF or NUL."""
+def _check_with(what: str, problem_of: Callable[[str], str | None]) -> Callable[[str], str]:
     def check(value: str) -> str:
-        problem = break_problem(value)
+        problem = problem_of(value)
         if problem is not None:
             raise ValueError(f"{what} {problem}")
         return value
     return check
+
+
+def check_no_line_break(what: str) -> Callable[[str], str]:
+    """A check for a setting that must not hold CR, LF or NUL."""
+    return _check_with(what, break_problem)
 
 
 def check_header_value(what: str) -> Callable[[str], str]:
     """A check for a setting sent as a header value (no control characters)."""
-    def check(value: str) -> str:
-        problem = header_value_problem(value)
-        if problem is not None:
-            raise ValueError(f"{what} {problem}")
-        return value
-    return check
+    return _check_with(what, header_value_problem)
 
 
 def check_username(value: str) -> str:

@@ -147,7 +147,7 @@ def _aiohttp_message(exc) -> str:
     return message
 
 
-def _ssl_error(exc: BaseException) -> ssl.SSLError | None:
+def _ssl_error(exc: BaseException | None) -> ssl.SSLError | None:
     """The ssl.SSLError behind ``exc`` (aiohttp wraps them), if any."""
     aiohttp = _aiohttp_errors()
     seen = 0

@@ -29,7 +29,7 @@ def query_secrets(rest: str) -> list[str]:
     are left out.
     """
     query = rest.partition("?")[2].split("#", 1)[0]
-    secrets = []
+    secrets: list[str] = []
     for item in query.split("&"):
         name, _, raw = item.partition("=")
         if not raw or is_template(raw):
@@ -47,7 +47,7 @@ def path_secrets(rest: str) -> list[str]:
     ``/services/T…/B…/<token>``): a receiver that echoes the path (a 404 body, a
     Location) must not show them."""
     path = rest.split("?", 1)[0].split("#", 1)[0]
-    secrets = []
+    secrets: list[str] = []
     for segment in path.split("/"):
         if segment and not is_template(segment):
             decoded = unquote(segment)

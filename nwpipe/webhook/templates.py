@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from typing import Any
 from urllib.parse import quote
 
@@ -28,7 +28,7 @@ def _url_value(value: Any) -> str:
     return quote(value if isinstance(value, str) else str(value), safe="")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _environments() -> tuple[jinja2.Environment, jinja2.Environment]:
     # The one sandboxed environment of nwpipe (every built-in filter, undefined names
     # an error), made once per process; URLs get a variant that percent-encodes

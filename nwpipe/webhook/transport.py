@@ -77,7 +77,7 @@ class DirectTransport:
                  limit: int, timeout: float):
         url = URL(origin)
         self._host = url.raw_host or ""
-        self._port = url.port
+        self._port = url.port or (443 if url.scheme == "https" else 80)
         host = f"[{self._host}]" if ":" in self._host else self._host
         if url.explicit_port and url.port != {"http": 80, "https": 443}[url.scheme]:
             host += f":{url.port}"

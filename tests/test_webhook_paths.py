@@ -231,3 +231,24 @@ async def test_nul_in_a_response_header_is_named_on_both_paths(make_delivery, pa
         result = await send_once(make_output(path, url=raw.url), [make_delivery()])
     assert isinstance(result, Retry)
     assert result.reason.endswith("NUL in a response header"), result.reason
+
+
+async def test_url_path_token_echoed_back_is_redacted_on_both_paths(receiver, make_delivery,
+                                                                   path):
+    token = "Zk3vQ9xLmW2pR7tY8uN4bC1d"
+
+    async def echo(request, record):
+        if request.headers.get("X-Round") == "1":
+            return web.Response(status=300, headers={"Location": request.path + "/next"},
+                                text=f"see {request.path}")
+        return web.Response(status=404, reason=f"No {request.path}",
+                            text=f"no hook at {request.path}\r\n\x1b[1Aok")
+    receiver.handler = echo
+    url = receiver.url + f"/services/T0123ABCD/B0123ABCD/{token}"
+    result = await send_once(make_output(path, url=url), [make_delivery()])
+    assert result == Failed("HTTP 404 Not Found", status=404,
+                            response="no hook at /services/T0123ABCD/B0123ABCD/***\n[1Aok")
+    result = await send_once(make_output(path, url=url, headers="X-Round: 1"),
+                             [make_delivery()])
+    assert result.status == 300 and token not in result.reason + result.response
+    assert "redirect to /services/T0123ABCD/B0123ABCD/***/next not followed" in result.reason

@@ -3,6 +3,8 @@
 The small public API a plugin needs::
 
     from nwpipe import hookimpl, Output, Setting, Delivered, Retry, Failed
+
+and for a source plugin ``Source``, ``Event`` and ``Reject``.
 """
 
 import pluggy
@@ -11,8 +13,17 @@ __version__ = "0.1.0"
 
 hookimpl = pluggy.HookimplMarker("nwpipe")
 
-from nwpipe.outputs import Delivered, Delivery, Failed, Output, Result, Retry  # noqa: E402
+from nwpipe.outputs import (  # noqa: E402
+    Delivered,
+    Delivery,
+    Failed,
+    Output,
+    ProbeResult,
+    Result,
+    Retry,
+)
 from nwpipe.settings import Setting  # noqa: E402
+from nwpipe.sources.base import Event, Reject, Source  # noqa: E402
 
 __all__ = [
     "__version__",
@@ -24,4 +35,8 @@ __all__ = [
     "Retry",
     "Failed",
     "Result",
+    "ProbeResult",
+    "Source",
+    "Event",
+    "Reject",
 ]

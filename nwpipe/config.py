@@ -7,6 +7,7 @@ ConfigError naming the file, the key path (``outputs.soc.url``) and the problem.
 
 from __future__ import annotations
 
+import builtins
 import os
 import re
 import sys
@@ -22,6 +23,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 from nwpipe.errors import ConfigError
 from nwpipe.outputs import Output
 from nwpipe.settings import Setting, did_you_mean, validate_settings
+from nwpipe.sources.base import DEFAULT_SOURCE, Source
 
 #: where the config comes from when ``-c`` is not given
 ENV_CONFIG = "NWPIPE_CONFIG"
@@ -72,7 +74,7 @@ class OutputConfig:
 
     name: str
     type: str
-    cls: type[Output]
+    cls: builtins.type[Output]
     settings: dict[str, Any]
     engine: EngineSettings
     mapping: str | dict[str, str] | None = None
@@ -88,11 +90,29 @@ class OutputConfig:
 
 
 @dataclass
+class SourceConfig:
+    """The ``[source]`` table, validated (without one: the files/stdin source)."""
+
+    type: str = DEFAULT_SOURCE
+    #: None when the config was built without the registered source types
+    cls: builtins.type[Source] | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def create(self, inputs: list[str], max_line_bytes: int) -> Source:
+        """A new, unopened source reading ``inputs`` (the arguments of ``nwpipe run``)."""
+        if self.cls is None:
+            raise ConfigError(f"unknown source type '{self.type}' (no source types are "
+                              "registered; see `nwpipe plugins`)", key="source.type")
+        return self.cls(self.settings, inputs=inputs, max_line_bytes=max_line_bytes)
+
+
+@dataclass
 class Config:
     """A whole validated configuration."""
 
     file: str | None
     outputs: dict[str, OutputConfig]
+    source: SourceConfig = field(default_factory=SourceConfig)
     mappings: dict[str, dict] = field(default_factory=dict)
     templates: list[Path] = field(default_factory=list)
     dead_letter: str = DEFAULT_DEAD_LETTER
@@ -129,6 +149,7 @@ TOP_LEVEL = {
     "shutdown_timeout": Setting(float, default=10.0, check=_non_negative,
                                 help="seconds to finish in-flight deliveries on Ctrl-C/SIGTERM"),
     "tests": Setting(list, default=[], help="mapping tests run by `nwpipe test`"),
+    "source": Setting(dict, default=None, help="where `nwpipe run` reads events: [source]"),
 }
 
 #: keys of [outputs.NAME] that are not the output type's own settings
@@ -139,7 +160,8 @@ OUTPUT_COMMON = {
     "when": Setting(str, help="only events for which this Jinja expression is true"),
     "concurrency": Setting(int, check=_positive, help="deliveries in flight at once"),
     "rate_limit": Setting(float, check=_positive, help="at most this many sends per second"),
-    "queue_size": Setting(int, check=_positive, help="deliveries waiting per output before backpressure"),
+    "queue_size": Setting(int, check=_positive,
+                          help="deliveries waiting per output before backpressure"),
     "batch": Setting(dict, help="group several events in one send"),
     "retry": Setting(dict, help="retry policy for temporary failures"),
 }
@@ -160,7 +182,8 @@ RETRY = {
 
 
 def find_config_file(explicit: str | None) -> str | None:
-    """The config to use: ``-c`` if given, else ``$NWPIPE_CONFIG``, else ./nwpipe.toml, else none."""
+    """The config to use: ``-c`` if given, else ``$NWPIPE_CONFIG``, else ./nwpipe.toml,
+    else none."""
     if explicit:
         return explicit
     env = os.environ.get(ENV_CONFIG)
@@ -194,7 +217,8 @@ def expand_env(value: Any, key: str, file: str | None, environ=os.environ) -> An
 
         return _ENV_REF.sub(replace, value)
     if isinstance(value, dict):
-        return {k: expand_env(v, f"{key}.{k}" if key else k, file, environ) for k, v in value.items()}
+        return {k: expand_env(v, f"{key}.{k}" if key else k, file, environ)
+                for k, v in value.items()}
     if isinstance(value, list):
         return [expand_env(v, f"{key}[{i}]", file, environ) for i, v in enumerate(value)]
     return value
@@ -229,14 +253,17 @@ def default_config() -> dict:
 
 
 def load_config(path: str | None, output_types: dict[str, type[Output]],
-                environ=os.environ) -> Config:
+                environ=os.environ, *,
+                source_types: dict[str, type[Source]] | None = None) -> Config:
     """Read, expand and validate a config file (``None``: the built-in default)."""
     data = read_toml(path) if path else default_config()
-    return build_config(data, output_types, file=path, environ=environ)
+    return build_config(data, output_types, file=path, environ=environ,
+                        source_types=source_types)
 
 
 def build_config(data: dict, output_types: dict[str, type[Output]], *, file: str | None = None,
-                 environ=os.environ) -> Config:
+                 environ=os.environ,
+                 source_types: dict[str, type[Source]] | None = None) -> Config:
     """Validate an already-parsed config table."""
     data = expand_env(data, "", file, environ)
     top = validate_settings(data, TOP_LEVEL, key="", file=file)
@@ -258,7 +285,8 @@ def build_config(data: dict, output_types: dict[str, type[Output]], *, file: str
     mappings = top["mappings"]
     for name, table in mappings.items():
         if not isinstance(table, dict):
-            raise ConfigError("must be a table ([mappings.NAME])", key=f"mappings.{name}", file=file)
+            raise ConfigError("must be a table ([mappings.NAME])", key=f"mappings.{name}",
+                              file=file)
 
     defaults = top["defaults"]
     outputs: dict[str, OutputConfig] = {}
@@ -284,6 +312,7 @@ def build_config(data: dict, output_types: dict[str, type[Output]], *, file: str
     return Config(
         file=file,
         outputs=outputs,
+        source=_build_source(top["source"], source_types, file),
         mappings=mappings,
         templates=template_dirs,
         dead_letter=dead_letter,
@@ -305,7 +334,8 @@ def _check_defaults(defaults: dict, output_types, outputs, file) -> None:
                               key=f"defaults.{key}", file=file)
 
 
-def _build_output(name: str, table: dict, defaults: dict, output_types, mappings, file) -> OutputConfig:
+def _build_output(name: str, table: dict, defaults: dict, output_types, mappings,
+                  file) -> OutputConfig:
     key = f"outputs.{name}"
     type_name = table.get("type")
     if type_name is None:
@@ -316,7 +346,8 @@ def _build_output(name: str, table: dict, defaults: dict, output_types, mappings
     cls = output_types.get(type_name)
     if cls is None:
         known = ", ".join(sorted(output_types)) or "none"
-        raise ConfigError(f"unknown output type '{type_name}'{did_you_mean(type_name, output_types)}"
+        raise ConfigError(f"unknown output type '{type_name}'"
+                          f"{did_you_mean(type_name, output_types)}"
                           f" (known types: {known}; see `nwpipe plugins`)",
                           key=f"{key}.type", file=file)
 
@@ -397,6 +428,32 @@ def _build_output(name: str, table: dict, defaults: dict, output_types, mappings
         customers = frozenset(customers)
     return OutputConfig(name=name, type=type_name, cls=cls, settings=settings, engine=engine,
                         mapping=mapping, customers=customers, when=common["when"])
+
+
+def _build_source(table: dict | None, source_types: dict[str, type[Source]] | None,
+                  file: str | None) -> SourceConfig:
+    """The ``[source]`` table checked against its type's settings, like an output's."""
+    if source_types is None:
+        if table is not None:
+            raise ConfigError("no source types are registered", key="source.type", file=file)
+        return SourceConfig()
+    table = {"type": DEFAULT_SOURCE} if table is None else table
+    type_name = table.get("type", DEFAULT_SOURCE)
+    if not isinstance(type_name, str):
+        raise ConfigError("must be a string", key="source.type", file=file)
+    cls = source_types.get(type_name)
+    if cls is None:
+        known = ", ".join(sorted(source_types)) or "none"
+        raise ConfigError(f"unknown source type '{type_name}'"
+                          f"{did_you_mean(type_name, source_types)} (known types: {known}; "
+                          "see `nwpipe plugins`)", key="source.type", file=file)
+    own = {k: v for k, v in table.items() if k != "type"}
+    settings = validate_settings(own, cls.settings, key="source", file=file)
+    try:
+        cls.check_config(settings)
+    except ValueError as exc:
+        raise ConfigError(str(exc), key="source", file=file) from None
+    return SourceConfig(type_name, cls, settings)
 
 
 def _check_mapping_name(name: str, mappings: dict, key: str, file) -> None:

@@ -1,8 +1,10 @@
 """The plugin manager: built-in plugins, entry points and ``--plugins-dir``.
 
-Built-in plugins are ordinary plugin modules (``DEFAULT_PLUGINS``) registered exactly
-like third-party ones. A plugin that fails to import gives one warning naming it; a
-hook implementation whose name or arguments match no hook is an error.
+Built-in plugins are ordinary plugin modules, listed as entry points of the
+``nwpipe.builtin`` group in nwpipe's own package metadata and registered exactly like
+third-party ones (the core imports none of them by name). A plugin that fails to import
+gives one warning naming it; a hook implementation whose name or arguments match no hook
+is an error.
 """
 
 from __future__ import annotations
@@ -23,15 +25,12 @@ from nwpipe import hookspecs
 from nwpipe.errors import NwpipeError
 from nwpipe.outputs import Output
 from nwpipe.settings import did_you_mean
+from nwpipe.sources.base import Source
 
 log = logging.getLogger("nwpipe")
 
-DEFAULT_PLUGINS = (
-    "nwpipe_plugins.stdout",
-    "nwpipe_plugins.file",
-    "nwpipe_plugins.webhook",
-    "nwpipe_plugins.syslog",
-)
+#: entry-point group of the plugins that ship with nwpipe (always loaded)
+BUILTIN_GROUP = "nwpipe.builtin"
 
 #: comma-separated names of the installed (entry-point) plugins to load; "" loads none
 ENV_LOAD_PLUGINS = "NWPIPE_LOAD_PLUGINS"
@@ -51,6 +50,7 @@ class PluginInfo:
     origin: str
     hooks: list[str] = field(default_factory=list)
     output_types: list[str] = field(default_factory=list)
+    source_types: list[str] = field(default_factory=list)
     jinja_filters: list[str] = field(default_factory=list)
 
 
@@ -64,8 +64,13 @@ class Plugins:
         if os.environ.get(ENV_TRACE_PLUGINS) and os.environ[ENV_TRACE_PLUGINS] != "0":
             self.pm.trace.root.setwriter(lambda text: sys.stderr.write(f"nwpipe trace: {text}"))
             self.pm.enable_tracing()
-        for module_name in DEFAULT_PLUGINS:
-            self._register_module(module_name, "built-in")
+        builtin = importlib.metadata.entry_points(group=BUILTIN_GROUP)
+        if not builtin:
+            raise PluginError("nwpipe's built-in plugins are not registered (its package "
+                              "metadata is out of date): reinstall nwpipe, e.g. "
+                              "pip install -e .")
+        for ep in builtin:
+            self._register_module(ep.value, "built-in")
         if load_entry_points:
             self._load_entry_points()
         for folder in plugins_dirs:
@@ -73,6 +78,8 @@ class Plugins:
         self._check()
         self.output_types: dict[str, type[Output]] = {}
         self.output_plugins: dict[str, str] = {}
+        self.source_types: dict[str, type[Source]] = {}
+        self.source_plugins: dict[str, str] = {}
         self.jinja_filters: dict[str, Callable] = {}
         self.filter_plugins: dict[str, str] = {}
         self._collect()
@@ -105,7 +112,8 @@ class Plugins:
             if allowed is not None and ep.name not in allowed:
                 continue
             dist = ep.dist.name if ep.dist is not None else "unknown distribution"
-            origin = f"entry point {ep.value} ({dist} {ep.dist.version if ep.dist else ''})".replace(" )", ")")
+            version = f" {ep.dist.version}" if ep.dist is not None else ""
+            origin = f"entry point {ep.value} ({dist}{version})"
             if self.pm.has_plugin(ep.name):
                 continue
             try:
@@ -120,9 +128,11 @@ class Plugins:
         if not folder.is_dir():
             raise PluginError(f"--plugins-dir {folder}: no such folder")
         for path in sorted(folder.glob("*.py")):
-            name = f"nwpipe_plugins_dir.{path.stem}"
+            name = f"nwpipe_dir_plugin.{path.stem}"
             try:
                 spec = importlib.util.spec_from_file_location(name, path)
+                if spec is None or spec.loader is None:
+                    raise ImportError("not a Python module")
                 module = importlib.util.module_from_spec(spec)
                 sys.modules[name] = module
                 spec.loader.exec_module(module)
@@ -164,30 +174,37 @@ class Plugins:
             caller(register=make_register(impl.plugin_name))
 
     def _collect(self) -> None:
-        def output_register(plugin_name: str):
-            def register(type_name: str, cls: type) -> None:
-                if not isinstance(type_name, str) or not type_name:
-                    raise PluginError(f"plugin {plugin_name}: output type name must be a "
-                                      f"non-empty string")
-                if not (isinstance(cls, type) and issubclass(cls, Output)):
-                    raise PluginError(f"plugin {plugin_name}: output type '{type_name}' must be "
-                                      f"a subclass of nwpipe.Output")
-                if type_name in self.output_types:
-                    raise PluginError(f"output type '{type_name}' is registered twice: by "
-                                      f"{self.output_plugins[type_name]} and by {plugin_name}")
-                self.output_types[type_name] = cls
-                self.output_plugins[type_name] = plugin_name
-            return register
+        def type_register(kind: str, base: type, types: dict, owners: dict[str, str]):
+            """A ``register(type_name, cls)`` for output or source types."""
+            def for_plugin(plugin_name: str):
+                def register(type_name: str, cls: type) -> None:
+                    if not isinstance(type_name, str) or not type_name:
+                        raise PluginError(f"plugin {plugin_name}: {kind} type name must be a "
+                                          f"non-empty string")
+                    if not (isinstance(cls, type) and issubclass(cls, base)):
+                        raise PluginError(f"plugin {plugin_name}: {kind} type '{type_name}' "
+                                          f"must be a subclass of nwpipe.{base.__name__}")
+                    if type_name in types:
+                        raise PluginError(f"{kind} type '{type_name}' is registered twice: by "
+                                          f"{owners[type_name]} and by {plugin_name}")
+                    types[type_name] = cls
+                    owners[type_name] = plugin_name
+                return register
+            return for_plugin
 
         def filter_register(plugin_name: str):
             def register(name: str, func: Callable) -> None:
                 if not callable(func):
-                    raise PluginError(f"plugin {plugin_name}: Jinja filter '{name}' is not callable")
+                    raise PluginError(f"plugin {plugin_name}: Jinja filter '{name}' is not "
+                                      "callable")
                 self.jinja_filters[name] = func
                 self.filter_plugins[name] = plugin_name
             return register
 
-        self._call_each("register_outputs", output_register)
+        self._call_each("register_outputs", type_register("output", Output, self.output_types,
+                                                          self.output_plugins))
+        self._call_each("register_sources", type_register("source", Source, self.source_types,
+                                                          self.source_plugins))
         self._call_each("register_jinja_filters", filter_register)
 
     def info(self) -> list[PluginInfo]:
@@ -196,7 +213,9 @@ class Plugins:
         for name, plugin in self.pm.list_name_plugin():
             hooks = sorted(c.name for c in self.pm.get_hookcallers(plugin) or [])
             types = sorted(t for t, p in self.output_plugins.items() if p == name)
+            sources = sorted(t for t, p in self.source_plugins.items() if p == name)
             filters = sorted(f for f, p in self.filter_plugins.items() if p == name)
             result.append(PluginInfo(name=name, origin=self.origins.get(name, "?"), hooks=hooks,
-                                     output_types=types, jinja_filters=filters))
+                                     output_types=types, source_types=sources,
+                                     jinja_filters=filters))
         return result

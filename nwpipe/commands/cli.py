@@ -133,10 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     init.set_defaults(func=cmd_init)
 
     plugins = sub.add_parser(
-        "plugins", help="list loaded plugins and the output types they register",
+        "plugins", help="list loaded plugins and the output and source types they register",
         description="List every loaded plugin (built-in, installed through the 'nwpipe' "
                     "entry-point group, or from --plugins-dir), where it came from, the hooks "
-                    "it implements and the output types it registers.")
+                    "it implements and the output and source types it registers.")
     plugins.add_argument("--json", action="store_true", help="print JSON instead of text")
     _common(plugins, suppress=True)
     plugins.set_defaults(func=cmd_plugins)
@@ -182,7 +182,6 @@ def _add_render_and_test(sub) -> None:
 def cmd_render(args) -> int:
     """Print what each output would receive."""
     from nwpipe.commands.render import render_command
-
     from nwpipe.sources.decode import check_inputs
 
     _, config, router = load(args)
@@ -233,20 +232,24 @@ def load(args):
 
     plugins = Plugins(args.plugins_dir)
     path = find_config_file(getattr(args, "config", None))
-    config = load_config(path, plugins.output_types)
+    config = load_config(path, plugins.output_types, source_types=plugins.source_types)
     router = Router(config, plugins.jinja_filters)
     return plugins, config, router
 
 
 def cmd_run(args) -> int:
     """Read events and deliver them."""
-    from nwpipe.engine.pipeline import run
     from nwpipe.commands.progress import wanted
+    from nwpipe.engine.pipeline import run
     from nwpipe.sources.decode import check_inputs
 
     _, config, router = load(args)
+    source = config.source
+    if source.cls is not None and not source.cls.takes_inputs and args.files:
+        raise NwpipeError(f"source type '{source.type}' reads no files: remove the file "
+                          f"arguments, or remove the [source] table to read files")
     check_inputs(args.files)
-    result = run(config, router, args.files or ["-"], dead_letter_path=args.dead_letter,
+    result = run(config, router, args.files, dead_letter_path=args.dead_letter,
                  shutdown_timeout=args.shutdown_timeout,
                  progress=wanted(args.quiet, args.log_format))
     log.info("%s", result.summary())
@@ -281,7 +284,8 @@ def cmd_check(args) -> int:
         oc = route.output
         parts = [f"type {oc.type}", outputs[oc.name].describe()]
         if oc.mapping:
-            parts.append(f"mapping {oc.mapping if isinstance(oc.mapping, str) else dict(oc.mapping)}")
+            shown = oc.mapping if isinstance(oc.mapping, str) else dict(oc.mapping)
+            parts.append(f"mapping {shown}")
         if oc.customers:
             parts.append(f"customers {sorted(oc.customers)}")
         if oc.when:
@@ -326,6 +330,8 @@ def cmd_plugins(args) -> int:
         print(f"{info.name}  ({info.origin})")
         if info.output_types:
             print(f"    output types: {', '.join(info.output_types)}")
+        if info.source_types:
+            print(f"    source types: {', '.join(info.source_types)}")
         if info.jinja_filters:
             print(f"    Jinja filters: {', '.join(info.jinja_filters)}")
         print(f"    hooks: {', '.join(info.hooks) or 'none'}")

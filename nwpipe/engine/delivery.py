@@ -122,7 +122,12 @@ class DeliveryEngine:
     """Drive one output: accept deliveries, send them in order per alert, retry, dead-letter."""
 
     def __init__(self, output: Output, settings: EngineSettings, dead_letter: DeadLetterFile,
-                 *, on_closed: Callable[[str], None] | None = None):
+                 *, on_closed: Callable[[str], None] | None = None,
+                 on_settled: Callable[[list[Delivery], bool], None] | None = None):
+        """``on_settled(batch, dead_lettered)`` is called once per delivery, when it is
+        delivered (False) or handed to the dead-letter file (True; the caller waits for
+        the record to be on disk). A delivery the output closed on (``not_sent``) is
+        never settled."""
         self.output = output
         self.name = output.name
         self.settings = settings
@@ -130,6 +135,7 @@ class DeliveryEngine:
         self.stats = OutputStats()
         self.closed = False
         self._on_closed = on_closed
+        self._on_settled = on_settled
         self._state = _State()
         # Hand-made wake-ups instead of asyncio.Queue/Condition: this is the per-event
         # path, and a bare future costs a fraction of a Condition round trip.
@@ -267,7 +273,7 @@ class DeliveryEngine:
             else:
                 key = await self._next_key()
                 self._inflight[number] = batch
-                keys = (key,)
+                keys = [key]
                 waiting = state.pending[key]
                 if waiting:  # a shutdown may have emptied it since the key was handed over
                     batch.append(waiting.popleft())
@@ -357,6 +363,8 @@ class DeliveryEngine:
             if isinstance(result, Delivered):
                 self._state.failing = False
                 self.stats.delivered += len(batch)
+                if self._on_settled is not None:
+                    self._on_settled(batch, False)
                 return
             if not self._state.failing:
                 self._state.failing = True
@@ -406,6 +414,8 @@ class DeliveryEngine:
         self.dead_letter.write(delivery_record(d, stage="deliver", reason=reason, status=status,
                                                response=response) for d in batch)
         self.stats.dead_lettered += len(batch)
+        if self._on_settled is not None:
+            self._on_settled(batch, True)
         if quiet:
             # refused one by one during a shutdown: counted, and reported once by drain()
             self._refused_quietly += len(batch)

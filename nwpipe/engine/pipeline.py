@@ -1,8 +1,14 @@
-"""Wire sources, routing, mapping and delivery together for ``nwpipe run``.
+"""Wire a source, routing, mapping and delivery together for ``nwpipe run``.
 
-Parsing, routing and mapping are synchronous functions of one event; only delivery is
-asynchronous. Every event read either reaches each of its outputs or is written to the
-dead-letter file with the reason, also when the run is interrupted.
+Parsing, routing and mapping are synchronous functions of one event
+(:func:`nwpipe.transform.route_map.route_and_map`); only delivery is asynchronous.
+Every event read either reaches each of its outputs or is written to the dead-letter
+file with the reason, also when the run is interrupted.
+
+Acknowledgements: each delivery engine reports every delivery as settled (delivered, or
+dead-lettered); the pipeline counts them per event and calls the source's ``ack`` once
+per item it read, when all of that event's deliveries are settled and any dead-letter
+record of it is on disk. A source that does not override ``ack`` costs nothing here.
 
 Shutdown (SIGINT, SIGTERM): reading stops at once, even when it waits on a slow pipe;
 what was already decoded is still routed, and what has not been handed to an output
@@ -25,16 +31,17 @@ from typing import Awaitable, Callable, Iterable
 from nwpipe.config import Config
 from nwpipe.engine.deadletter import DeadLetterFile, event_record, raw_record
 from nwpipe.engine.delivery import DeliveryEngine, OutputStats
-from nwpipe.errors import EventError, NwpipeError
+from nwpipe.errors import NwpipeError
 from nwpipe.outputs import Delivery
 from nwpipe.outputs import delivery_id as make_delivery_id
-from nwpipe.transform.routing import Route, Router
-from nwpipe.sources.decode import Decoder, Event, Reject, aiter_chunks, source_name
+from nwpipe.sources.base import Source
+from nwpipe.sources.decode import Event, Reject
+from nwpipe.transform.route_map import MapFailed, map_for, route_and_map
+from nwpipe.transform.routing import Router
 
 log = logging.getLogger("nwpipe")
 
 EXIT_OK = 0
-EXIT_USAGE = 1
 EXIT_DEAD_LETTERED = 3
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
@@ -44,6 +51,9 @@ MAX_REPORTED_REJECTS = 50
 
 #: below this run time a per-output rate says nothing and is left out of the summary
 RATE_MIN_SECONDS = 1.0
+
+#: seconds between looks at the dead-letter file while acknowledgements wait for it
+ACK_RETRY = 0.05
 
 
 def exit_code_for(signum: int | None, failures: int) -> int:
@@ -127,15 +137,19 @@ class Pipeline:
         self.result = RunResult(dead_letter_path=str(dead_letter.path))
         self._stop = asyncio.Event()
         self._abort = asyncio.Event()
+        #: the source being read (run); None when events are fed directly (replay)
+        self.source: Source | None = None
+        self._acks = _Acks(dead_letter)
         self.engines: dict[str, DeliveryEngine] = {}
         for name, output in outputs.items():
             self.engines[name] = DeliveryEngine(output, config.outputs[name].engine, dead_letter,
-                                                on_closed=self._output_closed)
+                                                on_closed=self._output_closed,
+                                                on_settled=self._acks.settled)
             self.result.outputs[name] = self.engines[name].stats
-        self._routes = {route.name: route for route in router.routes}
+        self._by_name = {route.name: route for route in router.routes}
+        #: the routes of the outputs this pipeline drives, in config order
+        self._routes = [route for route in router.routes if route.name in self.engines]
         self._reported = 0
-        self._fetch: asyncio.Future | None = None  # the read of the next input chunk
-        self._fetch_cancelled = False
         self._refusing: asyncio.Task | None = None
         self._deadline: asyncio.TimerHandle | None = None
 
@@ -162,13 +176,14 @@ class Pipeline:
             # run is doing (reading, or already waiting for the last deliveries).
             self._deadline = asyncio.get_running_loop().call_later(self.shutdown_timeout,
                                                                     self._abort.set)
+        if self.source is not None:
+            # with a signal, a partial event in the input is reported, not dropped
+            signum = self.result.signal
+            self.source.stop(None if signum is None else
+                             f"input cut short by {signal.Signals(signum).name}")
         if self._stop.is_set():
             return
         self._stop.set()
-        # A read waiting on a slow pipe would wait for the next line: end it now.
-        if self._fetch is not None and not self._fetch.done():
-            self._fetch_cancelled = True
-            self._fetch.cancel()
 
     async def _refuse_all(self, why: str) -> None:
         for engine in self.engines.values():
@@ -180,19 +195,34 @@ class Pipeline:
 
     # -- the run ---------------------------------------------------------------
 
-    async def run(self, paths: list[str]) -> RunResult:
-        """Read ``paths`` in order (``"-"`` is stdin) and deliver what they hold."""
+    async def run(self, source: Source) -> RunResult:
+        """Read ``source`` to its end (or a stop) and deliver what it produces; the
+        source is opened first and closed after its last acknowledgement."""
+        self.source = source
+        if type(source).ack is not Source.ack:
+            self._acks.source = source  # only a source that confirms pays for the counting
+        try:
+            await source.open()
+        except NwpipeError:
+            raise
+        except Exception as exc:  # a plugin's bug is one clear line, not a traceback
+            raise NwpipeError(f"source: cannot start: {type(exc).__name__}: {exc}") from None
+
         async def read_all() -> None:
-            for path in paths:
-                if self._stop.is_set():
-                    break
-                try:
-                    await self._read(path)
-                except NwpipeError as exc:
-                    # What was read from it goes on to the outputs; so do the next inputs.
-                    self.result.unreadable += 1
-                    log.error("error: %s", exc)
-        return await self.execute(read_all)
+            try:
+                async for batch in source.read():
+                    await self._handle(batch)
+                    # Let the outputs work on this batch's deliveries now: a regular file
+                    # is read without ever waiting, and running far ahead of the outputs
+                    # only fills their queues with events that are cold in the CPU cache
+                    # by the time they are sent (slower, and memory grows with queue_size).
+                    await asyncio.sleep(0)
+            finally:
+                self.result.unreadable = source.unreadable
+        try:
+            return await self.execute(read_all)
+        finally:
+            await source.close()
 
     async def execute(self, feed: Callable[[], Awaitable[None]]) -> RunResult:
         """Start the outputs, run ``feed`` (which hands events to the pipeline), then
@@ -239,6 +269,7 @@ class Pipeline:
             # Written while the signal handlers are still ours: a late Ctrl-C cannot
             # interrupt the last records on their way to disk.
             self.dead_letter.flush()
+            self._acks.release()
             for signum in installed:
                 loop.remove_signal_handler(signum)
             self.result.seconds = time.perf_counter() - started
@@ -246,45 +277,9 @@ class Pipeline:
             self._report_hidden()
         return self.result
 
-    async def _read(self, path: str) -> None:
-        decoder = Decoder(source_name(path), max_line_bytes=self.config.max_line_bytes)
-        chunks = aiter_chunks(path)
-        try:
-            while not self._stop.is_set():
-                # The read runs as its own task so that stop() can cancel it alone,
-                # never the routing of events already read.
-                self._fetch = asyncio.ensure_future(chunks.__anext__())
-                try:
-                    chunk = await self._fetch
-                except StopAsyncIteration:
-                    break
-                except asyncio.CancelledError:
-                    if not self._fetch_cancelled:
-                        raise
-                    break
-                finally:
-                    self._fetch = None
-                await self._handle(decoder.feed(chunk))
-                # Let the outputs work on this chunk's deliveries now: a regular file is
-                # read without ever waiting, and running far ahead of the outputs only
-                # fills their queues with events that are cold in the CPU cache by the
-                # time they are sent (slower, and memory grows with queue_size).
-                await asyncio.sleep(0)
-        finally:
-            await chunks.aclose()
-            # Stopped without a signal: the reader of an output went away (`run | head`),
-            # and the rest of the input, a partial line included, is simply not read.
-            if not self._stop.is_set() or self.result.signal is not None:
-                # also after a read error (a truncated .gz): a partial event is reported
-                rest = decoder.finish()
-                if self._stop.is_set():
-                    cut = f"input cut short by {signal.Signals(self.result.signal).name}"
-                    rest = [Reject(r.raw, r.source, r.line, f"{cut}: {r.reason}")
-                            if isinstance(r, Reject) else r for r in rest]
-                await self._handle(rest)
-
     async def _handle(self, records: Iterable[Event | Reject]) -> None:
         result = self.result
+        acks = self._acks
         for record in records:
             result.read += 1
             if isinstance(record, Reject):
@@ -292,72 +287,63 @@ class Pipeline:
                 self._reject(record.source, record.line, record.reason,
                              raw_record(record.raw, source=record.source, line=record.line,
                                         reason=record.reason))
+                if acks.source is not None:
+                    acks.after_dead_letter(record)
                 continue
-            event = record.data
-            problem = missing_fields(event)
-            if problem:
-                result.rejected += 1
-                self._reject(record.source, record.line, problem,
-                             event_record(event, stage="parse", output=None, source=record.source,
-                                          line=record.line, reason=problem))
-                continue
-            await self.route(event, record.source, record.line)
+            await self.route(record.data, record.source, record.line,
+                             item=record if acks.source is not None else None)
 
     async def route(self, event: dict, source: str, line: int, *, attempts: list | None = None,
-                    delivery_id: str | None = None) -> None:
-        """Send a valid event to every output whose filters match it.
+                    delivery_id: str | None = None, item: Event | None = None) -> None:
+        """Send an event to every output whose filters match it.
 
-        ``delivery_id`` and ``attempts`` carry over from a dead-letter record (replay).
+        ``delivery_id`` and ``attempts`` carry over from a dead-letter record (replay);
+        ``item`` is the source's record, acknowledged once the event is settled.
         """
-        did = delivery_id or make_delivery_id(event)
-        try:
-            routes = list(self.router.route(event))
-        except EventError as exc:
-            self.result.map_failed += 1
-            reason = f"'when' failed: {exc}"
-            self._reject(source, line, reason,
-                         event_record(event, stage="map", output=None, source=source, line=line,
-                                      reason=reason, delivery_id=did, attempts=attempts))
-            return
-        for route in routes:
-            if route.name in self.engines:
-                await self._map_and_submit(route, event, source, line, did, attempts, True)
+        outcomes = route_and_map(event, self._routes, source, line, delivery_id=delivery_id,
+                                 attempts=attempts)
+        ticket = None if item is None else _Ticket(item)
+        for outcome in outcomes:
+            if type(outcome) is Delivery:
+                if ticket is not None:
+                    ticket.left += 1
+                    outcome.ticket = ticket
+                await self.engines[outcome.output].submit(outcome)
+            elif isinstance(outcome, MapFailed):
+                self._map_failed(outcome, event, source, line, delivery_id, attempts)
+                if ticket is not None:
+                    ticket.dead = True
+            # NotRouted: no output takes it, and nothing is recorded
+        if ticket is not None:
+            self._acks.settle(ticket, False)  # the hold taken while submitting
 
     async def send_to(self, output: str, event: dict, source: str, line: int, *,
                       delivery_id: str | None = None, attempts: list | None = None) -> None:
         """Map an event for one output and send it there, without its filters (replay)."""
-        await self._map_and_submit(self._routes[output], event, source, line,
-                                   delivery_id or make_delivery_id(event), attempts, False)
-
-    async def _map_and_submit(self, route: Route, event: dict, source: str, line: int, did: str,
-                              attempts: list | None, routed: bool) -> None:
-        customer = event.get("customer")
-        mapper = route.mapper(customer)
-        if mapper is None:
-            if routed:
-                return  # the output maps some customers only, and not this one
-            reason = f"output '{route.name}' has no mapping for customer {customer!r}"
+        outcome = map_for(self._by_name[output], event, source, line, delivery_id=delivery_id,
+                          attempts=attempts)
+        if isinstance(outcome, MapFailed):
+            self._map_failed(outcome, event, source, line, delivery_id, attempts)
         else:
-            try:
-                body = mapper(event)
-                delivery = Delivery(did, body, event, route.name, source, line)
-                # Serialised here, once (the output reuses it): a body JSON cannot hold
-                # (an integer beyond 64 bits, say) fails this event, not a worker.
-                delivery.body_json()
-            except EventError as exc:
-                reason = f"mapping '{route.mapping_name(customer)}' failed: {exc}"
-            except TypeError as exc:  # orjson.JSONEncodeError
-                reason = (f"mapping '{route.mapping_name(customer)}' made a body that is "
-                          f"not valid JSON: {exc}")
-            else:
-                if attempts:
-                    delivery.attempts = list(attempts)  # a replay keeps the history
-                await self.engines[route.name].submit(delivery)
-                return
+            await self.engines[output].submit(outcome)
+
+    def _map_failed(self, failed: MapFailed, event: dict, source: str, line: int,
+                    delivery_id: str | None, attempts: list | None) -> None:
+        """Dead-letter an event (or its delivery to one output) that cannot be mapped."""
+        if failed.stage == "parse":
+            self.result.rejected += 1
+            self._reject(source, line, failed.reason,
+                         event_record(event, stage="parse", output=None, source=source,
+                                      line=line, reason=failed.reason))
+            return
         self.result.map_failed += 1
-        self._reject(source, line, f"{route.name}: {reason}",
-                     event_record(event, stage="map", output=route.name, source=source,
-                                  line=line, reason=reason, delivery_id=did, attempts=attempts))
+        output = None if failed.whole_event else failed.output
+        shown = failed.reason if output is None else f"{output}: {failed.reason}"
+        self._reject(source, line, shown,
+                     event_record(event, stage="map", output=output, source=source, line=line,
+                                  reason=failed.reason,
+                                  delivery_id=delivery_id or make_delivery_id(event),
+                                  attempts=attempts))
 
     def _reject(self, source: str, line: int, reason: str, dead_record: dict) -> None:
         self.dead_letter.write((dead_record,))
@@ -372,15 +358,72 @@ class Pipeline:
                         "" if hidden == 1 else "s", self.dead_letter.path)
 
 
-def missing_fields(event: dict) -> str | None:
-    """Why an event cannot be routed (no usable ``id`` or ``customer``), or None."""
-    for name in ("id", "customer"):
-        value = event.get(name)
-        if value is None:
-            return f"event has no '{name}' field"
-        if not isinstance(value, str) or not value:
-            return f"event field '{name}' must be a non-empty string"
-    return None
+class _Ticket:
+    """One event read from the source: its deliveries not yet settled."""
+
+    __slots__ = ("item", "left", "dead")
+
+    def __init__(self, item: Event):
+        self.item = item
+        self.left = 1  # a hold while the event is being routed, so it cannot settle early
+        self.dead = False
+
+
+class _Acks:
+    """Counts settled deliveries per event and acknowledges each event to the source
+    once: at once when all were delivered, after the dead-letter file is on disk when
+    any was dead-lettered (or the event itself was rejected)."""
+
+    def __init__(self, dead_letter: DeadLetterFile):
+        self.dead_letter = dead_letter
+        #: the source to acknowledge to; None when nobody listens (no tickets are made)
+        self.source: Source | None = None
+        self._waiting: list[Event | Reject] = []
+        self._timer: asyncio.TimerHandle | asyncio.Handle | None = None
+
+    def settled(self, batch: list[Delivery], dead: bool) -> None:
+        """The delivery engines' report: every delivery of ``batch`` is done."""
+        for delivery in batch:
+            ticket = delivery.ticket
+            if ticket is not None:
+                self.settle(ticket, dead)
+
+    def settle(self, ticket: _Ticket, dead: bool) -> None:
+        if dead:
+            ticket.dead = True
+        ticket.left -= 1
+        if ticket.left:
+            return
+        if ticket.dead:
+            self.after_dead_letter(ticket.item)
+        elif self.source is not None:
+            self.source.ack(ticket.item)
+
+    def after_dead_letter(self, item: Event | Reject) -> None:
+        """Acknowledge ``item`` once the dead-letter records written so far are on disk."""
+        self._waiting.append(item)
+        if self._timer is None:
+            # after the dead-letter file's own flush, which was scheduled first
+            self._timer = asyncio.get_running_loop().call_soon(self._try_release)
+
+    def _try_release(self) -> None:
+        self._timer = None
+        if self.dead_letter.written:
+            self.release()
+        else:  # a replay holds the file, or the disk is full: acknowledge nothing yet
+            self._timer = asyncio.get_running_loop().call_later(ACK_RETRY, self._try_release)
+
+    def release(self) -> None:
+        """Acknowledge what waited for the dead-letter file (which is on disk now)."""
+        if not self.dead_letter.written:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        waiting, self._waiting = self._waiting, []
+        if self.source is not None:
+            for item in waiting:
+                self.source.ack(item)
 
 
 def build_outputs(config: Config, names: Iterable[str] | None = None) -> dict:
@@ -391,17 +434,20 @@ def build_outputs(config: Config, names: Iterable[str] | None = None) -> dict:
 
 def run(config: Config, router: Router, paths: list[str], *, dead_letter_path: str | None = None,
         shutdown_timeout: float | None = None, progress: bool = False) -> RunResult:
-    """Run the pipeline to the end of the inputs (or a signal); returns what happened.
+    """Run the pipeline to the end of the source (or a signal); returns what happened.
 
-    ``progress``: show a live status line on stderr (see :mod:`nwpipe.commands.progress`).
+    The source is the config's ``[source]`` (default: the files source reading ``paths``
+    in order, ``"-"`` or nothing for stdin). ``progress``: show a live status line on
+    stderr (see :mod:`nwpipe.commands.progress`).
     """
     dead_letter = DeadLetterFile(dead_letter_path or config.dead_letter)
     dead_letter.check()  # a dead-letter file that cannot be written is found before reading
+    source = config.source.create(list(paths), config.max_line_bytes)
     tune_gc()
     try:
         pipeline = Pipeline(config, router, build_outputs(config), dead_letter=dead_letter,
                             shutdown_timeout=shutdown_timeout, progress=make_progress(progress))
-        return event_loop_run(pipeline.run(paths))
+        return event_loop_run(pipeline.run(source))
     finally:
         dead_letter.close()
 

@@ -114,5 +114,7 @@ class DirectTransport:
         pool = self._pool
         if pool is None:
             raise RuntimeError("WebhookOutput.send() called before open()")
-        head = prepared + encode_headers(extra) + b"Content-Length: %d\r\n\r\n" % len(body)
+        # the per-request part of the head in one encode (this runs for every event)
+        lines = "".join([f"{name}: {value}\r\n" for name, value in extra])
+        head = prepared + f"{lines}Content-Length: {len(body)}\r\n\r\n".encode()
         return await pool.request(head, body, self._timeout)

@@ -69,6 +69,26 @@ def backoff_delay(attempt: int, initial: float, cap: float, rng=random.random) -
     return rng() * min(cap, initial * (2 ** (attempt - 1)))
 
 
+def retry_after_delay(after: float, initial: float) -> float:
+    """The wait a ``Retry-After`` asks for, but never less than ``initial`` (the
+    backoff's first step): ``Retry-After: 0`` or a date in the past (a receiver whose
+    clock lags) would otherwise spend every attempt within milliseconds."""
+    return max(after, initial)
+
+
+def gave_up(attempt: int, elapsed: float, reason: str, after: float | None = None,
+            max_elapsed: float | None = None) -> str:
+    """The dead-letter reason when retries end; says so when the receiver asked to
+    wait longer than ``retry.max_elapsed`` leaves."""
+    plural = "s" if attempt > 1 else ""
+    why = f"gave up after {attempt} attempt{plural} in {elapsed:.1f} s: {reason}"
+    if after is not None and max_elapsed is not None:
+        left = max(0.0, max_elapsed - elapsed)
+        why += (f" (Retry-After asked for {after:g} s, more than the {left:.1f} s left of "
+                f"retry.max_elapsed = {max_elapsed:g} s)")
+    return why
+
+
 class RateLimiter:
     """Spaces sends evenly: at most ``rate`` per second across all workers."""
 
@@ -364,13 +384,14 @@ class DeliveryEngine:
                 return
             elapsed = loop.time() - started
             if result.after is not None:
-                delay = max(0.0, result.after)
+                delay = retry_after_delay(result.after, retry.initial_backoff)
             else:
                 delay = backoff_delay(attempt, retry.initial_backoff, retry.max_backoff)
             self._record(batch, attempt, "retry", result.reason, result.status, result.after)
             if attempt >= retry.max_attempts or elapsed + delay > retry.max_elapsed:
-                why = (f"gave up after {attempt} attempt{'s' if attempt > 1 else ''} "
-                       f"in {elapsed:.1f} s: {result.reason}")
+                too_long = (attempt < retry.max_attempts and result.after is not None)
+                why = gave_up(attempt, elapsed, result.reason,
+                              *((result.after, retry.max_elapsed) if too_long else ()))
                 self._dead_letter(batch, why, result.status, result.response)
                 return
             self.stats.retried += len(batch)

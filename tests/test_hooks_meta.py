@@ -1,6 +1,6 @@
-"""The plugin authoring kit keeps its promises: every hook has a test here and is in the
-README with its arguments; the output contract in the README names every member; the
-README's guide plugin works; the example plugin installs and passes its own tests."""
+"""The plugin authoring kit keeps its promises: every hook has a test here and is in
+docs/plugins.md with its arguments; the output contract there names every member; the
+guide's plugins work as written; the example plugin installs and passes its own tests."""
 
 from __future__ import annotations
 
@@ -29,8 +29,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
-README = (ROOT / "README.md").read_text()
-PLUGINS = README.split("<!-- section:plugins -->")[1].split("<!-- /section:plugins -->")[0]
+PLUGINS = (ROOT / "docs" / "plugins.md").read_text()
 
 HOOKS = {name: function for name, function in inspect.getmembers(hookspecs, inspect.isfunction)
          if hasattr(function, "nwpipe_spec")}
@@ -81,9 +80,9 @@ def test_every_hook_has_a_test(name):
 
 def hook_subsection(name: str) -> str:
     signature = f"{name}({', '.join(inspect.signature(HOOKS[name]).parameters)})"
-    heading = f"#### `{signature}`"
-    assert heading in PLUGINS, f"the README's hook reference lacks {heading}"
-    return PLUGINS.split(heading)[1].split("\n#### ")[0].split("\n### ")[0]
+    heading = f"### `{signature}`"
+    assert heading in PLUGINS, f"docs/plugins.md's hook reference lacks {heading}"
+    return PLUGINS.split(heading)[1].split("\n### ")[0].split("\n## ")[0]
 
 
 @pytest.mark.parametrize("name", sorted(HOOKS))
@@ -366,22 +365,22 @@ def test_hook_register_sources(tmp_path):
     assert "source type 'numbers' reads no files" in extra.stderr
 
 
-# -- the README's guide and the example plugin work as written ----------------------------------
+# -- the plugins page's guide and the example plugin work as written ----------------------------------
 
-def readme_file(name: str, language: str) -> str:
+def guide_file(name: str, language: str) -> str:
     for block in re.findall(rf"```{language}\n(.*?)```", PLUGINS, re.S):
         if block.startswith(f"# {name}\n"):
             return block
     raise AssertionError(f"no ```{language} block starting with '# {name}' in the guide")
 
 
-def test_readme_guide_plugin_works_as_written(tmp_path):
+def test_guide_output_plugin_works_as_written(tmp_path):
     folder = tmp_path / "nwpipe-sqlite"
     folder.mkdir()
-    module = readme_file("nwpipe_sqlite.py", "python")
+    module = guide_file("nwpipe_sqlite.py", "python")
     (folder / "nwpipe_sqlite.py").write_text(module)
-    (folder / "nwpipe.toml").write_text(readme_file("nwpipe.toml", "toml"))
-    pyproject = tomllib.loads(readme_file("pyproject.toml", "toml"))
+    (folder / "nwpipe.toml").write_text(guide_file("nwpipe.toml", "toml"))
+    pyproject = tomllib.loads(guide_file("pyproject.toml", "toml"))
     assert pyproject["project"]["entry-points"]["nwpipe"] == {"sqlite": "nwpipe_sqlite"}
     assert pyproject["tool"]["setuptools"]["py-modules"] == ["nwpipe_sqlite"]
     events = jsonl([event(1), event(2), event(1, alerttype="end")])
@@ -404,12 +403,12 @@ def test_readme_guide_plugin_works_as_written(tmp_path):
     assert "Traceback" not in check.stderr
 
 
-def test_readme_source_plugin_works_as_written(tmp_path):
+def test_guide_source_plugin_works_as_written(tmp_path):
     folder = tmp_path / "nwpipe-spool"
     spool = folder / "spool"
     spool.mkdir(parents=True)
-    (folder / "nwpipe_spool.py").write_text(readme_file("nwpipe_spool.py", "python"))
-    (folder / "spool.toml").write_text(readme_file("spool.toml", "toml"))
+    (folder / "nwpipe_spool.py").write_text(guide_file("nwpipe_spool.py", "python"))
+    (folder / "spool.toml").write_text(guide_file("spool.toml", "toml"))
     (spool / "a.jsonl").write_text(jsonl([event(1), event(2)]))
     (spool / "b.jsonl").write_text(jsonl([event(3)]) + "{oops\n" + jsonl([event(4)]))
     run = nwpipe_cli("--plugins-dir", ".", "run", "-c", "spool.toml", cwd=folder)
@@ -422,7 +421,7 @@ def test_readme_source_plugin_works_as_written(tmp_path):
             (folder / "nwpipe-dead-letter.jsonl").read_text().splitlines()]
     assert [(d["source"], d["line"], d["raw"]) for d in dead] == [("b.jsonl", 2, "{oops")]
     assert list(spool.iterdir()) == []  # every file acknowledged in full, then deleted
-    (folder / "spool.toml").write_text(readme_file("spool.toml", "toml").replace("folder",
+    (folder / "spool.toml").write_text(guide_file("spool.toml", "toml").replace("folder",
                                                                                  "foldr"))
     check = nwpipe_cli("--plugins-dir", ".", "check", "-c", "spool.toml", cwd=folder)
     assert "spool.toml: source.foldr: unknown setting 'foldr' (did you mean 'folder'?)" \

@@ -1,6 +1,7 @@
 """The ready-made templates in templates/: each renders the vendor's sample, generated
 events and hostile events into a body that the target API accepts (its documented
-required fields and types), and the README's copy-paste configs work as written."""
+required fields and types), and the recipes' copy-paste configs (docs/recipes.md) work as
+written."""
 
 from __future__ import annotations
 
@@ -591,18 +592,19 @@ def test_valid_ips_and_valid_time_filters():
     assert valid_time(["", False, float("nan")]) is None
 
 
-# -- the README's copy-paste configs -----------------------------------------------------------
+# -- the recipes' copy-paste configs -----------------------------------------------------------
 
-README = (ROOT / "README.md").read_text()
-SECTION = README.split("<!-- section:templates -->")[1].split("<!-- /section:templates -->")[0]
-SNIPPETS = re.findall(r"```toml\n(.*?)```", SECTION, re.S)
+RECIPES = (ROOT / "docs" / "recipes.md").read_text()
+# the recipes that use a ready-made template (the others are syslog and plain webhooks)
+SNIPPETS = [block for block in re.findall(r"```toml\n(.*?)```", RECIPES, re.S)
+            if re.search(r'"\w+\.json\.j2"', block)]
 ENV = {"SLACK_WEBHOOK_URL": "https://hooks.slack.test/services/T/B/X",
        "TEAMS_WORKFLOW_URL": "https://teams.test/workflows/1?sig=abc",
        "PD_ROUTING_KEY": ROUTING_KEY, "SPLUNK_HEC_TOKEN": "hec-token",
        "ELASTIC_API_KEY": "es-key"}
 
 
-def test_readme_has_a_config_for_every_template():
+def test_recipes_have_a_config_for_every_template():
     used = set()
     for snippet in SNIPPETS:
         used.update(re.findall(r'"(\w+\.json\.j2)"', snippet))
@@ -617,17 +619,17 @@ def snippet_config(snippet: str, url: str | None = None) -> dict:
     return data
 
 
-def test_readme_configs_are_valid_as_written():
+def test_recipe_configs_are_valid_as_written():
     assert len(SNIPPETS) == 6
     output_types = Plugins(load_entry_points=False).output_types
     for snippet in SNIPPETS:
-        config = build_config(snippet_config(snippet), output_types, file="README.md",
+        config = build_config(snippet_config(snippet), output_types, file="docs/recipes.md",
                               environ=ENV)
         Router(config)  # compiles the mappings and templates
 
 
-async def test_readme_configs_deliver_through_the_real_cli(receiver, tmp_path):
-    """Each README config, pointed at a local receiver, delivers a body the API accepts."""
+async def test_recipe_configs_deliver_through_the_real_cli(receiver, tmp_path):
+    """Each recipe, pointed at a local receiver, delivers a body the API accepts."""
     sample = (ROOT / "examples" / "netography-sample.json").read_text()
     env = {**os.environ, **ENV, "NWPIPE_LOAD_PLUGINS": ""}
     env.pop("NWPIPE_CONFIG", None)
@@ -657,7 +659,7 @@ async def test_readme_configs_deliver_through_the_real_cli(receiver, tmp_path):
 
 
 def to_toml(data: dict) -> str:
-    """Just enough TOML for the README snippets: tables of strings, numbers and tables."""
+    """Just enough TOML for the recipes: tables of strings, numbers and tables."""
     def value(v):
         if isinstance(v, dict):
             return "{ " + ", ".join(f"{json.dumps(k)} = {value(x)}" for k, x in v.items()) + " }"

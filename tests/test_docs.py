@@ -279,7 +279,8 @@ def replay_transcript(block: Block, folder: Path, bin_dir: Path) -> list[tuple[s
     env = {**base_env(bin_dir), **block.env}
     printed = []
     for command, _ in transcript(block):
-        _, out, err = run_shell(command + " 2>&1", folder, env)
+        # stderr joins stdout as on a terminal; the command's own redirections still apply
+        _, out, err = run_shell("exec 2>&1\n" + command, folder, env)
         printed.append((command, normalise(out + err)))
     return printed
 

@@ -50,6 +50,12 @@ def _common(parser: argparse.ArgumentParser, suppress: bool) -> None:
                         help="format of messages on stderr (default: text)")
 
 
+def _queue_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--queue", metavar="PATH",
+                        help="the queue file (default: the config's [queue] path, else "
+                             "./nwpipe-queue.db)")
+
+
 def _config_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-c", "--config", metavar="FILE",
                         help="TOML config (default: $NWPIPE_CONFIG, else ./nwpipe.toml, "
@@ -85,6 +91,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--shutdown-timeout", metavar="SECONDS", type=float,
                      help="on Ctrl-C/SIGTERM, seconds to finish in-flight deliveries "
                           "(default: the config's shutdown_timeout, else 10)")
+    _queue_option(run)
+    run.add_argument("--durable", action="store_true",
+                     help="commit every event read to the queue before delivering it: after a "
+                          "crash (kill -9), the next run delivers what was committed (also: "
+                          "[queue] durable = true)")
+    run.add_argument("--resume", action="store_true",
+                     help="skip what an earlier --durable run committed of each input file "
+                          "(continue where reading had reached)")
+    run.add_argument("--keep-queue", action="store_true",
+                     help="when the input has ended and only failing outputs hold events, "
+                          "leave them in the queue for the next run instead of waiting for "
+                          "their retry budget (retry.max_elapsed)")
     _common(run, suppress=True)
     run.set_defaults(func=cmd_run)
 
@@ -248,7 +266,8 @@ def cmd_run(args) -> int:
     check_inputs(args.files)
     result = run(config, router, args.files or ["-"], dead_letter_path=args.dead_letter,
                  shutdown_timeout=args.shutdown_timeout,
-                 progress=wanted(args.quiet, args.log_format))
+                 progress=wanted(args.quiet, args.log_format), queue_path=args.queue,
+                 durable=args.durable, keep_queue=args.keep_queue, resume=args.resume)
     log.info("%s", result.summary())
     return result.exit_code
 

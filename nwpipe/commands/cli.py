@@ -151,10 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
     init.set_defaults(func=cmd_init)
 
     plugins = sub.add_parser(
-        "plugins", help="list loaded plugins and the output types they register",
+        "plugins", help="list loaded plugins and the output and source types they register",
         description="List every loaded plugin (built-in, installed through the 'nwpipe' "
                     "entry-point group, or from --plugins-dir), where it came from, the hooks "
-                    "it implements and the output types it registers.")
+                    "it implements and the output and source types it registers.")
     plugins.add_argument("--json", action="store_true", help="print JSON instead of text")
     _common(plugins, suppress=True)
     plugins.set_defaults(func=cmd_plugins)
@@ -251,7 +251,7 @@ def load(args):
 
     plugins = Plugins(args.plugins_dir)
     path = find_config_file(getattr(args, "config", None))
-    config = load_config(path, plugins.output_types)
+    config = load_config(path, plugins.output_types, source_types=plugins.source_types)
     router = Router(config, plugins.jinja_filters)
     return plugins, config, router
 
@@ -263,8 +263,12 @@ def cmd_run(args) -> int:
     from nwpipe.sources.decode import check_inputs
 
     _, config, router = load(args)
+    source = config.source
+    if source.cls is not None and not source.cls.takes_inputs and args.files:
+        raise NwpipeError(f"source type '{source.type}' reads no files: remove the file "
+                          f"arguments, or remove the [source] table to read files")
     check_inputs(args.files)
-    result = run(config, router, args.files or ["-"], dead_letter_path=args.dead_letter,
+    result = run(config, router, args.files, dead_letter_path=args.dead_letter,
                  shutdown_timeout=args.shutdown_timeout,
                  progress=wanted(args.quiet, args.log_format), queue_path=args.queue,
                  durable=args.durable, keep_queue=args.keep_queue, resume=args.resume)
@@ -345,6 +349,8 @@ def cmd_plugins(args) -> int:
         print(f"{info.name}  ({info.origin})")
         if info.output_types:
             print(f"    output types: {', '.join(info.output_types)}")
+        if info.source_types:
+            print(f"    source types: {', '.join(info.source_types)}")
         if info.jinja_filters:
             print(f"    Jinja filters: {', '.join(info.jinja_filters)}")
         print(f"    hooks: {', '.join(info.hooks) or 'none'}")

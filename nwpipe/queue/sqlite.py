@@ -42,6 +42,7 @@ from nwpipe.queue.base import (
     QueueStatus,
     ShardStatus,
     shard_of,
+    wait_event,
 )
 
 SCHEMA_VERSION = "1"
@@ -347,10 +348,7 @@ class SqliteQueue(Queue):
 
     async def wait(self, timeout: float) -> None:
         """Until a put of this process committed, or ``timeout`` seconds."""
-        try:
-            await asyncio.wait_for(self._new.wait(), timeout)
-        except asyncio.TimeoutError:
-            pass
+        await wait_event(self._new, timeout)
         self._new.clear()
 
     async def ack(self, shard: int, upto: Pos) -> None:

@@ -231,7 +231,10 @@ class DeliveryEngine:
         if self._refused is not None:
             self._refuse([delivery], self._refused)
             return True
-        if self._dead_keys and delivery.key in self._dead_keys:
+        if (self._dead_keys and delivery.key in self._dead_keys
+                and (delivery.key if self._keyed else "") not in state.pending):
+            # behind a dead letter, and nothing of its lane is waiting or in flight (that
+            # would go first): straight to the dead-letter file
             self._dead_letter([delivery], FOLLOWS_DEAD_LETTER, quiet=True)
             return True
         if state.queued >= self.settings.queue_size:

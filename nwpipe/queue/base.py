@@ -235,6 +235,11 @@ class Queue(abc.ABC):
     async def notes(self) -> dict[str, str]:
         """Every note, by key."""
 
+    def approx_depth(self) -> int | None:
+        """A cheap local estimate of the entries stored, for a progress line (no I/O);
+        None when the engine cannot tell without asking the store."""
+        return None
+
     @abc.abstractmethod
     async def status(self) -> QueueStatus:
         """Per shard: depth, bytes, oldest entry's time, per-output backlog, owner."""

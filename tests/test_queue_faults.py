@@ -20,11 +20,7 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
-
-from test_faults import ReceiverProcess, dead_letters, env
-
-pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+from test_faults import ReceiverProcess, dead_letters, env, receivers  # noqa: F401 (fixture)
 
 ALERTTYPES = ("start", "ongoing", "ongoing", "ongoing", "end")
 
@@ -34,20 +30,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@pytest.fixture
-def receivers():
-    started: list[ReceiverProcess] = []
-
-    def make(log: Path, **kw) -> ReceiverProcess:
-        receiver = ReceiverProcess(log, **kw)
-        started.append(receiver)
-        return receiver
-
-    yield make
-    for receiver in started:
-        receiver.kill()
 
 
 def write_alerts(path: Path, alerts: int, per_alert: int = len(ALERTTYPES)) -> list[tuple]:
@@ -222,7 +204,8 @@ def test_keep_queue_leaves_a_down_outputs_backlog_for_the_next_run(tmp_path, rec
     assert queue_status(tmp_path)["events"] == 0
 
 
-def test_queue_drain_moves_one_outputs_backlog_to_the_dead_letter_file(tmp_path, receivers):
+def backlog_of_a_down_output(tmp_path: Path, receivers) -> tuple[ReceiverProcess, int, list]:
+    """A run with --keep-queue leaves the backlog of output "down" (its port closed)."""
     healthy = receivers(tmp_path / "healthy.jsonl").start()
     port = free_port()
     keys = write_alerts(tmp_path / "events.jsonl", alerts=100)
@@ -232,6 +215,11 @@ def test_queue_drain_moves_one_outputs_backlog_to_the_dead_letter_file(tmp_path,
                 "dl.jsonl", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     assert queue_status(tmp_path)["outputs"]["down"]["events"] == len(keys)
+    return healthy, port, keys
+
+
+def test_queue_drain_moves_one_outputs_backlog_to_the_dead_letter_file(tmp_path, receivers):
+    healthy, port, keys = backlog_of_a_down_output(tmp_path, receivers)
     drained = run("queue", "drain", "-c", "c.toml", "--output", "down", "--dead-letter",
                   "--dead-letter-file", "dl.jsonl", cwd=tmp_path)
     assert drained.returncode == 3, drained.stderr
@@ -253,12 +241,7 @@ def test_queue_drain_moves_one_outputs_backlog_to_the_dead_letter_file(tmp_path,
 
 
 def test_queue_drain_delivers_one_outputs_backlog(tmp_path, receivers):
-    healthy = receivers(tmp_path / "healthy.jsonl").start()
-    port = free_port()
-    keys = write_alerts(tmp_path / "events.jsonl", alerts=100)
-    config(tmp_path / "c.toml", {"healthy": healthy.url, "down": f"http://127.0.0.1:{port}/in"},
-           queue_size=50)
-    assert run("run", "-c", "c.toml", "events.jsonl", "--keep-queue", cwd=tmp_path).returncode == 0
+    healthy, port, keys = backlog_of_a_down_output(tmp_path, receivers)
     back = receivers(tmp_path / "back.jsonl").start(port=port)
     drained = run("queue", "drain", "-c", "c.toml", "--output", "down", cwd=tmp_path)
     assert drained.returncode == 0, drained.stderr
@@ -266,6 +249,7 @@ def test_queue_drain_delivers_one_outputs_backlog(tmp_path, receivers):
     assert len(got) == len(keys) and {(a, n) for a, n, _ in got} == set(keys)
     assert_order_per_alert(got)
     assert queue_status(tmp_path)["events"] == 0
+    assert len(arrivals(healthy)) == len(keys)  # the other output's backlog was not touched
 
 
 # -- crash safety ----------------------------------------------------------------------

@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -377,3 +378,48 @@ def test_damaged_queue_file_is_a_clear_error_and_recover_keeps_what_can_be_read(
     got = arrivals(receiver)
     assert len(got) == count and {(a, n) for a, n, _ in got} <= set(keys)
     assert queue_status(tmp_path)["events"] == 0
+
+
+def test_sigterm_in_a_durable_run_leaves_the_rest_in_the_queue(tmp_path, receivers):
+    receiver = receivers(tmp_path / "received.jsonl", delay=0.003).start()
+    keys = write_alerts(tmp_path / "events.jsonl", alerts=800)  # 4,000 events
+    config(tmp_path / "c.toml", {"soc": receiver.url}, queue_size=10000)
+    proc = nwpipe("run", "-c", "c.toml", "events.jsonl", "--durable", "--dead-letter",
+                  "dl.jsonl", cwd=tmp_path)
+    receiver.wait_for(300)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143, stderr
+    # every event read is received, dead-lettered (only what was cut short in flight) or
+    # still queued; what is queued is not dead-lettered
+    status = queue_status(tmp_path)
+    committed = status["inputs"][str(tmp_path / "events.jsonl")]
+    received = {(a, n) for a, n, _ in arrivals(receiver)}
+    dead = {(r["event"]["id"], r["event"]["updatecount"])
+            for r in dead_letters(tmp_path / "dl.jsonl") if "event" in r}
+    assert status["events"] > 0 and "left for the next run" in stderr
+    assert len(dead) <= 8
+    # the next run delivers what was left, then --resume reads on where reading stopped
+    again = run("run", "-c", "c.toml", "--durable", "--resume", "events.jsonl",
+                "--dead-letter", "dl.jsonl", cwd=tmp_path)
+    assert again.returncode in (0, 3), again.stderr
+    received = {(a, n) for a, n, _ in arrivals(receiver)}
+    assert received | dead == set(keys)
+    assert committed <= len(keys) and queue_status(tmp_path)["events"] == 0
+
+
+def test_queue_config_mistakes_name_the_key(tmp_path):
+    (tmp_path / "c.toml").write_text('[queue]\nsinc = "full"\n[outputs.out]\ntype = "stdout"\n')
+    done = run("check", "-c", "c.toml", cwd=tmp_path)
+    assert done.returncode == 1
+    assert "c.toml: queue.sinc: unknown setting 'sinc' (did you mean 'sync'?)" in done.stderr
+    (tmp_path / "c.toml").write_text('[queue]\nsync = "sometimes"\n[outputs.out]\ntype = "stdout"\n')
+    done = run("check", "-c", "c.toml", cwd=tmp_path)
+    assert done.returncode == 1
+    assert "queue.sync: 'sometimes' is not one of 'normal', 'full'" in done.stderr
+    (tmp_path / "c.toml").write_text('[queue]\nurl = "http://user:pw-9@redis"\n'
+                                     '[outputs.out]\ntype = "stdout"\n')
+    done = run("check", "-c", "c.toml", cwd=tmp_path)
+    assert done.returncode == 1
+    assert "queue.url: must start with redis:// or rediss://" in done.stderr
+    assert "pw-9" not in done.stderr

@@ -21,7 +21,7 @@ from pathlib import Path
 import orjson
 import pytest
 from aiohttp import web
-from standardwebhooks.webhooks import Webhook
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from conftest import Receiver
 
@@ -162,7 +162,7 @@ class FixedPortReceiver(Receiver):
         super().__init__()
         self.port = port
 
-    async def start(self) -> "FixedPortReceiver":
+    async def start(self) -> FixedPortReceiver:
         server = web.Server(self._handle, auto_decompress=False, handler_cancellation=True)
         self._runner = web.ServerRunner(server, shutdown_timeout=0.5)
         await self._runner.setup()
@@ -488,7 +488,7 @@ async def test_signature_verifies_with_standardwebhooks_across_retries(tmp_path,
     first, retried, end = receiver.requests
     assert first.headers["webhook-id"] == retried.headers["webhook-id"]
     assert end.headers["webhook-id"] != first.headers["webhook-id"]
-    with pytest.raises(Exception):
+    with pytest.raises(WebhookVerificationError):
         Webhook(new_secret()).verify(first.raw_body, dict(first.headers))
 
 

@@ -38,7 +38,8 @@ def test_version_and_help():
     for word in ("run", "check", "plugins", "exit codes", "130", "143", "NWPIPE_CONFIG"):
         assert word in text
     run_help = nwpipe("run", "--help").stdout
-    for word in ("--config", "--dead-letter", "--shutdown-timeout", "--plugins-dir", "FILE", ".gz"):
+    for word in ("-c FILE", "--dead-letter", "--shutdown-timeout", "--plugins-dir", "FILE", ".gz",
+                 "example:"):
         assert word in run_help
 
 

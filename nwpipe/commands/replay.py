@@ -259,6 +259,7 @@ def replay(config: Config, router: Router, path: str, *, output: str | None = No
         known = ", ".join(config.outputs) or "none"
         raise NwpipeError(f"--output: no output named '{output}' in the config"
                           f"{did_you_mean(output, config.outputs)} (outputs: {known})")
+    _check_holds_records(path)
     rewrite = Rewrite(path)
     file = rewrite.open()
     remaining = rewrite.remaining
@@ -293,3 +294,29 @@ def replay(config: Config, router: Router, path: str, *, output: str | None = No
     result.run.dead_lettered = result.remaining
     result.run.dead_letter_path = str(path)
     return result
+
+
+def _is_record(line: bytes) -> bool:
+    try:
+        record = jsonio.loads(line)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(record, dict) and "nwpipe_dead_letter" in record
+
+
+def _check_holds_records(path: str) -> None:
+    """A file with lines but not one dead-letter record (an events file given by mistake)
+    is one clear error, before anything is sent or rewritten."""
+    try:
+        with open(path, "rb") as file:
+            lines = 0
+            for _, line in iter_lines(file):
+                if _is_record(line):
+                    return
+                lines += 1
+    except OSError:
+        return  # Rewrite.open() names the problem
+    if lines:
+        raise NwpipeError(f"{path}: holds no dead-letter record ({lines:,} line"
+                          f"{'s' if lines != 1 else ''} of something else); a dead-letter file "
+                          f"is written by `nwpipe run`; to send events, use `nwpipe run {path}`")

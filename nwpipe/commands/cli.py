@@ -13,7 +13,7 @@ import textwrap
 import time
 
 from nwpipe import __version__
-from nwpipe.errors import NwpipeError
+from nwpipe.errors import ConfigErrors, NwpipeError
 from nwpipe.settings import did_you_mean
 
 log = logging.getLogger("nwpipe")
@@ -458,6 +458,11 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout = _TolerantStdout(sys.stdout)  # type: ignore[assignment]
     try:
         return args.func(args)
+    except ConfigErrors as exc:
+        for problem in exc.problems:
+            log.error("error: %s", problem)
+        log.error("%d problems in the config", len(exc.problems))
+        return 1
     except NwpipeError as exc:
         log.error("error: %s", exc)
         return 1

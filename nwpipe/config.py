@@ -122,6 +122,8 @@ class Config:
     #: bounds on rendering one template for one event (nwpipe.transform.limits)
     template_time_limit: float = 2.0
     template_max_bytes: int = 1 << 20
+    #: events that match no output are dead-lettered (stage "route"), not only counted
+    strict_routing: bool = False
 
     @property
     def base_dir(self) -> Path:
@@ -157,6 +159,8 @@ TOP_LEVEL = {
                                    help="seconds one template may take for one event"),
     "template_max_bytes": Setting(int, default=1 << 20, check=_positive,
                                   help="longest text one template may render for one event"),
+    "strict_routing": Setting(bool, default=False,
+                              help="dead-letter events that match no output (stage 'route')"),
 }
 
 #: keys of [outputs.NAME] that are not the output type's own settings
@@ -354,6 +358,7 @@ def build_config(data: dict, output_types: dict[str, type[Output]], *, file: str
         tests=tests,
         template_time_limit=top["template_time_limit"],
         template_max_bytes=top["template_max_bytes"],
+        strict_routing=top["strict_routing"],
     )
 
 

@@ -301,7 +301,8 @@ def cmd_run(args) -> int:
     check_inputs(args.files)
     result = run(config, router, args.files, dead_letter_path=args.dead_letter,
                  shutdown_timeout=args.shutdown_timeout,
-                 progress=wanted(args.quiet, args.log_format))
+                 progress=wanted(args.quiet, args.log_format),
+                 strict_routing=args.strict_routing)
     log.info("%s", result.summary())
     return result.exit_code
 

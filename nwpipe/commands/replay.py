@@ -43,6 +43,7 @@ from nwpipe.engine.pipeline import (
     tune_gc,
 )
 from nwpipe.errors import NwpipeError
+from nwpipe.numbers import count, plural
 from nwpipe.settings import did_you_mean
 from nwpipe.sources.decode import Decoder, Event, Reject
 from nwpipe.transform.route_map import check_event
@@ -93,21 +94,21 @@ class ReplayResult:
 
     def summary(self) -> str:
         run = self.run
-        parts = [f"replayed {self.replayed} of {self.records} record"
-                 f"{'s' if self.records != 1 else ''} from {self.path}"]
+        parts = [f"replayed {count(self.replayed)} of {plural(self.records, 'record')} "
+                 f"from {self.path}"]
         parts.extend(output_summary(name, stats, run.seconds)
                      for name, stats in run.outputs.items())
         if run.map_failed:
-            parts.append(f"mapping failed {run.map_failed}")
+            parts.append(f"mapping failed {count(run.map_failed)}")
         if self.skipped:
-            parts.append(f"{self.skipped} kept (not for output '{self.output}')")
+            parts.append(f"{count(self.skipped)} kept (not for output '{self.output}')")
         if self.stuck:
-            parts.append(f"{self.stuck} cannot be replayed")
+            parts.append(f"{count(self.stuck)} cannot be replayed")
         if self.unprocessed:
-            parts.append(f"{self.unprocessed} not reached")
+            parts.append(f"{count(self.unprocessed)} not reached")
         remaining = self.remaining
         if remaining:
-            parts.append(f"{remaining} record{' remains' if remaining == 1 else 's remain'} "
+            parts.append(f"{count(remaining)} record{' remains' if remaining == 1 else 's remain'} "
                          f"in {self.path}")
         elif not self.unchanged:
             parts.append(f"{self.path} removed: nothing remains")
@@ -198,7 +199,7 @@ class _Replayer:
                 await pipeline.route(decoded, source, where)
             return
 
-        if stage not in ("map", "deliver"):
+        if stage not in ("map", "deliver", "route"):
             self._stay(line, number, f"unknown stage {stage!r}")
             return
         event = record.get("event")
@@ -270,7 +271,9 @@ def replay(config: Config, router: Router, path: str, *, output: str | None = No
         names = None if output is None else [output]
         pipeline = Pipeline(config, router, build_outputs(config, names),
                             dead_letter=remaining, shutdown_timeout=shutdown_timeout,
-                            progress=make_progress(progress))
+                            progress=make_progress(progress),
+                            # a record that still matches no output stays in the file
+                            strict_routing=True)
         result.run = pipeline.result
         replayer = _Replayer(pipeline, config, file, rewrite, result)
         event_loop_run(pipeline.execute(replayer.feed))

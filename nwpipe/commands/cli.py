@@ -279,11 +279,13 @@ def load(args):
     from nwpipe.config import find_config_file, load_config
     from nwpipe.plugins import Plugins
     from nwpipe.transform.routing import Router
+    from nwpipe.transform.template_vars import check_required_vars
 
     plugins = Plugins(args.plugins_dir)
     path = find_config_file(getattr(args, "config", None))
     config = load_config(path, plugins.output_types, source_types=plugins.source_types)
     router = Router(config, plugins.jinja_filters)
+    check_required_vars(config, router)
     return plugins, config, router
 
 
@@ -323,10 +325,13 @@ def cmd_replay(args) -> int:
 def cmd_check(args) -> int:
     """Validate the config and describe it."""
     from nwpipe.commands.mappingtests import check_tests
+    from nwpipe.transform.template_vars import unknown_variables
 
     _, config, router = load(args)
     outputs = {name: oc.create() for name, oc in config.outputs.items()}
     tests = check_tests(config, router)
+    for unknown in unknown_variables(config, router):
+        log.warning("warning: %s", unknown.line(config.file))
     where = config.file or "built-in default config"
     print(f"{where}: OK, {len(outputs)} output{'s' if len(outputs) != 1 else ''}, "
           f"{len(config.mappings)} mapping{'s' if len(config.mappings) != 1 else ''}, "
@@ -334,11 +339,14 @@ def cmd_check(args) -> int:
     for route in router.routes:
         oc = route.output
         parts = [f"type {oc.type}", outputs[oc.name].describe()]
-        if oc.mapping:
-            shown = oc.mapping if isinstance(oc.mapping, str) else dict(oc.mapping)
-            parts.append(f"mapping {shown}")
+        if isinstance(oc.mapping, str):
+            parts.append(f"mapping {oc.mapping}")
+        elif oc.mapping:
+            # per customer: "mapping acme -> siem-acme, default -> siem"
+            pairs = sorted(oc.mapping.items(), key=lambda kv: (kv[0] == "default", kv[0]))
+            parts.append("mapping " + ", ".join(f"{c} -> {m}" for c, m in pairs))
         if oc.customers:
-            parts.append(f"customers {sorted(oc.customers)}")
+            parts.append(f"customers {', '.join(sorted(oc.customers))}")
         if oc.when:
             parts.append(f"when {oc.when!r}")
         print(f"  {oc.name}: " + "; ".join(parts))

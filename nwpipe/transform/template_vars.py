@@ -59,7 +59,8 @@ class UnknownVariable:
 
 
 def _sources(config: Config, router: Any) -> Iterator[tuple[str, str, Any, set[str]]]:
-    """``(key, template text, environment, known names)`` for each template of the config."""
+    """``(key, template text, environment, known names)`` for each template of the config;
+    the environment (the one that finds a template file) is None for inline text."""
     for name, mapping in router.mappings.items():
         known = set(getattr(mapping, "_globals", {})) | set(getattr(mapping, "_vars", {}))
         for field in getattr(mapping, "_fields", ()):
@@ -93,18 +94,28 @@ def _optional(tree: nodes.Template) -> set[str]:
     return names
 
 
+class _AnyName(dict):
+    """Filters and tests as the analysis sees them: every name exists (compiling the
+    mapping already checked them against the real environment)."""
+
+    def __contains__(self, name: object) -> bool:
+        return True
+
+
 def unknown_variables(config: Config, router: Any) -> list[UnknownVariable]:
     """Every template variable of ``config`` that nothing defines (see the module doc)."""
     parser = jinja2.Environment()
+    parser.filters = _AnyName(parser.filters)
+    parser.tests = _AnyName(parser.tests)
     base = set(parser.globals) | {"now"} | _ALWAYS | NETOGRAPHY_FIELDS
     found: list[UnknownVariable] = []
     seen: set[tuple[str, str]] = set()
     for key, source, env, known in _sources(config, router):
         try:
-            tree = (env or parser).parse(source)
-        except jinja2.TemplateSyntaxError:
+            tree = parser.parse(source)
+            names = meta.find_undeclared_variables(tree) - _optional(tree)
+        except jinja2.TemplateError:
             continue  # compiling the mapping already reported it
-        names = meta.find_undeclared_variables(tree) - _optional(tree)
         candidates = base | known
         for name in sorted(names - candidates):
             if (key, name) not in seen:

@@ -301,6 +301,9 @@ def cmd_run(args) -> int:
         raise NwpipeError(f"source type '{source.type}' reads no files: remove the file "
                           f"arguments, or remove the [source] table to read files")
     check_inputs(args.files)
+    if (source.cls is None or source.cls.takes_inputs) and "-" in (args.files or ["-"]) \
+            and sys.stdin.isatty():
+        log.warning("reading events from the terminal (end with Ctrl-D)")
     result = run(config, router, args.files, dead_letter_path=args.dead_letter,
                  shutdown_timeout=args.shutdown_timeout,
                  progress=wanted(args.quiet, args.log_format),

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from nwpipe.commands.cli import COMMANDS
+from nwpipe.commands.cli import command_names
 
 from test_cli import SAMPLE, event, jsonl, nwpipe
 
@@ -54,7 +54,9 @@ def test_global_options_before_or_after_the_command(tmp_path, args):
 def test_global_options_are_described_once():
     top = nwpipe("--help").stdout
     assert "--log-format" in top and "--plugins-dir" in top
-    for command in COMMANDS:
+    commands = command_names()
+    assert {"run", "check", "replay", "test", "render", "init", "plugins"} <= set(commands)
+    for command in commands:
         text = nwpipe(command, "--help").stdout
         assert "--log-format {text,json}" not in text.split("example:")[0], command
         assert "\nexample:\n  nwpipe " in text, command

@@ -49,7 +49,7 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message):
         m = _INVALID_CHOICE.match(message)
         if m:
-            commands = [c for c in COMMANDS]
+            commands = list(_subparsers(self))
             message = (f"unknown command '{m[1]}'{did_you_mean(m[1], commands)}; "
                        f"commands: {', '.join(commands)}")
         self.print_usage(sys.stderr)
@@ -65,11 +65,8 @@ def _common(parser: argparse.ArgumentParser, suppress: bool) -> None:
     def described(text: str) -> str:
         return argparse.SUPPRESS if suppress else text
 
-    parser.add_argument("-c", "--config", metavar="FILE",
-                        default=argparse.SUPPRESS if suppress else None,
-                        help=described("TOML config (default: $NWPIPE_CONFIG, else "
-                                       "./nwpipe.toml, else built-in: events unchanged "
-                                       "to stdout)"))
+    if "--config" not in parser._option_string_actions:
+        _add_config(parser, suppress, described)
     parser.add_argument("--plugins-dir", metavar="DIR", action="append",
                         default=argparse.SUPPRESS if suppress else [],
                         help=described("also load every *.py file in DIR as a plugin "
@@ -85,6 +82,20 @@ def _common(parser: argparse.ArgumentParser, suppress: bool) -> None:
                         help=described("format of messages on stderr (default: text)"))
 
 
+def _add_config(parser: argparse.ArgumentParser, suppress: bool, described) -> None:
+    parser.add_argument("-c", "--config", metavar="FILE",
+                        default=argparse.SUPPRESS if suppress else None,
+                        help=described("TOML config (default: $NWPIPE_CONFIG, else "
+                                       "./nwpipe.toml, else built-in: events unchanged "
+                                       "to stdout)"))
+
+
+def _config_option(parser: argparse.ArgumentParser) -> None:
+    """``-c`` on a command's parser: the global option, accepted after the command too
+    (what :func:`_common` adds; a parser given both gets it once)."""
+    _add_config(parser, True, lambda text: argparse.SUPPRESS)
+
+
 def _command(sub, name: str, *, help: str, description: str, example: str,
              epilog: str = "") -> argparse.ArgumentParser:
     """A command's parser: its help ends with an example and the global-options note."""
@@ -98,8 +109,9 @@ def _command(sub, name: str, *, help: str, description: str, example: str,
     return parser
 
 
-#: the commands, in the order `nwpipe --help` lists them
-COMMANDS = ("run", "replay", "check", "init", "plugins", "render", "test")
+def command_names() -> list[str]:
+    """Every command, in the order ``nwpipe --help`` lists them."""
+    return list(_subparsers(build_parser()))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -467,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 1
     if args.command not in _STREAMING:
-        sys.stdout = _TolerantStdout(sys.stdout)  # type: ignore[assignment]
+        sys.stdout = _TolerantStdout(sys.stdout)
     try:
         return args.func(args)
     except ConfigErrors as exc:

@@ -39,9 +39,9 @@ Keys of a test:
 from __future__ import annotations
 
 import datetime as _dt
-import logging
 import difflib
 import json
+import logging
 import math
 import re
 import sys

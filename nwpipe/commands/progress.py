@@ -3,8 +3,9 @@
 Shown only when stderr is a terminal (never in a pipe or a log file) that is not also
 where stdout goes (event lines would be mixed into it), not with ``--quiet`` or
 ``--log-format json``. When every input is a regular file (.gz too: compressed bytes
-read), it shows how far through they are and an estimate of the time left. It is redrawn in place (``\\r``) at most four times
-a second and cleared at the end, before the summary. Log messages that arrive while it
+read), it shows how far through they are and an estimate of the time left. It is
+redrawn in place (``\\r``) at most four times a second and cleared at the end, before
+the summary. Log messages that arrive while it
 is shown clear it first, so they never get mixed into it.
 """
 

@@ -25,7 +25,6 @@ Two formats:
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from dataclasses import dataclass
 from typing import Any, Iterator, TextIO

@@ -146,11 +146,11 @@ class _Replayer:
             await self._one(number, line)
             if result.records % 256 == 0:
                 await asyncio.sleep(0)  # let signals and deliveries in on a long file
-        for name, count in self._unknown_outputs.items():
+        for name, kept in self._unknown_outputs.items():
             known = ", ".join(self.config.outputs) or "none"
             log.warning("output '%s' is not in the config%s (outputs: %s): its %d record%s "
                         "stay in %s", name, did_you_mean(name, self.config.outputs), known,
-                        count, "" if count == 1 else "s", result.path)
+                        kept, "" if kept == 1 else "s", result.path)
 
     def _stay(self, line: bytes, number: int, why: str | None) -> None:
         """Keep a record unchanged; say why when it could not be replayed."""

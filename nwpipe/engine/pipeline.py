@@ -37,7 +37,7 @@ from nwpipe.outputs import Delivery
 from nwpipe.outputs import delivery_id as make_delivery_id
 from nwpipe.sources.base import Source
 from nwpipe.sources.decode import Event, Reject
-from nwpipe.transform.route_map import MapFailed, map_for, route_and_map
+from nwpipe.transform.route_map import MapFailed, NotRouted, map_for, route_and_map
 from nwpipe.transform.routing import Router
 
 log = logging.getLogger("nwpipe")
@@ -369,7 +369,7 @@ class Pipeline:
                 self._map_failed(outcome, event, source, line, delivery_id, attempts)
                 if ticket is not None:
                     ticket.dead = True
-            else:  # NotRouted: counted, and with strict routing dead-lettered
+            elif isinstance(outcome, NotRouted):  # counted; with strict routing dead-lettered
                 self.result.not_routed(event)
                 if self.strict_routing:
                     self._reject(source, line, f"matched no output: {outcome.reason}",

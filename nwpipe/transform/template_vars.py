@@ -58,14 +58,14 @@ class UnknownVariable:
                 f"name nor a field of Netography's event{self.suggestion}")
 
 
-def _sources(config: Config, router: Any) -> Iterator[tuple[str, str, Any, set[str]]]:
-    """``(key, template text, environment, known names)`` for each template of the config;
-    the environment (the one that finds a template file) is None for inline text."""
+def _sources(config: Config, router: Any) -> Iterator[tuple[str, str, set[str]]]:
+    """``(key, template text, names it may use besides the base ones)`` for each template
+    of the config."""
     for name, mapping in router.mappings.items():
         known = set(getattr(mapping, "_globals", {})) | set(getattr(mapping, "_vars", {}))
         for field in getattr(mapping, "_fields", ()):
             if field.kind == "template" and field.source:
-                yield field.key, field.source, None, known
+                yield field.key, field.source, known
         body_source = None
         env = getattr(mapping, "_body_env", None)
         if mapping.template_name and env is not None and env.loader is not None:
@@ -77,10 +77,10 @@ def _sources(config: Config, router: Any) -> Iterator[tuple[str, str, Any, set[s
         elif getattr(mapping, "_body", None) is not None:
             key = f"mappings.{name}.body"
         if body_source is not None:
-            yield key, body_source, env, known
+            yield key, body_source, known
     for output in config.outputs.values():
         if output.when:
-            yield f"outputs.{output.name}.when", "{{ " + output.when + " }}", None, set()
+            yield f"outputs.{output.name}.when", "{{ " + output.when + " }}", set()
 
 
 def _optional(tree: nodes.Template) -> set[str]:
@@ -110,7 +110,7 @@ def unknown_variables(config: Config, router: Any) -> list[UnknownVariable]:
     base = set(parser.globals) | {"now"} | _ALWAYS | NETOGRAPHY_FIELDS
     found: list[UnknownVariable] = []
     seen: set[tuple[str, str]] = set()
-    for key, source, env, known in _sources(config, router):
+    for key, source, known in _sources(config, router):
         try:
             tree = parser.parse(source)
             names = meta.find_undeclared_variables(tree) - _optional(tree)

@@ -22,6 +22,13 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 from nwpipe.errors import ConfigError, Problems
 from nwpipe.outputs import Output
+from nwpipe.queue.base import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_PATH,
+    DEFAULT_SHARDS,
+    SYNC_MODES,
+    QueueSettings,
+)
 from nwpipe.settings import EnvText, Setting, did_you_mean, plain, validate_settings
 from nwpipe.sources.base import DEFAULT_SOURCE, Source
 
@@ -124,6 +131,7 @@ class Config:
     template_max_bytes: int = 1 << 20
     #: events that match no output are dead-lettered (stage "route"), not only counted
     strict_routing: bool = False
+    queue: QueueSettings = field(default_factory=QueueSettings)
 
     @property
     def base_dir(self) -> Path:
@@ -154,6 +162,7 @@ TOP_LEVEL = {
     "shutdown_timeout": Setting(float, default=10.0, check=_non_negative,
                                 help="seconds to finish in-flight deliveries on Ctrl-C/SIGTERM"),
     "tests": Setting(list, default=[], help="mapping tests run by `nwpipe test`"),
+    "queue": Setting(dict, default={}, help="the durable queue: [queue] table"),
     "source": Setting(dict, default=None, help="where `nwpipe run` reads events: [source]"),
     "template_time_limit": Setting(float, default=2.0, check=_positive,
                                    help="seconds one template may take for one event"),
@@ -161,6 +170,32 @@ TOP_LEVEL = {
                                   help="longest text one template may render for one event"),
     "strict_routing": Setting(bool, default=False,
                               help="dead-letter events that match no output (stage 'route')"),
+}
+
+
+def _redis_url(value: str) -> str:
+    if not value.startswith(("redis://", "rediss://")):
+        raise ValueError("must start with redis:// or rediss://")
+    return value
+
+
+#: keys of the top-level [queue] table (see nwpipe.queue.base.QueueSettings)
+QUEUE = {
+    "path": Setting(str, default=DEFAULT_PATH, help="the SQLite queue file"),
+    "max_bytes": Setting(int, default=DEFAULT_MAX_BYTES, check=_positive,
+                         help="disk budget of the queue; past it, reading waits"),
+    "sync": Setting(str, default="normal", choices=SYNC_MODES,
+                    help="'normal': safe against a crash of nwpipe; 'full': fsync each commit"),
+    "durable": Setting(bool, default=False,
+                       help="commit every event read to the queue before delivering it"),
+    "url": Setting(str, check=_redis_url, secret=True,
+                   help="redis:// or rediss:// URL: a Redis Streams queue instead of SQLite"),
+    "ca_file": Setting(str, help="CA bundle to verify a rediss:// server"),
+    "shards": Setting(int, default=DEFAULT_SHARDS, check=_positive,
+                      help="ordered logs of a Redis queue (alerts are spread by id)"),
+    "prefix": Setting(str, default="nwpipe", help="prefix of the Redis keys"),
+    "lease_seconds": Setting(float, default=15.0, check=_positive,
+                             help="how long a Redis shard stays with a process that stopped"),
 }
 
 #: keys of [outputs.NAME] that are not the output type's own settings
@@ -341,6 +376,11 @@ def build_config(data: dict, output_types: dict[str, type[Output]], *, file: str
     source = SourceConfig()
     with problems.collect():
         source = _build_source(top["source"], source_types, file)
+    queue = QueueSettings()
+    with problems.collect():
+        if not isinstance(top["queue"], dict):
+            raise ConfigError("must be a table ([queue])", key="queue", file=file)
+        queue = QueueSettings(**validate_settings(top["queue"], QUEUE, key="queue", file=file))
     problems.raise_if_any()
 
     dead_letter = top["dead_letter"]
@@ -359,6 +399,7 @@ def build_config(data: dict, output_types: dict[str, type[Output]], *, file: str
         template_time_limit=top["template_time_limit"],
         template_max_bytes=top["template_max_bytes"],
         strict_routing=top["strict_routing"],
+        queue=queue,
     )
 
 

@@ -10,11 +10,9 @@ import subprocess
 import sys
 
 import pytest
+from test_cli import SAMPLE, nwpipe
 
 from nwpipe.commands.cli import command_names
-
-from test_cli import SAMPLE, event, jsonl, nwpipe
-
 
 CONFIG = """
 [outputs.out]

@@ -4,9 +4,7 @@ CLI: a whole "${VAR}" takes the setting's type; a wrong one names the variable."
 from __future__ import annotations
 
 import pytest
-
 from test_cli import nwpipe
-
 
 SYSLOG = """
 [outputs.siem]

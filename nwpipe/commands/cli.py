@@ -32,7 +32,7 @@ config: -c FILE, else $NWPIPE_CONFIG, else ./nwpipe.toml, else the built-in defa
 """
 
 
-_INVALID_CHOICE = re.compile(r"argument COMMAND: invalid choice: '([^']*)'")
+_INVALID_CHOICE = re.compile(r"argument (COMMAND|ACTION): invalid choice: '([^']*)'")
 
 #: said once at the end of every command's help, instead of repeating the options
 GLOBAL_NOTE = ("global options, before or after the command: -c FILE, -v, -q, "
@@ -50,8 +50,9 @@ class _Parser(argparse.ArgumentParser):
         m = _INVALID_CHOICE.match(message)
         if m:
             commands = list(_subparsers(self))
-            message = (f"unknown command '{m[1]}'{did_you_mean(m[1], commands)}; "
-                       f"commands: {', '.join(commands)}")
+            what = m[1].lower()
+            message = (f"unknown {what} '{m[2]}'{did_you_mean(m[2], commands)}; "
+                       f"{what}s: {', '.join(commands)}")
         self.print_usage(sys.stderr)
         self.exit(1, f"nwpipe: error: {message}\n")
 
@@ -88,6 +89,12 @@ def _add_config(parser: argparse.ArgumentParser, suppress: bool, described) -> N
                         help=described("TOML config (default: $NWPIPE_CONFIG, else "
                                        "./nwpipe.toml, else built-in: events unchanged "
                                        "to stdout)"))
+
+
+def _queue_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--queue", metavar="PATH",
+                        help="the queue file (default: the config's [queue] path, else "
+                             "./nwpipe-queue.db)")
 
 
 def _config_option(parser: argparse.ArgumentParser) -> None:
@@ -147,6 +154,18 @@ def build_parser() -> argparse.ArgumentParser:
                      help="an event that matches no output goes to the dead-letter file "
                           "(stage 'route') instead of being counted and skipped; also the "
                           "config's strict_routing = true")
+    _queue_option(run)
+    run.add_argument("--durable", action="store_true",
+                     help="commit every event read to the queue before delivering it: after a "
+                          "crash (kill -9), the next run delivers what was committed (also: "
+                          "[queue] durable = true)")
+    run.add_argument("--resume", action="store_true",
+                     help="skip what an earlier --durable run committed of each input file "
+                          "(continue where reading had reached)")
+    run.add_argument("--keep-queue", action="store_true",
+                     help="when the input has ended and only failing outputs hold events, "
+                          "leave them in the queue for the next run instead of waiting for "
+                          "their retry budget (retry.max_elapsed)")
     run.set_defaults(func=cmd_run)
 
     replay = _command(
@@ -205,7 +224,97 @@ def build_parser() -> argparse.ArgumentParser:
     plugins.add_argument("--json", action="store_true", help="print JSON instead of text")
     plugins.set_defaults(func=cmd_plugins)
     _add_render_and_test(sub)
+    _add_queue(sub)
     return parser
+
+
+# -- queue: the durable queue's backlog ---------------------------------------------
+
+
+def _add_queue(sub) -> None:
+    queue = _command(
+        sub, "queue", help="show or act on the durable queue's backlog (status, drain, recover)",
+        description="The durable queue holds what outputs could not take yet (an outage "
+                    "waits there) and, with --durable, every event read. See the README's "
+                    "durability section.",
+        example="nwpipe queue status -c nwpipe.toml")
+    actions = queue.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+
+    def show_help(args) -> int:
+        queue.print_help()
+        return 1
+
+    queue.set_defaults(func=show_help)
+
+    status = _command(
+        actions, "status", help="events waiting per output, their bytes and age, failing outputs",
+        description="Per output: the events waiting in the queue, their bytes, the oldest "
+                    "one's age and since when the output is failing; per input file, how far "
+                    "a durable run committed it. Works while a run delivers from the queue.",
+        example="nwpipe queue status -c nwpipe.toml --json")
+    _queue_option(status)
+    status.add_argument("--json", action="store_true", help="print JSON, for scripts")
+    status.set_defaults(func=cmd_queue_status)
+
+    drain = _command(
+        actions, "drain",
+        help="deliver one output's backlog now, or move it to the dead-letter file",
+        description="Deliver what waits in the queue for one output now (its retry budget "
+                    "applies), or with --dead-letter move it to the dead-letter file without "
+                    "sending it (replay it later with `nwpipe replay`). Other outputs' "
+                    "backlogs stay as they are. Exit 0 when everything was delivered, 3 when "
+                    "something was dead-lettered.",
+        example="nwpipe queue drain -c nwpipe.toml --output soc --dead-letter", epilog=EPILOG)
+    _queue_option(drain)
+    drain.add_argument("--output", metavar="NAME", required=True, help="the output to drain")
+    drain.add_argument("--dead-letter", action="store_true",
+                       help="move the backlog to the dead-letter file instead of sending it")
+    drain.add_argument("--dead-letter-file", metavar="PATH", dest="dead_letter_path",
+                       help="dead-letter file (default: the config's dead_letter, else "
+                            "./nwpipe-dead-letter.jsonl)")
+    drain.add_argument("--shutdown-timeout", metavar="SECONDS", type=float,
+                       help="on Ctrl-C/SIGTERM, seconds to finish in-flight deliveries")
+    drain.set_defaults(func=cmd_queue_drain)
+
+    recover = _command(
+        actions, "recover", help="rebuild a damaged queue file from the entries that can be read",
+        description="When `nwpipe run` reports the queue file damaged: copy every entry, "
+                    "mark and note that can still be read into a new file at the same path "
+                    "and keep the damaged file beside it (PATH.damaged-TIME). Exit 0 when "
+                    "nothing was unreadable, 3 when some entries were lost.",
+        example="nwpipe queue recover -c nwpipe.toml")
+    _queue_option(recover)
+    recover.set_defaults(func=cmd_queue_recover)
+
+
+def cmd_queue_status(args) -> int:
+    """Show the queue's backlog."""
+    from nwpipe.commands.queuecmd import status_command
+
+    _, config, _router = load(args)
+    return status_command(config, args.queue, args.json)
+
+
+def cmd_queue_drain(args) -> int:
+    """Deliver or dead-letter one output's backlog."""
+    from nwpipe.commands.progress import wanted
+    from nwpipe.commands.queuecmd import drain_command
+
+    _, config, router = load(args)
+    result = drain_command(config, router, args.output, path=args.queue,
+                           dead_letter=args.dead_letter, dead_letter_path=args.dead_letter_path,
+                           shutdown_timeout=args.shutdown_timeout,
+                           progress=wanted(args.quiet, args.log_format))
+    log.info("%s", result.summary())
+    return result.exit_code
+
+
+def cmd_queue_recover(args) -> int:
+    """Rebuild a damaged queue file."""
+    from nwpipe.commands.queuecmd import recover_command
+
+    _, config, _router = load(args)
+    return recover_command(config, args.queue)
 
 
 # -- render and test: develop and check mappings -----------------------------------
@@ -318,7 +427,8 @@ def cmd_run(args) -> int:
         log.warning("reading events from the terminal (end with Ctrl-D)")
     result = run(config, router, args.files, dead_letter_path=args.dead_letter,
                  shutdown_timeout=args.shutdown_timeout,
-                 progress=wanted(args.quiet, args.log_format),
+                 progress=wanted(args.quiet, args.log_format), queue_path=args.queue,
+                 durable=args.durable, keep_queue=args.keep_queue, resume=args.resume,
                  strict_routing=args.strict_routing)
     log.info("%s", result.summary())
     return result.exit_code
@@ -462,6 +572,19 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
     return {}
 
 
+def _typed(parser: argparse.ArgumentParser, args) -> argparse.ArgumentParser:
+    """The parser of the (sub-)command the user typed (``nwpipe queue status``'s)."""
+    while True:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                chosen = action.choices.get(getattr(args, action.dest, None) or "")
+                if chosen is not None:
+                    parser = chosen
+                    break
+        else:
+            return parser
+
+
 #: commands that write events to stdout themselves and handle a closed pipe there
 _STREAMING = {"run", "render"}
 
@@ -472,8 +595,7 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra:
         # the usage shown is the one of the command typed, not the top level's
-        owner = _subparsers(parser).get(args.command or "", parser)
-        owner.error(f"unrecognized arguments: {' '.join(extra)}")
+        _typed(parser, args).error(f"unrecognized arguments: {' '.join(extra)}")
     setup_logging(args.verbose, args.quiet, args.log_format)
     if args.command is None:
         parser.print_help()

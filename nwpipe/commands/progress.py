@@ -75,7 +75,8 @@ def position(source: Any, elapsed: float) -> str | None:
 
 
 class Progress:
-    """Draws ``read N (R/s) | out: D delivered, Q queued, failing | ...`` on ``stream``."""
+    """Draws ``read N (R/s) | out: D delivered, Q queued, failing | B in the queue file
+    | ...`` on ``stream``."""
 
     def __init__(self, stream: TextIO, interval: float = INTERVAL):
         self.stream = stream
@@ -131,6 +132,10 @@ class Progress:
             if engine.failing:
                 text += ", FAILING"
             parts.append(text)
+        if pipeline.dispatcher is not None:
+            depth = pipeline.queue.approx_depth()
+            if depth is not None:
+                parts.append(f"{depth:,} in the queue file")
         dead = pipeline.dead_letter.count
         if dead:
             parts.append(f"{count(dead)} dead-lettered")

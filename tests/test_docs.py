@@ -6,13 +6,15 @@
   `with=PATH` appends the block to a file of the repository (and runs next to a copy of
   that file's folder), `plugin=FILE` loads the page's ```python block that starts with
   `# FILE` through --plugins-dir, `pyproject` marks a packaging file (valid TOML with a
-  [project] table, not a config), and `fails` marks a deliberate mistake: check must
-  exit 1, and its stderr must be exactly the ```text block that follows.
+  [project] table, not a config). `fails` marks a deliberate mistake: check must exit 1,
+  and its stderr must be exactly the ```text block that follows; `warns` marks an
+  example that check accepts with the warnings of the ```text block that follows (any
+  other example must pass without a warning).
   A block without an `[outputs...]` table (a mapping on its own) gets a stdout output
   appended, so that it is a whole config.
 - Every ```console block is a transcript: each `$ command` runs in bash, in a fresh
   folder holding a copy of examples/ (and, as nwpipe.toml, the ```toml block shown right
-  before the transcript, if any), with `nwpipe` being this checkout's. Its output,
+  before the transcript, with nothing but prose and ```text blocks between, if any), with `nwpipe` being this checkout's. Its output,
   stdout and stderr together, must be the lines shown, modulo timings; a line `...`
   (indented or not) stands for any number of lines.
 - The site's navigation lists every page, README.md's links resolve, and the README's
@@ -95,11 +97,14 @@ def following(block: Block, language: str) -> Block | None:
 
 
 def preceding_config(block: Block) -> Block | None:
-    """The ```toml block shown right before ``block`` (nothing but prose between)."""
+    """The ```toml block shown right before ``block`` (only prose and the ```text blocks
+    of its messages between)."""
     same_page = [b for b in BLOCKS if b.page == block.page]
-    index = same_page.index(block)
-    if index and same_page[index - 1].language == "toml":
-        return same_page[index - 1]
+    for earlier in reversed(same_page[:same_page.index(block)]):
+        if earlier.language == "toml":
+            return earlier
+        if earlier.language != "text":
+            return None
     return None
 
 
@@ -211,22 +216,28 @@ def test_toml_example_passes_check(block, checked):
     assert "Traceback" not in err, f"{block.where}: {err}"
     if "fails" not in block.marker:
         assert code == 0, f"{block.where}: nwpipe check failed:\n{err}"
-        return
+        if "warns" not in block.marker:
+            # an example is a model to copy: no warnings unless it shows one on purpose
+            assert "warning" not in err, f"{block.where}: {err}"
+            return
+    else:
+        assert code == 1, f"{block.where}: the bad example passed check:\n{out}"
     shown = following(block, "text")
-    assert shown, f"{block.where}: a 'fails' example is followed by a ```text block " \
-                  "with the message check gives"
-    assert code == 1, f"{block.where}: the bad example passed check:\n{out}"
+    assert shown, f"{block.where}: a 'fails' or 'warns' example is followed by a ```text " \
+                  "block with the messages check gives"
     assert err.strip() == shown.text.strip(), \
         f"{block.where}: check says something else than {shown.where}:\n{err}"
 
 
 def test_every_bad_example_is_marked():
-    """A ```text block right after a TOML example shows check's message: that example is
-    a deliberate mistake and marked so (or the text is no message of nwpipe check)."""
+    """A ```text block right after a TOML example shows check's messages: that example is
+    a deliberate mistake or warning and marked so (or the text is no message of check)."""
     for block in TOML:
         shown = following(block, "text")
         if shown and shown.text.startswith("nwpipe: error:"):
             assert "fails" in block.marker, f"{block.where}: mark it <!-- check: fails -->"
+        if shown and shown.text.startswith("nwpipe: warning:"):
+            assert "warns" in block.marker, f"{block.where}: mark it <!-- check: warns -->"
 
 
 # -- command transcripts ---------------------------------------------------------------------

@@ -73,7 +73,10 @@ class Problems:
             self.errors.append(exc)
 
     def raise_if_any(self) -> None:
-        if len(self.errors) == 1:
-            raise self.errors[0]
-        if self.errors:
-            raise ConfigErrors(self.errors)
+        """Raise what was collected, each problem once (a mapping that ``extends`` a
+        broken one reports the same problem)."""
+        unique = list({str(e): e for e in self.errors}.values())
+        if len(unique) == 1:
+            raise unique[0]
+        if unique:
+            raise ConfigErrors(unique)

@@ -68,6 +68,12 @@ def test_unknown_command_gets_did_you_mean():
     assert "Traceback" not in proc.stderr
 
 
+def test_no_command_shows_the_help_on_stderr():
+    proc = nwpipe()
+    assert proc.returncode == 1
+    assert proc.stdout == "" and proc.stderr.startswith("usage: nwpipe ")
+
+
 def test_short_version_flag():
     proc = nwpipe("-V")
     assert proc.returncode == 0 and proc.stdout.startswith("nwpipe ")

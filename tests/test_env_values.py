@@ -112,3 +112,27 @@ bogus = 1
         "nwpipe: error: c.toml: defaults.bogus: unknown setting 'bogus'",
         "nwpipe: 6 problems in the config",
     ]
+
+
+def test_check_reports_every_broken_mapping(tmp_path):
+    (tmp_path / "c.toml").write_text("""
+[mappings.a.fields]
+x = "$.[bad"
+
+[mappings.b.fields]
+y = "{{ unclosed"
+
+[mappings.c]
+extends = "a"
+
+[outputs.o]
+type = "stdout"
+mapping = "b"
+""")
+    proc = nwpipe("check", "-c", "c.toml", cwd=tmp_path)
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("nwpipe: error:")]
+    assert len(errors) == 2, proc.stderr  # c's copy of a's problem is not repeated
+    assert "mappings.a.fields.x" in errors[0]
+    assert "mappings.b.fields.y" in errors[1]
+    assert proc.stderr.splitlines()[-1] == "nwpipe: 2 problems in the config"

@@ -598,7 +598,8 @@ def main(argv: list[str] | None = None) -> int:
         _typed(parser, args).error(f"unrecognized arguments: {' '.join(extra)}")
     setup_logging(args.verbose, args.quiet, args.log_format)
     if args.command is None:
-        parser.print_help()
+        # no command is a usage error: the help goes where errors go
+        parser.print_help(sys.stderr)
         return 1
     if args.command not in _STREAMING:
         sys.stdout = _TolerantStdout(sys.stdout)

@@ -35,6 +35,7 @@ from nwpipe import jsonio
 from nwpipe.config import Config
 from nwpipe.engine.pipeline import EXIT_DEAD_LETTERED, EXIT_OK
 from nwpipe.errors import ConfigError
+from nwpipe.numbers import plural
 from nwpipe.outputs import Delivery
 from nwpipe.settings import did_you_mean
 from nwpipe.sources.decode import Event, Reject, read_events
@@ -190,6 +191,6 @@ def render_command(config: Config, router: Router, paths: list[str], *,
 
         silence_stdout()
         return EXIT_DEAD_LETTERED if errors else EXIT_OK
-    log.info("rendered %d event%s: %d bod%s, %d error%s", events, "" if events == 1 else "s",
-             bodies, "y" if bodies == 1 else "ies", errors, "" if errors == 1 else "s")
+    log.info("rendered %s: %s, %s", plural(events, "event"), plural(bodies, "body", "bodies"),
+             plural(errors, "error"))
     return EXIT_DEAD_LETTERED if errors else EXIT_OK

@@ -31,11 +31,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import errno
 import gzip
 import hashlib
-import hmac
 import logging
 import re
 import socket
@@ -52,6 +50,7 @@ from yarl import URL
 from nwpipe import Delivered, Delivery, Failed, Output, Result, Retry, Setting, __version__, hookimpl
 from nwpipe.net import http1
 from nwpipe.settings import positive_seconds
+from nwpipe.net.signature import sign, signing_key
 from nwpipe.net.tls import check_tls_files, client_context, tls_settings
 if TYPE_CHECKING:
     import aiohttp
@@ -300,21 +299,6 @@ def _check_proxy(value: str) -> str:
     if url.scheme not in ("http", "https") or not url.host:
         raise ValueError("proxy must be an http:// or https:// URL with a host")
     return value
-
-
-def signing_key(secret: str) -> bytes:
-    """The HMAC key of a Standard Webhooks secret: base64 after an optional ``whsec_``."""
-    raw = secret.strip()
-    if raw.startswith("whsec_"):
-        raw = raw[len("whsec_"):]
-    raw += "=" * (-len(raw) % 4)
-    try:
-        key = base64.b64decode(raw, validate=True)
-    except (binascii.Error, ValueError):
-        raise ValueError("signing_secret must be 'whsec_' followed by base64") from None
-    if not key:
-        raise ValueError("signing_secret is empty")
-    return key
 
 
 def _check_signing_secret(value: str) -> str:
@@ -648,9 +632,7 @@ class WebhookOutput(Output):
             # Standard Webhooks: HMAC-SHA256 over "id.timestamp.body" (the body before
             # any Content-Encoding, as the receiver's framework hands it over)
             timestamp = str(int(time.time()))
-            digest = hmac.new(self._key, f"{message_id}.{timestamp}.".encode() + body,
-                              hashlib.sha256).digest()
-            signature = (timestamp, "v1," + base64.b64encode(digest).decode())
+            signature = (timestamp, sign(self._key, message_id, timestamp, body))
         if self._gzip:
             body = gzip.compress(body, compresslevel=6, mtime=0)
 

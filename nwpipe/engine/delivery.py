@@ -128,6 +128,8 @@ class DeliveryEngine:
         self._resume_at = settings.queue_size - max(1, settings.queue_size // 4)
         self._wake = asyncio.Event()  # set when the backoff waits should end (shutdown cut short)
         self._flush = asyncio.Event()  # set when no more input comes: send partial batches now
+        #: called with the seconds from a batch's first attempt to its delivery (metrics)
+        self.on_delivered: Callable[[float], None] | None = None
 
     @property
     def failing(self) -> bool:
@@ -337,6 +339,8 @@ class DeliveryEngine:
             if isinstance(result, Delivered):
                 self._state.failing = False
                 self.stats.delivered += len(batch)
+                if self.on_delivered is not None:
+                    self.on_delivered(loop.time() - started)
                 return
             if not self._state.failing:
                 self._state.failing = True

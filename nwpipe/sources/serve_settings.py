@@ -1,0 +1,155 @@
+"""The ``[serve]`` table: settings of the HTTP intake (``nwpipe serve``), validated.
+
+Kept apart from the server itself so that ``nwpipe check`` validates the table without
+importing aiohttp's server. The Netography portal's field names are accepted too
+(``authusername``/``authpassword``), so a user can copy an integration across.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import ssl
+from dataclasses import dataclass
+from typing import Any
+
+from nwpipe.errors import ConfigError
+from nwpipe.settings import Setting, existing_file, positive_seconds, validate_settings
+
+DEFAULT_LISTEN = "127.0.0.1:8080"
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:8080`` for IPv6) as (host, port); ValueError names the problem."""
+    text = value.strip()
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"{value!r} is not HOST:PORT (e.g. 127.0.0.1:8080 or 0.0.0.0:8080)")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IPv6 address") from None
+    elif ":" in host:
+        raise ValueError(f"{value!r}: write an IPv6 address in brackets, e.g. [::1]:8080")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ValueError(f"port {port_text!r} is not a number") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} is not between 0 and 65535")
+    return host, port
+
+
+def _check_listen(value: str) -> str:
+    parse_listen(value)
+    return value
+
+
+def _check_path(value: str) -> str:
+    if not value.startswith("/"):
+        raise ValueError("must start with '/' (e.g. \"/\" or \"/netography\")")
+    if any(c in value for c in "?# \t") or any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError("must be a plain URL path (no query, fragment, spaces or controls)")
+    return value
+
+
+def _check_secret(value: str) -> str:
+    if not value:
+        raise ValueError("must not be empty")
+    return value
+
+
+def _check_signing_secret(value: str) -> str:
+    from nwpipe.net.signature import signing_key
+
+    signing_key(value)
+    return value
+
+
+def _at_least_one(value: int) -> int:
+    if value < 1:
+        raise ValueError("must be at least 1")
+    return value
+
+
+SERVE = {
+    "listen": Setting(str, default=DEFAULT_LISTEN, check=_check_listen,
+                      help="HOST:PORT the intake listens on"),
+    "path": Setting(str, default="/", check=_check_path,
+                    help="URL path that accepts POSTed events"),
+    "username": Setting(str, default=None, aliases=("authusername",),
+                        help="HTTP Basic Auth user name senders must give"),
+    "password": Setting(str, default=None, aliases=("authpassword",), secret=True,
+                        check=_check_secret, help="HTTP Basic Auth password senders must give"),
+    "bearer_token": Setting(str, default=None, secret=True, check=_check_secret,
+                            help="token senders must give as 'Authorization: Bearer ...'"),
+    "signing_secret": Setting(str, default=None, secret=True, check=_check_signing_secret,
+                              help="'whsec_...': require a valid Standard Webhooks signature"),
+    "tls_cert": Setting(str, default=None, check=existing_file,
+                        help="PEM certificate (chain) to serve HTTPS with"),
+    "tls_key": Setting(str, default=None, check=existing_file,
+                       help="PEM key of tls_cert (if not in the same file)"),
+    "max_body_bytes": Setting(int, default=1 << 20, check=_at_least_one,
+                              help="largest accepted request body (413 beyond)"),
+    "read_timeout": Setting(float, default=10.0, check=positive_seconds,
+                            help="seconds a client has to send its headers, and its body"),
+    "max_connections": Setting(int, default=256, check=_at_least_one,
+                               help="open client connections at most; more are closed at once"),
+    "metrics_listen": Setting(str, default=None, check=_check_listen,
+                              help="HOST:PORT for /healthz, /readyz and /metrics on their own"),
+}
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """A validated ``[serve]`` table (the defaults when the config has none)."""
+
+    listen: str = DEFAULT_LISTEN
+    path: str = "/"
+    username: str | None = None
+    password: str | None = None
+    bearer_token: str | None = None
+    signing_secret: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    max_body_bytes: int = 1 << 20
+    read_timeout: float = 10.0
+    max_connections: int = 256
+    metrics_listen: str | None = None
+
+    @property
+    def secrets(self) -> list[str]:
+        """Values never to show in a message or log line."""
+        return [s for s in (self.password, self.bearer_token, self.signing_secret) if s]
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The server TLS context (None: plain HTTP)."""
+        if not self.tls_cert:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.tls_cert, self.tls_key)
+        return context
+
+
+def build_serve_settings(table: dict[str, Any] | None, *, file: str | None = None) -> ServeSettings:
+    """Validate a ``[serve]`` table; ConfigError names ``serve.<key>`` and the problem."""
+    if table is None:
+        return ServeSettings()
+    values = validate_settings(table, SERVE, key="serve", file=file)
+    if (values["username"] is None) != (values["password"] is None):
+        missing = "password" if values["password"] is None else "username"
+        raise ConfigError("Basic Auth needs both username and password",
+                          key=f"serve.{missing}", file=file)
+    if values["bearer_token"] is not None and values["username"] is not None:
+        raise ConfigError("set either username/password or bearer_token, not both",
+                          key="serve.bearer_token", file=file)
+    if values["tls_key"] and not values["tls_cert"]:
+        raise ConfigError("tls_key is set but tls_cert is not", key="serve.tls_key", file=file)
+    settings = ServeSettings(**values)
+    try:
+        settings.ssl_context()
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(f"cannot load tls_cert/tls_key: {exc.strerror or exc}",
+                          key="serve.tls_cert", file=file) from None
+    return settings

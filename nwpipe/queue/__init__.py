@@ -1,0 +1,32 @@
+"""The durable queue: contract in :mod:`nwpipe.queue.base`, engines beside it."""
+
+from __future__ import annotations
+
+from nwpipe.queue.base import (
+    Entry,
+    OutputBacklog,
+    Pos,
+    Queue,
+    QueueError,
+    QueueFull,
+    QueueSettings,
+    QueueStatus,
+    ShardStatus,
+    shard_of,
+)
+
+__all__ = [
+    "Entry", "OutputBacklog", "Pos", "Queue", "QueueError", "QueueFull", "QueueSettings",
+    "QueueStatus", "ShardStatus", "shard_of", "create_queue",
+]
+
+
+def create_queue(settings: QueueSettings) -> Queue:
+    """An unopened queue for ``settings``: Redis Streams when ``url`` is set, else SQLite."""
+    if settings.url:
+        from nwpipe.queue.redis import RedisQueue  # only when asked: optional dependency
+
+        return RedisQueue(settings)
+    from nwpipe.queue.sqlite import SqliteQueue
+
+    return SqliteQueue(settings)

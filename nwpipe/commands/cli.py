@@ -27,6 +27,17 @@ config: -c FILE, else $NWPIPE_CONFIG, else ./nwpipe.toml, else the built-in defa
 """
 
 
+SERVE_EPILOG = """\
+exit codes:
+  0    stopped by SIGTERM/SIGINT; every acknowledged event is delivered,
+       dead-lettered, or still in the queue for the next start
+  1    configuration or usage error, the address cannot be bound, or the queue
+       cannot be opened
+
+A 2xx answer means the events are committed to the durable queue.
+"""
+
+
 class _Parser(argparse.ArgumentParser):
     """Usage errors exit with 1, like every other error that reads nothing."""
 
@@ -87,6 +98,34 @@ def build_parser() -> argparse.ArgumentParser:
                           "(default: the config's shutdown_timeout, else 10)")
     _common(run, suppress=True)
     run.set_defaults(func=cmd_run)
+
+    serve = sub.add_parser(
+        "serve", help="receive events over HTTP (Netography's webhook) and deliver them",
+        description="Listen for POSTed events (one JSON event as Netography sends it, a JSON "
+                    "array of events, or JSON lines), commit them to the durable queue, "
+                    "answer 2xx only then, and deliver them from the queue to every output "
+                    "whose filters match. Settings: the [serve] and [queue] tables. "
+                    "GET /healthz, /readyz and /metrics need no credentials. SIGTERM/SIGINT: "
+                    "new posts get 503, deliveries in flight get shutdown_timeout seconds, "
+                    "the rest stays queued for the next start; exit 0.",
+        epilog=SERVE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _config_option(serve)
+    serve.add_argument("--listen", metavar="HOST:PORT",
+                       help="address to listen on (default: [serve] listen, else 127.0.0.1:8080)")
+    serve.add_argument("--metrics-listen", metavar="HOST:PORT",
+                       help="serve /healthz, /readyz and /metrics on this address instead")
+    serve.add_argument("--queue", metavar="PATH", help="the SQLite queue file (default: [queue] "
+                       "path, else ./nwpipe-queue.db)")
+    serve.add_argument("--dead-letter", metavar="PATH",
+                       help="dead-letter file (default: the config's dead_letter, else "
+                            "./nwpipe-dead-letter.jsonl)")
+    serve.add_argument("--shutdown-timeout", metavar="SECONDS", type=float,
+                       help="on SIGTERM/SIGINT, seconds to finish in-flight deliveries "
+                            "(default: the config's shutdown_timeout, else 10)")
+    serve.add_argument("--no-deliver", action="store_true",
+                       help="only receive and queue events; another process delivers them")
+    _common(serve, suppress=True)
+    serve.set_defaults(func=cmd_serve)
 
     replay = sub.add_parser(
         "replay", help="send the deliveries in a dead-letter file again",
@@ -251,6 +290,22 @@ def cmd_run(args) -> int:
                  progress=wanted(args.quiet, args.log_format))
     log.info("%s", result.summary())
     return result.exit_code
+
+
+def cmd_serve(args) -> int:
+    """Receive events over HTTP and deliver them."""
+    import dataclasses
+
+    from nwpipe.commands.serve import serve
+    from nwpipe.queue import QueueSettings
+
+    _, config, router = load(args)
+    queue_settings = getattr(config, "queue", None) or QueueSettings()
+    if args.queue:
+        queue_settings = dataclasses.replace(queue_settings, path=args.queue, url=None)
+    return serve(config, router, queue_settings, listen=args.listen,
+                 metrics_listen=args.metrics_listen, dead_letter_path=args.dead_letter,
+                 shutdown_timeout=args.shutdown_timeout, deliver=not args.no_deliver)
 
 
 def cmd_replay(args) -> int:

@@ -14,7 +14,7 @@ from typing import Awaitable, Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.process_collector import ProcessCollector
 
 #: delivery latency buckets (seconds): a fast local receiver up to a long retry series
@@ -107,12 +107,14 @@ class Metrics:
         """Fill the queue gauges from ``await status()`` (a QueueStatus) at each scrape."""
         self._queue_status = status
 
-    async def render(self) -> tuple[bytes, str]:
-        """The text exposition format and its content type."""
+    async def render(self, accept: str | None = None) -> tuple[bytes, str]:
+        """The exposition format the scraper's ``Accept`` header asks for (Prometheus
+        text by default, OpenMetrics when asked) and its content type."""
         if self._queue_status is not None:
             status = await self._queue_status()
             self.queue_depth.set(status.depth)
             self.queue_bytes.set(status.bytes)
             oldest = status.oldest_at
             self.queue_oldest.set(max(0.0, time.time() - oldest) if oldest else 0.0)
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        encoder, content_type = choose_encoder(accept or "")
+        return encoder(self.registry), content_type

@@ -41,7 +41,7 @@ def add_ops_routes(app: web.Application, metrics: Metrics, ready: ReadyCheck | N
                                  headers={"Retry-After": "5"})
 
     async def metrics_page(request: web.Request) -> web.Response:
-        body, content_type = await metrics.render()
+        body, content_type = await metrics.render(request.headers.get("Accept"))
         response = web.Response(body=body)
         # set whole: the exposition type carries parameters (version, charset)
         response.headers["Content-Type"] = content_type

@@ -96,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--shutdown-timeout", metavar="SECONDS", type=float,
                      help="on Ctrl-C/SIGTERM, seconds to finish in-flight deliveries "
                           "(default: the config's shutdown_timeout, else 10)")
+    run.add_argument("--metrics-listen", metavar="HOST:PORT",
+                     help="serve /healthz, /readyz and /metrics (Prometheus) on this address "
+                          "while the run lasts")
     _common(run, suppress=True)
     run.set_defaults(func=cmd_run)
 
@@ -168,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("path", nargs="?", default="nwpipe.toml", metavar="PATH",
                       help="file (or folder) to write (default: ./nwpipe.toml)")
     init.add_argument("--force", action="store_true", help="overwrite an existing file")
+    init.add_argument("--serve", action="store_true",
+                      help="also a [serve] section: receive Netography's webhook with "
+                           "`nwpipe serve` (and a [queue] with sync = \"full\")")
     _common(init, suppress=True)
     init.set_defaults(func=cmd_init)
 
@@ -282,12 +288,16 @@ def cmd_run(args) -> int:
     from nwpipe.engine.pipeline import run
     from nwpipe.commands.progress import wanted
     from nwpipe.sources.decode import check_inputs
+    from nwpipe.sources.serve_settings import check_listen
 
     _, config, router = load(args)
     check_inputs(args.files)
+    if args.metrics_listen is not None:
+        check_listen("--metrics-listen", args.metrics_listen)
     result = run(config, router, args.files or ["-"], dead_letter_path=args.dead_letter,
                  shutdown_timeout=args.shutdown_timeout,
-                 progress=wanted(args.quiet, args.log_format))
+                 progress=wanted(args.quiet, args.log_format),
+                 metrics_listen=args.metrics_listen)
     log.info("%s", result.summary())
     return result.exit_code
 
@@ -362,9 +372,12 @@ def cmd_init(args) -> int:
     """Write a starter config."""
     from nwpipe.commands.init import write_starter_config
 
-    path = write_starter_config(args.path, force=args.force)
+    path = write_starter_config(args.path, force=args.force, serve=args.serve)
     print(f"wrote {path}")
     print(f"next: set SOC_URL (or edit the url), then `nwpipe check --probe -c {path}`")
+    if args.serve:
+        print(f"then: set SERVE_PASSWORD, `nwpipe serve -c {path}`, and point the portal's "
+              "webhook at it")
     return 0
 
 

@@ -22,9 +22,8 @@ import signal
 from nwpipe.config import Config
 from nwpipe.engine.deadletter import DeadLetterFile
 from nwpipe.engine.metrics import Metrics
-from nwpipe.errors import NwpipeError
 from nwpipe.queue import QueueError, QueueFull, QueueSettings, create_queue
-from nwpipe.sources.serve_settings import parse_listen
+from nwpipe.sources.serve_settings import check_listen
 from nwpipe.transform.routing import Router
 
 log = logging.getLogger("nwpipe")
@@ -38,10 +37,7 @@ def serve_settings(config: Config, *, listen: str | None = None,
     settings = config.serve
     for flag, value in (("--listen", listen), ("--metrics-listen", metrics_listen)):
         if value is not None:
-            try:
-                parse_listen(value)
-            except ValueError as exc:
-                raise NwpipeError(f"{flag}: {exc}") from None
+            check_listen(flag, value)
     if listen is not None:
         settings = dataclasses.replace(settings, listen=listen)
     if metrics_listen is not None:
@@ -127,9 +123,9 @@ class Service:
                 loop.add_signal_handler(signum, self._on_signal, signum)
                 installed.append(signum)
             self.metrics.watch_queue(self.queue.status)
+            await intake.start()
             if self.deliver:
                 self._delivery = asyncio.ensure_future(self._deliver())
-            await intake.start()
             stopped = asyncio.ensure_future(self._stop.wait())
             waiting = [stopped] + ([self._delivery] if self._delivery is not None else [])
             await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
@@ -149,6 +145,7 @@ class Service:
             except QueueError:
                 pass
         finally:
+            await self._stop_delivery()
             await intake.close()
             for signum in installed:
                 loop.remove_signal_handler(signum)

@@ -390,10 +390,12 @@ def build_outputs(config: Config, names: Iterable[str] | None = None) -> dict:
 
 
 def run(config: Config, router: Router, paths: list[str], *, dead_letter_path: str | None = None,
-        shutdown_timeout: float | None = None, progress: bool = False) -> RunResult:
+        shutdown_timeout: float | None = None, progress: bool = False,
+        metrics_listen: str | None = None) -> RunResult:
     """Run the pipeline to the end of the inputs (or a signal); returns what happened.
 
     ``progress``: show a live status line on stderr (see :mod:`nwpipe.commands.progress`).
+    ``metrics_listen``: ``HOST:PORT`` where /healthz, /readyz and /metrics answer meanwhile.
     """
     dead_letter = DeadLetterFile(dead_letter_path or config.dead_letter)
     dead_letter.check()  # a dead-letter file that cannot be written is found before reading
@@ -401,9 +403,25 @@ def run(config: Config, router: Router, paths: list[str], *, dead_letter_path: s
     try:
         pipeline = Pipeline(config, router, build_outputs(config), dead_letter=dead_letter,
                             shutdown_timeout=shutdown_timeout, progress=make_progress(progress))
-        return event_loop_run(pipeline.run(paths))
+        if metrics_listen is None:
+            return event_loop_run(pipeline.run(paths))
+        return event_loop_run(with_metrics(pipeline, paths, metrics_listen))
     finally:
         dead_letter.close()
+
+
+async def with_metrics(pipeline: Pipeline, paths: list[str], listen: str) -> RunResult:
+    """Run ``pipeline`` with the operations endpoints on ``listen`` meanwhile."""
+    from nwpipe.engine.metrics import Metrics
+    from nwpipe.net.ops import start_ops_server
+
+    metrics = Metrics()
+    metrics.watch_pipeline(pipeline.result, pipeline.engines, pipeline.dead_letter)
+    runner = await start_ops_server(listen, metrics)
+    try:
+        return await pipeline.run(paths)
+    finally:
+        await runner.cleanup()
 
 
 def make_progress(enabled: bool):

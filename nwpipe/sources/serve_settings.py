@@ -12,7 +12,7 @@ import ssl
 from dataclasses import dataclass
 from typing import Any
 
-from nwpipe.errors import ConfigError
+from nwpipe.errors import ConfigError, NwpipeError
 from nwpipe.settings import Setting, existing_file, positive_seconds, validate_settings
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
@@ -39,6 +39,14 @@ def parse_listen(value: str) -> tuple[str, int]:
     if not 0 <= port <= 65535:
         raise ValueError(f"port {port} is not between 0 and 65535")
     return host, port
+
+
+def check_listen(flag: str, value: str) -> None:
+    """A command line's ``HOST:PORT``: NwpipeError naming ``flag`` when it is not one."""
+    try:
+        parse_listen(value)
+    except ValueError as exc:
+        raise NwpipeError(f"{flag}: {exc}") from None
 
 
 def _check_listen(value: str) -> str:

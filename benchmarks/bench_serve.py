@@ -1,0 +1,245 @@
+"""HTTP intake throughput: ``nwpipe serve`` (durable queue) against a bare aiohttp.web server.
+
+    python benchmarks/bench_serve.py [--events 20000] [--concurrency 32] [--sync full]
+
+Generates vendor-shaped events (benchmarks/events.py) and posts each one as its own
+request (as Netography does), at ``--concurrency`` requests in flight, from a client in
+its own process, to each of these in the same run:
+
+1. ``bare aiohttp.web``: a server in its own process that reads the body and answers
+   200 without storing anything (the ceiling for an HTTP intake in Python);
+2. ``nwpipe serve``: the real CLI with the durable SQLite queue (``sync`` as given;
+   ``full`` is what the README recommends for serve), delivering to a receiver (a
+   minimal aiohttp server in its own process) with a webhook output.
+
+For each: acknowledged events per second and the p50/p99 latency of a POST as the
+client saw them, and the server's peak RSS (VmHWM). For nwpipe also the end-to-end rate:
+from the client's first POST to the receiver having every event. Goal (issue 11):
+nwpipe at least half the bare server's rate with p99 under 50 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(ROOT))
+
+from bench_webhook import Receiver, loop_name, run_loop  # noqa: E402
+
+CONFIG = """\
+[serve]
+max_connections = 1024
+
+[queue]
+path = "{queue}"
+sync = "{sync}"
+
+[outputs.soc]
+type        = "webhook"
+url         = "{url}/ingest"
+concurrency = 64
+"""
+
+
+# --- the bare server (its own process) -------------------------------------------------------
+
+
+def bare_main() -> None:
+    """Read each POST's body and answer 200 ``{"accepted": 1}``; store nothing."""
+    from aiohttp import web
+
+    async def handle(request: web.Request) -> web.Response:
+        await request.read()
+        return web.json_response({"accepted": 1})
+
+    async def serve() -> None:
+        app = web.Application()
+        app.router.add_post("/", handle)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
+        await site.start()
+        print(f"listening on http://127.0.0.1:{runner.addresses[0][1]}/ {loop_name()}", flush=True)
+        await __import__("asyncio").Event().wait()
+
+    run_loop(serve())
+
+
+# --- the client (its own process) ------------------------------------------------------------
+
+
+def client_main(url: str, bodies_path: str, concurrency: int) -> None:
+    """POST each line of ``bodies_path`` as one request; print rate and latencies as JSON."""
+    import asyncio
+
+    import aiohttp
+
+    bodies = Path(bodies_path).read_bytes().splitlines()
+
+    async def main() -> None:
+        connector = aiohttp.TCPConnector(limit=concurrency)
+        headers = {"Content-Type": "application/json"}
+        latencies: list[float] = []
+        failed = 0
+        async with aiohttp.ClientSession(connector=connector) as session:
+            feed = iter(bodies)
+
+            async def worker() -> None:
+                nonlocal failed
+                clock = time.perf_counter
+                for body in feed:
+                    sent = clock()
+                    async with session.post(url, data=body, headers=headers) as resp:
+                        await resp.read()
+                        if resp.status != 200:
+                            failed += 1
+                    latencies.append(clock() - sent)
+
+            started_at = time.time()
+            started = time.perf_counter()
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+            seconds = time.perf_counter() - started
+        latencies.sort()
+        print(json.dumps({"requests": len(bodies), "failed": failed, "seconds": seconds,
+                          "started_at": started_at,
+                          "p50": latencies[len(latencies) // 2],
+                          "p99": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
+                          "loop": loop_name()}), flush=True)
+
+    run_loop(main())
+
+
+# --- the driver ------------------------------------------------------------------------------
+
+LISTENING = re.compile(r"listening on (http://\S+?)/?\s")
+
+
+def peak_rss_mib(pid: int) -> float:
+    """The process's peak resident set size so far (VmHWM), in MiB."""
+    for text in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if text.startswith("VmHWM:"):
+            return int(text.split()[1]) / 1024
+    return 0.0
+
+
+def start_server(argv: list[str], **kwargs) -> tuple[subprocess.Popen, str]:
+    """Start a server process and return it with the URL it says it listens on."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            **kwargs)
+    stream = proc.stdout if "--role" in argv else proc.stderr
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = stream.readline()
+        if not line:
+            raise SystemExit(f"{argv[:4]} exited: {proc.stderr.read()[-2000:]}")
+        match = LISTENING.search(line + " ")
+        if match:
+            return proc, match.group(1)
+    raise SystemExit(f"{argv[:4]} did not start")
+
+
+def run_client(url: str, bodies_path: Path, concurrency: int, count: int) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--role", "client", "--url", url + "/",
+                          "--bodies", str(bodies_path), "--concurrency", str(concurrency)],
+                         capture_output=True, text=True, check=True).stdout
+    result = json.loads(out)
+    if result["failed"] or result["requests"] != count:
+        raise SystemExit(f"client: {result}")
+    return result
+
+
+def bench_bare(bodies_path: Path, concurrency: int, count: int) -> dict:
+    proc, url = start_server([sys.executable, __file__, "--role", "bare"])
+    try:
+        result = run_client(url, bodies_path, concurrency, count)
+        result["rss"] = peak_rss_mib(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait()
+    return result
+
+
+def bench_nwpipe(workdir: Path, receiver: Receiver, bodies_path: Path, concurrency: int,
+                 count: int, sync: str) -> dict:
+    config = workdir / "serve.toml"
+    queue = workdir / "queue.db"
+    config.write_text(CONFIG.format(queue=queue, sync=sync, url=receiver.url))
+    env = {**os.environ, "NWPIPE_LOAD_PLUGINS": ""}
+    before = receiver.counts()["events"]
+    proc, url = start_server([sys.executable, "-m", "nwpipe", "serve", "-c", str(config),
+                              "--listen", "127.0.0.1:0", "--dead-letter",
+                              str(workdir / "dead.jsonl")], env=env, cwd=workdir)
+    try:
+        result = run_client(url, bodies_path, concurrency, count)
+        # end to end: until the receiver has every event
+        deadline = time.monotonic() + 600
+        while receiver.counts()["events"] - before < count:
+            if time.monotonic() > deadline:
+                raise SystemExit("nwpipe serve did not deliver every event within 600 s")
+            time.sleep(0.01)
+        result["end_to_end"] = time.time() - result["started_at"]
+        result["rss"] = peak_rss_mib(proc.pid)
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=120)
+    if proc.returncode != 0 or "0 events stay queued" not in err:
+        raise SystemExit(f"nwpipe serve exited {proc.returncode}:\n{err[-2000:]}")
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--sync", choices=("normal", "full"), default="full")
+    parser.add_argument("--role", choices=("bare", "client"), help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--bodies", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.role == "bare":
+        return bare_main()
+    if args.role == "client":
+        return client_main(args.url, args.bodies, args.concurrency)
+
+    import orjson
+    from events import generate
+
+    count = args.events
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        bodies_path = workdir / "bodies.jsonl"
+        bodies_path.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in generate(count)))
+        receiver = Receiver()
+        try:
+            bare = bench_bare(bodies_path, args.concurrency, count)
+            nwpipe = bench_nwpipe(workdir, receiver, bodies_path, args.concurrency, count,
+                                  args.sync)
+        finally:
+            receiver.stop()
+    print(f"{count} single-event POSTs, concurrency {args.concurrency}, {os.cpu_count()} CPUs, "
+          f"{bare['loop']}")
+    print(f"  {'':<34}{'events/s':>9}  {'p50 ms':>7}  {'p99 ms':>7}  {'peak RSS':>9}")
+    for label, r in ((f"bare aiohttp.web (stores nothing)", bare),
+                     (f"nwpipe serve (queue sync={args.sync})", nwpipe)):
+        print(f"  {label:<34}{count / r['seconds']:>9,.0f}  {r['p50'] * 1e3:7.1f}  "
+              f"{r['p99'] * 1e3:7.1f}  {r['rss']:6.1f} MiB")
+    ratio = bare["seconds"] / nwpipe["seconds"]
+    print(f"  nwpipe / bare: {ratio:.2f}x (goal >= 0.5x, p99 < 50 ms: "
+          f"{'met' if ratio >= 0.5 and nwpipe['p99'] < 0.05 else 'NOT met'})")
+    print(f"  end to end (first POST -> receiver has all {count}): {nwpipe['end_to_end']:.2f} s, "
+          f"{count / nwpipe['end_to_end']:,.0f} events/s")
+
+
+if __name__ == "__main__":
+    main()

@@ -307,10 +307,9 @@ def cmd_serve(args) -> int:
     import dataclasses
 
     from nwpipe.commands.serve import serve
-    from nwpipe.queue import QueueSettings
 
     _, config, router = load(args)
-    queue_settings = getattr(config, "queue", None) or QueueSettings()
+    queue_settings = config.queue
     if args.queue:
         queue_settings = dataclasses.replace(queue_settings, path=args.queue, url=None)
     return serve(config, router, queue_settings, listen=args.listen,

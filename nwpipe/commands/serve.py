@@ -65,6 +65,8 @@ class Service:
         self._stop = asyncio.Event()
         self._signals = 0
         self._store_error: str | None = None
+        self._full = False  # the last put was refused: the queue is at max_bytes
+        self._full_bytes: int | None = None  # what it held then
 
     # -- readiness ---------------------------------------------------------------------
 
@@ -73,11 +75,14 @@ class Service:
         try:
             await self.queue.put(items)
         except QueueFull:
+            self._full = True
             raise
         except QueueError as exc:
             self._store_error = str(exc)
             raise
         self._store_error = None
+        self._full = False
+        self._full_bytes = None
 
     async def ready(self) -> str | None:
         """Why this process cannot take events now (for /readyz), or None."""
@@ -89,8 +94,15 @@ class Service:
             status = await self.queue.status()
         except QueueError as exc:
             return f"the queue cannot be read: {exc}"
-        if status.bytes >= self.queue.max_bytes:
-            return f"the queue is full ({status.bytes} of {self.queue.max_bytes} bytes)"
+        if self._full:
+            # Full since a put was refused, until delivery has made room (the size
+            # went down since): a probe must not keep it "full" with nobody posting.
+            if self._full_bytes is None or status.bytes >= self._full_bytes:
+                self._full_bytes = status.bytes if self._full_bytes is None else self._full_bytes
+                return (f"the queue is full ({status.bytes:,} bytes stored, "
+                        f"queue.max_bytes = {self.queue.max_bytes:,})")
+            self._full = False
+            self._full_bytes = None
         return None
 
     # -- the service -------------------------------------------------------------------

@@ -380,6 +380,7 @@ class DeliveryEngine:
         loop = asyncio.get_running_loop()
         attempt = 0
         successes = self._successes
+        started = loop.time()
         while True:
             if self._spent:
                 # The budget is spent: what waits is dead-lettered, with one probe at

@@ -84,6 +84,8 @@ class IntakeServer:
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        # connections that have not sent their first request yet: the timer closing them
+        self._first_request: dict[object, asyncio.TimerHandle] = {}
         self._key = signing_key(settings.signing_secret) if settings.signing_secret else None
         if settings.username is not None:
             self._challenge = 'Basic realm="nwpipe", charset="UTF-8"'
@@ -100,19 +102,19 @@ class IntakeServer:
     async def start(self) -> None:
         """Listen on ``listen`` (and ``metrics_listen``); log where."""
         settings = self.settings
-        app = web.Application(client_max_size=settings.max_body_bytes)
+        app = web.Application(client_max_size=settings.max_body_bytes,
+                              middlewares=[self._headers_arrived])
         app.router.add_route("*", settings.path, self._intake)
         if settings.metrics_listen is None:
             add_ops_routes(app, self.metrics, self.ready)
         app.router.add_route("*", "/{tail:.*}", self._not_found)
         ssl_context = settings.ssl_context()
-        # keepalive_timeout also bounds the wait for a new connection's first request
-        # (aiohttp arms it when the connection is made): stalled headers end there.
+        # keepalive_timeout: a connection idle or stalled between requests is closed
         runner = await start_site(app, settings.listen, ssl_context=ssl_context,
                                   keepalive_timeout=settings.read_timeout,
                                   handler_cancellation=False)
         self._runners.append(runner)
-        self._limit_connections(runner)
+        self._guard_connections(runner)
         self.url = bound_url(runner, "https" if ssl_context else "http")
         log.info("serve: listening on %s%s", self.url, settings.path)
         if settings.username is None and settings.bearer_token is None and self._key is None:
@@ -126,17 +128,44 @@ class IntakeServer:
             self.metrics_url = bound_url(ops_runner)
             log.info("serve: metrics on %s/metrics", self.metrics_url)
 
-    def _limit_connections(self, runner: web.AppRunner) -> None:
+    def _guard_connections(self, runner: web.AppRunner) -> None:
+        """At most ``max_connections`` connections; each must send its first request's
+        headers within ``read_timeout`` (later requests: aiohttp's keep-alive timeout,
+        set to the same, closes a connection idle or stalled between requests)."""
         server = runner.server
         limit = self.settings.max_connections
-        made = server.connection_made
+        timeout = self.settings.read_timeout
+        loop = asyncio.get_running_loop()
+        made, lost = server.connection_made, server.connection_lost
+        first_request = self._first_request
+
+        def overdue(transport) -> None:
+            transport.close()
 
         def connection_made(handler, transport) -> None:
             made(handler, transport)
             if len(server.connections) > limit:
                 transport.abort()  # connection_lost removes it from the server's list
+                return
+            first_request[handler] = loop.call_later(timeout, overdue, transport)
+
+        def connection_lost(handler, exc=None) -> None:
+            timer = first_request.pop(handler, None)
+            if timer is not None:
+                timer.cancel()
+            lost(handler, exc)
 
         server.connection_made = connection_made  # type: ignore[method-assign]
+        server.connection_lost = connection_lost  # type: ignore[method-assign]
+
+    @web.middleware
+    async def _headers_arrived(self, request: web.Request, handler):
+        """A request's headers are complete: its connection's first-request timer ends."""
+        if self._first_request:
+            timer = self._first_request.pop(request.protocol, None)
+            if timer is not None:
+                timer.cancel()
+        return await handler(request)
 
     def stop_accepting(self) -> None:
         """From now on POSTs are answered 503 with Retry-After (shutting down)."""

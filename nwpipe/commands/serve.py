@@ -45,6 +45,48 @@ def serve_settings(config: Config, *, listen: str | None = None,
     return settings
 
 
+class _Coalesce:
+    """Puts made during one turn of the event loop go to the queue as one ``put``.
+
+    Each request is one small put; under load dozens arrive in the same turn, and one
+    hand-over to the queue's writer (and one wake-up back) serves them all. An error
+    (the queue full, the disk) goes to every request of the group.
+    """
+
+    def __init__(self, put):
+        self._put = put
+        self._items: list = []
+        self._waiters: list[asyncio.Future] = []
+        self._scheduled = False
+
+    async def __call__(self, items) -> None:
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        self._items.extend(items)
+        self._waiters.append(waiter)
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._flush)
+        await waiter
+
+    def _flush(self) -> None:
+        items, waiters = self._items, self._waiters
+        self._items, self._waiters, self._scheduled = [], [], False
+        task = asyncio.ensure_future(self._put(items))
+        task.add_done_callback(lambda done: _settle_all(done, waiters))
+
+
+def _settle_all(done: asyncio.Future, waiters: list[asyncio.Future]) -> None:
+    error = done.exception() if not done.cancelled() else asyncio.CancelledError()
+    for waiter in waiters:
+        if waiter.done():
+            continue
+        if error is not None:
+            waiter.set_exception(error)
+        else:
+            waiter.set_result(None)
+
+
 class Service:
     """One ``nwpipe serve`` process: intake, queue and (unless ``deliver=False``) delivery."""
 
@@ -128,8 +170,8 @@ class Service:
         self._delivery: asyncio.Task | None = None
         loop = asyncio.get_running_loop()
         installed = []
-        intake = IntakeServer(self.settings, self.commit, self.dead_letter, self.metrics,
-                              ready=self.ready)
+        intake = IntakeServer(self.settings, _Coalesce(self.commit), self.dead_letter,
+                              self.metrics, ready=self.ready)
         try:
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(signum, self._on_signal, signum)

@@ -61,6 +61,12 @@ def _common(parser: argparse.ArgumentParser, suppress: bool) -> None:
                         help="format of messages on stderr (default: text)")
 
 
+def _queue_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--queue", metavar="PATH",
+                        help="the queue file (default: the config's [queue] path, else "
+                             "./nwpipe-queue.db)")
+
+
 def _config_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-c", "--config", metavar="FILE",
                         help="TOML config (default: $NWPIPE_CONFIG, else ./nwpipe.toml, "
@@ -99,6 +105,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--metrics-listen", metavar="HOST:PORT",
                      help="serve /healthz, /readyz and /metrics (Prometheus) on this address "
                           "while the run lasts")
+    _queue_option(run)
+    run.add_argument("--durable", action="store_true",
+                     help="commit every event read to the queue before delivering it: after a "
+                          "crash (kill -9), the next run delivers what was committed (also: "
+                          "[queue] durable = true)")
+    run.add_argument("--resume", action="store_true",
+                     help="skip what an earlier --durable run committed of each input file "
+                          "(continue where reading had reached)")
+    run.add_argument("--keep-queue", action="store_true",
+                     help="when the input has ended and only failing outputs hold events, "
+                          "leave them in the queue for the next run instead of waiting for "
+                          "their retry budget (retry.max_elapsed)")
     _common(run, suppress=True)
     run.set_defaults(func=cmd_run)
 
@@ -117,8 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="address to listen on (default: [serve] listen, else 127.0.0.1:8080)")
     serve.add_argument("--metrics-listen", metavar="HOST:PORT",
                        help="serve /healthz, /readyz and /metrics on this address instead")
-    serve.add_argument("--queue", metavar="PATH", help="the SQLite queue file (default: [queue] "
-                       "path, else ./nwpipe-queue.db)")
+    _queue_option(serve)
     serve.add_argument("--dead-letter", metavar="PATH",
                        help="dead-letter file (default: the config's dead_letter, else "
                             "./nwpipe-dead-letter.jsonl)")
@@ -296,7 +313,8 @@ def cmd_run(args) -> int:
         check_listen("--metrics-listen", args.metrics_listen)
     result = run(config, router, args.files or ["-"], dead_letter_path=args.dead_letter,
                  shutdown_timeout=args.shutdown_timeout,
-                 progress=wanted(args.quiet, args.log_format),
+                 progress=wanted(args.quiet, args.log_format), queue_path=args.queue,
+                 durable=args.durable, keep_queue=args.keep_queue, resume=args.resume,
                  metrics_listen=args.metrics_listen)
     log.info("%s", result.summary())
     return result.exit_code

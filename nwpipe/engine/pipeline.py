@@ -9,6 +9,16 @@ what was already decoded is still routed, and what has not been handed to an out
 yet is dead-lettered at once; batches in flight get ``shutdown_timeout`` seconds to
 finish, and whatever is left then is dead-lettered. A second signal cuts that wait
 short. The dead-letter file is complete before the exit code says "interrupted".
+
+The durable queue (:mod:`nwpipe.queue`): in *memory mode* (the default) events go
+straight from the input to the outputs' memory queues, with no disk cost. When an
+output is failing and its memory queue is full, the run switches to *queue mode*: what
+that output holds moves under the queue's tracking, and from then on every event read is
+put in the queue and delivered from it by the feeds (:mod:`nwpipe.engine.dispatch`), so
+an outage waits on disk instead of in the dead-letter file. ``--durable`` runs in queue
+mode from the first event (committed before it is delivered), and so does a run that
+finds a backlog left by an earlier one (delivered first, in order). In queue mode a
+signal leaves what is queued in the queue for the next run instead of dead-lettering it.
 """
 
 from __future__ import annotations
@@ -16,18 +26,23 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import signal
 import sys
 import time
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Iterable
 
+import orjson
+
 from nwpipe.config import Config
 from nwpipe.engine.deadletter import DeadLetterFile, event_record, raw_record
 from nwpipe.engine.delivery import DeliveryEngine, OutputStats
+from nwpipe.engine.dispatch import Dispatcher, Feed
 from nwpipe.errors import EventError, NwpipeError
 from nwpipe.outputs import Delivery
 from nwpipe.outputs import delivery_id as make_delivery_id
+from nwpipe.queue.base import Entry, Queue, QueueError, QueueFull, shard_of
 from nwpipe.transform.routing import Route, Router
 from nwpipe.sources.decode import Decoder, Event, Reject, aiter_chunks, source_name
 
@@ -89,6 +104,18 @@ class RunResult:
     #: inputs that could not be read to the end (a missing file, a truncated .gz, ...)
     unreadable: int = 0
 
+    #: the queue file (or URL), when the run used it
+    queue: str | None = None
+    #: events taken from an earlier run's backlog / put in the queue by this run
+    backlog_found: int = 0
+    put: int = 0
+    #: events left in the queue for the next run, at the end
+    left_queued: int = 0
+    #: seconds reading waited for room in the queue (queue.max_bytes reached)
+    waited_for_room: float = 0.0
+    #: events skipped by --resume: an earlier durable run had committed them
+    resumed: int = 0
+
     @property
     def exit_code(self) -> int:
         return exit_code_for(self.signal, self.dead_lettered or self.rejected or self.unreadable)
@@ -97,6 +124,8 @@ class RunResult:
         rate = self.read / self.seconds if self.seconds > 0 else 0.0
         parts = [f"read {self.read} event{'s' if self.read != 1 else ''}",
                  f"rejected {self.rejected}"]
+        if self.resumed:
+            parts.insert(0, f"skipped {self.resumed} committed by an earlier run (--resume)")
         if self.map_failed:
             parts.append(f"mapping failed {self.map_failed}")
         if self.unreadable:
@@ -105,6 +134,17 @@ class RunResult:
         parts.extend(output_summary(name, stats, self.seconds)
                      for name, stats in self.outputs.items())
         line = "; ".join(parts) + f" ({self.seconds:.2f} s, {rate:,.0f} events/s)"
+        if self.queue is not None and (self.put or self.backlog_found or self.left_queued):
+            disk = []
+            if self.backlog_found:
+                disk.append(f"{self.backlog_found} from an earlier run")
+            if self.put:
+                disk.append(f"{self.put} put by this run")
+            disk.append(f"{self.left_queued} left for the next run")
+            line += f"; queue {self.queue}: " + ", ".join(disk)
+        if self.waited_for_room:
+            line += (f"; reading waited {self.waited_for_room:.1f} s for room in the queue "
+                     f"(queue.max_bytes)")
         if self.dead_lettered:
             line += f"; dead letters in {self.dead_letter_path}"
         if self.signal is not None:
@@ -117,7 +157,14 @@ class Pipeline:
 
     def __init__(self, config: Config, router: Router, outputs: dict, *,
                  dead_letter: DeadLetterFile, shutdown_timeout: float | None = None,
-                 progress=None):
+                 progress=None, queue: Queue | None = None, durable: bool = False,
+                 keep_queue: bool = False, resume: bool = False, refuse: str | None = None):
+        """``queue``: the durable queue (opened by the run when needed); ``durable``:
+        commit every event before delivering it; ``keep_queue``: at the end, leave what
+        only failing outputs hold in the queue instead of waiting for their retry
+        budget; ``resume``: skip what an earlier durable run committed of each input
+        file; ``refuse``: dead-letter everything with this reason instead of sending
+        (``nwpipe queue drain --dead-letter``)."""
         self.config = config
         self.router = router
         self.dead_letter = dead_letter
@@ -138,6 +185,21 @@ class Pipeline:
         self._fetch_cancelled = False
         self._refusing: asyncio.Task | None = None
         self._deadline: asyncio.TimerHandle | None = None
+        self.queue = queue
+        self.durable = durable
+        self.keep_queue = keep_queue
+        self.resume = resume
+        self._refuse_reason = refuse
+        #: set once the run delivers from the queue (queue mode)
+        self.dispatcher: Dispatcher | None = None
+        self._queue_open = False
+        self._engines_started = False
+        self._first_output = next(iter(self.engines), None)
+        self._full_logged = False
+        if queue is not None:
+            from nwpipe.queue import location
+
+            self.result.queue = location(queue.settings)
 
     # -- control ---------------------------------------------------------------
 
@@ -165,6 +227,8 @@ class Pipeline:
         if self._stop.is_set():
             return
         self._stop.set()
+        if self.dispatcher is not None:
+            self.dispatcher.stopping()
         # A read waiting on a slow pipe would wait for the next line: end it now.
         if self._fetch is not None and not self._fetch.done():
             self._fetch_cancelled = True
@@ -210,8 +274,14 @@ class Pipeline:
             except (NotImplementedError, RuntimeError):  # not the main thread, or Windows
                 pass
         try:
+            await self._open_queue()
             for engine in self.engines.values():
                 await engine.start()
+                if self._refuse_reason is not None:
+                    await engine.refuse(self._refuse_reason)
+            self._engines_started = True
+            if self.dispatcher is not None:
+                self.dispatcher.start()
             if self.progress is not None:
                 self.progress.start(self)
             try:
@@ -222,6 +292,7 @@ class Pipeline:
                     await engine.abandon(f"not delivered: nwpipe stopped on "
                                          f"{type(exc).__name__}: {exc}")
                 raise
+            await self._input_ended()
             if self._refusing is not None:
                 await self._refusing
             # Without a signal this waits for every delivery (retries included); after
@@ -230,8 +301,11 @@ class Pipeline:
         finally:
             if self.progress is not None:
                 await self.progress.stop()
-            for engine in self.engines.values():
-                await engine.close()
+            try:
+                await self._close_queue()
+            finally:
+                for engine in self.engines.values():
+                    await engine.close()
             if self._refusing is not None:
                 await self._refusing
             if self._deadline is not None:
@@ -248,6 +322,8 @@ class Pipeline:
 
     async def _read(self, path: str) -> None:
         decoder = Decoder(source_name(path), max_line_bytes=self.config.max_line_bytes)
+        note = input_note(path)
+        skip_upto = await self._resume_line(path, note)
         chunks = aiter_chunks(path)
         try:
             while not self._stop.is_set():
@@ -264,7 +340,11 @@ class Pipeline:
                     break
                 finally:
                     self._fetch = None
-                await self._handle(decoder.feed(chunk))
+                records = decoder.feed(chunk)
+                await self._handle(records, skip_upto)
+                if note is not None and records and self.dispatcher is not None:
+                    # committed up to here: where --resume continues after a crash
+                    await self._note(note, records[-1].line)
                 # Let the outputs work on this chunk's deliveries now: a regular file is
                 # read without ever waiting, and running far ahead of the outputs only
                 # fills their queues with events that are cold in the CPU cache by the
@@ -281,11 +361,17 @@ class Pipeline:
                     cut = f"input cut short by {signal.Signals(self.result.signal).name}"
                     rest = [Reject(r.raw, r.source, r.line, f"{cut}: {r.reason}")
                             if isinstance(r, Reject) else r for r in rest]
-                await self._handle(rest)
+                await self._handle(rest, skip_upto)
+                if note is not None and rest and self.dispatcher is not None:
+                    await self._note(note, rest[-1].line)
 
-    async def _handle(self, records: Iterable[Event | Reject]) -> None:
+    async def _handle(self, records: Iterable[Event | Reject], skip_upto: int = 0) -> None:
         result = self.result
+        items: list[tuple[str, bytes, str]] = []  # queue mode: put together, one commit
         for record in records:
+            if record.line <= skip_upto:
+                result.resumed += 1  # --resume: committed by an earlier durable run
+                continue
             result.read += 1
             if isinstance(record, Reject):
                 result.rejected += 1
@@ -301,13 +387,20 @@ class Pipeline:
                              event_record(event, stage="parse", output=None, source=record.source,
                                           line=record.line, reason=problem))
                 continue
-            await self.route(event, record.source, record.line)
+            if self.dispatcher is None:
+                await self.route(event, record.source, record.line, spill=True)
+            else:
+                items.append((event["id"], orjson.dumps(event), f"{record.source}:{record.line}"))
+        if items:
+            await self._put(items)
 
     async def route(self, event: dict, source: str, line: int, *, attempts: list | None = None,
-                    delivery_id: str | None = None) -> None:
+                    delivery_id: str | None = None, spill: bool = False) -> None:
         """Send a valid event to every output whose filters match it.
 
         ``delivery_id`` and ``attempts`` carry over from a dead-letter record (replay).
+        ``spill``: when an output is failing with a full memory queue, switch to queue
+        mode (the event and what follows wait on disk) instead of waiting for it.
         """
         did = delivery_id or make_delivery_id(event)
         try:
@@ -319,9 +412,15 @@ class Pipeline:
                          event_record(event, stage="map", output=None, source=source, line=line,
                                       reason=reason, delivery_id=did, attempts=attempts))
             return
+        took: list[str] = []
+        spill = spill and self.queue is not None
         for route in routes:
             if route.name in self.engines:
-                await self._map_and_submit(route, event, source, line, did, attempts, True)
+                if not await self._map_and_submit(route, event, source, line, did, attempts, True,
+                                                  spill):
+                    await self._spill(event, source, line, took)
+                    return
+                took.append(route.name)
 
     async def send_to(self, output: str, event: dict, source: str, line: int, *,
                       delivery_id: str | None = None, attempts: list | None = None) -> None:
@@ -330,12 +429,24 @@ class Pipeline:
                                    delivery_id or make_delivery_id(event), attempts, False)
 
     async def _map_and_submit(self, route: Route, event: dict, source: str, line: int, did: str,
-                              attempts: list | None, routed: bool) -> None:
+                              attempts: list | None, routed: bool, spill: bool = False) -> bool:
+        """Map and submit; False only when ``spill`` and the output's engine refused it
+        (failing with a full memory queue)."""
+        outcome = self._map(route, event, source, line, did, attempts, routed)
+        if outcome is None:
+            return True
+        return await self.engines[route.name].submit(outcome, spill=spill)
+
+    def _map(self, route: Route, event: dict, source: str, line: int, did: str,
+             attempts: list | None, routed: bool) -> Delivery | None:
+        """The delivery of ``event`` for ``route``; None when there is none: the output
+        maps some customers only, or the mapping failed (dead-lettered here, and the
+        alert's later events for that output follow it)."""
         customer = event.get("customer")
         mapper = route.mapper(customer)
         if mapper is None:
             if routed:
-                return  # the output maps some customers only, and not this one
+                return None  # the output maps some customers only, and not this one
             reason = f"output '{route.name}' has no mapping for customer {customer!r}"
         else:
             try:
@@ -352,12 +463,292 @@ class Pipeline:
             else:
                 if attempts:
                     delivery.attempts = list(attempts)  # a replay keeps the history
-                await self.engines[route.name].submit(delivery)
-                return
+                return delivery
         self.result.map_failed += 1
         self._reject(source, line, f"{route.name}: {reason}",
                      event_record(event, stage="map", output=route.name, source=source,
                                   line=line, reason=reason, delivery_id=did, attempts=attempts))
+        engine = self.engines.get(route.name)
+        if engine is not None:
+            engine.mark_dead(event["id"] if isinstance(event.get("id"), str) else repr(event.get("id")))
+        return None
+
+    # -- the durable queue ---------------------------------------------------------
+
+    async def _open_queue(self) -> None:
+        """Open the queue when the run needs it now: --durable, or a backlog left by an
+        earlier run (which is then delivered first). Otherwise it opens on the first
+        spill, so a run that never needs it leaves no file behind."""
+        queue = self.queue
+        if queue is None:
+            return
+        exists = queue.settings.url is not None or os.path.exists(queue.settings.path)
+        if self.resume and not exists:
+            raise QueueError(f"--resume: queue file {queue.settings.path} does not exist, and "
+                             f"it held where reading had reached (deleted, or another folder?); "
+                             f"run without --resume to read the inputs from the start")
+        if not (self.durable or exists):
+            return
+        await self._ensure_open()
+        status = await queue.status()
+        if status.depth:
+            self.result.backlog_found = status.depth
+            log.info("queue %s holds %d event%s left by an earlier run: delivering %s first",
+                     self.result.queue, status.depth, "" if status.depth == 1 else "s",
+                     "it" if status.depth == 1 else "them")
+        if self.durable or status.depth or self._refuse_reason is not None:
+            await self._enter_queue_mode()
+
+    async def _ensure_open(self) -> None:
+        if not self._queue_open:
+            await self.queue.open()
+            self._queue_open = True
+
+    async def _close_queue(self) -> None:
+        if self.dispatcher is not None:
+            try:
+                await self.dispatcher.stop()
+                status = await self.queue.status()
+                self.result.left_queued = status.depth
+                await self._save_failing()
+            except QueueError as exc:
+                log.error("error: %s", exc)
+        if self._queue_open:
+            self._queue_open = False
+            await self.queue.close()
+        if self.result.left_queued:
+            log.warning("%d event%s wait in the queue %s: the next `nwpipe run` with it delivers "
+                        "them first (`nwpipe queue status` shows them)", self.result.left_queued,
+                        "" if self.result.left_queued == 1 else "s", self.result.queue)
+
+    async def _save_failing(self) -> None:
+        """Notes for `nwpipe queue status`: since when each output is failing."""
+        notes = await self.queue.notes()
+        for name, engine in self.engines.items():
+            key = f"failing:{name}"
+            if engine.failing_since is not None:
+                if key not in notes:
+                    await self.queue.set_note(key, f"{engine.failing_since:.3f}")
+            elif key in notes:
+                await self.queue.set_note(key, None)
+
+    async def _spill(self, event: dict, source: str, line: int, took: list[str]) -> None:
+        """An output is failing with a full memory queue: switch to queue mode. ``event``
+        is put in the queue for the outputs that did not take it yet (``took`` did)."""
+        full = [name for name, engine in self.engines.items() if engine.full_and_failing]
+        try:
+            await self._ensure_open()
+        except QueueError as exc:
+            # no disk to wait on: the run waits for the failing output instead
+            log.error("error: %s; reading waits for %s instead", exc, ", ".join(full))
+            self.queue = None
+            for route in self.router.route(event):
+                if route.name in self.engines and route.name not in took:
+                    await self._map_and_submit(route, event, source, line,
+                                               make_delivery_id(event), None, True)
+            return
+        for name in full:
+            log.warning("%s: failing, with its memory queue full (queue_size %d): from now on "
+                        "events wait in the queue %s and are delivered from it", name,
+                        self.engines[name].settings.queue_size, self.result.queue)
+        await self._enter_queue_mode(full, (event, source, line, frozenset(took)))
+
+    async def _enter_queue_mode(self, move: list[str] = (),
+                                then: tuple[dict, str, int, frozenset[str]] | None = None) -> None:
+        """Deliver from the queue from now on.
+
+        What the engines of ``move`` hold in memory is put in the queue first and stays
+        with them, tracked by position (their feeds start after it; the other outputs
+        pass over it). ``then`` is an event to put after it, which the outputs it names
+        already took in memory.
+        """
+        for engine in self.engines.values():
+            engine.keep_queued = True
+            engine._on_settled = self._settled
+        moved = [(name, d) for name in move for d in self.engines[name].held()]
+        for _name, d in moved:
+            d.ticket = _MOVING  # settled while the put runs: _settled notes it
+        items = [(d.key, orjson.dumps(d.event), f"{d.source}:{d.line}") for _n, d in moved]
+        positions = await self._put(items, force=True) if items else []
+        event_pos = None
+        if then is not None:
+            event, source, line, took = then
+            [event_pos] = await self._put([(event["id"], orjson.dumps(event),
+                                            f"{source}:{line}")], force=True)
+        queue = self.queue
+        names = set(self.engines)
+        others = frozenset(self.config.outputs) - names
+        self.dispatcher = dispatcher = Dispatcher(queue, self.engines, handle=self._feed_event,
+                                                  flush=self.dead_letter.flush, others=others)
+        await dispatcher.load()
+        # every moved entry: its own output tracks it, the others pass over it
+        placed = sorted(((shard_of(d.key, queue.shards), pos), name, d)
+                        for (name, d), pos in zip(moved, positions))
+        for (shard, pos), name, d in placed:
+            for feed in dispatcher.feeds.values():
+                if feed.name == name and d.ticket is not _SETTLED:
+                    d.ticket = (shard, pos)
+                    feed.taken(shard, pos)
+                else:
+                    feed.passed(shard, pos)
+                feed.cursor[shard] = pos
+        if event_pos is not None:
+            shard = shard_of(then[0]["id"], queue.shards)
+            for name in then[3]:
+                feed = dispatcher.feeds[name]
+                feed.passed(shard, event_pos)
+                feed.cursor[shard] = event_pos
+        if self._engines_started:
+            dispatcher.start()  # else execute() starts it once the engines run
+
+    def _settled(self, batch: list[Delivery]) -> None:
+        for delivery in batch:
+            if delivery.ticket is _MOVING:
+                delivery.ticket = _SETTLED
+        if self.dispatcher is not None:
+            self.dispatcher.settled(batch)
+
+    async def _put(self, items: list[tuple[str, bytes, str]], force: bool = False) -> list:
+        """Put events in the queue; while it is full (queue.max_bytes), reading waits.
+
+        A stop (a signal) while waiting dead-letters what could not be put, unless
+        ``force`` (what is put there is already held by an engine).
+        """
+        while True:
+            try:
+                positions = await self.queue.put(items)
+            except QueueFull as exc:
+                if self._stop.is_set() and not force:
+                    why = "not queued: the queue was full when nwpipe was stopped"
+                    for _alert, data, origin in items:
+                        source, line = origin.rsplit(":", 1)
+                        self._reject(source, int(line), why, event_record(
+                            orjson.loads(data), stage="deliver", output=None, source=source,
+                            line=int(line), reason=why))
+                    return []
+                if not self._full_logged:
+                    self._full_logged = True
+                    log.warning("%s: reading waits until deliveries make room", exc)
+                started = time.perf_counter()
+                if self.dispatcher is not None:
+                    await self.dispatcher.wait_for_room(1.0)
+                else:
+                    await asyncio.sleep(0.5)
+                self.result.waited_for_room += time.perf_counter() - started
+                continue
+            self.result.put += len(items)
+            return positions
+
+    def _feed_event(self, feed: Feed, entry: Entry, event: dict, source: str,
+                    line: int) -> Delivery | None:
+        """Route and map a queued event for one output (the dispatcher's step)."""
+        did = make_delivery_id(event)
+        try:
+            routes = list(self.router.route(event))
+        except EventError as exc:
+            if feed.name == self._first_output:  # one record for the event, not one each
+                self.result.map_failed += 1
+                reason = f"'when' failed: {exc}"
+                self._reject(source, line, reason,
+                             event_record(event, stage="map", output=None, source=source,
+                                          line=line, reason=reason, delivery_id=did))
+            return None
+        for route in routes:
+            if route.name == feed.name:
+                return self._map(route, event, source, line, did, None, True)
+        return None
+
+    async def _input_ended(self) -> None:
+        """The input has ended (or a stop): finish queue mode.
+
+        Each feed reads its shards to the end. With ``keep_queue``, once only failing
+        outputs hold events, they stop and their events stay in the queue; otherwise
+        their retry budget decides (delivered, or dead-lettered when it is spent).
+        """
+        if self.keep_queue and not self._stop.is_set():
+            await self._until_only_failing_hold_events()
+        if self.dispatcher is None:
+            return
+        self.dispatcher.input_ended()
+        if self._stop.is_set():
+            await self.dispatcher.stop_feeds()
+            return
+        stopped = asyncio.ensure_future(self._stop.wait())
+        feeds = asyncio.ensure_future(self.dispatcher.feeds_done())
+        try:
+            await asyncio.wait([stopped, feeds], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            feeds.cancel()
+        await self.dispatcher.stop_feeds()
+
+    async def _until_only_failing_hold_events(self) -> None:
+        """--keep-queue: wait until every output is done or failing; then leave what the
+        failing ones hold in the queue."""
+        if self.dispatcher is not None:
+            self.dispatcher.input_ended()
+        failing: list[str] = []
+        while not self._stop.is_set():
+            busy = False
+            failing = []
+            for name, engine in self.engines.items():
+                feed = self.dispatcher.feeds[name] if self.dispatcher is not None else None
+                idle = engine.backlog == 0 and (feed is None or feed.done)
+                if engine.failing and not idle:
+                    failing.append(name)
+                elif not idle:
+                    busy = True
+            if not busy:
+                break
+            await asyncio.sleep(0.1)
+        if not failing or self._stop.is_set():
+            return
+        untracked = [n for n in failing
+                     if any(d.ticket.__class__ is not tuple for d in self.engines[n].held())]
+        if untracked and self.dispatcher is None and self.queue is not None:
+            await self._ensure_open()
+            await self._enter_queue_mode(untracked)
+        for name in failing:
+            engine = self.engines[name]
+            if self.dispatcher is not None:
+                await self.dispatcher.stop_feed(name)
+            await engine.abandon("not delivered: the output was failing when the input ended "
+                                 "(--keep-queue keeps only what is in the queue)")
+        log.warning("--keep-queue: %s failing; what %s hold%s stays in the queue %s",
+                    ", ".join(failing), "they" if len(failing) > 1 else "it",
+                    "" if len(failing) > 1 else "s", self.result.queue)
+
+    async def _resume_line(self, path: str, note: str | None) -> int:
+        """--resume: the line up to which an earlier durable run committed ``path``."""
+        if note is None or self.queue is None or not self._queue_open:
+            if self.resume and note is None:
+                log.warning("--resume: %s is not a file; it is read from the start",
+                            source_name(path))
+            return 0
+        value = (await self.queue.notes()).get(note)
+        line = 0
+        if value is not None:
+            try:
+                line = int(orjson.loads(value)["line"])
+            except (ValueError, KeyError, TypeError):
+                line = 0
+        if not self.resume:
+            if line:
+                log.info("%s: an earlier durable run committed it up to line %d; it is read "
+                         "again from the start (--resume continues after that line)", path, line)
+            return 0
+        if line:
+            log.info("%s: resuming after line %d (committed by an earlier run)", path, line)
+        else:
+            log.warning("--resume: the queue has no record of %s; it is read from the start",
+                        path)
+        return line
+
+    async def _note(self, key: str, line: int) -> None:
+        try:
+            await self.queue.set_note(key, orjson.dumps({"line": line}).decode())
+        except QueueError as exc:
+            log.error("error: %s", exc)
 
     def _reject(self, source: str, line: int, reason: str, dead_record: dict) -> None:
         self.dead_letter.write((dead_record,))
@@ -370,6 +761,18 @@ class Pipeline:
         if hidden > 0:
             log.warning("... and %d more rejected event%s, all in %s", hidden,
                         "" if hidden == 1 else "s", self.dead_letter.path)
+
+
+#: tickets of deliveries being moved under the queue's tracking (see _enter_queue_mode)
+_MOVING = "moving"
+_SETTLED = "settled"
+
+
+def input_note(path: str) -> str | None:
+    """The queue note that records how far a durable run committed a file; None for stdin."""
+    if path == "-":
+        return None
+    return "input:" + os.path.abspath(path)
 
 
 def missing_fields(event: dict) -> str | None:
@@ -391,18 +794,25 @@ def build_outputs(config: Config, names: Iterable[str] | None = None) -> dict:
 
 def run(config: Config, router: Router, paths: list[str], *, dead_letter_path: str | None = None,
         shutdown_timeout: float | None = None, progress: bool = False,
-        metrics_listen: str | None = None) -> RunResult:
+        queue_path: str | None = None, durable: bool = False, keep_queue: bool = False,
+        resume: bool = False, metrics_listen: str | None = None) -> RunResult:
     """Run the pipeline to the end of the inputs (or a signal); returns what happened.
 
     ``progress``: show a live status line on stderr (see :mod:`nwpipe.commands.progress`).
-    ``metrics_listen``: ``HOST:PORT`` where /healthz, /readyz and /metrics answer meanwhile.
+    ``queue_path`` overrides ``[queue] path``; ``durable`` (or ``[queue] durable``)
+    commits every event to the queue before delivering it; ``keep_queue`` and
+    ``resume``: see :class:`Pipeline`. ``metrics_listen``: ``HOST:PORT`` where
+    /healthz, /readyz and /metrics answer meanwhile.
     """
     dead_letter = DeadLetterFile(dead_letter_path or config.dead_letter)
     dead_letter.check()  # a dead-letter file that cannot be written is found before reading
     tune_gc()
     try:
         pipeline = Pipeline(config, router, build_outputs(config), dead_letter=dead_letter,
-                            shutdown_timeout=shutdown_timeout, progress=make_progress(progress))
+                            shutdown_timeout=shutdown_timeout, progress=make_progress(progress),
+                            queue=make_queue(config, queue_path),
+                            durable=durable or config.queue.durable, keep_queue=keep_queue,
+                            resume=resume)
         if metrics_listen is None:
             return event_loop_run(pipeline.run(paths))
         return event_loop_run(with_metrics(pipeline, paths, metrics_listen))
@@ -422,6 +832,16 @@ async def with_metrics(pipeline: Pipeline, paths: list[str], listen: str) -> Run
         return await pipeline.run(paths)
     finally:
         await runner.cleanup()
+
+
+def make_queue(config: Config, path: str | None = None) -> Queue:
+    """The configured queue (unopened); ``path`` overrides ``[queue] path``."""
+    from dataclasses import replace
+
+    from nwpipe.queue import create_queue
+
+    settings = config.queue if path is None else replace(config.queue, path=path)
+    return create_queue(settings)
 
 
 def make_progress(enabled: bool):

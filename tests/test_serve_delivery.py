@@ -219,7 +219,7 @@ async def test_sigterm_refuses_new_posts_finishes_in_flight_and_keeps_the_rest(
     assert len(poster.acked) == 15
     receiver.wait_for(1)  # the first delivery is in flight (the receiver answers in 3 s)
     proc.signal(signal.SIGTERM)
-    proc.wait_line("SIGTERM: no new events")
+    proc.wait_line("SIGTERM: new posts get 503")
     async with aiohttp.ClientSession() as session:
         async with session.post(proc.url + "/", json=lifecycle(99)[0]) as r:
             assert r.status == 503 and r.headers["Retry-After"] == "5"

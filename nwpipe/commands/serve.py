@@ -22,6 +22,7 @@ import signal
 from nwpipe.config import Config
 from nwpipe.engine.deadletter import DeadLetterFile
 from nwpipe.engine.metrics import Metrics
+from nwpipe.engine.pipeline import Pipeline, build_outputs
 from nwpipe.queue import QueueError, QueueFull, QueueSettings, create_queue
 from nwpipe.sources.serve_settings import check_listen
 from nwpipe.transform.routing import Router
@@ -88,7 +89,8 @@ def _settle_all(done: asyncio.Future, waiters: list[asyncio.Future]) -> None:
 
 
 class Service:
-    """One ``nwpipe serve`` process: intake, queue and (unless ``deliver=False``) delivery."""
+    """One ``nwpipe serve`` process: the intake, and the pipeline delivering from the queue
+    (``deliver=False``: the intake only; another process delivers)."""
 
     def __init__(self, config: Config, router: Router, queue_settings: QueueSettings, *,
                  listen: str | None = None, metrics_listen: str | None = None,
@@ -97,20 +99,21 @@ class Service:
         self.config = config
         self.router = router
         self.settings = serve_settings(config, listen=listen, metrics_listen=metrics_listen)
-        self.queue_settings = queue_settings
         self.dead_letter = DeadLetterFile(dead_letter_path or config.dead_letter)
         self.shutdown_timeout = (config.shutdown_timeout if shutdown_timeout is None
                                  else shutdown_timeout)
-        self.deliver = deliver
         self.metrics = Metrics()
         self.queue = create_queue(queue_settings)
-        self._stop = asyncio.Event()
-        self._signals = 0
+        outputs = build_outputs(config, None if deliver else ())
+        # durable: every event is in the queue before its 2xx, and delivered from there
+        self.pipeline = Pipeline(config, router, outputs, dead_letter=self.dead_letter,
+                                 shutdown_timeout=self.shutdown_timeout, queue=self.queue,
+                                 durable=True)
         self._store_error: str | None = None
         self._full = False  # the last put was refused: the queue is at max_bytes
         self._full_bytes: int | None = None  # what it held then
 
-    # -- readiness ---------------------------------------------------------------------
+    # -- intake and readiness -----------------------------------------------------------
 
     async def commit(self, items) -> None:
         """Make ``items`` durable (Queue.put); remembers whether the store can be written."""
@@ -122,13 +125,14 @@ class Service:
         except QueueError as exc:
             self._store_error = str(exc)
             raise
+        self.pipeline.result.put += len(items)
         self._store_error = None
         self._full = False
         self._full_bytes = None
 
     async def ready(self) -> str | None:
         """Why this process cannot take events now (for /readyz), or None."""
-        if self._stop.is_set():
+        if self.pipeline.stopping:
             return "shutting down"
         if self._store_error is not None:
             return f"the queue cannot be written: {self._store_error}"
@@ -149,73 +153,41 @@ class Service:
 
     # -- the service -------------------------------------------------------------------
 
-    def _on_signal(self, signum: int) -> None:
-        self._signals += 1
-        if self._signals == 1:
-            log.info("serve: %s: no new events; finishing what is in flight (at most %g s)",
-                     signal.Signals(signum).name, self.shutdown_timeout)
-            self._stop.set()
-        else:
-            log.info("serve: second %s: stopping now; undelivered events stay queued",
-                     signal.Signals(signum).name)
-            if self._delivery is not None:
-                self._delivery.cancel()
-
     async def run(self) -> int:
         """Serve until SIGTERM/SIGINT; returns the exit code."""
         from nwpipe.sources.http import IntakeServer
 
         self.dead_letter.check()
-        await self.queue.open()
-        self._delivery: asyncio.Task | None = None
-        loop = asyncio.get_running_loop()
-        installed = []
+        pipeline = self.pipeline
         intake = IntakeServer(self.settings, _Coalesce(self.commit), self.dead_letter,
-                              self.metrics, ready=self.ready)
-        try:
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(signum, self._on_signal, signum)
-                installed.append(signum)
-            self.metrics.watch_queue(self.queue.status)
+                              self.metrics, ready=self.ready, result=pipeline.result)
+        self.metrics.watch_pipeline(pipeline.result, pipeline.engines, self.dead_letter)
+        self.metrics.watch_queue(self.queue.status)
+
+        async def take_posts() -> None:
+            # The pipeline has opened the queue and started delivering from it.
             await intake.start()
-            if self.deliver:
-                self._delivery = asyncio.ensure_future(self._deliver())
-            stopped = asyncio.ensure_future(self._stop.wait())
-            waiting = [stopped] + ([self._delivery] if self._delivery is not None else [])
-            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-            stopped.cancel()
-            if self._delivery is not None and self._delivery.done() and not self._stop.is_set():
-                self._delivery.result()  # delivery ended on its own: its error is the reason
-            intake.stop_accepting()
-            # a POST being committed now still gets its answer (2xx once durable)
+            await pipeline.stopped()
+            intake.stop_accepting()  # 503 from now on; the listener stays until the end
+            signum = pipeline.result.signal
+            if signum is not None:
+                log.info("serve: %s: new posts get 503; deliveries in flight get %g s; "
+                         "the rest stays queued", signal.Signals(signum).name,
+                         self.shutdown_timeout)
+            # a POST being stored now still gets its answer (2xx once durable)
             if not await intake.wait_idle(self.shutdown_timeout):
                 log.warning("serve: requests still being received after %g s; their senders "
-                            "get no answer and will send again", self.shutdown_timeout)
-            await self._stop_delivery()
-            try:
-                depth = (await self.queue.status()).depth
-                log.info("serve: stopped; %d event%s stay queued for the next start", depth,
-                         "" if depth == 1 else "s")
-            except QueueError:
-                pass
+                            "get no answer and will send them again", self.shutdown_timeout)
+
+        try:
+            result = await pipeline.execute(take_posts)
         finally:
-            await self._stop_delivery()
             await intake.close()
-            for signum in installed:
-                loop.remove_signal_handler(signum)
-            await self.queue.close()
-            self.dead_letter.flush()
-            self.dead_letter.close()
-        return EXIT_OK
-
-    async def _deliver(self) -> None:
-        raise NotImplementedError("delivery from the queue")
-
-    async def _stop_delivery(self) -> None:
-        if self._delivery is None:
-            return
-        self._delivery.cancel()
-        await asyncio.gather(self._delivery, return_exceptions=True)
+        log.info("serve: stopped; %s", result.summary())
+        log.info("serve: %d event%s stay queued for the next start", result.left_queued,
+                 "" if result.left_queued == 1 else "s")
+        # stopped by a signal as documented: nothing acknowledged is lost, so 0
+        return EXIT_OK if result.signal is not None else result.exit_code
 
 
 def serve(config: Config, router: Router, queue_settings: QueueSettings, **options) -> int:

@@ -208,6 +208,11 @@ class Pipeline:
         """True once reading should stop (a signal, or an output gone for good)."""
         return self._stop.is_set()
 
+    async def stopped(self) -> None:
+        """Return once reading should stop (a signal, or an output gone for good): for a
+        feed that takes events until then (``nwpipe serve``)."""
+        await self._stop.wait()
+
     def stop(self, signum: int | None = None) -> None:
         """Stop reading. With a signal, dead-letter what is not in flight yet; a second
         signal cuts the wait for the deliveries in flight short."""

@@ -99,12 +99,14 @@ class IntakeServer:
     """
 
     def __init__(self, settings: ServeSettings, commit: Commit, dead_letter: DeadLetterFile,
-                 metrics: Metrics, *, ready: ReadyCheck | None = None):
+                 metrics: Metrics, *, ready: ReadyCheck | None = None, result=None):
         self.settings = settings
         self.commit = commit
         self.dead_letter = dead_letter
         self.metrics = metrics
         self.ready = ready
+        #: counts for the summary line (a RunResult: ``read``, ``rejected``), if given
+        self.result = result
         self._ok = metrics.requests.labels("200")  # the per-request path: looked up once
         self.url: str | None = None
         self.metrics_url: str | None = None
@@ -319,6 +321,8 @@ class IntakeServer:
         records = decode_body(body, origin, self.settings.max_body_bytes)
         metrics = self.metrics
         metrics.received.inc(len(records))
+        if self.result is not None:
+            self.result.read += len(records)
         items: list[tuple[str, bytes, str]] = []
         refused: list[tuple[int, Reject | tuple[dict, int, str]]] = []
         for index, record in enumerate(records):
@@ -368,6 +372,8 @@ class IntakeServer:
             if len(listed) < MAX_LISTED_REFUSALS:
                 listed.append({"index": index, "error": reason})
         self.dead_letter.write(records)
+        if self.result is not None:
+            self.result.rejected += len(records)
         # The file is written (one fsync for every request of this loop turn) at the
         # next turn of the loop: yield once so that the answer comes after it.
         await asyncio.sleep(0)

@@ -14,6 +14,7 @@ import asyncio
 import collections
 import json
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -234,3 +235,56 @@ async def test_sigterm_refuses_new_posts_finishes_in_flight_and_keeps_the_rest(
     got = wait_delivered(receiver, set(poster.acked))
     check_order_and_duplicates(got)
     assert proc.stop() == 0
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB tmpfs (root only): the disk that fills up."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+                          capture_output=True)
+    if done.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root): " + done.stderr.decode().strip())
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+async def test_a_full_disk_answers_503_and_loses_nothing_acknowledged(
+        tmp_path, small_disk, receivers, servers):
+    down = tmp_path / "down"
+    down.touch()
+    receiver = receivers(tmp_path / "received.jsonl", fail_while=down).start()
+    text = config(receiver.url).replace('sync = "full"',
+                                        f'sync = "full"\npath = "{small_disk}/queue.db"')
+    proc = servers(tmp_path, text).start()
+    padding = "x" * 2000
+    acked: set = set()
+    refused = 0
+    async with aiohttp.ClientSession() as session:
+        for n in range(2000):  # 2000 events of 2 KB: more than the disk holds
+            event = {"id": f"alert-{n}", "customer": "acme", "alerttype": "start",
+                     "updatecount": 1, "description": padding}
+            async with session.post(proc.url + "/", json=event) as r:
+                if r.status == 200:
+                    acked.add((event["id"], "start"))
+                    continue
+                assert r.status == 503 and r.headers["Retry-After"] == "5"
+                assert "cannot store events" in (await r.json())["error"]
+                refused += 1
+                if refused >= 3:
+                    break
+        assert refused and acked
+        async with session.get(proc.url + "/readyz") as r:
+            assert r.status == 503 and "cannot be written" in (await r.json())["error"]
+    proc.wait_line("serve: cannot store events: .*queue.db.*full")
+    assert proc.stderr.count("cannot store events:") == 1  # one line per outage, not per post
+    down.unlink()  # the receiver is back
+    got = wait_delivered(receiver, acked)
+    check_order_and_duplicates(got)
+    # Every acknowledged event is delivered. (Removing them from the queue needs room
+    # on that disk too: SQLite cannot write its journal on a full disk, so they stay in
+    # the queue, to be sent again, with the same delivery ids, after a restart with
+    # space freed.)
+    assert proc.stop() == 0
+    assert dead_letters(tmp_path) == []

@@ -112,6 +112,7 @@ class IntakeServer:
         self.metrics_url: str | None = None
         self._runners: list[web.AppRunner] = []
         self._draining = False
+        self._store_failing = False  # the last commit failed (disk full, ...)
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -344,9 +345,15 @@ class IntakeServer:
                 return self._error(request, 503, "queue full: try again later",
                                    headers={"Retry-After": str(RETRY_AFTER)})
             except QueueError as exc:
-                log.error("serve: cannot store events: %s", exc)
+                if not self._store_failing:  # one line per outage, not one per request
+                    self._store_failing = True
+                    log.error("serve: cannot store events: %s (answering 503 until it can)",
+                              exc)
                 return self._error(request, 503, "cannot store events now: try again later",
                                    headers={"Retry-After": str(RETRY_AFTER)}, log_it=False)
+            if self._store_failing:
+                self._store_failing = False
+                log.warning("serve: storing events again")
             metrics.accepted.inc(len(items))
         if not refused:
             self._ok.inc()

@@ -122,7 +122,11 @@ class DeliveryEngine:
 
     def __init__(self, output: Output, settings: EngineSettings, dead_letter: DeadLetterFile,
                  *, on_closed: Callable[[str], None] | None = None,
-                 on_settled: Callable[[list[Delivery]], None] | None = None):
+                 on_settled: Callable[[list[Delivery], bool], None] | None = None):
+        """``on_settled(batch, dead_lettered)`` is called once per delivery, when it is
+        delivered (False) or handed to the dead-letter file (True; the caller waits for
+        the record to be on disk). A delivery the output closed on (``not_sent``) is
+        never settled."""
         self.output = output
         self.name = output.name
         self.settings = settings
@@ -432,7 +436,7 @@ class DeliveryEngine:
                 if self.on_delivered is not None:
                     self.on_delivered(loop.time() - started)
                 if self._on_settled is not None:
-                    self._on_settled(batch)
+                    self._on_settled(batch, False)
                 return
             if not self._state.failing:
                 self._state.failing = True
@@ -521,7 +525,7 @@ class DeliveryEngine:
         self.stats.dead_lettered += len(batch)
         self._dead_keys.update(d.key for d in batch)
         if self._on_settled is not None:
-            self._on_settled(batch)
+            self._on_settled(batch, True)
         if quiet:
             # one by one (a shutdown, an alert behind a dead letter, a spent budget):
             # counted, and reported once by drain()

@@ -1,8 +1,14 @@
-"""Wire sources, routing, mapping and delivery together for ``nwpipe run``.
+"""Wire a source, routing, mapping and delivery together for ``nwpipe run``.
 
-Parsing, routing and mapping are synchronous functions of one event; only delivery is
-asynchronous. Every event read either reaches each of its outputs or is written to the
-dead-letter file with the reason, also when the run is interrupted.
+Parsing, routing and mapping are synchronous functions of one event
+(:func:`nwpipe.transform.route_map.route_and_map`); only delivery is asynchronous.
+Every event read either reaches each of its outputs or is written to the dead-letter
+file with the reason, also when the run is interrupted.
+
+Acknowledgements: each delivery engine reports every delivery as settled (delivered, or
+dead-lettered); the pipeline counts them per event and calls the source's ``ack`` once
+per item it read, when all of that event's deliveries are settled and any dead-letter
+record of it is on disk. A source that does not override ``ack`` costs nothing here.
 
 Shutdown (SIGINT, SIGTERM): reading stops at once, even when it waits on a slow pipe;
 what was already decoded is still routed, and what has not been handed to an output
@@ -31,7 +37,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Iterable
+from typing import Awaitable, Callable, Iterable, Sequence
 
 import orjson
 
@@ -39,17 +45,18 @@ from nwpipe.config import Config
 from nwpipe.engine.deadletter import DeadLetterFile, event_record, raw_record
 from nwpipe.engine.delivery import DeliveryEngine, OutputStats
 from nwpipe.engine.dispatch import Dispatcher, Feed
-from nwpipe.errors import EventError, NwpipeError
+from nwpipe.errors import NwpipeError
 from nwpipe.outputs import Delivery
 from nwpipe.outputs import delivery_id as make_delivery_id
 from nwpipe.queue.base import Entry, Queue, QueueError, QueueFull, shard_of
-from nwpipe.transform.routing import Route, Router
-from nwpipe.sources.decode import Decoder, Event, Reject, aiter_chunks, source_name
+from nwpipe.sources.base import Source
+from nwpipe.sources.decode import Event, Reject
+from nwpipe.transform.route_map import MapFailed, check_event, map_for, route_and_map
+from nwpipe.transform.routing import Router
 
 log = logging.getLogger("nwpipe")
 
 EXIT_OK = 0
-EXIT_USAGE = 1
 EXIT_DEAD_LETTERED = 3
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
@@ -59,6 +66,9 @@ MAX_REPORTED_REJECTS = 50
 
 #: below this run time a per-output rate says nothing and is left out of the summary
 RATE_MIN_SECONDS = 1.0
+
+#: seconds between looks at the dead-letter file while acknowledgements wait for it
+ACK_RETRY = 0.05
 
 
 def exit_code_for(signum: int | None, failures: int) -> int:
@@ -166,6 +176,7 @@ class Pipeline:
         file; ``refuse``: dead-letter everything with this reason instead of sending
         (``nwpipe queue drain --dead-letter``)."""
         self.config = config
+
         self.router = router
         self.dead_letter = dead_letter
         self.shutdown_timeout = (config.shutdown_timeout if shutdown_timeout is None
@@ -174,15 +185,19 @@ class Pipeline:
         self.result = RunResult(dead_letter_path=str(dead_letter.path))
         self._stop = asyncio.Event()
         self._abort = asyncio.Event()
+        #: the source being read (run); None when events are fed directly (replay)
+        self.source: Source | None = None
+        self._acks = _Acks(dead_letter)
         self.engines: dict[str, DeliveryEngine] = {}
         for name, output in outputs.items():
             self.engines[name] = DeliveryEngine(output, config.outputs[name].engine, dead_letter,
-                                                on_closed=self._output_closed)
+                                                on_closed=self._output_closed,
+                                                on_settled=self._acks.settled)
             self.result.outputs[name] = self.engines[name].stats
-        self._routes = {route.name: route for route in router.routes}
+        self._by_name = {route.name: route for route in router.routes}
+        #: the routes of the outputs this pipeline drives, in config order
+        self._routes = [route for route in router.routes if route.name in self.engines]
         self._reported = 0
-        self._fetch: asyncio.Future | None = None  # the read of the next input chunk
-        self._fetch_cancelled = False
         self._refusing: asyncio.Task | None = None
         self._deadline: asyncio.TimerHandle | None = None
         self.queue = queue
@@ -196,10 +211,14 @@ class Pipeline:
         self._engines_started = False
         self._first_output = next(iter(self.engines), None)
         self._full_logged = False
+        self._moving: dict[int, object] = {}  # original tickets of deliveries being moved
+        #: --resume: per input, the line up to which an earlier durable run committed it
+        self._resume_skip: _ResumeLines | None = None
         if queue is not None:
             from nwpipe.queue import location
 
             self.result.queue = location(queue.settings)
+
 
     # -- control ---------------------------------------------------------------
 
@@ -229,15 +248,16 @@ class Pipeline:
             # run is doing (reading, or already waiting for the last deliveries).
             self._deadline = asyncio.get_running_loop().call_later(self.shutdown_timeout,
                                                                     self._abort.set)
+        if self.source is not None:
+            # with a signal, a partial event in the input is reported, not dropped
+            signum = self.result.signal
+            self.source.stop(None if signum is None else
+                             f"input cut short by {signal.Signals(signum).name}")
         if self._stop.is_set():
             return
         self._stop.set()
         if self.dispatcher is not None:
             self.dispatcher.stopping()
-        # A read waiting on a slow pipe would wait for the next line: end it now.
-        if self._fetch is not None and not self._fetch.done():
-            self._fetch_cancelled = True
-            self._fetch.cancel()
 
     async def _refuse_all(self, why: str) -> None:
         for engine in self.engines.values():
@@ -249,19 +269,34 @@ class Pipeline:
 
     # -- the run ---------------------------------------------------------------
 
-    async def run(self, paths: list[str]) -> RunResult:
-        """Read ``paths`` in order (``"-"`` is stdin) and deliver what they hold."""
+    async def run(self, source: Source) -> RunResult:
+        """Read ``source`` to its end (or a stop) and deliver what it produces; the
+        source is opened first and closed after its last acknowledgement."""
+        self.source = source
+        if type(source).ack is not Source.ack:
+            self._acks.source = source  # only a source that confirms pays for the counting
+        try:
+            await source.open()
+        except NwpipeError:
+            raise
+        except Exception as exc:  # a plugin's bug is one clear line, not a traceback
+            raise NwpipeError(f"source: cannot start: {type(exc).__name__}: {exc}") from None
+
         async def read_all() -> None:
-            for path in paths:
-                if self._stop.is_set():
-                    break
-                try:
-                    await self._read(path)
-                except NwpipeError as exc:
-                    # What was read from it goes on to the outputs; so do the next inputs.
-                    self.result.unreadable += 1
-                    log.error("error: %s", exc)
-        return await self.execute(read_all)
+            try:
+                async for batch in source.read():
+                    await self._handle(batch)
+                    # Let the outputs work on this batch's deliveries now: a regular file
+                    # is read without ever waiting, and running far ahead of the outputs
+                    # only fills their queues with events that are cold in the CPU cache
+                    # by the time they are sent (slower, and memory grows with queue_size).
+                    await asyncio.sleep(0)
+            finally:
+                self.result.unreadable = source.unreadable
+        try:
+            return await self.execute(read_all)
+        finally:
+            await source.close()
 
     async def execute(self, feed: Callable[[], Awaitable[None]]) -> RunResult:
         """Start the outputs, run ``feed`` (which hands events to the pipeline), then
@@ -318,6 +353,7 @@ class Pipeline:
             # Written while the signal handlers are still ours: a late Ctrl-C cannot
             # interrupt the last records on their way to disk.
             self.dead_letter.flush()
+            self._acks.release()
             for signum in installed:
                 loop.remove_signal_handler(signum)
             self.result.seconds = time.perf_counter() - started
@@ -325,57 +361,16 @@ class Pipeline:
             self._report_hidden()
         return self.result
 
-    async def _read(self, path: str) -> None:
-        decoder = Decoder(source_name(path), max_line_bytes=self.config.max_line_bytes)
-        note = input_note(path)
-        skip_upto = await self._resume_line(path, note)
-        chunks = aiter_chunks(path)
-        try:
-            while not self._stop.is_set():
-                # The read runs as its own task so that stop() can cancel it alone,
-                # never the routing of events already read.
-                self._fetch = asyncio.ensure_future(chunks.__anext__())
-                try:
-                    chunk = await self._fetch
-                except StopAsyncIteration:
-                    break
-                except asyncio.CancelledError:
-                    if not self._fetch_cancelled:
-                        raise
-                    break
-                finally:
-                    self._fetch = None
-                records = decoder.feed(chunk)
-                await self._handle(records, skip_upto)
-                if note is not None and records and self.dispatcher is not None:
-                    # committed up to here: where --resume continues after a crash
-                    await self._note(note, records[-1].line)
-                # Let the outputs work on this chunk's deliveries now: a regular file is
-                # read without ever waiting, and running far ahead of the outputs only
-                # fills their queues with events that are cold in the CPU cache by the
-                # time they are sent (slower, and memory grows with queue_size).
-                await asyncio.sleep(0)
-        finally:
-            await chunks.aclose()
-            # Stopped without a signal: the reader of an output went away (`run | head`),
-            # and the rest of the input, a partial line included, is simply not read.
-            if not self._stop.is_set() or self.result.signal is not None:
-                # also after a read error (a truncated .gz): a partial event is reported
-                rest = decoder.finish()
-                if self._stop.is_set():
-                    cut = f"input cut short by {signal.Signals(self.result.signal).name}"
-                    rest = [Reject(r.raw, r.source, r.line, f"{cut}: {r.reason}")
-                            if isinstance(r, Reject) else r for r in rest]
-                await self._handle(rest, skip_upto)
-                if note is not None and rest and self.dispatcher is not None:
-                    await self._note(note, rest[-1].line)
-
-    async def _handle(self, records: Iterable[Event | Reject], skip_upto: int = 0) -> None:
+    async def _handle(self, records: Sequence[Event | Reject]) -> None:
         result = self.result
-        items: list[tuple[str, bytes, str]] = []  # queue mode: put together, one commit
+        acks = self._acks
+        skip = self._resume_skip
+        queued: list[Event] = []  # queue mode: put together, one commit
         for record in records:
-            if record.line <= skip_upto:
+            if skip is not None and record.line <= skip[record.source]:
                 result.resumed += 1  # --resume: committed by an earlier durable run
+                if acks.source is not None:
+                    acks.source.ack(record)
                 continue
             result.read += 1
             if isinstance(record, Reject):
@@ -383,100 +378,99 @@ class Pipeline:
                 self._reject(record.source, record.line, record.reason,
                              raw_record(record.raw, source=record.source, line=record.line,
                                         reason=record.reason))
-                continue
-            event = record.data
-            problem = missing_fields(event)
-            if problem:
-                result.rejected += 1
-                self._reject(record.source, record.line, problem,
-                             event_record(event, stage="parse", output=None, source=record.source,
-                                          line=record.line, reason=problem))
+                if acks.source is not None:
+                    acks.after_dead_letter(record)
                 continue
             if self.dispatcher is None:
-                await self.route(event, record.source, record.line, spill=True)
-            else:
-                items.append((event["id"], orjson.dumps(event), f"{record.source}:{record.line}"))
-        if items:
-            await self._put(items)
+                await self.route(record.data, record.source, record.line,
+                                 item=record if acks.source is not None else None, spill=True)
+                continue
+            problem = check_event(record.data)
+            if problem:
+                self._map_failed(MapFailed(None, None, problem, stage="parse"), record.data,
+                                 record.source, record.line, None, None)
+                if acks.source is not None:
+                    acks.after_dead_letter(record)
+                continue
+            queued.append(record)
+        if queued:
+            await self._put_events(queued)
+        if self.dispatcher is not None and records:
+            await self._note_progress(records)
 
     async def route(self, event: dict, source: str, line: int, *, attempts: list | None = None,
-                    delivery_id: str | None = None, spill: bool = False) -> None:
-        """Send a valid event to every output whose filters match it.
+                    delivery_id: str | None = None, item: Event | None = None,
+                    spill: bool = False) -> None:
+        """Send an event to every output whose filters match it.
 
-        ``delivery_id`` and ``attempts`` carry over from a dead-letter record (replay).
+        ``delivery_id`` and ``attempts`` carry over from a dead-letter record (replay);
+        ``item`` is the source's record, acknowledged once the event is settled.
         ``spill``: when an output is failing with a full memory queue, switch to queue
         mode (the event and what follows wait on disk) instead of waiting for it.
         """
-        did = delivery_id or make_delivery_id(event)
-        try:
-            routes = list(self.router.route(event))
-        except EventError as exc:
-            self.result.map_failed += 1
-            reason = f"'when' failed: {exc}"
-            self._reject(source, line, reason,
-                         event_record(event, stage="map", output=None, source=source, line=line,
-                                      reason=reason, delivery_id=did, attempts=attempts))
-            return
-        took: list[str] = []
+        outcomes = route_and_map(event, self._routes, source, line, delivery_id=delivery_id,
+                                 attempts=attempts)
+        ticket = None if item is None else _Ticket(item)
         spill = spill and self.queue is not None
-        for route in routes:
-            if route.name in self.engines:
-                if not await self._map_and_submit(route, event, source, line, did, attempts, True,
-                                                  spill):
-                    await self._spill(event, source, line, took)
-                    return
-                took.append(route.name)
+        took: list[str] = []  # outputs that have this event already (taken, or recorded)
+        for outcome in outcomes:
+            if type(outcome) is Delivery:
+                if ticket is not None:
+                    ticket.left += 1
+                    outcome.ticket = ticket
+                engine = self.engines[outcome.output]
+                if not await engine.submit(outcome, spill=spill):
+                    if ticket is not None:
+                        ticket.left -= 1
+                        outcome.ticket = None
+                    if await self._spill(event, source, line, took):
+                        break  # the event waits in the queue for the others
+                    spill = False
+                    if ticket is not None:
+                        ticket.left += 1
+                        outcome.ticket = ticket
+                    await engine.submit(outcome)  # no queue to wait on: wait for room
+            elif isinstance(outcome, MapFailed):
+                self._map_failed(outcome, event, source, line, delivery_id, attempts)
+                if ticket is not None:
+                    ticket.dead = True
+            # NotRouted: no output takes it, and nothing is recorded
+            if outcome.output is not None:
+                took.append(outcome.output)
+        if ticket is not None:
+            self._acks.settle(ticket, False)  # the hold taken while submitting
 
     async def send_to(self, output: str, event: dict, source: str, line: int, *,
                       delivery_id: str | None = None, attempts: list | None = None) -> None:
         """Map an event for one output and send it there, without its filters (replay)."""
-        await self._map_and_submit(self._routes[output], event, source, line,
-                                   delivery_id or make_delivery_id(event), attempts, False)
-
-    async def _map_and_submit(self, route: Route, event: dict, source: str, line: int, did: str,
-                              attempts: list | None, routed: bool, spill: bool = False) -> bool:
-        """Map and submit; False only when ``spill`` and the output's engine refused it
-        (failing with a full memory queue)."""
-        outcome = self._map(route, event, source, line, did, attempts, routed)
-        if outcome is None:
-            return True
-        return await self.engines[route.name].submit(outcome, spill=spill)
-
-    def _map(self, route: Route, event: dict, source: str, line: int, did: str,
-             attempts: list | None, routed: bool) -> Delivery | None:
-        """The delivery of ``event`` for ``route``; None when there is none: the output
-        maps some customers only, or the mapping failed (dead-lettered here, and the
-        alert's later events for that output follow it)."""
-        customer = event.get("customer")
-        mapper = route.mapper(customer)
-        if mapper is None:
-            if routed:
-                return None  # the output maps some customers only, and not this one
-            reason = f"output '{route.name}' has no mapping for customer {customer!r}"
+        outcome = map_for(self._by_name[output], event, source, line, delivery_id=delivery_id,
+                          attempts=attempts)
+        if isinstance(outcome, MapFailed):
+            self._map_failed(outcome, event, source, line, delivery_id, attempts)
         else:
-            try:
-                body = mapper(event)
-                delivery = Delivery(did, body, event, route.name, source, line)
-                # Serialised here, once (the output reuses it): a body JSON cannot hold
-                # (an integer beyond 64 bits, say) fails this event, not a worker.
-                delivery.body_json()
-            except EventError as exc:
-                reason = f"mapping '{route.mapping_name(customer)}' failed: {exc}"
-            except TypeError as exc:  # orjson.JSONEncodeError
-                reason = (f"mapping '{route.mapping_name(customer)}' made a body that is "
-                          f"not valid JSON: {exc}")
-            else:
-                if attempts:
-                    delivery.attempts = list(attempts)  # a replay keeps the history
-                return delivery
+            await self.engines[output].submit(outcome)
+
+    def _map_failed(self, failed: MapFailed, event: dict, source: str, line: int,
+                    delivery_id: str | None, attempts: list | None) -> None:
+        """Dead-letter an event (or its delivery to one output) that cannot be mapped."""
+        if failed.stage == "parse":
+            self.result.rejected += 1
+            self._reject(source, line, failed.reason,
+                         event_record(event, stage="parse", output=None, source=source,
+                                      line=line, reason=failed.reason))
+            return
         self.result.map_failed += 1
-        self._reject(source, line, f"{route.name}: {reason}",
-                     event_record(event, stage="map", output=route.name, source=source,
-                                  line=line, reason=reason, delivery_id=did, attempts=attempts))
-        engine = self.engines.get(route.name)
+        output = None if failed.whole_event else failed.output
+        engine = self.engines.get(output) if output is not None else None
         if engine is not None:
-            engine.mark_dead(event["id"] if isinstance(event.get("id"), str) else repr(event.get("id")))
-        return None
+            # the alert's later events for this output follow it into the dead-letter file
+            engine.mark_dead(alert_key(event))
+        shown = failed.reason if output is None else f"{output}: {failed.reason}"
+        self._reject(source, line, shown,
+                     event_record(event, stage="map", output=output, source=source, line=line,
+                                  reason=failed.reason,
+                                  delivery_id=delivery_id or make_delivery_id(event),
+                                  attempts=attempts))
 
     # -- the durable queue ---------------------------------------------------------
 
@@ -501,6 +495,11 @@ class Pipeline:
             log.info("queue %s holds %d event%s left by an earlier run: delivering %s first",
                      self.result.queue, status.depth, "" if status.depth == 1 else "s",
                      "it" if status.depth == 1 else "them")
+        if getattr(self.source, "takes_inputs", False):
+            lines = {key[len("input:"):]: value for key, value in status.notes.items()
+                     if key.startswith("input:")}
+            if lines or self.resume:
+                self._resume_skip = _ResumeLines(lines, self.resume)
         if self.durable or status.depth or self._refuse_reason is not None:
             await self._enter_queue_mode()
 
@@ -537,9 +536,10 @@ class Pipeline:
             elif key in notes:
                 await self.queue.set_note(key, None)
 
-    async def _spill(self, event: dict, source: str, line: int, took: list[str]) -> None:
+    async def _spill(self, event: dict, source: str, line: int, took: list[str]) -> bool:
         """An output is failing with a full memory queue: switch to queue mode. ``event``
-        is put in the queue for the outputs that did not take it yet (``took`` did)."""
+        is put in the queue for the outputs that did not take it yet (``took`` did).
+        False when the queue cannot be used: the caller waits for the output instead."""
         full = [name for name, engine in self.engines.items() if engine.full_and_failing]
         try:
             await self._ensure_open()
@@ -547,16 +547,13 @@ class Pipeline:
             # no disk to wait on: the run waits for the failing output instead
             log.error("error: %s; reading waits for %s instead", exc, ", ".join(full))
             self.queue = None
-            for route in self.router.route(event):
-                if route.name in self.engines and route.name not in took:
-                    await self._map_and_submit(route, event, source, line,
-                                               make_delivery_id(event), None, True)
-            return
+            return False
         for name in full:
             log.warning("%s: failing, with its memory queue full (queue_size %d): from now on "
                         "events wait in the queue %s and are delivered from it", name,
                         self.engines[name].settings.queue_size, self.result.queue)
         await self._enter_queue_mode(full, (event, source, line, frozenset(took)))
+        return True
 
     async def _enter_queue_mode(self, move: list[str] = (),
                                 then: tuple[dict, str, int, frozenset[str]] | None = None) -> None:
@@ -568,13 +565,22 @@ class Pipeline:
         already took in memory.
         """
         for engine in self.engines.values():
-            engine.keep_queued = True
+            # a shutdown leaves queued events in the queue (but `queue drain
+            # --dead-letter` is there to move them to the dead-letter file)
+            engine.keep_queued = self._refuse_reason is None
             engine._on_settled = self._settled
         moved = [(name, d) for name in move for d in self.engines[name].held()]
         for _name, d in moved:
-            d.ticket = _MOVING  # settled while the put runs: _settled notes it
+            # settled while the put runs: _settled notes it (and acknowledges the source)
+            self._moving[id(d)] = d.ticket
+            d.ticket = _MOVING
         items = [(d.key, orjson.dumps(d.event), f"{d.source}:{d.line}") for _n, d in moved]
         positions = await self._put(items, force=True) if items else []
+        for _name, d in moved:
+            # on disk now: as far as the source is concerned, this delivery is done
+            origin = self._moving.pop(id(d), None)
+            if origin.__class__ is _Ticket:
+                self._acks.settle(origin, False)
         event_pos = None
         if then is not None:
             event, source, line, took = then
@@ -606,10 +612,17 @@ class Pipeline:
         if self._engines_started:
             dispatcher.start()  # else execute() starts it once the engines run
 
-    def _settled(self, batch: list[Delivery]) -> None:
+    def _settled(self, batch: list[Delivery], dead: bool) -> None:
+        """Queue mode's engine callback: queued deliveries advance their output's mark;
+        those read before queue mode acknowledge the source as before."""
+        acks = self._acks
         for delivery in batch:
-            if delivery.ticket is _MOVING:
+            ticket = delivery.ticket
+            if ticket is _MOVING:
                 delivery.ticket = _SETTLED
+                ticket = self._moving.pop(id(delivery), None)
+            if ticket.__class__ is _Ticket:
+                acks.settle(ticket, dead)
         if self.dispatcher is not None:
             self.dispatcher.settled(batch)
 
@@ -626,11 +639,11 @@ class Pipeline:
                 if self._stop.is_set() and not force:
                     why = "not queued: the queue was full when nwpipe was stopped"
                     for _alert, data, origin in items:
-                        source, line = origin.rsplit(":", 1)
+                        source, _sep, line = origin.rpartition(":")
                         self._reject(source, int(line), why, event_record(
                             orjson.loads(data), stage="deliver", output=None, source=source,
                             line=int(line), reason=why))
-                    return []
+                    return None
                 if not self._full_logged:
                     self._full_logged = True
                     log.warning("%s: reading waits until deliveries make room", exc)
@@ -644,23 +657,50 @@ class Pipeline:
             self.result.put += len(items)
             return positions
 
+    async def _put_events(self, records: list[Event]) -> None:
+        """Queue mode: commit events to the queue; each is then done for the source."""
+        items = [(r.data["id"], orjson.dumps(r.data), f"{r.source}:{r.line}") for r in records]
+        positions = await self._put(items)
+        acks = self._acks
+        if positions is None:  # stopped while the queue was full: dead-lettered instead
+            if acks.source is not None:
+                for record in records:
+                    acks.after_dead_letter(record)
+            return
+        if acks.source is not None:
+            for record in records:
+                acks.source.ack(record)
+
+    async def _note_progress(self, records: Sequence[Event | Reject]) -> None:
+        """Queue mode, file inputs: how far each input is committed (for --resume)."""
+        if not getattr(self.source, "takes_inputs", False):
+            return
+        last: dict[str, int] = {}
+        for record in records:
+            last[record.source] = record.line
+        for name, line in last.items():
+            if name != "<stdin>":
+                try:
+                    await self.queue.set_note("input:" + os.path.abspath(name),
+                                              orjson.dumps({"line": line}).decode())
+                except QueueError as exc:
+                    log.error("error: %s", exc)
+
     def _feed_event(self, feed: Feed, entry: Entry, event: dict, source: str,
                     line: int) -> Delivery | None:
         """Route and map a queued event for one output (the dispatcher's step)."""
-        did = make_delivery_id(event)
-        try:
-            routes = list(self.router.route(event))
-        except EventError as exc:
-            if feed.name == self._first_output:  # one record for the event, not one each
-                self.result.map_failed += 1
-                reason = f"'when' failed: {exc}"
-                self._reject(source, line, reason,
-                             event_record(event, stage="map", output=None, source=source,
-                                          line=line, reason=reason, delivery_id=did))
+        for outcome in route_and_map(event, self._routes, source, line):
+            if isinstance(outcome, MapFailed) and (outcome.whole_event or outcome.output is None):
+                if feed.name == self._first_output:  # one record for the event, not one each
+                    self._map_failed(outcome, event, source, line, None, None)
+                return None
+            if outcome.output != feed.name:
+                continue
+            if type(outcome) is Delivery:
+                return outcome
+            if isinstance(outcome, MapFailed):
+                self._map_failed(outcome, event, source, line, None, None)
             return None
-        for route in routes:
-            if route.name == feed.name:
-                return self._map(route, event, source, line, did, None, True)
         return None
 
     async def _input_ended(self) -> None:
@@ -723,38 +763,6 @@ class Pipeline:
                     ", ".join(failing), "they" if len(failing) > 1 else "it",
                     "" if len(failing) > 1 else "s", self.result.queue)
 
-    async def _resume_line(self, path: str, note: str | None) -> int:
-        """--resume: the line up to which an earlier durable run committed ``path``."""
-        if note is None or self.queue is None or not self._queue_open:
-            if self.resume and note is None:
-                log.warning("--resume: %s is not a file; it is read from the start",
-                            source_name(path))
-            return 0
-        value = (await self.queue.notes()).get(note)
-        line = 0
-        if value is not None:
-            try:
-                line = int(orjson.loads(value)["line"])
-            except (ValueError, KeyError, TypeError):
-                line = 0
-        if not self.resume:
-            if line:
-                log.info("%s: an earlier durable run committed it up to line %d; it is read "
-                         "again from the start (--resume continues after that line)", path, line)
-            return 0
-        if line:
-            log.info("%s: resuming after line %d (committed by an earlier run)", path, line)
-        else:
-            log.warning("--resume: the queue has no record of %s; it is read from the start",
-                        path)
-        return line
-
-    async def _note(self, key: str, line: int) -> None:
-        try:
-            await self.queue.set_note(key, orjson.dumps({"line": line}).decode())
-        except QueueError as exc:
-            log.error("error: %s", exc)
-
     def _reject(self, source: str, line: int, reason: str, dead_record: dict) -> None:
         self.dead_letter.write((dead_record,))
         self._reported += 1
@@ -773,22 +781,109 @@ _MOVING = "moving"
 _SETTLED = "settled"
 
 
-def input_note(path: str) -> str | None:
-    """The queue note that records how far a durable run committed a file; None for stdin."""
-    if path == "-":
-        return None
-    return "input:" + os.path.abspath(path)
+class _ResumeLines(dict):
+    """Per input name, the line an earlier durable run committed it up to (from the
+    queue's notes); 0 unless ``resume``. Says once per input what it found."""
+
+    def __init__(self, notes: dict[str, str], resume: bool):
+        super().__init__()
+        self.notes = notes
+        self.resume = resume
+
+    def __missing__(self, name: str) -> int:
+        line = 0
+        value = self.notes.get(os.path.abspath(name)) if name != "<stdin>" else None
+        if value is not None:
+            try:
+                line = int(orjson.loads(value)["line"])
+            except (ValueError, KeyError, TypeError):
+                line = 0
+        if not self.resume:
+            if line:
+                log.info("%s: an earlier durable run committed it up to line %d; it is read "
+                         "again from the start (--resume continues after that line)", name, line)
+            line = 0
+        elif line:
+            log.info("%s: resuming after line %d (committed by an earlier run)", name, line)
+        else:
+            log.warning("--resume: the queue has no record of %s; it is read from the start",
+                        name)
+        self[name] = line
+        return line
 
 
-def missing_fields(event: dict) -> str | None:
-    """Why an event cannot be routed (no usable ``id`` or ``customer``), or None."""
-    for name in ("id", "customer"):
-        value = event.get(name)
-        if value is None:
-            return f"event has no '{name}' field"
-        if not isinstance(value, str) or not value:
-            return f"event field '{name}' must be a non-empty string"
-    return None
+class _Ticket:
+    """One event read from the source: its deliveries not yet settled."""
+
+    __slots__ = ("item", "left", "dead")
+
+    def __init__(self, item: Event):
+        self.item = item
+        self.left = 1  # a hold while the event is being routed, so it cannot settle early
+        self.dead = False
+
+
+class _Acks:
+    """Counts settled deliveries per event and acknowledges each event to the source
+    once: at once when all were delivered, after the dead-letter file is on disk when
+    any was dead-lettered (or the event itself was rejected)."""
+
+    def __init__(self, dead_letter: DeadLetterFile):
+        self.dead_letter = dead_letter
+        #: the source to acknowledge to; None when nobody listens (no tickets are made)
+        self.source: Source | None = None
+        self._waiting: list[Event | Reject] = []
+        self._timer: asyncio.TimerHandle | asyncio.Handle | None = None
+
+    def settled(self, batch: list[Delivery], dead: bool) -> None:
+        """The delivery engines' report: every delivery of ``batch`` is done."""
+        for delivery in batch:
+            ticket = delivery.ticket
+            if ticket is not None:
+                self.settle(ticket, dead)
+
+    def settle(self, ticket: _Ticket, dead: bool) -> None:
+        if dead:
+            ticket.dead = True
+        ticket.left -= 1
+        if ticket.left:
+            return
+        if ticket.dead:
+            self.after_dead_letter(ticket.item)
+        elif self.source is not None:
+            self.source.ack(ticket.item)
+
+    def after_dead_letter(self, item: Event | Reject) -> None:
+        """Acknowledge ``item`` once the dead-letter records written so far are on disk."""
+        self._waiting.append(item)
+        if self._timer is None:
+            # after the dead-letter file's own flush, which was scheduled first
+            self._timer = asyncio.get_running_loop().call_soon(self._try_release)
+
+    def _try_release(self) -> None:
+        self._timer = None
+        if self.dead_letter.written:
+            self.release()
+        else:  # a replay holds the file, or the disk is full: acknowledge nothing yet
+            self._timer = asyncio.get_running_loop().call_later(ACK_RETRY, self._try_release)
+
+    def release(self) -> None:
+        """Acknowledge what waited for the dead-letter file (which is on disk now)."""
+        if not self.dead_letter.written:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        waiting, self._waiting = self._waiting, []
+        if self.source is not None:
+            for item in waiting:
+                self.source.ack(item)
+
+
+def alert_key(event: dict) -> str:
+    """The ordering key of an event's deliveries (see :attr:`Delivery.key`)."""
+    value = event.get("id")
+    return value if isinstance(value, str) else repr(value)
 
 
 def build_outputs(config: Config, names: Iterable[str] | None = None) -> dict:
@@ -801,16 +896,18 @@ def run(config: Config, router: Router, paths: list[str], *, dead_letter_path: s
         shutdown_timeout: float | None = None, progress: bool = False,
         queue_path: str | None = None, durable: bool = False, keep_queue: bool = False,
         resume: bool = False, metrics_listen: str | None = None) -> RunResult:
-    """Run the pipeline to the end of the inputs (or a signal); returns what happened.
+    """Run the pipeline to the end of the source (or a signal); returns what happened.
 
-    ``progress``: show a live status line on stderr (see :mod:`nwpipe.commands.progress`).
-    ``queue_path`` overrides ``[queue] path``; ``durable`` (or ``[queue] durable``)
-    commits every event to the queue before delivering it; ``keep_queue`` and
-    ``resume``: see :class:`Pipeline`. ``metrics_listen``: ``HOST:PORT`` where
-    /healthz, /readyz and /metrics answer meanwhile.
+    The source is the config's ``[source]`` (default: the files source reading ``paths``
+    in order, ``"-"`` or nothing for stdin). ``progress``: show a live status line on
+    stderr (see :mod:`nwpipe.commands.progress`). ``queue_path`` overrides ``[queue]
+    path``; ``durable`` (or ``[queue] durable``) commits every event to the queue before
+    delivering it; ``keep_queue`` and ``resume``: see :class:`Pipeline`.
+    ``metrics_listen``: ``HOST:PORT`` where /healthz, /readyz and /metrics answer meanwhile.
     """
     dead_letter = DeadLetterFile(dead_letter_path or config.dead_letter)
     dead_letter.check()  # a dead-letter file that cannot be written is found before reading
+    source = config.source.create(list(paths), config.max_line_bytes)
     tune_gc()
     try:
         pipeline = Pipeline(config, router, build_outputs(config), dead_letter=dead_letter,
@@ -819,14 +916,14 @@ def run(config: Config, router: Router, paths: list[str], *, dead_letter_path: s
                             durable=durable or config.queue.durable, keep_queue=keep_queue,
                             resume=resume)
         if metrics_listen is None:
-            return event_loop_run(pipeline.run(paths))
-        return event_loop_run(with_metrics(pipeline, paths, metrics_listen))
+            return event_loop_run(pipeline.run(source))
+        return event_loop_run(with_metrics(pipeline, source, metrics_listen))
     finally:
         dead_letter.close()
 
 
-async def with_metrics(pipeline: Pipeline, paths: list[str], listen: str) -> RunResult:
-    """Run ``pipeline`` with the operations endpoints on ``listen`` meanwhile."""
+async def with_metrics(pipeline: Pipeline, source, listen: str) -> RunResult:
+    """Run ``pipeline`` on ``source`` with the operations endpoints on ``listen`` meanwhile."""
     from nwpipe.engine.metrics import Metrics
     from nwpipe.net.ops import start_ops_server
 
@@ -834,7 +931,7 @@ async def with_metrics(pipeline: Pipeline, paths: list[str], listen: str) -> Run
     metrics.watch_pipeline(pipeline.result, pipeline.engines, pipeline.dead_letter)
     runner = await start_ops_server(listen, metrics)
     try:
-        return await pipeline.run(paths)
+        return await pipeline.run(source)
     finally:
         await runner.cleanup()
 

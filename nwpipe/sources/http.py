@@ -40,7 +40,7 @@ from aiohttp import web
 
 from nwpipe.engine.deadletter import DeadLetterFile, event_record, raw_record
 from nwpipe.engine.metrics import Metrics
-from nwpipe.engine.pipeline import missing_fields
+from nwpipe.transform.route_map import check_event
 from nwpipe.net.httputil import printable
 from nwpipe.net.ops import ReadyCheck, add_ops_routes, bound_url, start_site
 from nwpipe.net.signature import signing_key, verify
@@ -331,7 +331,7 @@ class IntakeServer:
                 refused.append((index, record))
                 continue
             event = record.data
-            problem = missing_fields(event)
+            problem = check_event(event)
             if problem is not None:
                 refused.append((index, (event, record.line, problem)))
                 continue

@@ -19,11 +19,14 @@ import dataclasses
 import logging
 import signal
 
+import orjson
+
 from nwpipe.config import Config
 from nwpipe.engine.deadletter import DeadLetterFile
 from nwpipe.engine.metrics import Metrics
 from nwpipe.engine.pipeline import Pipeline, build_outputs
 from nwpipe.queue import QueueError, QueueFull, QueueSettings, create_queue
+from nwpipe.sources.decode import Event
 from nwpipe.sources.serve_settings import check_listen
 from nwpipe.transform.routing import Router
 
@@ -115,8 +118,9 @@ class Service:
 
     # -- intake and readiness -----------------------------------------------------------
 
-    async def commit(self, items) -> None:
-        """Make ``items`` durable (Queue.put); remembers whether the store can be written."""
+    async def commit(self, events: list[Event]) -> None:
+        """Make ``events`` durable (Queue.put); remembers whether the store can be written."""
+        items = [(e.data["id"], orjson.dumps(e.data), f"{e.source}:{e.line}") for e in events]
         try:
             await self.queue.put(items)
         except QueueFull:
@@ -155,12 +159,13 @@ class Service:
 
     async def run(self) -> int:
         """Serve until SIGTERM/SIGINT; returns the exit code."""
-        from nwpipe.sources.http import IntakeServer
+        from nwpipe.sources.http import DeadLetterRefusals, IntakeServer
 
         self.dead_letter.check()
         pipeline = self.pipeline
-        intake = IntakeServer(self.settings, _Coalesce(self.commit), self.dead_letter,
-                              self.metrics, ready=self.ready, result=pipeline.result)
+        intake = IntakeServer(self.settings, _Coalesce(self.commit),
+                              DeadLetterRefusals(self.dead_letter), self.metrics,
+                              ready=self.ready, result=pipeline.result)
         self.metrics.watch_pipeline(pipeline.result, pipeline.engines, self.dead_letter)
         self.metrics.watch_queue(self.queue.status)
 

@@ -50,8 +50,11 @@ from nwpipe.sources.serve_settings import ServeSettings
 
 log = logging.getLogger("nwpipe")
 
-#: ``commit(items)``: make ``(alert id, event JSON, origin)`` items durable (Queue.put)
-Commit = Callable[[Sequence[tuple[str, bytes, str]]], Awaitable[object]]
+#: ``commit(events)``: take the valid events of a request; returns once they are safe
+#: (``nwpipe serve``: committed to the queue). QueueFull / QueueError: answered 503.
+Commit = Callable[[list[Event]], Awaitable[object]]
+#: ``refuse([(piece, reason), ...])``: keep what was refused (the dead-letter file)
+Refuse = Callable[[Sequence[tuple[Event | Reject, str]]], Awaitable[object]]
 
 #: seconds a sender is asked to wait before trying again after a 503
 RETRY_AFTER = 5
@@ -92,17 +95,45 @@ def decode_body(body: bytes, source: str, max_bytes: int) -> list[Event | Reject
     return records
 
 
+def intake_records(refused: Sequence[tuple[Event | Reject, str]]) -> list[dict]:
+    """Dead-letter records (stage ``intake``) of pieces of request bodies refused."""
+    records = []
+    for item, reason in refused:
+        if isinstance(item, Reject):
+            records.append(raw_record(item.raw, source=item.source, line=item.line,
+                                      reason=reason, stage="intake"))
+        else:
+            records.append(event_record(item.data, stage="intake", output=None,
+                                        source=item.source, line=item.line, reason=reason))
+    return records
+
+
+class DeadLetterRefusals:
+    """``refuse`` for :class:`IntakeServer`: intake records into the dead-letter file,
+    on disk before the answer."""
+
+    def __init__(self, dead_letter: DeadLetterFile):
+        self.dead_letter = dead_letter
+
+    async def __call__(self, refused: Sequence[tuple[Event | Reject, str]]) -> None:
+        self.dead_letter.write(intake_records(refused))
+        # The file is written (one fsync for every request of this loop turn) at the
+        # next turn of the loop: yield once so that the answer comes after it.
+        await asyncio.sleep(0)
+
+
 class IntakeServer:
-    """The intake: an aiohttp.web server handing accepted events to ``commit``.
+    """The intake: an aiohttp.web server handing accepted events to ``commit`` and
+    refused pieces to ``refuse``.
 
     ``ready`` says why the process cannot take events now (None: it can), for /readyz.
     """
 
-    def __init__(self, settings: ServeSettings, commit: Commit, dead_letter: DeadLetterFile,
+    def __init__(self, settings: ServeSettings, commit: Commit, refuse: Refuse,
                  metrics: Metrics, *, ready: ReadyCheck | None = None, result=None):
         self.settings = settings
         self.commit = commit
-        self.dead_letter = dead_letter
+        self.refuse = refuse
         self.metrics = metrics
         self.ready = ready
         #: counts for the summary line (a RunResult: ``read``, ``rejected``), if given
@@ -318,29 +349,27 @@ class IntakeServer:
                            headers={"Connection": "close"})
 
     async def _accept(self, request: web.Request, body: bytes) -> web.Response:
-        origin = f"serve {request.remote}"
-        records = decode_body(body, origin, self.settings.max_body_bytes)
+        records = decode_body(body, f"serve {request.remote}", self.settings.max_body_bytes)
         metrics = self.metrics
         metrics.received.inc(len(records))
         if self.result is not None:
             self.result.read += len(records)
-        items: list[tuple[str, bytes, str]] = []
-        refused: list[tuple[int, Reject | tuple[dict, int, str]]] = []
-        for index, record in enumerate(records):
-            if isinstance(record, Reject):
-                refused.append((index, record))
-                continue
-            event = record.data
-            problem = check_event(event)
-            if problem is not None:
-                refused.append((index, (event, record.line, problem)))
-                continue
-            items.append((event["id"], orjson.dumps(event), origin))
         if not records:
             return self._error(request, 400, "empty body: no event")
-        if items:
+        events: list[Event] = []
+        refused: list[tuple[int, Event | Reject, str]] = []
+        for index, record in enumerate(records):
+            if isinstance(record, Reject):
+                refused.append((index, record, record.reason))
+                continue
+            problem = check_event(record.data)
+            if problem is not None:
+                refused.append((index, record, problem))
+                continue
+            events.append(record)
+        if events:
             try:
-                await self.commit(items)
+                await self.commit(events)
             except QueueFull:
                 return self._error(request, 503, "queue full: try again later",
                                    headers={"Retry-After": str(RETRY_AFTER)})
@@ -354,36 +383,23 @@ class IntakeServer:
             if self._store_failing:
                 self._store_failing = False
                 log.warning("serve: storing events again")
-            metrics.accepted.inc(len(items))
+            metrics.accepted.inc(len(events))
         if not refused:
             self._ok.inc()
-            return _json(200, {"accepted": len(items)})
-        return await self._refuse(request, origin, len(items), refused)
+            return _json(200, {"accepted": len(events)})
+        return await self._refuse_some(request, len(events), refused)
 
-    async def _refuse(self, request: web.Request, origin: str, accepted: int,
-                      refused: list) -> web.Response:
-        """Dead-letter the refused pieces (stage ``intake``) and answer 400 listing them."""
-        listed = []
-        records = []
-        for index, item in refused:
-            if isinstance(item, Reject):
-                reason = item.reason
-                records.append(raw_record(item.raw, source=origin, line=item.line,
-                                          reason=reason, stage="intake"))
-                self.metrics.refused.labels("invalid").inc()
-            else:
-                event, line, reason = item
-                records.append(event_record(event, stage="intake", output=None, source=origin,
-                                            line=line, reason=reason))
-                self.metrics.refused.labels("missing_field").inc()
-            if len(listed) < MAX_LISTED_REFUSALS:
-                listed.append({"index": index, "error": reason})
-        self.dead_letter.write(records)
+    async def _refuse_some(self, request: web.Request, accepted: int,
+                           refused: list[tuple[int, Event | Reject, str]]) -> web.Response:
+        """Hand the refused pieces to ``refuse`` (dead letters) and answer 400 listing them."""
+        for _index, item, _reason in refused:
+            self.metrics.refused.labels("invalid" if isinstance(item, Reject)
+                                        else "missing_field").inc()
+        await self.refuse([(item, reason) for _index, item, reason in refused])
         if self.result is not None:
-            self.result.rejected += len(records)
-        # The file is written (one fsync for every request of this loop turn) at the
-        # next turn of the loop: yield once so that the answer comes after it.
-        await asyncio.sleep(0)
+            self.result.rejected += len(refused)
+        listed = [{"index": index, "error": reason}
+                  for index, _item, reason in refused[:MAX_LISTED_REFUSALS]]
         if accepted:
             error = f"{len(refused)} of {accepted + len(refused)} events refused"
         else:

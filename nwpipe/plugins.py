@@ -33,6 +33,7 @@ DEFAULT_PLUGINS = (
     "nwpipe_plugins.webhook",
     "nwpipe_plugins.syslog",
     "nwpipe_plugins.files",
+    "nwpipe_plugins.http",
 )
 
 #: comma-separated names of the installed (entry-point) plugins to load; "" loads none

@@ -67,6 +67,11 @@ class _BodyTooLarge(Exception):
     pass
 
 
+class IntakeClosed(Exception):
+    """Raised by ``commit``/``refuse`` when the events cannot be taken any more (the
+    process is stopping): the sender gets 503 and sends them again later."""
+
+
 def _json(status: int, value: dict, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(status=status, body=orjson.dumps(value), headers=headers,
                         content_type="application/json")
@@ -373,6 +378,9 @@ class IntakeServer:
             except QueueFull:
                 return self._error(request, 503, "queue full: try again later",
                                    headers={"Retry-After": str(RETRY_AFTER)})
+            except IntakeClosed as exc:
+                return self._error(request, 503, f"{exc}: try again later",
+                                   headers={"Retry-After": str(RETRY_AFTER)})
             except QueueError as exc:
                 if not self._store_failing:  # one line per outage, not one per request
                     self._store_failing = True
@@ -395,7 +403,11 @@ class IntakeServer:
         for _index, item, _reason in refused:
             self.metrics.refused.labels("invalid" if isinstance(item, Reject)
                                         else "missing_field").inc()
-        await self.refuse([(item, reason) for _index, item, reason in refused])
+        try:
+            await self.refuse([(item, reason) for _index, item, reason in refused])
+        except IntakeClosed as exc:
+            return self._error(request, 503, f"{exc}: try again later",
+                               headers={"Retry-After": str(RETRY_AFTER)})
         if self.result is not None:
             self.result.rejected += len(refused)
         listed = [{"index": index, "error": reason}

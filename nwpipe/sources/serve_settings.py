@@ -140,24 +140,41 @@ class ServeSettings:
         return context
 
 
+class SettingProblem(ValueError):
+    """A problem with settings that go together, naming the ``key`` to fix."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"{key}: {message}")
+        self.key = key
+        self.message = message
+
+
+def settings_from(values: dict[str, Any]) -> ServeSettings:
+    """Validated ``[serve]`` keys (see :data:`SERVE`) as ServeSettings, after the checks
+    of keys that go together; SettingProblem names the key."""
+    if (values["username"] is None) != (values["password"] is None):
+        missing = "password" if values["password"] is None else "username"
+        raise SettingProblem(missing, "Basic Auth needs both username and password")
+    if values["bearer_token"] is not None and values["username"] is not None:
+        raise SettingProblem("bearer_token",
+                             "set either username/password or bearer_token, not both")
+    if values["tls_key"] and not values["tls_cert"]:
+        raise SettingProblem("tls_key", "tls_key is set but tls_cert is not")
+    settings = ServeSettings(**values)
+    try:
+        settings.ssl_context()
+    except (ssl.SSLError, OSError) as exc:
+        raise SettingProblem("tls_cert", f"cannot load tls_cert/tls_key: "
+                                         f"{exc.strerror or exc}") from None
+    return settings
+
+
 def build_serve_settings(table: dict[str, Any] | None, *, file: str | None = None) -> ServeSettings:
     """Validate a ``[serve]`` table; ConfigError names ``serve.<key>`` and the problem."""
     if table is None:
         return ServeSettings()
     values = validate_settings(table, SERVE, key="serve", file=file)
-    if (values["username"] is None) != (values["password"] is None):
-        missing = "password" if values["password"] is None else "username"
-        raise ConfigError("Basic Auth needs both username and password",
-                          key=f"serve.{missing}", file=file)
-    if values["bearer_token"] is not None and values["username"] is not None:
-        raise ConfigError("set either username/password or bearer_token, not both",
-                          key="serve.bearer_token", file=file)
-    if values["tls_key"] and not values["tls_cert"]:
-        raise ConfigError("tls_key is set but tls_cert is not", key="serve.tls_key", file=file)
-    settings = ServeSettings(**values)
     try:
-        settings.ssl_context()
-    except (ssl.SSLError, OSError) as exc:
-        raise ConfigError(f"cannot load tls_cert/tls_key: {exc.strerror or exc}",
-                          key="serve.tls_cert", file=file) from None
-    return settings
+        return settings_from(values)
+    except SettingProblem as exc:
+        raise ConfigError(exc.message, key=f"serve.{exc.key}", file=file) from None

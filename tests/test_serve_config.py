@@ -72,3 +72,6 @@ def test_init_serve_writes_a_config_that_checks(tmp_path):
     assert "[serve]" in text and 'sync = "full"' in text
     proc = nwpipe("check", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
+    assert "  [serve]: http://0.0.0.0:8443/netography; Basic Auth; max_body_bytes 1048576\n" \
+        in proc.stdout
+    assert "change-me" not in proc.stdout

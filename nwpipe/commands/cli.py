@@ -461,6 +461,8 @@ def cmd_check(args) -> int:
         if oc.when:
             parts.append(f"when {oc.when!r}")
         print(f"  {oc.name}: " + "; ".join(parts))
+    if config.serve.configured:
+        print(f"  [serve]: {config.serve.describe()}")
     if getattr(args, "probe", False):
         return probe(config, router)
     return 0

@@ -125,6 +125,20 @@ class ServeSettings:
     read_timeout: float = 10.0
     max_connections: int = 256
     metrics_listen: str | None = None
+    #: True when the config has a [serve] table (not only the defaults)
+    configured: bool = False
+
+    def describe(self) -> str:
+        """One line for ``nwpipe check`` (never a secret)."""
+        auth = ("Basic Auth" if self.username is not None else
+                "bearer token" if self.bearer_token is not None else "no authentication")
+        parts = [f"{'https' if self.tls_cert else 'http'}://{self.listen}{self.path}", auth]
+        if self.signing_secret:
+            parts.append("Standard Webhooks signatures required")
+        parts.append(f"max_body_bytes {self.max_body_bytes}")
+        if self.metrics_listen:
+            parts.append(f"metrics on {self.metrics_listen}")
+        return "; ".join(parts)
 
     @property
     def secrets(self) -> list[str]:
@@ -160,7 +174,7 @@ def settings_from(values: dict[str, Any]) -> ServeSettings:
                              "set either username/password or bearer_token, not both")
     if values["tls_key"] and not values["tls_cert"]:
         raise SettingProblem("tls_key", "tls_key is set but tls_cert is not")
-    settings = ServeSettings(**values)
+    settings = ServeSettings(**values, configured=True)
     try:
         settings.ssl_context()
     except (ssl.SSLError, OSError) as exc:

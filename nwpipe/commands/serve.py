@@ -188,6 +188,7 @@ class Service:
             result = await pipeline.execute(take_posts)
         finally:
             await intake.close()
+            self.dead_letter.close()
         log.info("serve: stopped; %s", result.summary())
         log.info("serve: %d event%s stay queued for the next start", result.left_queued,
                  "" if result.left_queued == 1 else "s")

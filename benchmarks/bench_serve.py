@@ -15,7 +15,9 @@ its own process, to each of these in the same run:
 4. the same with ``batch = { max_events = 100 }`` on the webhook output.
 
 For each: acknowledged events per second and the p50/p99 latency of a POST as the
-client saw them, and the server's peak RSS (VmHWM). For nwpipe also the end-to-end rate:
+client saw them, the server's CPU time per event (user + system, for the whole round:
+with delivery, delivering included; steadier than rates on a shared machine) and its
+peak RSS (VmHWM). For nwpipe also the end-to-end rate:
 from the client's first POST to the receiver having every event. The two alternate for
 ``--rounds`` rounds (the machine's load changes; alternating exposes both to it alike)
 and the best round of each is shown. Goal (issue 11): nwpipe at least half the bare
@@ -130,6 +132,12 @@ def client_main(url: str, bodies_path: str, concurrency: int) -> None:
 LISTENING = re.compile(r"listening on (http://\S+?)/?\s")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far (from /proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def peak_rss_mib(pid: int) -> float:
     """The process's peak resident set size so far (VmHWM), in MiB."""
     for text in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -167,7 +175,9 @@ def run_client(url: str, bodies_path: Path, concurrency: int, count: int) -> dic
 def bench_bare(bodies_path: Path, concurrency: int, count: int) -> dict:
     proc, url = start_server([sys.executable, __file__, "--role", "bare"])
     try:
+        before = cpu_seconds(proc.pid)
         result = run_client(url, bodies_path, concurrency, count)
+        result["cpu"] = cpu_seconds(proc.pid) - before
         result["rss"] = peak_rss_mib(proc.pid)
     finally:
         proc.terminate()
@@ -189,6 +199,7 @@ def bench_nwpipe(workdir: Path, receiver: Receiver, bodies_path: Path, concurren
                               str(workdir / "dead.jsonl"), *([] if deliver else ["--no-deliver"])],
                              env=env, cwd=workdir)
     try:
+        cpu_before = cpu_seconds(proc.pid)
         result = run_client(url, bodies_path, concurrency, count)
         if deliver:  # end to end: until the receiver has every event
             deadline = time.monotonic() + 600
@@ -197,6 +208,7 @@ def bench_nwpipe(workdir: Path, receiver: Receiver, bodies_path: Path, concurren
                     raise SystemExit("nwpipe serve did not deliver every event within 600 s")
                 time.sleep(0.01)
             result["end_to_end"] = time.time() - result["started_at"]
+        result["cpu"] = cpu_seconds(proc.pid) - cpu_before
         result["rss"] = peak_rss_mib(proc.pid)
     finally:
         proc.terminate()
@@ -260,12 +272,13 @@ def main() -> None:
     print(f"{count} single-event POSTs, concurrency {args.concurrency}, {os.cpu_count()} CPUs, "
           f"{bare['loop']}, queue sync = {args.sync!r}, best of {args.rounds} rounds")
     print(f"  {'':<36}{'events/s':>9}  {'x bare':>6}  {'p50 ms':>7}  {'p99 ms':>7}  "
-          f"{'peak RSS':>9}  {'end to end':>14}")
+          f"{'CPU/event':>9}  {'peak RSS':>9}  {'end to end':>14}")
     for label, rounds in results.items():
         r = best(rounds)
         e2e = (f"{count / r['end_to_end']:>7,.0f} ev/s" if "end_to_end" in r else "")
         print(f"  {label:<36}{count / r['seconds']:>9,.0f}  {bare['seconds'] / r['seconds']:5.2f}x"
-              f"  {r['p50'] * 1e3:7.1f}  {r['p99'] * 1e3:7.1f}  {r['rss']:5.1f} MiB  {e2e:>14}")
+              f"  {r['p50'] * 1e3:7.1f}  {r['p99'] * 1e3:7.1f}  {r['cpu'] / count * 1e6:6.0f} us"
+              f"  {r['rss']:5.1f} MiB  {e2e:>14}")
     print("  rounds (events/s): " + "; ".join(
         f"{label.split(',')[-1].strip()} " + ", ".join(f"{count / r['seconds']:,.0f}" for r in rs)
         for label, rs in results.items()))

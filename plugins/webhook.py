@@ -50,7 +50,7 @@ from yarl import URL
 from nwpipe import Delivered, Delivery, Failed, Output, Result, Retry, Setting, __version__, hookimpl
 from nwpipe.net import http1
 from nwpipe.settings import positive_seconds
-from nwpipe.net.signature import sign, signing_key
+from nwpipe.net.signature import check_signing_secret, sign, signing_key
 from nwpipe.net.tls import check_tls_files, client_context, tls_settings
 if TYPE_CHECKING:
     import aiohttp
@@ -301,11 +301,6 @@ def _check_proxy(value: str) -> str:
     return value
 
 
-def _check_signing_secret(value: str) -> str:
-    signing_key(value)
-    return value
-
-
 def _check_compression(value: str) -> str:
     value = value.strip().lower()
     if value not in ("gzip", "none", ""):
@@ -356,7 +351,7 @@ class WebhookOutput(Output):
                                help="\"gzip\" to compress request bodies"),
         "follow_redirects": Setting(bool, default=False,
                                     help="follow 301/302/307/308 resending the same request"),
-        "signing_secret": Setting(str, default=None, secret=True, check=_check_signing_secret,
+        "signing_secret": Setting(str, default=None, secret=True, check=check_signing_secret,
                                   help="'whsec_...': sign requests per Standard Webhooks"),
         "batch_format": Setting(str, default="json_array", choices=("json_array", "ndjson"),
                                 help="body of a batch of several events"),

@@ -22,7 +22,7 @@ import aiohttp
 import pytest
 
 from serveproc import ServeProcess
-from test_faults import ReceiverProcess
+from test_faults import ReceiverProcess, receivers  # noqa: F401 (a fixture)
 
 ALERTTYPES = ("start", "ongoing", "end")
 
@@ -121,20 +121,6 @@ def check_order_and_duplicates(got: list) -> None:
 def dead_letters(folder: Path) -> list[dict]:
     path = folder / "nwpipe-dead-letter.jsonl"
     return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
-
-
-@pytest.fixture
-def receivers():
-    started: list[ReceiverProcess] = []
-
-    def make(log: Path, **kw) -> ReceiverProcess:
-        receiver = ReceiverProcess(log, **kw)
-        started.append(receiver)
-        return receiver
-
-    yield make
-    for receiver in started:
-        receiver.kill()
 
 
 @pytest.fixture

@@ -33,6 +33,12 @@ def signing_key(secret: str) -> bytes:
     return key
 
 
+def check_signing_secret(value: str) -> str:
+    """A usable Standard Webhooks secret, for ``Setting(check=...)``."""
+    signing_key(value)
+    return value
+
+
 def sign(key: bytes, message_id: str, timestamp: str, body: bytes) -> str:
     """The ``webhook-signature`` value (``v1,<base64>``) for one request."""
     digest = hmac.new(key, f"{message_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nwpipe.errors import ConfigError, NwpipeError
+from nwpipe.net.signature import check_signing_secret
 from nwpipe.settings import Setting, existing_file, positive_seconds, validate_settings
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
@@ -68,13 +69,6 @@ def _check_secret(value: str) -> str:
     return value
 
 
-def _check_signing_secret(value: str) -> str:
-    from nwpipe.net.signature import signing_key
-
-    signing_key(value)
-    return value
-
-
 def _at_least_one(value: int) -> int:
     if value < 1:
         raise ValueError("must be at least 1")
@@ -92,7 +86,7 @@ SERVE = {
                         check=_check_secret, help="HTTP Basic Auth password senders must give"),
     "bearer_token": Setting(str, default=None, secret=True, check=_check_secret,
                             help="token senders must give as 'Authorization: Bearer ...'"),
-    "signing_secret": Setting(str, default=None, secret=True, check=_check_signing_secret,
+    "signing_secret": Setting(str, default=None, secret=True, check=check_signing_secret,
                               help="'whsec_...': require a valid Standard Webhooks signature"),
     "tls_cert": Setting(str, default=None, check=existing_file,
                         help="PEM certificate (chain) to serve HTTPS with"),

@@ -41,6 +41,7 @@ from nwpipe.config import EngineSettings
 from nwpipe.engine.deadletter import DeadLetterFile, delivery_record, utc_now
 from nwpipe.errors import NwpipeError
 from nwpipe.outputs import Delivered, Delivery, Failed, Output, OutputClosed, Retry
+from nwpipe.queue.base import wait_event
 
 log = logging.getLogger("nwpipe")
 
@@ -232,7 +233,10 @@ class DeliveryEngine:
         if self._refused is not None:
             self._refuse([delivery], self._refused)
             return True
-        if self._dead_keys and delivery.key in self._dead_keys:
+        if (self._dead_keys and delivery.key in self._dead_keys
+                and (delivery.key if self._keyed else "") not in state.pending):
+            # behind a dead letter, and nothing of its lane is waiting or in flight (that
+            # would go first): straight to the dead-letter file
             self._dead_letter([delivery], FOLLOWS_DEAD_LETTER, quiet=True)
             return True
         if state.queued >= self.settings.queue_size:
@@ -476,14 +480,17 @@ class DeliveryEngine:
             log.debug("%s: attempt %d failed (%s); retrying in %.2f s", self.name, attempt,
                       result.reason, delay)
             if self._wake.is_set():
-                # shutting down and told not to wait: stop retrying now
-                self._dead_letter(batch, f"shutdown before delivery; last attempt: {result.reason}",
-                                  result.status, result.response)
+                # shutting down and told not to wait: stop retrying now (what came from
+                # the durable queue stays there, for the next run)
+                if self.keep_queued:
+                    batch = [d for d in batch if d.ticket.__class__ is not tuple]
+                if batch:
+                    self._dead_letter(batch, f"shutdown before delivery; last attempt: "
+                                      f"{result.reason}", result.status, result.response)
                 return
-            try:
-                await asyncio.wait_for(self._wake.wait(), delay)
-            except asyncio.TimeoutError:
-                pass
+            # not asyncio.wait_for: on Python 3.11 it swallows a cancel that comes as
+            # the wake-up does (abandon() does both), and the worker would never end
+            await wait_event(self._wake, delay)
 
     def _spend(self, failing_for: float) -> None:
         """The output has been failing for longer than its retry budget."""

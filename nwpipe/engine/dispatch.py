@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Callable
 import orjson
 
 from nwpipe.outputs import Delivery
-from nwpipe.queue.base import Entry, Pos, Queue, QueueError
+from nwpipe.queue.base import Entry, Pos, Queue, QueueError, wait_event
 
 if TYPE_CHECKING:  # pragma: no cover
     from nwpipe.engine.delivery import DeliveryEngine
@@ -34,8 +34,6 @@ log = logging.getLogger("nwpipe")
 
 #: entries read from a shard at a time
 READ_BATCH = 512
-#: seconds between acknowledgements (and mark saves) while deliveries flow
-ACK_INTERVAL = 0.25
 #: seconds a feed waits for new entries before it looks again (a put wakes it sooner)
 IDLE_WAIT = 0.1
 
@@ -136,6 +134,10 @@ class Dispatcher:
         self._stopping = False
         self._acker: asyncio.Task | None = None
         self._room = asyncio.Event()  # set after an acknowledgement removed entries
+        # set when a mark moved: the acknowledgement follows as soon as the last one is
+        # committed, so what settled meanwhile shares one write (and a crash re-sends
+        # little more than what was in flight)
+        self._moved = asyncio.Event()
         #: entries removed from the queue by this run
         self.acked = 0
 
@@ -169,6 +171,7 @@ class Dispatcher:
                 feed = self.feeds.get(delivery.output)
                 if feed is not None:
                     feed.settle(*ticket)
+        self._moved.set()
 
     # -- the feeds --------------------------------------------------------------------
 
@@ -209,6 +212,7 @@ class Dispatcher:
         delivery = self.handle(feed, entry, event, source, line)
         if delivery is None:
             feed.passed(shard, pos)
+            self._moved.set()
             return
         delivery.ticket = (shard, pos)
         feed.taken(shard, pos)
@@ -218,7 +222,8 @@ class Dispatcher:
 
     async def _ack_loop(self) -> None:
         while True:
-            await asyncio.sleep(ACK_INTERVAL)
+            await self._moved.wait()
+            self._moved.clear()
             try:
                 await self.ack()
             except QueueError as exc:
@@ -253,10 +258,7 @@ class Dispatcher:
     async def wait_for_room(self, timeout: float) -> None:
         """Until an acknowledgement removed entries, or ``timeout`` seconds."""
         self._room.clear()
-        try:
-            await asyncio.wait_for(self._room.wait(), timeout)
-        except asyncio.TimeoutError:
-            pass
+        await wait_event(self._room, timeout)
 
     # -- the end ----------------------------------------------------------------------
 

@@ -42,6 +42,7 @@ from nwpipe.queue.base import (
     QueueStatus,
     ShardStatus,
     shard_of,
+    wait_event,
 )
 
 SCHEMA_VERSION = "1"
@@ -176,6 +177,7 @@ class SqliteQueue(Queue):
         self._reader: ThreadPoolExecutor | None = None
         self._rconn: sqlite3.Connection | None = None
         self._bytes = 0  # bytes of the entries stored (data + origin), kept by the writer
+        self._count = 0  # entries stored, kept by the writer
         self._new = asyncio.Event()
 
     # -- opening ------------------------------------------------------------------
@@ -215,8 +217,9 @@ class SqliteQueue(Queue):
             check = conn.execute("PRAGMA quick_check").fetchone()[0]
             if check != "ok":
                 raise sqlite3.DatabaseError(f"database disk image is malformed: {check}")
-            self._bytes = conn.execute("SELECT COALESCE(SUM(LENGTH(data) + LENGTH(origin)), 0) "
-                                       "FROM entries").fetchone()[0]
+            self._bytes, self._count = conn.execute(
+                "SELECT COALESCE(SUM(LENGTH(data) + LENGTH(origin)), 0), COUNT(*) "
+                "FROM entries").fetchone()
         except QueueError:
             conn.close()
             self._release_lock()
@@ -328,6 +331,7 @@ class SqliteQueue(Queue):
             cursor.execute("INSERT INTO entries (shard, data, origin, at) VALUES (?, ?, ?, ?)", row)
             positions.append((cursor.lastrowid, 0))
         self._bytes += size
+        self._count += len(rows)
         return positions
 
     async def owned(self) -> frozenset[int]:
@@ -347,10 +351,7 @@ class SqliteQueue(Queue):
 
     async def wait(self, timeout: float) -> None:
         """Until a put of this process committed, or ``timeout`` seconds."""
-        try:
-            await asyncio.wait_for(self._new.wait(), timeout)
-        except asyncio.TimeoutError:
-            pass
+        await wait_event(self._new, timeout)
         self._new.clear()
 
     async def ack(self, shard: int, upto: Pos) -> None:
@@ -360,8 +361,10 @@ class SqliteQueue(Queue):
     def _delete(self, conn: sqlite3.Connection, shard: int, upto: int) -> None:
         size = conn.execute("SELECT COALESCE(SUM(LENGTH(data) + LENGTH(origin)), 0) FROM entries "
                             "WHERE shard = ? AND id <= ?", (shard, upto)).fetchone()[0]
-        conn.execute("DELETE FROM entries WHERE shard = ? AND id <= ?", (shard, upto))
+        removed = conn.execute("DELETE FROM entries WHERE shard = ? AND id <= ?",
+                               (shard, upto)).rowcount
         self._bytes -= size
+        self._count -= removed
 
     async def save_marks(self, shard: int, marks: dict[str, Pos]) -> None:
         """Store per-output marks of ``shard``."""
@@ -396,6 +399,10 @@ class SqliteQueue(Queue):
         rows = await self._read(lambda: self._rconn.execute(
             "SELECT key, value FROM notes").fetchall())
         return dict(rows)
+
+    def approx_depth(self) -> int:
+        """Entries stored now (kept by the writer; no I/O)."""
+        return self._count
 
     @property
     def stored_bytes(self) -> int:

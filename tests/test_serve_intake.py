@@ -273,8 +273,8 @@ async def test_https_with_tls_cert_and_key(tmp_path, tls):
 # -- slow clients and many connections ----------------------------------------------
 
 
-def test_stalled_clients_are_cut_off_and_connections_are_limited(tmp_path):
-    proc = ServeProcess(tmp_path, '[serve]\nread_timeout = 1\nmax_connections = 3\n'
+def test_stalled_clients_are_cut_off(tmp_path):
+    proc = ServeProcess(tmp_path, '[serve]\nread_timeout = 1\n'
                         '[outputs.a]\ntype = "file"\npath = "out.jsonl"\n', "--no-deliver").start()
     host, port = proc.url.removeprefix("http://").split(":")
     try:
@@ -287,6 +287,12 @@ def test_stalled_clients_are_cut_off_and_connections_are_limited(tmp_path):
         assert time.monotonic() - started < 20
         slow.close()
 
+        # a connection that never sends a request: closed too
+        silent = socket.create_connection((host, int(port)))
+        silent.settimeout(30)
+        assert silent.recv(1024) == b""
+        silent.close()
+
         # a body that stops half way: 408
         stalled = socket.create_connection((host, int(port)))
         stalled.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
@@ -294,22 +300,51 @@ def test_stalled_clients_are_cut_off_and_connections_are_limited(tmp_path):
         answer = stalled.recv(4096)
         assert answer.startswith(b"HTTP/1.1 408"), answer
         stalled.close()
+    finally:
+        assert proc.stop() == 0
 
-        # the limit: three idle connections are kept, a fourth is closed at once
-        idle = [socket.create_connection((host, int(port))) for _ in range(3)]
-        time.sleep(0.2)  # not a wait for a result: lets the server register the three
+
+def test_connections_beyond_max_connections_are_closed(tmp_path):
+    proc = ServeProcess(tmp_path, '[serve]\nmax_connections = 3\n'
+                        '[outputs.a]\ntype = "file"\npath = "out.jsonl"\n', "--no-deliver").start()
+    host, port = proc.url.removeprefix("http://").split(":")
+    request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    idle = []
+    try:
+        # three kept-alive connections, each answered once: the server holds them
+        for _ in range(3):
+            sock = socket.create_connection((host, int(port)))
+            sock.settimeout(30)
+            sock.sendall(request)
+            assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+            idle.append(sock)
         fourth = socket.create_connection((host, int(port)))
         fourth.settimeout(30)
         try:
-            fourth.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            fourth.sendall(request)
             data = fourth.recv(1024)
-        except ConnectionResetError:
+        except (ConnectionResetError, BrokenPipeError):
             data = b""
-        assert data == b""
-        for s in idle:
-            s.close()
+        assert data == b""  # closed without an answer
         fourth.close()
+        idle.pop().close()  # one leaves: a new one is served again
+        deadline = time.monotonic() + 30
+        while True:
+            again = socket.create_connection((host, int(port)))
+            again.settimeout(30)
+            try:
+                again.sendall(request)
+                data = again.recv(4096)
+            except (ConnectionResetError, BrokenPipeError):
+                data = b""
+            again.close()
+            if data.startswith(b"HTTP/1.1 200"):
+                break
+            assert time.monotonic() < deadline, "a closed connection's place was not freed"
+            time.sleep(0.05)
     finally:
+        for sock in idle:
+            sock.close()
         assert proc.stop() == 0
 
 

@@ -421,7 +421,7 @@ def cmd_serve(args) -> int:
     _, config, router = load(args)
     queue_settings = config.queue
     if args.queue:
-        queue_settings = dataclasses.replace(queue_settings, path=args.queue, url=None)
+        queue_settings = dataclasses.replace(queue_settings, path=args.queue)
     return serve(config, router, queue_settings, listen=args.listen,
                  metrics_listen=args.metrics_listen, dead_letter_path=args.dead_letter,
                  shutdown_timeout=args.shutdown_timeout, deliver=not args.no_deliver)

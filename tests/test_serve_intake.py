@@ -273,33 +273,38 @@ async def test_https_with_tls_cert_and_key(tmp_path, tls):
 # -- slow clients and many connections ----------------------------------------------
 
 
+def raw_exchange(url: str, data: bytes, *, keep: bool = False):
+    """Send ``data`` on a new connection to ``url``; what comes back before the server
+    closes it or answers (b"" when it closed without a word), and the socket if ``keep``."""
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)))
+    sock.settimeout(30)
+    try:
+        if data:
+            sock.sendall(data)
+        answer = sock.recv(4096)
+    except (ConnectionResetError, BrokenPipeError):
+        answer = b""
+    if not keep:
+        sock.close()
+        return answer
+    return answer, sock
+
+
 def test_stalled_clients_are_cut_off(tmp_path):
     proc = ServeProcess(tmp_path, '[serve]\nread_timeout = 1\n'
                         '[outputs.a]\ntype = "file"\npath = "out.jsonl"\n', "--no-deliver").start()
-    host, port = proc.url.removeprefix("http://").split(":")
     try:
-        # headers that never end: closed after read_timeout
-        slow = socket.create_connection((host, int(port)))
-        slow.sendall(b"POST / HTTP/1.1\r\nHost: x\r\n")
-        slow.settimeout(30)
+        # headers that never end: closed after read_timeout (30 s: only on failure)
         started = time.monotonic()
-        assert slow.recv(1024) == b""
+        assert raw_exchange(proc.url, b"POST / HTTP/1.1\r\nHost: x\r\n") == b""
         assert time.monotonic() - started < 20
-        slow.close()
-
         # a connection that never sends a request: closed too
-        silent = socket.create_connection((host, int(port)))
-        silent.settimeout(30)
-        assert silent.recv(1024) == b""
-        silent.close()
-
+        assert raw_exchange(proc.url, b"") == b""
         # a body that stops half way: 408
-        stalled = socket.create_connection((host, int(port)))
-        stalled.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
-        stalled.settimeout(30)
-        answer = stalled.recv(4096)
+        answer = raw_exchange(proc.url, b"POST / HTTP/1.1\r\nHost: x\r\n"
+                                        b"Content-Length: 100\r\n\r\n{")
         assert answer.startswith(b"HTTP/1.1 408"), answer
-        stalled.close()
     finally:
         assert proc.stop() == 0
 
@@ -307,39 +312,18 @@ def test_stalled_clients_are_cut_off(tmp_path):
 def test_connections_beyond_max_connections_are_closed(tmp_path):
     proc = ServeProcess(tmp_path, '[serve]\nmax_connections = 3\n'
                         '[outputs.a]\ntype = "file"\npath = "out.jsonl"\n', "--no-deliver").start()
-    host, port = proc.url.removeprefix("http://").split(":")
     request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
     idle = []
     try:
         # three kept-alive connections, each answered once: the server holds them
         for _ in range(3):
-            sock = socket.create_connection((host, int(port)))
-            sock.settimeout(30)
-            sock.sendall(request)
-            assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+            answer, sock = raw_exchange(proc.url, request, keep=True)
+            assert answer.startswith(b"HTTP/1.1 200")
             idle.append(sock)
-        fourth = socket.create_connection((host, int(port)))
-        fourth.settimeout(30)
-        try:
-            fourth.sendall(request)
-            data = fourth.recv(1024)
-        except (ConnectionResetError, BrokenPipeError):
-            data = b""
-        assert data == b""  # closed without an answer
-        fourth.close()
+        assert raw_exchange(proc.url, request) == b""  # a fourth: closed without an answer
         idle.pop().close()  # one leaves: a new one is served again
         deadline = time.monotonic() + 30
-        while True:
-            again = socket.create_connection((host, int(port)))
-            again.settimeout(30)
-            try:
-                again.sendall(request)
-                data = again.recv(4096)
-            except (ConnectionResetError, BrokenPipeError):
-                data = b""
-            again.close()
-            if data.startswith(b"HTTP/1.1 200"):
-                break
+        while not raw_exchange(proc.url, request).startswith(b"HTTP/1.1 200"):
             assert time.monotonic() < deadline, "a closed connection's place was not freed"
             time.sleep(0.05)
     finally:

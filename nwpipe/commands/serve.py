@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import signal
 
 import orjson
@@ -140,6 +141,10 @@ class Service:
             return "shutting down"
         if self._store_error is not None:
             return f"the queue cannot be written: {self._store_error}"
+        free = self._disk_free()
+        if free is not None and free < self.settings.max_body_bytes:
+            return (f"the disk of the queue has {free:,} bytes free, less than one request "
+                    f"may need (max_body_bytes = {self.settings.max_body_bytes:,})")
         try:
             status = await self.queue.status()
         except QueueError as exc:
@@ -154,6 +159,17 @@ class Service:
             self._full = False
             self._full_bytes = None
         return None
+
+    def _disk_free(self) -> int | None:
+        """Bytes free for an SQLite queue file (None: a Redis queue, or unknown)."""
+        settings = self.queue.settings
+        if settings.url:
+            return None
+        try:
+            fs = os.statvfs(os.path.dirname(os.path.abspath(settings.path)))
+        except OSError:
+            return None
+        return fs.f_bavail * fs.f_frsize
 
     # -- the service -------------------------------------------------------------------
 

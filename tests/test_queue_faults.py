@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -20,11 +21,7 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
-
-from test_faults import ReceiverProcess, dead_letters, env
-
-pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+from test_faults import ReceiverProcess, dead_letters, env, receivers  # noqa: F401 (fixture)
 
 ALERTTYPES = ("start", "ongoing", "ongoing", "ongoing", "end")
 
@@ -34,20 +31,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@pytest.fixture
-def receivers():
-    started: list[ReceiverProcess] = []
-
-    def make(log: Path, **kw) -> ReceiverProcess:
-        receiver = ReceiverProcess(log, **kw)
-        started.append(receiver)
-        return receiver
-
-    yield make
-    for receiver in started:
-        receiver.kill()
 
 
 def write_alerts(path: Path, alerts: int, per_alert: int = len(ALERTTYPES)) -> list[tuple]:
@@ -222,7 +205,8 @@ def test_keep_queue_leaves_a_down_outputs_backlog_for_the_next_run(tmp_path, rec
     assert queue_status(tmp_path)["events"] == 0
 
 
-def test_queue_drain_moves_one_outputs_backlog_to_the_dead_letter_file(tmp_path, receivers):
+def backlog_of_a_down_output(tmp_path: Path, receivers) -> tuple[ReceiverProcess, int, list]:
+    """A run with --keep-queue leaves the backlog of output "down" (its port closed)."""
     healthy = receivers(tmp_path / "healthy.jsonl").start()
     port = free_port()
     keys = write_alerts(tmp_path / "events.jsonl", alerts=100)
@@ -232,6 +216,11 @@ def test_queue_drain_moves_one_outputs_backlog_to_the_dead_letter_file(tmp_path,
                 "dl.jsonl", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     assert queue_status(tmp_path)["outputs"]["down"]["events"] == len(keys)
+    return healthy, port, keys
+
+
+def test_queue_drain_moves_one_outputs_backlog_to_the_dead_letter_file(tmp_path, receivers):
+    healthy, port, keys = backlog_of_a_down_output(tmp_path, receivers)
     drained = run("queue", "drain", "-c", "c.toml", "--output", "down", "--dead-letter",
                   "--dead-letter-file", "dl.jsonl", cwd=tmp_path)
     assert drained.returncode == 3, drained.stderr
@@ -253,12 +242,7 @@ def test_queue_drain_moves_one_outputs_backlog_to_the_dead_letter_file(tmp_path,
 
 
 def test_queue_drain_delivers_one_outputs_backlog(tmp_path, receivers):
-    healthy = receivers(tmp_path / "healthy.jsonl").start()
-    port = free_port()
-    keys = write_alerts(tmp_path / "events.jsonl", alerts=100)
-    config(tmp_path / "c.toml", {"healthy": healthy.url, "down": f"http://127.0.0.1:{port}/in"},
-           queue_size=50)
-    assert run("run", "-c", "c.toml", "events.jsonl", "--keep-queue", cwd=tmp_path).returncode == 0
+    healthy, port, keys = backlog_of_a_down_output(tmp_path, receivers)
     back = receivers(tmp_path / "back.jsonl").start(port=port)
     drained = run("queue", "drain", "-c", "c.toml", "--output", "down", cwd=tmp_path)
     assert drained.returncode == 0, drained.stderr
@@ -266,6 +250,7 @@ def test_queue_drain_delivers_one_outputs_backlog(tmp_path, receivers):
     assert len(got) == len(keys) and {(a, n) for a, n, _ in got} == set(keys)
     assert_order_per_alert(got)
     assert queue_status(tmp_path)["events"] == 0
+    assert len(arrivals(healthy)) == len(keys)  # the other output's backlog was not touched
 
 
 # -- crash safety ----------------------------------------------------------------------
@@ -393,3 +378,48 @@ def test_damaged_queue_file_is_a_clear_error_and_recover_keeps_what_can_be_read(
     got = arrivals(receiver)
     assert len(got) == count and {(a, n) for a, n, _ in got} <= set(keys)
     assert queue_status(tmp_path)["events"] == 0
+
+
+def test_sigterm_in_a_durable_run_leaves_the_rest_in_the_queue(tmp_path, receivers):
+    receiver = receivers(tmp_path / "received.jsonl", delay=0.003).start()
+    keys = write_alerts(tmp_path / "events.jsonl", alerts=800)  # 4,000 events
+    config(tmp_path / "c.toml", {"soc": receiver.url}, queue_size=10000)
+    proc = nwpipe("run", "-c", "c.toml", "events.jsonl", "--durable", "--dead-letter",
+                  "dl.jsonl", cwd=tmp_path)
+    receiver.wait_for(300)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143, stderr
+    # every event read is received, dead-lettered (only what was cut short in flight) or
+    # still queued; what is queued is not dead-lettered
+    status = queue_status(tmp_path)
+    committed = status["inputs"][str(tmp_path / "events.jsonl")]
+    received = {(a, n) for a, n, _ in arrivals(receiver)}
+    dead = {(r["event"]["id"], r["event"]["updatecount"])
+            for r in dead_letters(tmp_path / "dl.jsonl") if "event" in r}
+    assert status["events"] > 0 and "left for the next run" in stderr
+    assert len(dead) <= 8
+    # the next run delivers what was left, then --resume reads on where reading stopped
+    again = run("run", "-c", "c.toml", "--durable", "--resume", "events.jsonl",
+                "--dead-letter", "dl.jsonl", cwd=tmp_path)
+    assert again.returncode in (0, 3), again.stderr
+    received = {(a, n) for a, n, _ in arrivals(receiver)}
+    assert received | dead == set(keys)
+    assert committed <= len(keys) and queue_status(tmp_path)["events"] == 0
+
+
+def test_queue_config_mistakes_name_the_key(tmp_path):
+    (tmp_path / "c.toml").write_text('[queue]\nsinc = "full"\n[outputs.out]\ntype = "stdout"\n')
+    done = run("check", "-c", "c.toml", cwd=tmp_path)
+    assert done.returncode == 1
+    assert "c.toml: queue.sinc: unknown setting 'sinc' (did you mean 'sync'?)" in done.stderr
+    (tmp_path / "c.toml").write_text('[queue]\nsync = "sometimes"\n[outputs.out]\ntype = "stdout"\n')
+    done = run("check", "-c", "c.toml", cwd=tmp_path)
+    assert done.returncode == 1
+    assert "queue.sync: 'sometimes' is not one of 'normal', 'full'" in done.stderr
+    (tmp_path / "c.toml").write_text('[queue]\nurl = "http://user:pw-9@redis"\n'
+                                     '[outputs.out]\ntype = "stdout"\n')
+    done = run("check", "-c", "c.toml", cwd=tmp_path)
+    assert done.returncode == 1
+    assert "queue.url: must start with redis:// or rediss://" in done.stderr
+    assert "pw-9" not in done.stderr

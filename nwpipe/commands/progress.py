@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 import time
-from typing import TextIO
+from typing import Any, TextIO
 
 log = logging.getLogger("nwpipe")
 
@@ -41,7 +41,7 @@ class Progress:
     def __init__(self, stream: TextIO, interval: float = INTERVAL):
         self.stream = stream
         self.interval = interval
-        self._pipeline = None
+        self._pipeline: Any = None  # the Pipeline (typed loosely: it imports this module)
         self._task: asyncio.Task | None = None
         self._shown = ""
         self._started = 0.0

@@ -135,9 +135,8 @@ class DeliveryEngine:
         self.stats = OutputStats()
         self.closed = False
         self._on_closed = on_closed
-        # told of every delivery that is delivered or dead-lettered (the durable queue
-        # acknowledges an entry once every output settled it)
-        self._on_settled = on_settled
+        #: told of every settled delivery (see __init__); may be set before start()
+        self.on_settled = on_settled
         # alerts with a dead-lettered event: their later events follow it
         self._dead_keys: set[str] = set()
         #: when the output started failing (time.time()), None while it works
@@ -323,7 +322,7 @@ class DeliveryEngine:
             else:
                 key = await self._next_key()
                 self._inflight[number] = batch
-                keys = (key,)
+                keys = [key]
                 waiting = state.pending[key]
                 if waiting:  # a shutdown may have emptied it since the key was handed over
                     batch.append(waiting.popleft())
@@ -439,8 +438,8 @@ class DeliveryEngine:
                 self.stats.delivered += len(batch)
                 if self.on_delivered is not None:
                     self.on_delivered(loop.time() - started)
-                if self._on_settled is not None:
-                    self._on_settled(batch, False)
+                if self.on_settled is not None:
+                    self.on_settled(batch, False)
                 return
             if not self._state.failing:
                 self._state.failing = True
@@ -531,8 +530,8 @@ class DeliveryEngine:
                                                response=response) for d in batch)
         self.stats.dead_lettered += len(batch)
         self._dead_keys.update(d.key for d in batch)
-        if self._on_settled is not None:
-            self._on_settled(batch, True)
+        if self.on_settled is not None:
+            self.on_settled(batch, True)
         if quiet:
             # one by one (a shutdown, an alert behind a dead letter, a spent budget):
             # counted, and reported once by drain()

@@ -241,13 +241,13 @@ class Dispatcher:
                     flushed = True
                 await self.queue.save_marks(shard, known)
                 self._saved[shard].update(known)
-            lows = list(marks.values()) + list(self._other_marks[shard].values())
             if self.others - set(self._other_marks[shard]):
                 continue  # an output without a feed here never settled this shard
-            if not lows or any(m is None for m in lows):
-                continue
-            upto = min(lows)  # type: ignore[type-var]
-            if self._acked[shard] is None or upto > self._acked[shard]:
+            if not marks or len(known) < len(marks):
+                continue  # an output has settled nothing of this shard yet
+            upto = min([*known.values(), *self._other_marks[shard].values()])
+            acked = self._acked[shard]
+            if acked is None or upto > acked:
                 if not flushed:
                     self.flush()
                     flushed = True

@@ -162,6 +162,8 @@ class Queue(abc.ABC):
     shards: int
     #: the disk/memory budget in bytes; ``put`` raises QueueFull past it
     max_bytes: int
+    #: what the queue was made from (``[queue]``)
+    settings: QueueSettings
 
     @abc.abstractmethod
     async def open(self) -> None:
@@ -180,9 +182,10 @@ class Queue(abc.ABC):
         """Append ``(alert id, event JSON, origin)`` items, each to its alert's shard.
 
         Returns their positions, in the order of ``items``, only when they are
-        durable (SQLite: committed with the configured sync; Redis: XADD answered). Calls from many tasks share one commit (group
-        commit) and the event loop never waits on disk. Raises :class:`QueueFull` when
-        the store is at ``max_bytes`` (nothing of the call is stored then).
+        durable (SQLite: committed with the configured sync; Redis: XADD answered).
+        Calls from many tasks share one commit (group commit) and the event loop
+        never waits on disk. Raises :class:`QueueFull` when the store is at
+        ``max_bytes`` (nothing of the call is stored then).
         """
 
     @abc.abstractmethod

@@ -119,7 +119,8 @@ class _Writer(threading.Thread):
                     for op in batch:
                         self._alone(op)
                     continue
-                error = exc if isinstance(exc, QueueError) else QueueError(_describe(self.path, exc))
+                error = (exc if isinstance(exc, QueueError)
+                         else QueueError(_describe(self.path, exc)))
                 for _fn, _args, fut, loop in batch:
                     loop.call_soon_threadsafe(_settle, fut, None, error)
             else:
@@ -326,10 +327,10 @@ class SqliteQueue(Queue):
         if self._bytes + size > self.max_bytes and self._bytes > 0:
             raise _Refused(self._full_message())
         cursor = conn.cursor()
-        positions = []
+        positions: list[Pos] = []
         for row in rows:
             cursor.execute("INSERT INTO entries (shard, data, origin, at) VALUES (?, ?, ?, ?)", row)
-            positions.append((cursor.lastrowid, 0))
+            positions.append((cursor.lastrowid or 0, 0))
         self._bytes += size
         self._count += len(rows)
         return positions
@@ -342,8 +343,14 @@ class SqliteQueue(Queue):
         """Up to ``limit`` entries of ``shard`` after ``after`` (or from the oldest)."""
         return await self._read(self._read_rows, shard, after[0] if after else 0, limit)
 
+    @property
+    def _reader_conn(self) -> sqlite3.Connection:
+        if self._rconn is None:
+            raise QueueError(f"queue file {self.path} is not open")
+        return self._rconn
+
     def _read_rows(self, shard: int, after: int, limit: int) -> list[Entry]:
-        rows = self._rconn.execute(
+        rows = self._reader_conn.execute(
             "SELECT id, data, origin, at FROM entries WHERE shard = ? AND id > ? "
             "ORDER BY id LIMIT ?", (shard, after, limit)).fetchall()
         return [Entry(shard, (rowid, 0), bytes(data), origin, at)
@@ -377,7 +384,7 @@ class SqliteQueue(Queue):
 
     async def load_marks(self, shard: int) -> dict[str, Pos]:
         """The per-output marks of ``shard``."""
-        rows = await self._read(lambda: self._rconn.execute(
+        rows = await self._read(lambda: self._reader_conn.execute(
             "SELECT output, pos FROM marks WHERE shard = ?", (shard,)).fetchall())
         return {name: (pos, 0) for name, pos in rows}
 
@@ -396,7 +403,7 @@ class SqliteQueue(Queue):
 
     async def notes(self) -> dict[str, str]:
         """Every note."""
-        rows = await self._read(lambda: self._rconn.execute(
+        rows = await self._read(lambda: self._reader_conn.execute(
             "SELECT key, value FROM notes").fetchall())
         return dict(rows)
 
@@ -414,7 +421,7 @@ class SqliteQueue(Queue):
         return await self._read(self._status)
 
     def _status(self) -> QueueStatus:
-        conn = self._rconn
+        conn = self._reader_conn
         marks: dict[int, dict[str, int]] = {}
         for shard, name, pos in conn.execute("SELECT shard, output, pos FROM marks"):
             marks.setdefault(shard, {})[name] = pos

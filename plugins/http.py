@@ -82,6 +82,7 @@ class HttpSource(Source):
         request = _Request(len(items), asyncio.get_running_loop().create_future())
         for item in items:
             self._waiting[id(item)] = (item, request)
+        assert self._batches is not None  # made by open()
         self._batches.put_nowait(items)
         await request.done
 

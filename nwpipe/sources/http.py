@@ -40,13 +40,13 @@ from aiohttp import web
 
 from nwpipe.engine.deadletter import DeadLetterFile, event_record, raw_record
 from nwpipe.engine.metrics import Metrics
-from nwpipe.transform.route_map import check_event
 from nwpipe.net.httputil import printable
 from nwpipe.net.ops import ReadyCheck, add_ops_routes, bound_url, start_site
 from nwpipe.net.signature import signing_key, verify
 from nwpipe.queue.base import QueueError, QueueFull
 from nwpipe.sources.decode import Decoder, Event, Reject
 from nwpipe.sources.serve_settings import ServeSettings
+from nwpipe.transform.route_map import check_event
 
 log = logging.getLogger("nwpipe")
 
@@ -161,9 +161,10 @@ class IntakeServer:
             self._challenge = 'Bearer realm="nwpipe"'
         else:
             self._challenge = 'Signature realm="nwpipe"'
-        self._basic = None
-        if settings.username is not None:
+        self._basic: tuple[bytes, bytes] | None = None
+        if settings.username is not None and settings.password is not None:
             self._basic = (settings.username.encode(), settings.password.encode())
+        self._token = settings.bearer_token.encode() if settings.bearer_token else None
 
     # -- life cycle --------------------------------------------------------------------
 
@@ -201,6 +202,7 @@ class IntakeServer:
         headers within ``read_timeout`` (later requests: aiohttp's keep-alive timeout,
         set to the same, closes a connection idle or stalled between requests)."""
         server = runner.server
+        assert server is not None  # set up by start_site
         limit = self.settings.max_connections
         timeout = self.settings.read_timeout
         loop = asyncio.get_running_loop()
@@ -311,7 +313,7 @@ class IntakeServer:
         Compared in constant time, user name and password both always, so that the
         answer's timing does not tell which part was wrong.
         """
-        if self._basic is None and self.settings.bearer_token is None:
+        if self._basic is None and self._token is None:
             return None
         header = request.headers.get("Authorization")
         if not header:
@@ -330,13 +332,12 @@ class IntakeServer:
             return None if (sep and user_ok & password_ok) else "wrong user name or password"
         if scheme.lower() != "bearer":
             return "Bearer token required"
-        token_ok = hmac.compare_digest(value.strip().encode(),
-                                       self.settings.bearer_token.encode())
+        token_ok = hmac.compare_digest(value.strip().encode(), self._token or b"")
         return None if token_ok else "wrong bearer token"
 
     async def _read_body(self, request: web.Request) -> bytes:
         limit = self.settings.max_body_bytes
-        chunks = []
+        chunks: list[bytes] = []
         size = 0
         while True:
             chunk = await request.content.readany()
@@ -410,15 +411,16 @@ class IntakeServer:
                                headers={"Retry-After": str(RETRY_AFTER)})
         if self.result is not None:
             self.result.rejected += len(refused)
-        listed = [{"index": index, "error": reason}
-                  for index, _item, reason in refused[:MAX_LISTED_REFUSALS]]
+        listed: list[dict[str, object]] = [
+            {"index": index, "error": reason}
+            for index, _item, reason in refused[:MAX_LISTED_REFUSALS]]
         if accepted:
             error = f"{len(refused)} of {accepted + len(refused)} events refused"
         else:
-            error = (listed[0]["error"] if len(refused) == 1
+            error = (refused[0][2] if len(refused) == 1
                      else f"all {len(refused)} events refused")
         answer = {"error": error, "accepted": accepted, "refused": listed}
-        self._log(request, 400, f"{error}: first: {listed[0]['error']} (dead-lettered)")
+        self._log(request, 400, f"{error}: first: {refused[0][2]} (dead-lettered)")
         self.metrics.requests.labels("400").inc()
         return _json(400, answer)
 

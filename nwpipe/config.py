@@ -31,6 +31,7 @@ from nwpipe.queue.base import (
 )
 from nwpipe.settings import EnvText, Setting, did_you_mean, plain, validate_settings
 from nwpipe.sources.base import DEFAULT_SOURCE, Source
+from nwpipe.sources.serve_settings import ServeSettings, build_serve_settings
 
 #: where the config comes from when ``-c`` is not given
 ENV_CONFIG = "NWPIPE_CONFIG"
@@ -123,6 +124,7 @@ class Config:
     mappings: dict[str, dict] = field(default_factory=dict)
     templates: list[Path] = field(default_factory=list)
     dead_letter: str = DEFAULT_DEAD_LETTER
+    serve: ServeSettings = field(default_factory=ServeSettings)
     max_line_bytes: int = 1 << 20
     shutdown_timeout: float = 10.0
     tests: list[dict] = field(default_factory=list)
@@ -155,6 +157,7 @@ TOP_LEVEL = {
     "outputs": Setting(dict, default={}, help="where events go: [outputs.NAME] tables"),
     "mappings": Setting(dict, default={}, help="how events are reshaped: [mappings.NAME] tables"),
     "defaults": Setting(dict, default={}, help="settings shared by all outputs"),
+    "serve": Setting(dict, default=None, help="the HTTP intake of `nwpipe serve`: [serve] table"),
     "templates": Setting((list, str), default=[], help="folders searched for template files"),
     "dead_letter": Setting(str, default=None, help="the dead-letter file (JSON lines)"),
     "max_line_bytes": Setting(int, default=1 << 20, check=_positive,
@@ -346,6 +349,10 @@ def build_config(data: dict, output_types: dict[str, type[Output]], *, file: str
                                   key=f"templates[{i}]", file=file)
             template_dirs.append(folder)
 
+    serve = ServeSettings()
+    with problems.collect():
+        serve = build_serve_settings(top["serve"], file=file)
+
     mappings = plain(top["mappings"])
     for name, table in mappings.items():
         with problems.collect():
@@ -393,6 +400,7 @@ def build_config(data: dict, output_types: dict[str, type[Output]], *, file: str
         mappings=mappings,
         templates=template_dirs,
         dead_letter=dead_letter,
+        serve=serve,
         max_line_bytes=top["max_line_bytes"],
         shutdown_timeout=top["shutdown_timeout"],
         tests=tests,

@@ -5,7 +5,8 @@
   gives what it needs: `<!-- check: NAME=value ... -->` sets environment variables,
   `with=PATH` appends the block to a file of the repository (and runs next to a copy of
   that file's folder), `plugin=FILE` loads the page's ```python block that starts with
-  `# FILE` through --plugins-dir, `pyproject` marks a packaging file (valid TOML with a
+  `# FILE` through --plugins-dir, `pem=CERT,KEY` names the paths of a TLS certificate and
+  its key (the test points them at a throw-away pair), `pyproject` marks a packaging file (valid TOML with a
   [project] table, not a config). `fails` marks a deliberate mistake: check must exit 1,
   and its stderr must be exactly the ```text block that follows; `warns` marks an
   example that check accepts with the warnings of the ```text block that follows (any
@@ -34,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import trustme
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -181,6 +183,14 @@ def prepare_config(block: Block, folder: Path) -> tuple[Path, list[str]]:
         config = folder / "nwpipe.toml"
         if not has_outputs(text):
             text += '\n[outputs.docs_check]\ntype = "stdout"\n'
+    pem = block.option("pem")
+    if pem:  # a throw-away certificate and key where the example names real ones
+        cert_path, key_path = pem.split(",")
+        cert = trustme.CA().issue_cert("nwpipe.example.com")
+        cert.cert_chain_pems[0].write_to_path(folder / "cert.pem")
+        cert.private_key_pem.write_to_path(folder / "key.pem")
+        text = text.replace(cert_path, str(folder / "cert.pem"))
+        text = text.replace(key_path, str(folder / "key.pem"))
     plugin = block.option("plugin")
     if plugin:
         plugins = folder / "plugins"

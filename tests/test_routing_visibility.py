@@ -5,7 +5,10 @@ and can be replayed. The real CLI in a subprocess."""
 from __future__ import annotations
 
 import json
+import time
+import urllib.request
 
+from serveproc import ServeProcess
 from test_cli import event, jsonl, nwpipe
 
 from nwpipe.numbers import count, rate
@@ -80,3 +83,34 @@ def test_numbers_are_formatted_one_way():
     assert rate(0.001) == "<0.01/s"
     assert rate(0) == "0/s"
     assert rate(1500, " events/s") == "1,500 events/s"
+
+
+def _wait_for_lines(path, n, deadline=60.0):
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if path.exists():
+            lines = [x for x in path.read_text().splitlines() if x]
+            if len(lines) >= n:
+                return lines
+        time.sleep(0.05)
+    raise AssertionError(f"{path}: fewer than {n} lines after {deadline} s")
+
+
+def test_serve_with_strict_routing_dead_letters_what_matches_no_output(tmp_path):
+    # serve delivers from its queue, output by output: the event is recorded once
+    proc = ServeProcess(tmp_path, '[queue]\nsync = "full"\n' + CONFIG, "--strict-routing",
+                        "--dead-letter", "dl.jsonl").start()
+    try:
+        body = jsonl([event(1, customer="acme"), event(2, customer="acmee")]).encode()
+        request = urllib.request.Request(proc.url + "/", data=body, method="POST",
+                                         headers={"Content-Type": "application/x-ndjson"})
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            assert answer.status // 100 == 2
+        delivered = _wait_for_lines(tmp_path / "out.jsonl", 1)
+        dead = _wait_for_lines(tmp_path / "dl.jsonl", 1)
+    finally:
+        proc.stop()
+    assert [json.loads(x)["id"] for x in delivered] == ["alert-1"]
+    assert len(dead) == 1
+    record = json.loads(dead[0])
+    assert record["stage"] == "route" and record["event"]["id"] == "alert-2"

@@ -1,4 +1,4 @@
-"""Start-up: `nwpipe --version` loads no more than the command line needs.
+"""Start-up: `nwpipe --version` and `nwpipe run` load no more than they need.
 
 Not a timing test (the machine's load decides those): it asserts which heavy modules a
 fresh interpreter has NOT imported, which is what makes start-up fast anywhere.
@@ -37,6 +37,61 @@ def test_version_imports_none_of_the_heavy_modules():
     out, code, modules = imported_by("--version")
     assert code == 0 and out.strip().startswith("nwpipe ")
     assert [m for m in HEAVY if m in modules] == []
+
+
+def test_run_to_stdout_loads_neither_the_network_plugins_nor_jinja(tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text('[outputs.out]\ntype = "stdout"\n')
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")
+    out, code, modules = imported_by("run", "-q", "-c", str(config), str(empty))
+    assert code == 0 and out == ""
+    unwanted = ("jinja2", "nwpipe.transform.templating", "nwpipe.transform.mapping",
+                "jsonpath_ng", "yarl", "aiohttp", "nwpipe_plugins.webhook",
+                "nwpipe_plugins.syslog", "nwpipe.webhook", "nwpipe.net.http1", "nwpipe.net.relp")
+    assert [m for m in unwanted if m in modules] == []
+    assert "nwpipe_plugins.stdout" in modules
+
+
+def run_cli(tmp_path, config: str, *args: str, input: str = ""):
+    path = tmp_path / "c.toml"
+    path.write_text(config)
+    return subprocess.run([sys.executable, "-m", "nwpipe", "run", "-c", str(path), *args],
+                          input=input, capture_output=True, text=True, timeout=60,
+                          cwd=tmp_path)
+
+
+def test_run_loading_fewer_plugins_keeps_every_config_check(tmp_path):
+    # a mistyped type still gets its suggestion from the full list of types
+    typo = run_cli(tmp_path, '[outputs.soc]\ntype = "webhok"\nurl = "http://127.0.0.1:9/"\n')
+    assert typo.returncode == 1
+    assert "did you mean 'webhook'" in typo.stderr and "Traceback" not in typo.stderr
+    # [defaults] may hold another type's settings: they stay valid
+    line = '{"id": "a-1", "customer": "acme", "alerttype": "start"}\n'
+    shared = run_cli(tmp_path, '[defaults]\ntimeout = 5\n[outputs.out]\ntype = "stdout"\n',
+                     input=line)
+    assert shared.returncode == 0, shared.stderr
+    assert json.loads(shared.stdout)["id"] == "a-1"
+    # a mapping with a template and a built-in filter: Jinja and the filters are loaded
+    mapped = run_cli(tmp_path, '[mappings.m.fields]\ntitle = "{{ customer | upper }}"\n'
+                               '[outputs.out]\ntype = "stdout"\nmapping = "m"\n'
+                               'when = "alerttype == \'start\'"\n',
+                     input=line)
+    assert mapped.returncode == 0, mapped.stderr
+    assert json.loads(mapped.stdout)["title"] == "ACME"
+
+
+def test_the_built_in_types_table_matches_what_the_plugins_register():
+    from nwpipe.plugins import BUILTIN_TYPES, Plugins
+
+    plugins = Plugins(load_entry_points=False)
+    registered: dict[str, set[str]] = {}
+    for kind, owners in (("output", plugins.output_plugins), ("source", plugins.source_plugins)):
+        for type_name, module in owners.items():
+            registered.setdefault(module.rsplit(".", 1)[-1], set()).add(f"{kind}:{type_name}")
+    if plugins.jinja_filters:
+        registered.setdefault("filters", set()).add("jinja:filters")
+    assert registered == {name: set(kinds) for name, kinds in BUILTIN_TYPES.items()}
 
 
 def test_the_public_api_is_still_importable_from_the_package():

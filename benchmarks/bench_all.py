@@ -10,6 +10,7 @@ Runs, one after the other on the same machine so that the ratios compare like wi
    nwpipe's peak RSS at N/4 and N events;
 4. benchmarks/bench_webhook.py: one POST per event against a bare aiohttp client, batched
    with and without the mapping, --durable, an outage;
+5. benchmarks/bench_stages.py: CPU microseconds per event for each stage;
 
 then the batched webhook rates as a ratio of the orjson loop's rate from (3).
 Load on a shared machine moves every absolute figure; read the ratios.
@@ -141,6 +142,7 @@ def main() -> None:
                      "--repeat", str(args.rounds)])
     web = run_script(["benchmarks/bench_webhook.py", "--events", str(max(1000, args.events // 5)),
                       "--rounds", str(args.rounds)])
+    run_script(["benchmarks/bench_stages.py", "--events", str(max(1000, args.events // 5))])
     loop = rate(w1, "orjson loop (python)")
     print("\nbatched webhook delivery against the orjson loop (the loop's rate from bench_run):")
     for label in ("nwpipe run, batch 100", "the same without the mapping"):

@@ -243,6 +243,29 @@ class DeliveryEngine:
         the delivery is taken (queued, or settled at once: dead-lettered behind an
         earlier event of its alert, or refused during a shutdown).
         """
+        if self.offer(delivery):
+            return True
+        state = self._state
+        if state.queued >= self.settings.queue_size:
+            while not self.closed:
+                if self._refused is not None:
+                    self._refuse([delivery], self._refused)
+                    return True
+                if state.queued >= self.settings.queue_size:
+                    if spill and state.failing:
+                        return False
+                elif state.failing or state.queued <= self._resume_at:
+                    break
+                await self._wait_change()
+            if self.closed:
+                return True
+        self._enqueue(delivery)
+        return True
+
+    def offer(self, delivery: Delivery) -> bool:
+        """Take a delivery if that needs no waiting (see :meth:`submit`), without the
+        cost of a coroutine: True when taken (queued or settled at once), False when
+        the queue is full (then :meth:`submit` waits, or spills)."""
         state = self._state
         if self.closed:
             self.stats.not_sent += 1
@@ -257,18 +280,12 @@ class DeliveryEngine:
             self._dead_letter([delivery], FOLLOWS_DEAD_LETTER, quiet=True)
             return True
         if state.queued >= self.settings.queue_size:
-            while not self.closed:
-                if self._refused is not None:
-                    self._refuse([delivery], self._refused)
-                    return True
-                if state.queued >= self.settings.queue_size:
-                    if spill and state.failing:
-                        return False
-                elif state.failing or state.queued <= self._resume_at:
-                    break
-                await self._wait_change()
-            if self.closed:
-                return True
+            return False
+        self._enqueue(delivery)
+        return True
+
+    def _enqueue(self, delivery: Delivery) -> None:
+        state = self._state
         state.queued += 1
         # with one worker, one lane for everything keeps the input order exactly
         key = delivery.key if self._keyed else ""
@@ -281,7 +298,6 @@ class DeliveryEngine:
             filler = self._fill_waiter
             if filler is not None and key in self._fill_keys and not filler.done():
                 filler.set_result(key)
-        return True
 
     # -- wake-ups --------------------------------------------------------------
 

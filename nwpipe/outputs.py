@@ -28,7 +28,6 @@ from hashlib import sha256
 from typing import Any, ClassVar, Union
 
 from nwpipe import jsonio
-
 from nwpipe.settings import Setting
 
 

@@ -96,12 +96,11 @@ def retry_after_delay(after: float, initial: float) -> float:
     return max(after, initial)
 
 
-def retry_after_too_long(after: float, failing_for: float, max_elapsed: float) -> str:
-    """The note added to a dead-letter reason when the receiver asked (``Retry-After``)
-    to wait longer than what is left of ``retry.max_elapsed``."""
-    left = max(0.0, max_elapsed - failing_for)
-    return (f" (Retry-After asked for {after:g} s, more than the {left:.1f} s left of "
-            f"retry.max_elapsed = {max_elapsed:g} s)")
+def retry_after_too_long(after: float, left: float, max_elapsed: float) -> str:
+    """What a dead-letter reason adds when the receiver asked to wait longer than
+    ``retry.max_elapsed`` leaves."""
+    return (f" (Retry-After asked for {after:g} s, more than the {max(0.0, left):.1f} s left "
+            f"of retry.max_elapsed = {max_elapsed:g} s)")
 
 
 class RateLimiter:
@@ -519,8 +518,9 @@ class DeliveryEngine:
             self._record(batch, attempt, "retry", result.reason, result.status, result.after)
             if self._spent or failing_for + delay > retry.max_elapsed:
                 note = ""
-                if result.after is not None and result.after > retry.max_elapsed - failing_for:
-                    note = retry_after_too_long(result.after, failing_for, retry.max_elapsed)
+                if result.after is not None and failing_for <= retry.max_elapsed:
+                    note = retry_after_too_long(result.after, retry.max_elapsed - failing_for,
+                                                retry.max_elapsed)
                 if not self._spent:
                     self._spend(failing_for, note)
                 self._last_probe = loop.time()
@@ -551,8 +551,8 @@ class DeliveryEngine:
             await wait_event(self._wake, delay)
 
     def _spend(self, failing_for: float, note: str = "") -> None:
-        """The output has been failing for longer than its retry budget; ``note``: why
-        the next wait would pass it, when the receiver asked for that wait."""
+        """The output has been failing for longer than its retry budget (``note``: why
+        waiting is pointless, such as a ``Retry-After`` past the budget)."""
         self._spent = True
         self._spent_count = self.stats.dead_lettered
         retry = self.settings.retry

@@ -1,6 +1,6 @@
 """The SQLite queue's group commit, and how long the event loop waits because of it.
 
-    python benchmarks/bench_queue.py [--producers 50] [--puts 400] [--size 300]
+    python benchmarks/bench_group_commit.py [--producers 50] [--puts 400] [--size 300]
 
 For each ``sync`` mode, ``--producers`` tasks each put ``--puts`` events of ``--size``
 bytes one at a time (every put waits until its event is committed, as ``nwpipe run

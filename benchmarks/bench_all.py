@@ -57,7 +57,7 @@ def startup(rounds: int) -> None:
             "nwpipe run, empty input, stdout": [sys.executable, "-m", "nwpipe", "run", "-q",
                                                 "-c", str(config), str(empty)],
         }
-        print("start-up, CPU seconds (best of %d): with bytecode cache / without" % rounds)
+        print(f"start-up, CPU seconds (best of {rounds}): with bytecode cache / without")
         for label, argv in commands.items():
             child_cpu(argv)  # writes the cache
             cached = min(child_cpu(argv) for _ in range(rounds))

@@ -27,8 +27,8 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 
 import orjson  # noqa: E402
-
 from bench_webhook import CONFIG, Receiver, run_nwpipe  # noqa: E402
+
 from events import generate  # noqa: E402
 
 

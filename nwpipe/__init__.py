@@ -7,7 +7,20 @@ The small public API a plugin needs::
 and for a source plugin ``Source``, ``Event`` and ``Reject``.
 """
 
+# not typing.TYPE_CHECKING: importing typing costs --version milliseconds; type
+# checkers treat any constant of this name as true
+TYPE_CHECKING = False
+
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:  # the same names, for type checkers; at run time see __getattr__
+    import pluggy
+
+    from nwpipe.outputs import Delivered, Delivery, Failed, Output, ProbeResult, Result, Retry
+    from nwpipe.settings import Setting
+    from nwpipe.sources.base import Event, Reject, Source
+
+    hookimpl: pluggy.HookimplMarker
 
 # The public names are imported when first used, not here: `nwpipe --version`, and
 # `nwpipe run` with a config that needs no templates or HTTP, start without loading

@@ -113,8 +113,11 @@ def main() -> None:
             dead = DeadLetterFile(work / "dead.jsonl")
             engine = DeliveryEngine(Nothing("bench", {}), config.outputs["bench"].engine, dead)
             await engine.start()
+            # as `nwpipe run` hands them over: without a coroutine while there is room
+            offer = getattr(engine, "offer", None)
             for n, d in enumerate(deliveries):
-                await engine.submit(d)
+                if offer is None or not offer(d):
+                    await engine.submit(d)
                 if n % 256 == 0:
                     await asyncio.sleep(0)  # the reader yields between chunks
             await engine.drain()

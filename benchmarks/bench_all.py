@@ -146,12 +146,34 @@ def main() -> None:
                       "--rounds", str(args.rounds)])
     run_script(["benchmarks/bench_stages.py", "--events", str(max(1000, args.events // 5))])
     loop = rate(w1, "orjson loop (python)")
-    print("\nbatched webhook delivery against the orjson loop (the loop's rate from bench_run):")
+    loop_cpu = column(w1, "orjson loop (python)", 3) / args.events * 1e6
+    print("\nbatched webhook delivery against the orjson loop (the loop's figures from "
+          "bench_run;\nCPU per event counts only each process's own work, so load on the "
+          "machine moves it least):")
     for label in ("nwpipe run, batch 100", "the same without the mapping"):
         got = rate(web, label)
-        if loop and got:
-            print(f"  {label:<32} {got:10,.0f} events/s = {got / loop:.2f}x the loop "
-                  f"({loop:,.0f} events/s)")
+        cpu = cpu_per_event(web, label)
+        if loop and got and cpu:
+            print(f"  {label:<32} {got:8,.0f} events/s = {got / loop:.2f}x the loop "
+                  f"({loop:,.0f}); CPU {cpu:.0f} us/event = {loop_cpu / cpu:.2f}x the "
+                  f"loop's {loop_cpu:.1f} us (start-up included)")
+
+
+def column(text: str, label: str, index: int) -> float:
+    """The ``index``-th number after ``label`` on its line (bench_run's table)."""
+    for line in text.splitlines():
+        if line.startswith(label):
+            return float(line[len(label):].split()[index - 1].replace(",", ""))
+    return float("nan")
+
+
+def cpu_per_event(text: str, label: str) -> float | None:
+    """bench_webhook's CPU/event column (microseconds) on the line of ``label``."""
+    for line in text.splitlines():
+        if line.strip().startswith(label):
+            found = re.search(r"(\d+) us", line)
+            return float(found.group(1)) if found else None
+    return None
 
 
 if __name__ == "__main__":

@@ -130,8 +130,8 @@ def rate(text: str, label: str) -> float | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=100_000,
-                        help="events for bench_run (default 100000; bench_webhook gets a fifth)")
+    parser.add_argument("--events", type=int, default=20_000,
+                        help="events for each benchmark, the same for all (default 20000)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds, best kept (default 3)")
     args = parser.parse_args()
     print(f"nwpipe benchmarks, {datetime.datetime.now():%Y-%m-%d %H:%M}, "
@@ -142,9 +142,9 @@ def main() -> None:
     stall(args.events)
     w1 = run_script(["benchmarks/bench_run.py", "--events", str(args.events),
                      "--repeat", str(args.rounds)])
-    web = run_script(["benchmarks/bench_webhook.py", "--events", str(max(1000, args.events // 5)),
+    web = run_script(["benchmarks/bench_webhook.py", "--events", str(args.events),
                       "--rounds", str(args.rounds)])
-    run_script(["benchmarks/bench_stages.py", "--events", str(max(1000, args.events // 5))])
+    run_script(["benchmarks/bench_stages.py", "--events", str(args.events)])
     loop = rate(w1, "orjson loop (python)")
     loop_cpu = column(w1, "orjson loop (python)", 3) / args.events * 1e6
     print("\nbatched webhook delivery against the orjson loop (the loop's figures from "

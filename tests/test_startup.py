@@ -6,7 +6,9 @@ fresh interpreter has NOT imported, which is what makes start-up fast anywhere.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import subprocess
 import sys
 
@@ -105,3 +107,46 @@ def test_the_public_api_is_still_importable_from_the_package():
     bad = subprocess.run([sys.executable, "-c", "import nwpipe; nwpipe.Nope"],
                          capture_output=True, text=True, timeout=60)
     assert "AttributeError: module 'nwpipe' has no attribute 'Nope'" in bad.stderr
+
+
+# Counts the TLS contexts a run builds (ssl.SSLContext is a Python class: its __new__
+# sees every context, the default one included); CONTROL=1 builds one first, to show
+# that the count works.
+SSL_PROBE = """
+import json, os, runpy, ssl, sys
+made = []
+original = ssl.SSLContext.__new__
+def counting(cls, *args, **kwargs):
+    made.append(1)
+    return original(cls, *args, **kwargs)
+ssl.SSLContext.__new__ = counting
+if os.environ.get("CONTROL"):
+    ssl.create_default_context()
+sys.argv = ["nwpipe"] + sys.argv[1:]
+try:
+    runpy.run_module("nwpipe", run_name="__main__")
+except SystemExit as exc:
+    code = exc.code
+print(json.dumps({"code": code, "contexts": len(made)}), file=sys.stderr)
+"""
+
+
+async def test_a_plain_http_webhook_builds_no_tls_context(tmp_path, receiver):
+    # building the default context loads the system's CA certificates: milliseconds
+    # that an http:// receiver never needs
+    config = tmp_path / "c.toml"
+    config.write_text(f'[outputs.soc]\ntype = "webhook"\nurl = "{receiver.url}/hook"\n')
+    line = b'{"id": "a-1", "customer": "acme", "alerttype": "start"}\n'
+    reports = []
+    for control in ("", "1"):
+        env = dict(os.environ, CONTROL=control)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", SSL_PROBE, "run", "-q", "-c", str(config),
+            "--dead-letter", str(tmp_path / "dl.jsonl"), "--queue", str(tmp_path / "q.db"),
+            stdin=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+            cwd=tmp_path)
+        _, err = await asyncio.wait_for(proc.communicate(line), timeout=60)
+        reports.append(json.loads(err.decode().strip().splitlines()[-1]))
+    assert [r["code"] for r in reports] == [0, 0], reports
+    assert len(receiver.requests) == 2  # both runs delivered
+    assert [r["contexts"] for r in reports] == [0, 1]

@@ -42,6 +42,7 @@ BUILTIN_TYPES: dict[str, tuple[str, ...]] = {
     "webhook": ("output:webhook",),
     "syslog": ("output:syslog",),
     "files": ("source:files",),
+    "http": ("source:http",),
     # the Jinja filters: needed by any config that may render a template
     "filters": ("jinja:filters",),
 }

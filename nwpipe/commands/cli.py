@@ -441,18 +441,25 @@ def setup_logging(verbose: bool, quiet: bool, log_format: str) -> None:
 # -- commands ---------------------------------------------------------------------
 
 
-def load(args):
-    """Plugins, the validated config and its compiled routes, from the command line."""
-    from nwpipe.config import find_config_file, load_config
-    from nwpipe.plugins import Plugins
-    from nwpipe.transform.routing import Router
-    from nwpipe.transform.template_vars import check_required_vars
+def load(args, *, lean: bool = False):
+    """Plugins, the validated config and its compiled routes, from the command line.
 
-    plugins = Plugins(args.plugins_dir)
+    ``lean``: load only the built-in plugins whose types the config names (a faster
+    start for `run`; commands that list or probe plugins load them all)."""
+    from nwpipe.config import build_config, default_config, find_config_file, read_toml
+    from nwpipe.plugins import Plugins, types_named
+    from nwpipe.transform.routing import Router
+
     path = find_config_file(getattr(args, "config", None))
-    config = load_config(path, plugins.output_types, source_types=plugins.source_types)
+    data = read_toml(path) if path else default_config()
+    plugins = Plugins(args.plugins_dir, only_types=types_named(data) if lean else None)
+    config = build_config(data, plugins.output_types, file=path,
+                          source_types=plugins.source_types)
     router = Router(config, plugins.jinja_filters)
-    check_required_vars(config, router)
+    if router.mappings:  # the check needs Jinja; a run without mappings starts without it
+        from nwpipe.transform.template_vars import check_required_vars
+
+        check_required_vars(config, router)
     return plugins, config, router
 
 
@@ -463,7 +470,7 @@ def cmd_run(args) -> int:
     from nwpipe.sources.decode import check_inputs
     from nwpipe.sources.serve_settings import check_listen
 
-    _, config, router = load(args)
+    _, config, router = load(args, lean=True)
     source = config.source
     if source.cls is not None and not source.cls.takes_inputs and args.files:
         raise NwpipeError(f"source type '{source.type}' reads no files: remove the file "

@@ -424,6 +424,7 @@ class Pipeline:
         acks = self._acks
         skip = self._resume_skip
         queued: list[Event] = []  # queue mode: put together, one commit
+        routes, engines = self._routes, self.engines
         for record in records:
             if skip is not None and record.line <= skip[record.source]:
                 result.resumed += 1  # --resume: committed by an earlier durable run
@@ -440,8 +441,19 @@ class Pipeline:
                     acks.after_dead_letter(record)
                 continue
             if self.dispatcher is None:
-                await self.route(record.data, record.source, record.line,
-                                 item=record if acks.source is not None else None, spill=True)
+                if acks.source is None:
+                    # The common case (one output takes it, and its queue has room)
+                    # without a coroutine per event; anything else takes the full path.
+                    outcomes = route_and_map(record.data, routes, record.source, record.line)
+                    if len(outcomes) == 1:
+                        outcome = outcomes[0]
+                        if type(outcome) is Delivery and engines[outcome.output].offer(outcome):
+                            continue
+                    await self._take(outcomes, record.data, record.source, record.line,
+                                     None, None, None, True)
+                    continue
+                await self.route(record.data, record.source, record.line, item=record,
+                                 spill=True)
                 continue
             problem = check_event(record.data)
             if problem:
@@ -468,6 +480,12 @@ class Pipeline:
         """
         outcomes = route_and_map(event, self._routes, source, line, delivery_id=delivery_id,
                                  attempts=attempts)
+        await self._take(outcomes, event, source, line, attempts, delivery_id, item, spill)
+
+    async def _take(self, outcomes: list, event: dict, source: str, line: int,
+                    attempts: list | None, delivery_id: str | None, item: Event | None,
+                    spill: bool) -> None:
+        """Hand an event's outcomes to the engines (see :meth:`route`)."""
         ticket = None if item is None else _Ticket(item)
         spill = spill and self.queue is not None
         took: list[str] = []  # outputs that have this event already (taken, or recorded)

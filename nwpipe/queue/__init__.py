@@ -11,13 +11,14 @@ from nwpipe.queue.base import (
     QueueFull,
     QueueSettings,
     QueueStatus,
+    QueueUnavailable,
     ShardStatus,
     shard_of,
 )
 
 __all__ = [
     "Entry", "OutputBacklog", "Pos", "Queue", "QueueError", "QueueFull", "QueueSettings",
-    "QueueStatus", "ShardStatus", "shard_of", "create_queue",
+    "QueueStatus", "QueueUnavailable", "ShardStatus", "shard_of", "create_queue",
 ]
 
 

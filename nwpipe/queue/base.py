@@ -70,6 +70,15 @@ class QueueFull(QueueError):
     """The queue is past ``max_bytes``: intake waits (``run``) or answers 503 (``serve``)."""
 
 
+class QueueUnavailable(QueueFull):
+    """The store cannot be reached for now (Redis down or restarting).
+
+    A kind of :class:`QueueFull` on purpose: intake handles both the same way, it waits
+    and tries again (``run``) or answers 503 with Retry-After (``serve``), and nothing
+    is acknowledged upstream meanwhile.
+    """
+
+
 @dataclass(frozen=True)
 class OutputBacklog:
     """What waits for one output: entries after its mark, their bytes, the oldest's time."""
@@ -86,7 +95,8 @@ class ShardStatus:
     ``depth``/``bytes``/``oldest_at`` cover every entry not yet acknowledged;
     ``outputs`` maps each output that saved a mark to what waits after that mark (an
     output without a mark has the whole shard waiting); ``owner`` is the process that
-    holds the shard (Redis leases; ``None`` for SQLite).
+    holds the shard (Redis leases; ``None`` for SQLite); ``pending`` how many entries a
+    worker has read and not yet acknowledged (Redis consumer group; ``None`` for SQLite).
     """
 
     shard: int
@@ -95,6 +105,7 @@ class ShardStatus:
     oldest_at: float | None
     outputs: dict[str, OutputBacklog] = field(default_factory=dict)
     owner: str | None = None
+    pending: int | None = None
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,622 @@
+"""The queue on Redis Streams: many nwpipe processes, on many machines, share one queue.
+
+Keys (all under ``[queue] prefix``, default ``nwpipe``)::
+
+    PREFIX:meta        hash    shards = N (fixed when created, checked at every start)
+    PREFIX:s:N         stream  shard N's entries (fields d = event JSON, o = origin);
+                               consumer group "nwpipe"; an entry leaves on ack (XACK + trim)
+    PREFIX:bytes       hash    shard -> bytes of its entries not yet acknowledged
+    PREFIX:lease:N     string  the worker that delivers shard N, with an expiry
+    PREFIX:workers     zset    live workers (score: when their heartbeat runs out, ms)
+    PREFIX:marks:N     hash    output -> its low-water mark in shard N ("ms-seq")
+    PREFIX:notes       hash    small notes beside the queue
+    PREFIX:dead        stream  dead-letter records (see nwpipe.queue.redisdead)
+
+Ownership. A process that delivers (it calls :meth:`RedisQueue.owned`) joins the
+workers: a heartbeat every ``lease_seconds / 5`` renews its leases and takes free shards
+up to its fair share (``shards / live workers``, the first ``shards % workers`` workers
+by name take one more). Shards past its share are released only once everything read
+from them was acknowledged (or after ``lease_seconds``), so the next owner does not race
+the last deliveries of the previous one. A process counts its leases valid for 2/3 of
+``lease_seconds`` after the renewal was *sent*: one that cannot renew (Redis down, the
+process stopped) stops reading a shard well before anyone else may take it. Reads and
+acks are also checked against the lease inside Redis (a Lua script), so a process that
+was frozen past its lease reads and acknowledges nothing when it wakes up.
+
+A new owner first takes over the previous owner's pending entries (XAUTOCLAIM: read but
+not acknowledged) and delivers them again, in stream order: at-least-once, with the same
+delivery ids, and per-alert order kept because an alert lives in one shard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import socket
+import time
+from collections.abc import Sequence
+from urllib.parse import urlsplit, urlunsplit
+
+from nwpipe.queue.base import (
+    Entry,
+    OutputBacklog,
+    Pos,
+    Queue,
+    QueueError,
+    QueueFull,
+    QueueSettings,
+    QueueStatus,
+    QueueUnavailable,
+    ShardStatus,
+    shard_of,
+)
+
+try:
+    import redis.asyncio as aioredis
+    from redis import exceptions as rexc
+except ImportError:  # pragma: no cover - exercised by the missing-package test in a subprocess
+    aioredis = None  # type: ignore[assignment]
+    rexc = None  # type: ignore[assignment]
+
+log = logging.getLogger("nwpipe")
+
+GROUP = "nwpipe"
+#: the share of ``lease_seconds`` after a renewal was sent during which a process
+#: still reads from its shards; the rest is the safety margin against slow clocks
+VALID_SHARE = 2 / 3
+#: how many heartbeats per lease period
+BEATS_PER_LEASE = 5
+#: entries per XAUTOCLAIM call when a new owner takes over pending entries
+CLAIM_BATCH = 1000
+#: per-output backlog counted by ``status`` at most this far (it walks the stream)
+STATUS_SCAN_LIMIT = 100_000
+
+# One heartbeat, atomic: stay among the live workers, forget the dead, renew my leases,
+# take free shards up to my fair share. Times are Redis's own clock, so machines with
+# skewed clocks agree. Returns {target, my shards...}.
+_BEAT = """
+local prefix, me, lease_ms, shards = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local workers = prefix .. ':workers'
+redis.call('ZADD', workers, now + lease_ms, me)
+redis.call('ZREMRANGEBYSCORE', workers, '-inf', now)
+local live = redis.call('ZRANGE', workers, 0, -1)
+table.sort(live)
+local rank = 0
+for i, w in ipairs(live) do if w == me then rank = i - 1 end end
+local n = #live
+local target = math.floor(shards / n)
+if rank < shards % n then target = target + 1 end
+local mine, free = {}, {}
+for i = 0, shards - 1 do
+  local key = prefix .. ':lease:' .. i
+  local owner = redis.call('GET', key)
+  if owner == me then
+    redis.call('PEXPIRE', key, lease_ms)
+    table.insert(mine, i)
+  elseif not owner then
+    table.insert(free, i)
+  end
+end
+-- start at a place that depends on the rank, so that workers joining together do not
+-- all go for the same free shards
+local start = (#free > 0) and (rank % #free) or 0
+for j = 0, #free - 1 do
+  if #mine >= target then break end
+  local i = free[((start + j) % #free) + 1]
+  if redis.call('SET', prefix .. ':lease:' .. i, me, 'NX', 'PX', lease_ms) then
+    table.insert(mine, i)
+  end
+end
+table.insert(mine, 1, target)
+return mine
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def _id_parts(sid: str) -> tuple[int, int]:
+    ms, _, seq = sid.partition("-")
+    return int(ms), int(seq or 0)
+
+
+# Read a shard, only while holding its lease. ARGV: me, start ('-' or '(ms-seq'), limit,
+# claim (1: take over every pending entry of earlier owners first). Entries past the
+# group's last-delivered id enter my pending list (XREADGROUP), so that a next owner
+# knows what I had read. Returns false when the lease is not mine.
+_READ = """
+local lease, stream = KEYS[1], KEYS[2]
+local me, start, limit, claim = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+if redis.call('GET', lease) ~= me then return false end
+if claim == '1' then
+  local cursor = '0-0'
+  repeat
+    local r = redis.call('XAUTOCLAIM', stream, 'nwpipe', me, 0, cursor, 'COUNT', %d, 'JUSTID')
+    cursor = r[1]
+  until cursor == '0-0'
+  for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', stream, 'nwpipe')) do
+    local name, pending
+    for k = 1, #c, 2 do
+      if c[k] == 'name' then name = c[k + 1] elseif c[k] == 'pending' then pending = c[k + 1] end
+    end
+    if name ~= me and pending == 0 then redis.call('XGROUP', 'DELCONSUMER', stream, 'nwpipe', name) end
+  end
+end
+local rows = redis.call('XRANGE', stream, start, '+', 'COUNT', limit)
+if #rows == 0 then return rows end
+local last = '0-0'
+for _, g in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
+  local name, ld
+  for k = 1, #g, 2 do
+    if g[k] == 'name' then name = g[k + 1] elseif g[k] == 'last-delivered-id' then ld = g[k + 1] end
+  end
+  if name == 'nwpipe' then last = ld end
+end
+local function after(a, b)
+  local am, as = string.match(a, '(%%d+)-(%%d+)')
+  local bm, bs = string.match(b, '(%%d+)-(%%d+)')
+  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
+  return am > bm or (am == bm and as > bs)
+end
+local new = 0
+for _, row in ipairs(rows) do if after(row[1], last) then new = new + 1 end end
+if new > 0 then
+  redis.call('XREADGROUP', 'GROUP', 'nwpipe', me, 'COUNT', new, 'STREAMS', stream, '>')
+end
+return rows
+""" % CLAIM_BATCH
+
+# Acknowledge a shard up to an id, only while holding its lease: XACK, trim, and take
+# the entries' bytes off the budget. ARGV: me, upto id, threshold id (upto + 1), shard.
+# Returns the number of entries removed, or -1 when the lease is not mine.
+_ACK = """
+local lease, stream, bytes = KEYS[1], KEYS[2], KEYS[3]
+local me, upto, threshold, shard = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+if redis.call('GET', lease) ~= me then return -1 end
+local rows = redis.call('XRANGE', stream, '-', upto)
+if #rows == 0 then return 0 end
+local size, ids = 0, {}
+for _, row in ipairs(rows) do
+  local f = row[2]
+  for k = 1, #f, 2 do if f[k] == 'd' then size = size + #f[k + 1] end end
+  table.insert(ids, row[1])
+  if #ids == 1000 then redis.call('XACK', stream, 'nwpipe', unpack(ids)); ids = {} end
+end
+if #ids > 0 then redis.call('XACK', stream, 'nwpipe', unpack(ids)) end
+redis.call('XTRIM', stream, 'MINID', threshold)
+redis.call('HINCRBY', bytes, shard, -size)
+return #rows
+"""
+
+
+def _sid(pos: Pos) -> str:
+    return f"{pos[0]}-{pos[1]}"
+
+
+def public_url(url: str) -> str:
+    """``url`` without its user and password, for messages and status."""
+    parts = urlsplit(url)
+    host = parts.hostname or "localhost"
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def check_url(url: str) -> str | None:
+    """What is wrong with a ``[queue] url`` (``None`` when nothing is)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:
+        return f"not a valid URL ({exc})"
+    if parts.scheme not in ("redis", "rediss"):
+        return "must start with redis:// or rediss:// (TLS)"
+    if not parts.hostname:
+        return "has no host (redis://host:6379/0)"
+    db = parts.path.strip("/")
+    if db and not db.isdigit():
+        return f"the database after the host must be a number, not {db!r}"
+    return None
+
+
+def worker_name() -> str:
+    """A name for this process among the workers: host, pid and a random tag."""
+    return f"{socket.gethostname()}:{os.getpid()}:{random.getrandbits(24):06x}"
+
+
+class RedisQueue(Queue):
+    """The queue contract on Redis Streams with leased shards (see the module docstring)."""
+
+    def __init__(self, settings: QueueSettings, *, name: str | None = None):
+        if aioredis is None:
+            raise QueueError(
+                "[queue] url is a Redis URL, but the 'redis' package is not installed: "
+                "pip install 'nwpipe[redis]'")
+        problem = check_url(settings.url or "")
+        if problem:
+            raise QueueError(f"[queue] url {public_url(settings.url or '')!r} {problem}")
+        self.settings = settings
+        self.shards = settings.shards
+        self.max_bytes = settings.max_bytes
+        self.prefix = settings.prefix
+        self.location = public_url(settings.url)
+        self.name = name or worker_name()
+        self.lease_ms = max(1000, int(settings.lease_seconds * 1000))
+        self._client = None
+        self._blocking = None  # a connection of its own for XREAD BLOCK in wait()
+        self._scripts: dict = {}
+        # group commit: puts queued here are sent in one pipeline by one task at a time
+        self._pending: list[tuple[list[tuple[int, bytes, str]], asyncio.Future]] = []
+        self._flusher: asyncio.Task | None = None
+        self._bytes_total = 0  # as Redis said after the last put
+        self._put_event = asyncio.Event()
+        # ownership
+        self._beat_task: asyncio.Task | None = None
+        self._first_beat: asyncio.Future | None = None
+        self._mine: frozenset[int] = frozenset()
+        self._valid_until = 0.0
+        self._target = 0
+        self._releasing: dict[int, float] = {}  # shard -> give it up by (monotonic)
+        self._claimed: set[int] = set()  # shards whose earlier owners' entries I took
+        self._read_upto: dict[int, Pos] = {}
+        self._acked_upto: dict[int, Pos] = {}
+        self._last_seen: dict[int, str] = {}  # for wait(): newest id read per shard
+        self.lost: set[int] = set()  # shards taken from me (lease expired), for messages
+
+    # ---- keys
+
+    def _stream(self, shard: int) -> str:
+        return f"{self.prefix}:s:{shard}"
+
+    def _lease(self, shard: int) -> str:
+        return f"{self.prefix}:lease:{shard}"
+
+    # ---- errors
+
+    def _error(self, exc: Exception, doing: str) -> QueueError:
+        where = f"redis queue {self.location} (prefix {self.prefix!r})"
+        if isinstance(exc, rexc.AuthenticationError) or "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
+            return QueueError(f"{where}: authentication failed while {doing}: check the "
+                              "password in [queue] url")
+        if isinstance(exc, (rexc.ConnectionError, rexc.TimeoutError, OSError)):
+            text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            return QueueUnavailable(f"{where}: cannot reach Redis while {doing}: {text}")
+        return QueueError(f"{where}: {doing} failed: {exc}")
+
+    async def _call(self, doing: str, coro):
+        try:
+            return await coro
+        except QueueError:
+            raise
+        except (rexc.RedisError, OSError) as exc:
+            raise self._error(exc, doing) from None
+
+    # ---- open / close
+
+    async def open(self) -> None:
+        """Connect, create the shard streams and their group, check the shard count."""
+        url = self.settings.url
+        kwargs = {"socket_connect_timeout": 5, "socket_timeout": 10, "decode_responses": False,
+                  "health_check_interval": 15}
+        if url.startswith("rediss://") and self.settings.ca_file:
+            kwargs["ssl_ca_certs"] = self.settings.ca_file
+        try:
+            self._client = aioredis.Redis.from_url(url, **kwargs)
+            kwargs["socket_timeout"] = None
+            self._blocking = aioredis.Redis.from_url(url, **kwargs)
+        except (ValueError, rexc.RedisError) as exc:
+            raise QueueError(f"[queue] url {self.location!r}: {exc}") from None
+        r = self._client
+        for name, text in (("beat", _BEAT), ("release", _RELEASE), ("read", _READ), ("ack", _ACK)):
+            self._scripts[name] = r.register_script(text)
+        meta = f"{self.prefix}:meta"
+        await self._call("opening the queue", r.hsetnx(meta, "shards", self.shards))
+        stored = int(await self._call("opening the queue", r.hget(meta, "shards")))
+        if stored != self.shards:
+            raise QueueError(
+                f"redis queue {self.location} (prefix {self.prefix!r}) was created with "
+                f"{stored} shards, but [queue] shards = {self.shards}: the shard count of a "
+                f"queue is fixed; set shards = {stored} (or use another prefix for a new queue)")
+        pipe = r.pipeline(transaction=False)
+        for shard in range(self.shards):
+            pipe.xgroup_create(self._stream(shard), GROUP, id="0", mkstream=True)
+        results = await self._call("opening the queue", pipe.execute(raise_on_error=False))
+        for res in results:
+            if isinstance(res, Exception) and "BUSYGROUP" not in str(res):
+                raise self._error(res, "creating the shard streams")
+        total = await self._call("opening the queue", r.hvals(f"{self.prefix}:bytes"))
+        self._bytes_total = sum(int(v) for v in total)
+
+    async def close(self) -> None:
+        """Send what is queued, give up leases and leave the workers; close connections."""
+        if self._client is None:
+            return
+        if self._flusher is not None:
+            try:
+                await self._flusher
+            except Exception:  # noqa: BLE001 - its callers got the error already
+                pass
+        if self._beat_task is not None:
+            self._beat_task.cancel()
+            try:
+                await self._beat_task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                pass
+            self._beat_task = None
+            # leave at once, so that the others take the shards at their next beat
+            # instead of when the leases run out
+            try:
+                for shard in self._mine:
+                    await self._scripts["release"](keys=[self._lease(shard)], args=[self.name])
+                await self._client.zrem(f"{self.prefix}:workers", self.name)
+            except (rexc.RedisError, OSError) as exc:
+                log.warning("%s", self._error(exc, "giving up the shards"))
+            self._mine = frozenset()
+        for client in (self._client, self._blocking):
+            try:
+                await client.aclose()
+            except (rexc.RedisError, OSError):
+                pass
+        self._client = None
+
+    # ---- intake
+
+    async def put(self, items: Sequence[tuple[str, bytes, str]]) -> None:
+        """XADD each item to its shard; returns when Redis answered for all of them.
+
+        Calls from many tasks share one pipeline (one round trip). Raises
+        :class:`QueueFull` past ``max_bytes`` and :class:`QueueUnavailable` when Redis
+        cannot be reached (the caller waits and retries, or answers 503).
+        """
+        if not items:
+            return
+        if self._bytes_total >= self.max_bytes:
+            # Redis may have been drained by other processes meanwhile: ask again
+            vals = await self._call("checking the queue size",
+                                    self._client.hvals(f"{self.prefix}:bytes"))
+            self._bytes_total = sum(int(v) for v in vals)
+            if self._bytes_total >= self.max_bytes:
+                raise QueueFull(
+                    f"redis queue {self.location} holds {self._bytes_total} bytes, at its "
+                    f"[queue] max_bytes = {self.max_bytes}")
+        rows = [(shard_of(aid, self.shards), data, origin) for aid, data, origin in items]
+        fut = asyncio.get_running_loop().create_future()
+        self._pending.append((rows, fut))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.ensure_future(self._flush())
+        await fut
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            pipe = self._client.pipeline(transaction=False)
+            sizes: dict[int, int] = {}
+            for rows, _ in batch:
+                for shard, data, origin in rows:
+                    pipe.xadd(self._stream(shard), {"d": data, "o": origin.encode("utf-8", "replace")})
+                    sizes[shard] = sizes.get(shard, 0) + len(data)
+            for shard, size in sizes.items():
+                pipe.hincrby(f"{self.prefix}:bytes", shard, size)
+            pipe.hvals(f"{self.prefix}:bytes")
+            try:
+                results = await pipe.execute()
+            except Exception as exc:  # noqa: BLE001 - every waiting put gets the error
+                err = self._error(exc, "adding events") if not isinstance(exc, QueueError) else exc
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(err)
+                continue
+            self._bytes_total = sum(int(v) for v in results[-1])
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_result(None)
+            self._put_event.set()
+
+    # ---- ownership
+
+    async def owned(self) -> frozenset[int]:
+        """The shards this process delivers right now (joining the workers on first call)."""
+        if self._beat_task is None:
+            self._first_beat = asyncio.get_running_loop().create_future()
+            self._beat_task = asyncio.ensure_future(self._beat_loop())
+            await asyncio.shield(self._first_beat)
+        if time.monotonic() >= self._valid_until:
+            return frozenset()
+        return self._mine - self._releasing.keys()
+
+    async def _beat_loop(self) -> None:
+        interval = self.lease_ms / 1000 / BEATS_PER_LEASE
+        while True:
+            try:
+                await self._beat()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - keep beating; leases lapse on their own
+                err = self._error(exc, "renewing shard leases") if not isinstance(exc, QueueError) else exc
+                log.warning("%s", err)
+            finally:
+                if self._first_beat is not None and not self._first_beat.done():
+                    self._first_beat.set_result(None)
+            await asyncio.sleep(interval)
+
+    async def _beat(self) -> None:
+        sent = time.monotonic()
+        reply = await self._scripts["beat"](
+            keys=[], args=[self.prefix, self.name, self.lease_ms, self.shards])
+        target, mine = int(reply[0]), frozenset(int(s) for s in reply[1:])
+        before = self._mine if sent < self._valid_until + self.lease_ms / 1000 else frozenset()
+        for shard in before - mine:
+            if shard not in self._releasing:
+                self.lost.add(shard)
+                log.warning("shard %d of %s was taken over by another worker", shard, self.location)
+        for shard in mine - self._mine:
+            self._claimed.discard(shard)  # a new owner claims the earlier owner's entries first
+        self._releasing = {s: t for s, t in self._releasing.items() if s in mine}
+        self._mine = mine
+        self._target = target
+        self._valid_until = sent + self.lease_ms / 1000 * VALID_SHARE
+        # past my fair share: stop reading the extra shards, hand them over once what
+        # was read from them is acknowledged (or the lease period has passed)
+        extra = len(mine) - target
+        if extra > 0:
+            for shard in sorted(mine - self._releasing.keys(), reverse=True)[:extra - len(self._releasing)]:
+                self._releasing[shard] = sent + self.lease_ms / 1000
+        now = time.monotonic()
+        for shard, deadline in list(self._releasing.items()):
+            read, acked = self._read_upto.get(shard), self._acked_upto.get(shard)
+            if read is None or (acked is not None and acked >= read) or now >= deadline:
+                await self._scripts["release"](keys=[self._lease(shard)], args=[self.name])
+                del self._releasing[shard]
+                self._mine = self._mine - {shard}
+                self._forget(shard)
+
+    def _forget(self, shard: int) -> None:
+        self._claimed.discard(shard)
+        self._read_upto.pop(shard, None)
+        self._acked_upto.pop(shard, None)
+        self._last_seen.pop(shard, None)
+
+    # ---- delivery side
+
+    async def read(self, shard: int, after: Pos | None, limit: int) -> list[Entry]:
+        """Entries of ``shard`` after ``after`` (``None``: the oldest not acknowledged).
+
+        Only while this process holds the shard's lease (checked in Redis); returns
+        nothing otherwise. The first read after taking a shard claims the entries the
+        previous owner had read and not acknowledged, so they come first, in order.
+        """
+        if shard not in self._mine or shard in self._releasing or time.monotonic() >= self._valid_until:
+            return []
+        start = "-" if after is None else f"({_sid(after)}"
+        claim = shard not in self._claimed
+        rows = await self._call("reading a shard", self._scripts["read"](
+            keys=[self._lease(shard), self._stream(shard)],
+            args=[self.name, start, max(1, int(limit)), "1" if claim else "0"]))
+        if rows is None:  # the lease is gone
+            self._mine = self._mine - {shard}
+            self.lost.add(shard)
+            return []
+        self._claimed.add(shard)
+        entries = []
+        for sid, fields in rows:
+            sid = sid.decode() if isinstance(sid, bytes) else sid
+            pos = _id_parts(sid)
+            f = dict(zip(fields[::2], fields[1::2]))
+            entries.append(Entry(shard, pos, f.get(b"d", b""), f.get(b"o", b"").decode("utf-8", "replace"),
+                                 pos[0] / 1000))
+        if entries:
+            last = entries[-1].pos
+            if self._read_upto.get(shard, (0, 0)) < last:
+                self._read_upto[shard] = last
+            self._last_seen[shard] = _sid(max(last, _id_parts(self._last_seen.get(shard, "0-0"))))
+        return entries
+
+    async def wait(self, timeout: float) -> None:
+        """Until an owned shard may have new entries (XREAD BLOCK), or ``timeout``."""
+        shards = [s for s in self._mine if s not in self._releasing]
+        if not shards or time.monotonic() >= self._valid_until:
+            self._put_event.clear()
+            try:
+                await asyncio.wait_for(self._put_event.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+            return
+        streams = {self._stream(s): self._last_seen.get(s, "$") for s in shards}
+        try:
+            await self._blocking.xread(streams, count=1, block=max(1, int(timeout * 1000)))
+        except (rexc.RedisError, OSError):
+            await asyncio.sleep(min(timeout, 1.0))  # Redis down: the caller's next call says so
+
+    async def ack(self, shard: int, upto: Pos) -> None:
+        """XACK and trim every entry of ``shard`` at or before ``upto`` (lease checked)."""
+        threshold = f"{upto[0]}-{upto[1] + 1}"
+        removed = await self._call("acknowledging entries", self._scripts["ack"](
+            keys=[self._lease(shard), self._stream(shard), f"{self.prefix}:bytes"],
+            args=[self.name, _sid(upto), threshold, shard]))
+        if int(removed) < 0:
+            # another worker owns the shard now: it delivers these entries again
+            self._mine = self._mine - {shard}
+            self.lost.add(shard)
+            return
+        if self._acked_upto.get(shard, (0, 0)) < upto:
+            self._acked_upto[shard] = upto
+
+    async def save_marks(self, shard: int, marks: dict[str, Pos]) -> None:
+        """Store per-output marks of ``shard`` (a hash ``PREFIX:marks:N``)."""
+        if not marks:
+            return
+        await self._call("saving output marks", self._client.hset(
+            f"{self.prefix}:marks:{shard}", mapping={k: _sid(v) for k, v in marks.items()}))
+
+    async def load_marks(self, shard: int) -> dict[str, Pos]:
+        """The per-output marks of ``shard`` saved last."""
+        raw = await self._call("loading output marks", self._client.hgetall(f"{self.prefix}:marks:{shard}"))
+        return {k.decode(): _id_parts(v.decode()) for k, v in raw.items()}
+
+    async def set_note(self, key: str, value: str | None) -> None:
+        """Keep (or with ``None`` remove) a note in ``PREFIX:notes``."""
+        notes = f"{self.prefix}:notes"
+        if value is None:
+            await self._call("removing a note", self._client.hdel(notes, key))
+        else:
+            await self._call("saving a note", self._client.hset(notes, key, value))
+
+    async def notes(self) -> dict[str, str]:
+        """Every note, by key."""
+        raw = await self._call("reading notes", self._client.hgetall(f"{self.prefix}:notes"))
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    async def status(self) -> QueueStatus:
+        """Per shard: length, bytes, oldest entry's time, pending, owner, per-output backlog."""
+        r = self._client
+        pipe = r.pipeline(transaction=False)
+        for shard in range(self.shards):
+            stream = self._stream(shard)
+            pipe.xlen(stream)
+            pipe.xrange(stream, count=1)
+            pipe.xpending(stream, GROUP)
+            pipe.get(self._lease(shard))
+            pipe.hgetall(f"{self.prefix}:marks:{shard}")
+        pipe.hgetall(f"{self.prefix}:bytes")
+        res = await self._call("reading the queue status", pipe.execute())
+        sizes = {int(k): int(v) for k, v in res[-1].items()}
+        shards = []
+        for shard in range(self.shards):
+            depth, first, pending, owner, marks = res[shard * 5:shard * 5 + 5]
+            oldest = _id_parts(first[0][0].decode())[0] / 1000 if first else None
+            outputs = {}
+            for name, mark in marks.items():
+                outputs[name.decode()] = await self._backlog(shard, _id_parts(mark.decode()))
+            shards.append(ShardStatus(
+                shard=shard, depth=int(depth), bytes=max(0, sizes.get(shard, 0)), oldest_at=oldest,
+                outputs=outputs, owner=owner.decode("utf-8", "replace") if owner else None,
+                pending=int(pending["pending"]) if pending else 0))
+        workers = await self._call("reading the queue status", r.zrange(f"{self.prefix}:workers", 0, -1))
+        notes = await self.notes()
+        notes.setdefault("workers", " ".join(w.decode("utf-8", "replace") for w in workers))
+        return QueueStatus(location=self.location, max_bytes=self.max_bytes, shards=tuple(shards),
+                           notes=notes)
+
+    async def _backlog(self, shard: int, mark: Pos) -> OutputBacklog:
+        events = size = 0
+        oldest = None
+        start = f"({_sid(mark)}"
+        while events < STATUS_SCAN_LIMIT:
+            rows = await self._call("reading the queue status",
+                                    self._client.xrange(self._stream(shard), min=start, count=1000))
+            if not rows:
+                break
+            if oldest is None:
+                oldest = _id_parts(rows[0][0].decode())[0] / 1000
+            for sid, fields in rows:
+                events += 1
+                size += len(fields.get(b"d", b""))
+            start = f"({rows[-1][0].decode()}"
+        return OutputBacklog(events, size, oldest)

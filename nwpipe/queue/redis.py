@@ -129,7 +129,8 @@ def _id_parts(sid: str) -> tuple[int, int]:
 # Read a shard, only while holding its lease. ARGV: me, start ('-' or '(ms-seq'), limit,
 # claim (1: take over every pending entry of earlier owners first). Entries past the
 # group's last-delivered id enter my pending list (XREADGROUP), so that a next owner
-# knows what I had read. Returns false when the lease is not mine.
+# knows what I had read. Returns {newest id seen, rows}, or false when the lease is not
+# mine.
 _READ = """
 local lease, stream = KEYS[1], KEYS[2]
 local me, start, limit, claim = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
@@ -149,7 +150,11 @@ if claim == '1' then
   end
 end
 local rows = redis.call('XRANGE', stream, start, '+', 'COUNT', limit)
-if #rows == 0 then return rows end
+if #rows == 0 then
+  -- nothing after start: tell the newest id, so that wait() blocks for what comes next
+  local newest = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
+  return {newest[1] and newest[1][1] or '0-0', rows}
+end
 local last = '0-0'
 for _, g in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
   local name, ld
@@ -169,7 +174,7 @@ for _, row in ipairs(rows) do if after(row[1], last) then new = new + 1 end end
 if new > 0 then
   redis.call('XREADGROUP', 'GROUP', 'nwpipe', me, 'COUNT', new, 'STREAMS', stream, '>')
 end
-return rows
+return {rows[#rows][1], rows}
 """ % CLAIM_BATCH
 
 # Acknowledge a shard up to an id, only while holding its lease: XACK, trim, and take
@@ -503,6 +508,8 @@ class RedisQueue(Queue):
             self._mine = self._mine - {shard}
             self.lost.add(shard)
             return []
+        newest, rows = rows
+        newest = newest.decode() if isinstance(newest, bytes) else newest
         self._claimed.add(shard)
         entries = []
         for sid, fields in rows:
@@ -511,11 +518,10 @@ class RedisQueue(Queue):
             f = dict(zip(fields[::2], fields[1::2]))
             entries.append(Entry(shard, pos, f.get(b"d", b""), f.get(b"o", b"").decode("utf-8", "replace"),
                                  pos[0] / 1000))
-        if entries:
-            last = entries[-1].pos
-            if self._read_upto.get(shard, (0, 0)) < last:
-                self._read_upto[shard] = last
-            self._last_seen[shard] = _sid(max(last, _id_parts(self._last_seen.get(shard, "0-0"))))
+        if entries and self._read_upto.get(shard, (0, 0)) < entries[-1].pos:
+            self._read_upto[shard] = entries[-1].pos
+        seen = _id_parts(self._last_seen.get(shard, "0-0"))
+        self._last_seen[shard] = _sid(max(seen, _id_parts(newest)))
         return entries
 
     async def wait(self, timeout: float) -> None:
@@ -528,7 +534,10 @@ class RedisQueue(Queue):
             except asyncio.TimeoutError:
                 pass
             return
-        streams = {self._stream(s): self._last_seen.get(s, "$") for s in shards}
+        # a shard not read yet has entries for the caller to read: no need to block
+        if any(s not in self._last_seen for s in shards):
+            return
+        streams = {self._stream(s): self._last_seen[s] for s in shards}
         try:
             await self._blocking.xread(streams, count=1, block=max(1, int(timeout * 1000)))
         except (rexc.RedisError, OSError):

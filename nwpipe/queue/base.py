@@ -172,11 +172,11 @@ class Queue(abc.ABC):
         """Finish pending writes and release the store (locks, leases, connections)."""
 
     @abc.abstractmethod
-    async def put(self, items: Sequence[tuple[str, bytes, str]]) -> None:
+    async def put(self, items: Sequence[tuple[str, bytes, str]]) -> list[Pos]:
         """Append ``(alert id, event JSON, origin)`` items, each to its alert's shard.
 
-        Returns only when the items are durable (SQLite: committed with the configured
-        sync; Redis: XADD answered). Calls from many tasks share one commit (group
+        Returns their positions, in the order of ``items``, only when they are
+        durable (SQLite: committed with the configured sync; Redis: XADD answered). Calls from many tasks share one commit (group
         commit) and the event loop never waits on disk. Raises :class:`QueueFull` when
         the store is at ``max_bytes`` (nothing of the call is stored then).
         """

@@ -373,30 +373,31 @@ class RedisQueue(Queue):
 
     # ---- intake
 
-    async def put(self, items: Sequence[tuple[str, bytes, str]]) -> None:
-        """XADD each item to its shard; returns when Redis answered for all of them.
+    async def put(self, items: Sequence[tuple[str, bytes, str]]) -> list[Pos]:
+        """XADD each item to its shard; returns their positions once Redis answered.
 
         Calls from many tasks share one pipeline (one round trip). Raises
         :class:`QueueFull` past ``max_bytes`` and :class:`QueueUnavailable` when Redis
         cannot be reached (the caller waits and retries, or answers 503).
         """
         if not items:
-            return
-        if self._bytes_total >= self.max_bytes:
-            # Redis may have been drained by other processes meanwhile: ask again
+            return []
+        size = sum(len(data) for _, data, _ in items)
+        if self._bytes_total + size > self.max_bytes:
+            # other processes may have drained the queue meanwhile: ask Redis again
             vals = await self._call("checking the queue size",
                                     self._client.hvals(f"{self.prefix}:bytes"))
             self._bytes_total = sum(int(v) for v in vals)
-            if self._bytes_total >= self.max_bytes:
+            if self._bytes_total + size > self.max_bytes:
                 raise QueueFull(
-                    f"redis queue {self.location} holds {self._bytes_total} bytes, at its "
-                    f"[queue] max_bytes = {self.max_bytes}")
+                    f"redis queue {self.location} holds {self._bytes_total} bytes; "
+                    f"{size} more would pass its [queue] max_bytes = {self.max_bytes}")
         rows = [(shard_of(aid, self.shards), data, origin) for aid, data, origin in items]
         fut = asyncio.get_running_loop().create_future()
         self._pending.append((rows, fut))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.ensure_future(self._flush())
-        await fut
+        return await fut
 
     async def _flush(self) -> None:
         while self._pending:
@@ -419,9 +420,12 @@ class RedisQueue(Queue):
                         fut.set_exception(err)
                 continue
             self._bytes_total = sum(int(v) for v in results[-1])
-            for _, fut in batch:
+            at = 0
+            for rows, fut in batch:
+                ids = results[at:at + len(rows)]
+                at += len(rows)
                 if not fut.done():
-                    fut.set_result(None)
+                    fut.set_result([_id_parts(i.decode() if isinstance(i, bytes) else i) for i in ids])
             self._put_event.set()
 
     # ---- ownership
@@ -497,6 +501,8 @@ class RedisQueue(Queue):
         nothing otherwise. The first read after taking a shard claims the entries the
         previous owner had read and not acknowledged, so they come first, in order.
         """
+        if self._beat_task is None:
+            await self.owned()  # reading makes this process a worker
         if shard not in self._mine or shard in self._releasing or time.monotonic() >= self._valid_until:
             return []
         start = "-" if after is None else f"({_sid(after)}"
@@ -545,6 +551,8 @@ class RedisQueue(Queue):
 
     async def ack(self, shard: int, upto: Pos) -> None:
         """XACK and trim every entry of ``shard`` at or before ``upto`` (lease checked)."""
+        if self._beat_task is None:
+            await self.owned()  # acknowledging makes this process a worker, like reading
         threshold = f"{upto[0]}-{upto[1] + 1}"
         removed = await self._call("acknowledging entries", self._scripts["ack"](
             keys=[self._lease(shard), self._stream(shard), f"{self.prefix}:bytes"],

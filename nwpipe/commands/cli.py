@@ -96,9 +96,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "decoded again. Delivery ids stay the same, so receivers can "
                     "deduplicate. What is delivered leaves the file, what fails again stays "
                     "(with the new reason); the file is replaced atomically, so a record is "
-                    "never lost, also on Ctrl-C.",
+                    "never lost, also on Ctrl-C. DEAD_LETTER may be a Redis URL "
+                    "(redis://host:6379/0): the records that workers sharing a Redis queue "
+                    "wrote to the stream PREFIX:dead (--queue: the config's [queue] url).",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    replay.add_argument("dead_letter", metavar="DEAD_LETTER", help="the dead-letter file")
+    replay.add_argument("dead_letter", metavar="DEAD_LETTER", nargs="?",
+                        help="the dead-letter file, or a Redis URL")
+    replay.add_argument("--queue", action="store_true",
+                        help="the dead letters of the config's Redis queue ([queue] url)")
     _config_option(replay)
     replay.add_argument("--output", metavar="NAME",
                         help="only the records of this output (the others stay unchanged)")
@@ -259,11 +264,28 @@ def cmd_replay(args) -> int:
     from nwpipe.commands.replay import replay
 
     _, config, router = load(args)
-    result = replay(config, router, args.dead_letter, output=args.output,
+    result = replay(config, router, _replay_source(args, config), output=args.output,
                     shutdown_timeout=args.shutdown_timeout,
                     progress=wanted(args.quiet, args.log_format))
     log.info("%s", result.summary())
     return result.exit_code
+
+
+def _replay_source(args, config) -> str:
+    """The dead-letter file or Redis URL that ``nwpipe replay`` works on."""
+    if args.queue:
+        if args.dead_letter:
+            raise NwpipeError("replay: give either DEAD_LETTER or --queue, not both")
+        url = getattr(getattr(config, "queue", None), "url", None)
+        if not url:
+            raise NwpipeError("replay --queue: the config has no [queue] url; dead letters "
+                              "go to a Redis stream only with a Redis queue (otherwise: "
+                              "nwpipe replay DEAD_LETTER_FILE)")
+        return url
+    if not args.dead_letter:
+        raise NwpipeError("replay: which dead letters? give a dead-letter file, a Redis URL, "
+                          "or --queue")
+    return args.dead_letter
 
 
 def cmd_check(args) -> int:

@@ -75,6 +75,9 @@ class Delivery:
     source: str = "<input>"
     line: int = 0
     attempts: list = field(default_factory=list)
+    #: where the event waits in the durable queue (shard, position), when it came from it;
+    #: the engine hands it back when the delivery is settled
+    ticket: Any = None
     _json: bytes | None = None
 
     @property

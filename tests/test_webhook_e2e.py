@@ -327,15 +327,16 @@ async def test_timeout_is_retried_then_dead_lettered_with_attempts(tmp_path, rec
         type = "webhook"
         url = "{receiver.url}/slow"
         timeout = 0.2
-        retry = {{ max_attempts = 2, initial_backoff = 0.01, max_backoff = 0.02 }}
+        retry = {{ max_attempts = 2, initial_backoff = 0.01, max_backoff = 0.02, max_elapsed = 0.3 }}
     """
     run = await nwpipe(tmp_path, config, [event("a-1")])
     assert run.returncode == 3, run.stderr
-    assert len(receiver.requests) == 2
+    assert len(receiver.requests) >= 2  # max_attempts does not cut an outage short
     [record] = run.dead_letters()
-    assert record["reason"].startswith("gave up after 2 attempts")
+    assert "failing for longer than retry.max_elapsed (0.3 s)" in record["reason"]
     assert "timed out after 0.2 s" in record["reason"]
-    assert [a["outcome"] for a in record["attempts"]] == ["retry", "retry"]
+    assert len(record["attempts"]) == len(receiver.requests)
+    assert {a["outcome"] for a in record["attempts"]} == {"retry"}
     assert all("timed out" in a["reason"] for a in record["attempts"])
     assert "status" not in record
 
@@ -615,18 +616,18 @@ async def test_secrets_never_appear_in_stderr_or_the_dead_letter_file(tmp_path, 
         auth = record.headers.get("Authorization", "")
         if auth.startswith("Basic "):
             echoed += "\ncredentials " + base64.b64decode(auth[6:]).decode()
-        return web.Response(status=500, text=f"bad request:\n{echoed}")
+        return web.Response(status=400, text=f"bad request:\n{echoed}")
 
     receiver.handler = echo
     run = await nwpipe(tmp_path, secret_config(receiver.url), [event("a-1"), event("a-2")], "-v",
                        env=SECRETS)
     assert run.returncode == 3
-    assert len(receiver.requests) == 8  # 2 events x 2 outputs x 2 attempts
+    assert len(receiver.requests) == 4  # 2 events x 2 outputs
     # the secrets did go over the wire ...
     assert receiver.requests[0].headers["Authorization"].startswith(("Basic ", "Bearer "))
     text = run.stdout + run.stderr + run.dead_letter.read_text()
     records = run.dead_letters()
-    assert len(records) == 4 and all(r["status"] == 500 for r in records)
+    assert len(records) == 4 and all(r["status"] == 400 for r in records)
     assert all("***" in r["response"] for r in records)
     # ... and nowhere else
     for secret in forbidden():

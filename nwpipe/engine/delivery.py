@@ -5,6 +5,21 @@ ordering, concurrency, batching, a rate limit, retries with capped exponential b
 and full jitter (``Retry-After`` honoured), and the dead-letter file. The plugin only
 sends once and says how it went.
 
+Retry budget: ``retry.max_elapsed`` belongs to the output, not to each event. It
+counts from when the output started failing (its first failed attempt after a
+success). While it lasts, a failing batch is retried with backoff however many
+attempts it takes, so an outage shorter than the budget costs no event. Once the
+output has been failing for longer, what waits is dead-lettered (one log line says
+so) and the output is probed with one attempt at most every ``retry.max_backoff``
+seconds; the first success ends the outage. ``retry.max_attempts`` limits one
+event's own failures: it gives up after that many attempts only when the output
+delivered other events meanwhile (the receiver works, it refuses this one).
+
+Order per alert survives dead letters: once an event of an alert is dead-lettered for
+this output, the alert's later events for this output follow it into the dead-letter
+file (reason "an earlier event of this alert was dead-lettered") instead of
+overtaking it, so a replay sends them in their original order.
+
 Ordering: deliveries with the same key (the alert ``id``) are handed to the output one
 batch at a time, in input order, while different alerts go concurrently. A key that is
 being sent is "busy"; its later deliveries wait in its own queue, so a retrying alert
@@ -17,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
@@ -27,6 +43,9 @@ from nwpipe.errors import NwpipeError
 from nwpipe.outputs import Delivered, Delivery, Failed, Output, OutputClosed, Retry
 
 log = logging.getLogger("nwpipe")
+
+#: the reason of the later events of an alert whose earlier event was dead-lettered
+FOLLOWS_DEAD_LETTER = "an earlier event of this alert was dead-lettered"
 
 #: dead-letter messages per output before they are only counted
 MAX_WARNINGS = 20
@@ -102,7 +121,8 @@ class DeliveryEngine:
     """Drive one output: accept deliveries, send them in order per alert, retry, dead-letter."""
 
     def __init__(self, output: Output, settings: EngineSettings, dead_letter: DeadLetterFile,
-                 *, on_closed: Callable[[str], None] | None = None):
+                 *, on_closed: Callable[[str], None] | None = None,
+                 on_settled: Callable[[list[Delivery]], None] | None = None):
         self.output = output
         self.name = output.name
         self.settings = settings
@@ -110,6 +130,18 @@ class DeliveryEngine:
         self.stats = OutputStats()
         self.closed = False
         self._on_closed = on_closed
+        # told of every delivery that is delivered or dead-lettered (the durable queue
+        # acknowledges an entry once every output settled it)
+        self._on_settled = on_settled
+        # alerts with a dead-lettered event: their later events follow it
+        self._dead_keys: set[str] = set()
+        #: when the output started failing (time.time()), None while it works
+        self.failing_since: float | None = None
+        self._failing_at = 0.0     # the same, on the loop's clock
+        self._successes = 0        # sends that delivered, to tell an event's own failures
+        self._last_probe = 0.0     # loop time of the last attempt once the budget is spent
+        self._spent = False        # the budget is spent: what waits is dead-lettered
+        self._spent_count = 0      # dead letters when it was spent, for the recovery line
         self._state = _State()
         # Hand-made wake-ups instead of asyncio.Queue/Condition: this is the per-event
         # path, and a bare future costs a fraction of a Condition round trip.
@@ -120,7 +152,7 @@ class DeliveryEngine:
         self._inflight: dict[int, list[Delivery]] = {}
         self._limiter = RateLimiter(settings.rate_limit) if settings.rate_limit else None
         self._refused: str | None = None
-        self._refused_quietly = 0
+        self._quiet: dict[str, int] = {}
         self._keyed = settings.concurrency > 1
         self._warnings = 0
         # A full queue makes the reader wait until a quarter of it is free again, not
@@ -149,34 +181,49 @@ class DeliveryEngine:
         for i in range(self.settings.concurrency):
             self._workers.append(asyncio.create_task(self._worker(i), name=f"{self.name}-{i}"))
 
-    async def submit(self, delivery: Delivery) -> None:
-        """Queue a delivery; waits while the queue is full and the output is healthy.
+    @property
+    def full_and_failing(self) -> bool:
+        """The memory queue is full and the output is failing: new events should wait
+        on disk (the durable queue) instead of here."""
+        return self._state.failing and self._state.queued >= self.settings.queue_size
 
-        When the queue is full and the output is failing, the delivery is dead-lettered
-        at once, so a receiver that is down never holds up the other outputs.
+    def mark_dead(self, key: str) -> None:
+        """An event of alert ``key`` was dead-lettered for this output before reaching
+        the engine (its mapping failed): the alert's later events follow it."""
+        self._dead_keys.add(key)
+
+    async def submit(self, delivery: Delivery, *, spill: bool = False) -> bool:
+        """Queue a delivery; waits while the queue is full.
+
+        With ``spill``, a full queue of a failing output returns False at once and the
+        delivery is not taken (the caller keeps it on disk); otherwise this waits for
+        room, which the output's retry budget guarantees to come. Returns True once
+        the delivery is taken (queued, or settled at once: dead-lettered behind an
+        earlier event of its alert, or refused during a shutdown).
         """
         state = self._state
         if self.closed:
             self.stats.not_sent += 1
-            return
+            return True
         if self._refused is not None:
             self._dead_letter([delivery], self._refused, quiet=True)
-            return
+            return True
+        if self._dead_keys and delivery.key in self._dead_keys:
+            self._dead_letter([delivery], FOLLOWS_DEAD_LETTER, quiet=True)
+            return True
         if state.queued >= self.settings.queue_size:
             while not self.closed:
                 if self._refused is not None:
                     self._dead_letter([delivery], self._refused, quiet=True)
-                    return
+                    return True
                 if state.queued >= self.settings.queue_size:
-                    if state.failing:
-                        self._dead_letter([delivery], f"output '{self.name}' is failing and its "
-                                          f"queue is full ({self.settings.queue_size} waiting)")
-                        return
+                    if spill and state.failing:
+                        return False
                 elif state.failing or state.queued <= self._resume_at:
                     break
                 await self._wait_change()
             if self.closed:
-                return
+                return True
         state.queued += 1
         # with one worker, one lane for everything keeps the input order exactly
         key = delivery.key if self._keyed else ""
@@ -186,6 +233,7 @@ class DeliveryEngine:
             self._push_ready(key)
         else:
             waiting.append(delivery)
+        return True
 
     # -- wake-ups --------------------------------------------------------------
 
@@ -251,6 +299,8 @@ class DeliveryEngine:
                 waiting = state.pending[key]
                 if waiting:  # a shutdown may have emptied it since the key was handed over
                     batch.append(waiting.popleft())
+            if batch and self._dead_keys:
+                batch = self._follow_dead_letters(batch, number)
             if batch:
                 try:
                     await self._deliver(batch)
@@ -268,6 +318,17 @@ class DeliveryEngine:
             state.queued -= len(batch)
             if self._change_waiters and state.queued <= self._resume_at:
                 self._notify()
+
+    def _follow_dead_letters(self, batch: list[Delivery], number: int) -> list[Delivery]:
+        """Dead-letter the deliveries of alerts dead-lettered earlier; send the rest."""
+        behind = [d for d in batch if d.key in self._dead_keys]
+        if not behind:
+            return batch
+        keep = [d for d in batch if d.key not in self._dead_keys]
+        self._dead_letter(behind, FOLLOWS_DEAD_LETTER, quiet=True)
+        self._state.queued -= len(behind)
+        self._inflight[number] = keep
+        return keep
 
     def _take(self, key: str, batch: list[Delivery], size: int) -> int:
         """Move deliveries of ``key`` into ``batch`` within the batch limits."""
@@ -315,9 +376,17 @@ class DeliveryEngine:
     async def _deliver(self, batch: list[Delivery]) -> None:
         retry = self.settings.retry
         loop = asyncio.get_running_loop()
-        started = loop.time()
         attempt = 0
+        successes = self._successes
         while True:
+            if self._spent:
+                # The budget is spent: what waits is dead-lettered, with one probe at
+                # most every max_backoff seconds to notice that the receiver is back.
+                now = loop.time()
+                if now - self._last_probe < retry.max_backoff:
+                    self._dead_letter(batch, self._spent_reason(), quiet=True)
+                    return
+                self._last_probe = now
             attempt += 1
             if self._limiter is not None:
                 await self._limiter.wait()
@@ -335,12 +404,18 @@ class DeliveryEngine:
             except Exception as exc:  # a plugin bug must not kill the run
                 result = Failed(f"output raised {type(exc).__name__}: {exc}")
             if isinstance(result, Delivered):
-                self._state.failing = False
+                self._successes += 1
+                if self._state.failing:
+                    self._recovered(loop.time())
                 self.stats.delivered += len(batch)
+                if self._on_settled is not None:
+                    self._on_settled(batch)
                 return
             if not self._state.failing:
                 self._state.failing = True
-                # a submitter waiting for space can now dead-letter instead of waiting
+                self.failing_since = time.time()
+                self._failing_at = loop.time()
+                # a submitter waiting for space can now spill to disk instead of waiting
                 self._notify()
             if isinstance(result, Failed):
                 self._record(batch, attempt, "failed", result.reason, result.status)
@@ -351,15 +426,23 @@ class DeliveryEngine:
                 self._record(batch, attempt, "failed", result.reason)
                 self._dead_letter(batch, result.reason)
                 return
-            elapsed = loop.time() - started
+            failing_for = loop.time() - self._failing_at
             if result.after is not None:
                 delay = max(0.0, result.after)
             else:
                 delay = backoff_delay(attempt, retry.initial_backoff, retry.max_backoff)
             self._record(batch, attempt, "retry", result.reason, result.status, result.after)
-            if attempt >= retry.max_attempts or elapsed + delay > retry.max_elapsed:
-                why = (f"gave up after {attempt} attempt{'s' if attempt > 1 else ''} "
-                       f"in {elapsed:.1f} s: {result.reason}")
+            if self._spent or failing_for + delay > retry.max_elapsed:
+                if not self._spent:
+                    self._spend(failing_for)
+                self._last_probe = loop.time()
+                self._dead_letter(batch, f"{self._spent_reason()}; last attempt: {result.reason}",
+                                  result.status, result.response, quiet=self._spent_reason())
+                return
+            if attempt >= retry.max_attempts and self._successes > successes:
+                # the receiver delivers other events: this failure is the event's own
+                why = (f"gave up after {attempt} attempts while the output delivered other "
+                       f"events: {result.reason}")
                 self._dead_letter(batch, why, result.status, result.response)
                 return
             self.stats.retried += len(batch)
@@ -375,19 +458,52 @@ class DeliveryEngine:
             except asyncio.TimeoutError:
                 pass
 
+    def _spend(self, failing_for: float) -> None:
+        """The output has been failing for longer than its retry budget."""
+        self._spent = True
+        self._spent_count = self.stats.dead_lettered
+        retry = self.settings.retry
+        log.warning("%s: failing for %.1f s, and retrying longer would pass retry.max_elapsed "
+                    "(%g s): what waits for it is dead-lettered from now on; one attempt every "
+                    "%g s checks whether it is back", self.name, failing_for, retry.max_elapsed,
+                    retry.max_backoff)
+
+    def _spent_reason(self) -> str:
+        return (f"output '{self.name}' failing for longer than retry.max_elapsed "
+                f"({self.settings.retry.max_elapsed:g} s)")
+
+    def _recovered(self, now: float) -> None:
+        if self._spent:
+            log.warning("%s: delivering again after %.0f s failing; %d event%s dead-lettered "
+                        "meanwhile", self.name, now - self._failing_at,
+                        self.stats.dead_lettered - self._spent_count,
+                        "" if self.stats.dead_lettered - self._spent_count == 1 else "s")
+        elif now - self._failing_at >= 1.0:
+            log.info("%s: delivering again after %.0f s failing", self.name, now - self._failing_at)
+        self._state.failing = False
+        self._spent = False
+        self.failing_since = None
+
     def _record(self, batch, number, outcome, reason, status=None, after=None) -> None:
         entry = _Attempt(number, utc_now(), outcome, reason, status, after).as_dict()
         for delivery in batch:
             delivery.attempts.append(entry)
 
     def _dead_letter(self, batch: list[Delivery], reason: str, status: int | None = None,
-                     response: str | None = None, quiet: bool = False) -> None:
+                     response: str | None = None, quiet: bool | str = False) -> None:
+        """Write dead-letter records for ``batch``; ``quiet``: only count them (under
+        ``reason``, or the given summary text) and report the count once, in drain()."""
         self.dead_letter.write(delivery_record(d, stage="deliver", reason=reason, status=status,
                                                response=response) for d in batch)
         self.stats.dead_lettered += len(batch)
+        self._dead_keys.update(d.key for d in batch)
+        if self._on_settled is not None:
+            self._on_settled(batch)
         if quiet:
-            # refused one by one during a shutdown: counted, and reported once by drain()
-            self._refused_quietly += len(batch)
+            # one by one (a shutdown, an alert behind a dead letter, a spent budget):
+            # counted, and reported once by drain()
+            summary = reason if quiet is True else quiet
+            self._quiet[summary] = self._quiet.get(summary, 0) + len(batch)
             return
         self._warnings += 1
         if self._warnings <= MAX_WARNINGS:
@@ -449,11 +565,14 @@ class DeliveryEngine:
                 w.cancel()
         if self._state.queued and not self.closed:
             await self.abandon("not delivered before the shutdown deadline")
-        if self._refused_quietly:
-            log.warning("%s: %d more event%s dead-lettered: %s", self.name,
-                        self._refused_quietly, "" if self._refused_quietly == 1 else "s",
-                        self._refused)
-            self._refused_quietly = 0
+        self.report_quiet()
+
+    def report_quiet(self) -> None:
+        """Log the dead letters that were only counted, one line per reason."""
+        for reason, count in self._quiet.items():
+            log.warning("%s: %d %sevent%s dead-lettered: %s", self.name, count,
+                        "more " if self._warnings else "", "" if count == 1 else "s", reason)
+        self._quiet.clear()
 
     async def abandon(self, reason: str) -> None:
         """Stop the workers now and dead-letter everything waiting or in flight."""

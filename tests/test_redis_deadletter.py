@@ -100,7 +100,7 @@ async def test_replay_leaves_records_added_meanwhile(own_redis):
 
 
 async def test_replay_needs_a_source(tmp_path):
-    (tmp_path / "c.toml").write_text("")
+    (tmp_path / "c.toml").write_text(config("http://127.0.0.1:9"))
     proc = await run_nwpipe("replay", "--queue", "-c", "c.toml", cwd=tmp_path)
     assert proc.returncode != 0 and "no [queue] url" in proc.stderr
     assert "Traceback" not in proc.stderr

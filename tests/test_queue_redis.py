@@ -238,3 +238,49 @@ def test_missing_redis_package_is_one_clear_message(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "'redis' package is not installed" in out.stdout and "nwpipe[redis]" in out.stdout
+
+
+def run_cli(*args, cwd, env_extra=None, timeout=60):
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "NWPIPE_CONFIG"}
+    env["NWPIPE_LOAD_PLUGINS"] = ""
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable, "-m", "nwpipe", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def probe_config(tmp_path, url, shards=4, prefix="nwpipe"):
+    (tmp_path / "c.toml").write_text(
+        f'[queue]\nurl = "{url}"\nshards = {shards}\nprefix = "{prefix}"\n'
+        '[outputs.out]\ntype = "stdout"\n')
+
+
+async def test_check_probe_says_whether_redis_answers_and_shards_match(own_redis, tmp_path):
+    own_redis.command("CONFIG", "SET", "requirepass", "s3cret-pw")
+    url = own_redis.url.replace("redis://", "redis://:${REDIS_PASSWORD}@")
+    env = {"REDIS_PASSWORD": "s3cret-pw"}
+    probe_config(tmp_path, url)
+    proc = run_cli("check", "--probe", "-c", "c.toml", cwd=tmp_path, env_extra=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "queue: redis://127.0.0.1" in proc.stdout and "no queue yet" in proc.stdout
+    # a queue created with 4 shards, checked with a config that says 8
+    q = RedisQueue(QueueSettings(url=own_redis.url.replace("redis://", "redis://:s3cret-pw@"),
+                                 shards=4))
+    await q.open()
+    await q.close()
+    probe_config(tmp_path, url, shards=8)
+    proc = run_cli("check", "--probe", "-c", "c.toml", cwd=tmp_path, env_extra=env)
+    assert proc.returncode == 1
+    assert "the queue has 4 shards and [queue] shards = 8: set shards = 4" in proc.stdout
+    probe_config(tmp_path, url, shards=4)
+    proc = run_cli("check", "--probe", "-c", "c.toml", cwd=tmp_path, env_extra=env)
+    assert proc.returncode == 0 and "4 shards as configured" in proc.stdout
+    proc = run_cli("check", "--probe", "-c", "c.toml", cwd=tmp_path,
+                   env_extra={"REDIS_PASSWORD": "wrong"})
+    assert proc.returncode == 1 and "authentication failed" in proc.stdout
+    own_redis.stop()
+    proc = run_cli("check", "--probe", "-c", "c.toml", cwd=tmp_path, env_extra=env)
+    assert proc.returncode == 1 and "cannot reach Redis" in proc.stdout
+    for text in (proc.stdout, proc.stderr):
+        assert "s3cret-pw" not in text and "Traceback" not in text

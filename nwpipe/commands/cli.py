@@ -322,7 +322,16 @@ def probe(config, router) -> int:
     results = run_probes(config, router)
     for result in results:
         print(f"  {result.line()}")
-    return 0 if all(r.ok for r in results) else 1
+    ok = all(r.ok for r in results)
+    if config.queue.url:
+        import asyncio
+
+        from nwpipe.queue.redis import probe as probe_redis
+
+        queue_ok, message = asyncio.run(probe_redis(config.queue))
+        print(f"  queue: {message}")
+        ok = ok and queue_ok
+    return 0 if ok else 1
 
 
 def cmd_init(args) -> int:

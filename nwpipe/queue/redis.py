@@ -637,3 +637,39 @@ class RedisQueue(Queue):
                 size += len(fields.get(b"d", b""))
             start = f"({rows[-1][0].decode()}"
         return OutputBacklog(events, size, oldest)
+
+
+async def probe(settings: QueueSettings) -> tuple[bool, str]:
+    """``nwpipe check --probe`` for a Redis queue: does Redis answer, does the shard count
+    match? Returns ``(ok, message)``; changes nothing in Redis."""
+    where = f"{public_url(settings.url or '')} (prefix {settings.prefix!r})"
+    if aioredis is None:
+        return False, f"{where}: the 'redis' package is not installed: pip install 'nwpipe[redis]'"
+    kwargs = {"socket_connect_timeout": 5, "socket_timeout": 10}
+    if (settings.url or "").startswith("rediss://") and settings.ca_file:
+        kwargs["ssl_ca_certs"] = settings.ca_file
+    client = aioredis.Redis.from_url(settings.url, **kwargs)
+    try:
+        started = time.monotonic()
+        await client.ping()
+        took = (time.monotonic() - started) * 1000
+        info = await client.info("server")
+        stored = await client.hget(f"{settings.prefix}:meta", "shards")
+        live = await client.zcount(f"{settings.prefix}:workers", int(time.time() * 1000), "+inf")
+        version = info.get("redis_version", "?")
+        if stored is None:
+            return True, (f"{where}: OK (Redis {version}, answered in {took:.0f} ms); no queue "
+                          f"yet: the first start creates it with {settings.shards} shards")
+        if int(stored) != settings.shards:
+            return False, (f"{where}: Redis answers, but the queue has {int(stored)} shards and "
+                           f"[queue] shards = {settings.shards}: set shards = {int(stored)}")
+        return True, (f"{where}: OK (Redis {version}, answered in {took:.0f} ms; "
+                      f"{settings.shards} shards as configured; {live} live worker"
+                      f"{'' if live == 1 else 's'})")
+    except (rexc.RedisError, OSError) as exc:
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if isinstance(exc, rexc.AuthenticationError) or "WRONGPASS" in text or "NOAUTH" in text:
+            return False, f"{where}: authentication failed: check the password in [queue] url"
+        return False, f"{where}: cannot reach Redis: {text}"
+    finally:
+        await client.aclose()

@@ -442,14 +442,20 @@ class RedisQueue(Queue):
 
     async def _beat_loop(self) -> None:
         interval = self.lease_ms / 1000 / BEATS_PER_LEASE
+        failing = False
         while True:
             try:
                 await self._beat()
+                if failing:
+                    log.info("redis queue %s: reachable again; shard leases renewed", self.location)
+                failing = False
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - keep beating; leases lapse on their own
-                err = self._error(exc, "renewing shard leases") if not isinstance(exc, QueueError) else exc
-                log.warning("%s", err)
+                if not failing:  # once per outage, not every beat
+                    err = self._error(exc, "renewing shard leases") if not isinstance(exc, QueueError) else exc
+                    log.warning("%s; delivery from its shards stops until it answers", err)
+                failing = True
             finally:
                 if self._first_beat is not None and not self._first_beat.done():
                     self._first_beat.set_result(None)

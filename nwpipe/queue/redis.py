@@ -466,11 +466,13 @@ class RedisQueue(Queue):
         reply = await self._scripts["beat"](
             keys=[], args=[self.prefix, self.name, self.lease_ms, self.shards])
         target, mine = int(reply[0]), frozenset(int(s) for s in reply[1:])
-        before = self._mine if sent < self._valid_until + self.lease_ms / 1000 else frozenset()
-        for shard in before - mine:
-            if shard not in self._releasing:
-                self.lost.add(shard)
-                log.warning("shard %d of %s was taken over by another worker", shard, self.location)
+        lost = sorted(s for s in self._mine - mine if s not in self._releasing)
+        if lost:
+            self.lost.update(lost)
+            log.warning("redis queue %s: the lease of shard%s %s ran out before it was renewed; "
+                        "%s taken over by another worker, which delivers what this one had not "
+                        "acknowledged", self.location, "s" if len(lost) > 1 else "",
+                        ", ".join(map(str, lost)), "they are" if len(lost) > 1 else "it is")
         for shard in mine - self._mine:
             self._claimed.discard(shard)  # a new owner claims the earlier owner's entries first
         self._releasing = {s: t for s, t in self._releasing.items() if s in mine}

@@ -467,6 +467,8 @@ class RedisQueue(Queue):
             keys=[], args=[self.prefix, self.name, self.lease_ms, self.shards])
         target, mine = int(reply[0]), frozenset(int(s) for s in reply[1:])
         lost = sorted(s for s in self._mine - mine if s not in self._releasing)
+        for shard in lost:
+            self._forget(shard)
         if lost:
             self.lost.update(lost)
             log.warning("redis queue %s: the lease of shard%s %s ran out before it was renewed; "

@@ -3,6 +3,8 @@
 The small public API a plugin needs::
 
     from nwpipe import hookimpl, Output, Setting, Delivered, Retry, Failed
+
+and for a source plugin ``Source``, ``Event`` and ``Reject``.
 """
 
 import pluggy
@@ -13,6 +15,7 @@ hookimpl = pluggy.HookimplMarker("nwpipe")
 
 from nwpipe.outputs import Delivered, Delivery, Failed, Output, Result, Retry  # noqa: E402
 from nwpipe.settings import Setting  # noqa: E402
+from nwpipe.sources.base import Event, Reject, Source  # noqa: E402
 
 __all__ = [
     "__version__",
@@ -24,4 +27,7 @@ __all__ = [
     "Retry",
     "Failed",
     "Result",
+    "Source",
+    "Event",
+    "Reject",
 ]

@@ -23,6 +23,7 @@ from nwpipe.errors import ConfigError
 from nwpipe.outputs import Output
 from nwpipe.queue.base import DEFAULT_MAX_BYTES, DEFAULT_PATH, DEFAULT_SHARDS, SYNC_MODES, QueueSettings
 from nwpipe.settings import Setting, did_you_mean, validate_settings
+from nwpipe.sources.base import DEFAULT_SOURCE, Source
 
 #: where the config comes from when ``-c`` is not given
 ENV_CONFIG = "NWPIPE_CONFIG"
@@ -89,11 +90,29 @@ class OutputConfig:
 
 
 @dataclass
+class SourceConfig:
+    """The ``[source]`` table, validated (without one: the files/stdin source)."""
+
+    type: str = DEFAULT_SOURCE
+    #: None when the config was built without the registered source types
+    cls: type[Source] | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def create(self, inputs: list[str], max_line_bytes: int) -> Source:
+        """A new, unopened source reading ``inputs`` (the arguments of ``nwpipe run``)."""
+        if self.cls is None:
+            raise ConfigError(f"unknown source type '{self.type}' (no source types are "
+                              "registered; see `nwpipe plugins`)", key="source.type")
+        return self.cls(self.settings, inputs=inputs, max_line_bytes=max_line_bytes)
+
+
+@dataclass
 class Config:
     """A whole validated configuration."""
 
     file: str | None
     outputs: dict[str, OutputConfig]
+    source: SourceConfig = field(default_factory=SourceConfig)
     mappings: dict[str, dict] = field(default_factory=dict)
     templates: list[Path] = field(default_factory=list)
     dead_letter: str = DEFAULT_DEAD_LETTER
@@ -132,6 +151,7 @@ TOP_LEVEL = {
                                 help="seconds to finish in-flight deliveries on Ctrl-C/SIGTERM"),
     "tests": Setting(list, default=[], help="mapping tests run by `nwpipe test`"),
     "queue": Setting(dict, default={}, help="the durable queue: [queue] table"),
+    "source": Setting(dict, default=None, help="where `nwpipe run` reads events: [source]"),
 }
 
 
@@ -258,14 +278,17 @@ def default_config() -> dict:
 
 
 def load_config(path: str | None, output_types: dict[str, type[Output]],
-                environ=os.environ) -> Config:
+                environ=os.environ, *,
+                source_types: dict[str, type[Source]] | None = None) -> Config:
     """Read, expand and validate a config file (``None``: the built-in default)."""
     data = read_toml(path) if path else default_config()
-    return build_config(data, output_types, file=path, environ=environ)
+    return build_config(data, output_types, file=path, environ=environ,
+                        source_types=source_types)
 
 
 def build_config(data: dict, output_types: dict[str, type[Output]], *, file: str | None = None,
-                 environ=os.environ) -> Config:
+                 environ=os.environ,
+                 source_types: dict[str, type[Source]] | None = None) -> Config:
     """Validate an already-parsed config table."""
     data = expand_env(data, "", file, environ)
     top = validate_settings(data, TOP_LEVEL, key="", file=file)
@@ -317,6 +340,7 @@ def build_config(data: dict, output_types: dict[str, type[Output]], *, file: str
     return Config(
         file=file,
         outputs=outputs,
+        source=_build_source(top["source"], source_types, file),
         mappings=mappings,
         templates=template_dirs,
         dead_letter=dead_letter,
@@ -431,6 +455,32 @@ def _build_output(name: str, table: dict, defaults: dict, output_types, mappings
         customers = frozenset(customers)
     return OutputConfig(name=name, type=type_name, cls=cls, settings=settings, engine=engine,
                         mapping=mapping, customers=customers, when=common["when"])
+
+
+def _build_source(table: dict | None, source_types: dict[str, type[Source]] | None,
+                  file: str | None) -> SourceConfig:
+    """The ``[source]`` table checked against its type's settings, like an output's."""
+    if source_types is None:
+        if table is not None:
+            raise ConfigError("no source types are registered", key="source.type", file=file)
+        return SourceConfig()
+    table = {"type": DEFAULT_SOURCE} if table is None else table
+    type_name = table.get("type", DEFAULT_SOURCE)
+    if not isinstance(type_name, str):
+        raise ConfigError("must be a string", key="source.type", file=file)
+    cls = source_types.get(type_name)
+    if cls is None:
+        known = ", ".join(sorted(source_types)) or "none"
+        raise ConfigError(f"unknown source type '{type_name}'"
+                          f"{did_you_mean(type_name, source_types)} (known types: {known}; "
+                          "see `nwpipe plugins`)", key="source.type", file=file)
+    own = {k: v for k, v in table.items() if k != "type"}
+    settings = validate_settings(own, cls.settings, key="source", file=file)
+    try:
+        cls.check_config(settings)
+    except ValueError as exc:
+        raise ConfigError(str(exc), key="source", file=file) from None
+    return SourceConfig(type_name, cls, settings)
 
 
 def _check_mapping_name(name: str, mappings: dict, key: str, file) -> None:

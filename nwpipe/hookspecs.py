@@ -38,6 +38,17 @@ def register_outputs(register: Callable[[str, type], None]) -> None:
 
 
 @hookspec
+def register_sources(register: Callable[[str, type], None]) -> None:
+    """Register source types: ``register("type-name", SourceClass)``.
+
+    ``SourceClass`` subclasses ``nwpipe.Source``. The type name is what users write as
+    ``type = "..."`` in the ``[source]`` table; two plugins registering one name is an
+    error naming both. The built-in ``files`` source (the paths given to ``nwpipe run``,
+    or stdin) is registered through this hook too.
+    """
+
+
+@hookspec
 def register_jinja_filters(register: Callable[[str, Callable], None]) -> None:
     """Register Jinja filters for mappings and templates: ``register("name", func)``.
 

@@ -75,10 +75,11 @@ class Delivery:
     source: str = "<input>"
     line: int = 0
     attempts: list = field(default_factory=list)
-    #: where the event waits in the durable queue (shard, position), when it came from it;
-    #: the engine hands it back when the delivery is settled
-    ticket: Any = None
     _json: bytes | None = None
+    #: the pipeline's record of the event this delivery came from, handed back when the
+    #: delivery is settled: the source's acknowledgement, or (shard, position) when the
+    #: event came from the durable queue
+    ticket: Any = None
 
     @property
     def key(self) -> str:

@@ -23,6 +23,7 @@ from nwpipe import hookspecs
 from nwpipe.errors import NwpipeError
 from nwpipe.outputs import Output
 from nwpipe.settings import did_you_mean
+from nwpipe.sources.base import Source
 
 log = logging.getLogger("nwpipe")
 
@@ -31,6 +32,7 @@ DEFAULT_PLUGINS = (
     "nwpipe_plugins.file",
     "nwpipe_plugins.webhook",
     "nwpipe_plugins.syslog",
+    "nwpipe_plugins.files",
 )
 
 #: comma-separated names of the installed (entry-point) plugins to load; "" loads none
@@ -51,6 +53,7 @@ class PluginInfo:
     origin: str
     hooks: list[str] = field(default_factory=list)
     output_types: list[str] = field(default_factory=list)
+    source_types: list[str] = field(default_factory=list)
     jinja_filters: list[str] = field(default_factory=list)
 
 
@@ -73,6 +76,8 @@ class Plugins:
         self._check()
         self.output_types: dict[str, type[Output]] = {}
         self.output_plugins: dict[str, str] = {}
+        self.source_types: dict[str, type[Source]] = {}
+        self.source_plugins: dict[str, str] = {}
         self.jinja_filters: dict[str, Callable] = {}
         self.filter_plugins: dict[str, str] = {}
         self._collect()
@@ -164,20 +169,23 @@ class Plugins:
             caller(register=make_register(impl.plugin_name))
 
     def _collect(self) -> None:
-        def output_register(plugin_name: str):
-            def register(type_name: str, cls: type) -> None:
-                if not isinstance(type_name, str) or not type_name:
-                    raise PluginError(f"plugin {plugin_name}: output type name must be a "
-                                      f"non-empty string")
-                if not (isinstance(cls, type) and issubclass(cls, Output)):
-                    raise PluginError(f"plugin {plugin_name}: output type '{type_name}' must be "
-                                      f"a subclass of nwpipe.Output")
-                if type_name in self.output_types:
-                    raise PluginError(f"output type '{type_name}' is registered twice: by "
-                                      f"{self.output_plugins[type_name]} and by {plugin_name}")
-                self.output_types[type_name] = cls
-                self.output_plugins[type_name] = plugin_name
-            return register
+        def type_register(kind: str, base: type, types: dict, owners: dict[str, str]):
+            """A ``register(type_name, cls)`` for output or source types."""
+            def for_plugin(plugin_name: str):
+                def register(type_name: str, cls: type) -> None:
+                    if not isinstance(type_name, str) or not type_name:
+                        raise PluginError(f"plugin {plugin_name}: {kind} type name must be a "
+                                          f"non-empty string")
+                    if not (isinstance(cls, type) and issubclass(cls, base)):
+                        raise PluginError(f"plugin {plugin_name}: {kind} type '{type_name}' "
+                                          f"must be a subclass of nwpipe.{base.__name__}")
+                    if type_name in types:
+                        raise PluginError(f"{kind} type '{type_name}' is registered twice: by "
+                                          f"{owners[type_name]} and by {plugin_name}")
+                    types[type_name] = cls
+                    owners[type_name] = plugin_name
+                return register
+            return for_plugin
 
         def filter_register(plugin_name: str):
             def register(name: str, func: Callable) -> None:
@@ -187,7 +195,10 @@ class Plugins:
                 self.filter_plugins[name] = plugin_name
             return register
 
-        self._call_each("register_outputs", output_register)
+        self._call_each("register_outputs", type_register("output", Output, self.output_types,
+                                                          self.output_plugins))
+        self._call_each("register_sources", type_register("source", Source, self.source_types,
+                                                          self.source_plugins))
         self._call_each("register_jinja_filters", filter_register)
 
     def info(self) -> list[PluginInfo]:
@@ -196,7 +207,9 @@ class Plugins:
         for name, plugin in self.pm.list_name_plugin():
             hooks = sorted(c.name for c in self.pm.get_hookcallers(plugin) or [])
             types = sorted(t for t, p in self.output_plugins.items() if p == name)
+            sources = sorted(t for t, p in self.source_plugins.items() if p == name)
             filters = sorted(f for f, p in self.filter_plugins.items() if p == name)
             result.append(PluginInfo(name=name, origin=self.origins.get(name, "?"), hooks=hooks,
-                                     output_types=types, jinja_filters=filters))
+                                     output_types=types, source_types=sources,
+                                     jinja_filters=filters))
         return result

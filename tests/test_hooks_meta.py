@@ -21,6 +21,7 @@ from nwpipe import hookspecs
 from nwpipe.outputs import Delivery, Failed, Output, Retry
 from nwpipe.plugins import ENV_LOAD_PLUGINS, ENV_TRACE_PLUGINS
 from nwpipe.settings import Setting
+from nwpipe.sources.base import Source
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -54,7 +55,7 @@ def jsonl(events) -> str:
 # -- meta: every hook is tested and documented -----------------------------------------------
 
 def test_there_are_hooks():
-    assert set(HOOKS) >= {"register_outputs", "register_jinja_filters"}
+    assert set(HOOKS) >= {"register_outputs", "register_sources", "register_jinja_filters"}
 
 
 @pytest.mark.parametrize("name", sorted(HOOKS))
@@ -109,6 +110,15 @@ def test_output_contract_names_every_member():
     assert documented, "document Setting(...)"
     names = [part.split("=")[0].strip() for part in documented.group(1).split(",")]
     assert names == [f.name for f in dataclasses.fields(Setting)]
+
+
+def test_source_contract_names_every_member():
+    members = ["settings", "takes_inputs", "check_config", "open", "read", "stop", "ack",
+               "unreadable", "close", "describe"]
+    source = Source({})
+    for name in members:
+        assert hasattr(source, name)
+        assert re.search(rf"^\| `(async )?{name}[`(]", PLUGINS, re.M), f"Source.{name}"
 
 
 # -- the hooks, exercised ------------------------------------------------------------------------
@@ -233,6 +243,124 @@ def test_hook_register_jinja_filters(tmp_path):
     assert "shout: expected text, got int" in dead[0]["reason"]
 
 
+SOURCE_PLUGIN = '''
+import json
+
+from nwpipe import Delivered, Event, Failed, Output, Reject, Setting, Source, hookimpl
+
+
+class Numbers(Source):
+    settings = {"count": Setting(int, required=True), "acks": Setting(str, required=True)}
+
+    async def read(self):
+        for n in range(1, self.config["count"] + 1):
+            if self.stopping:
+                return
+            customer = "nobody" if n % 5 == 0 else "acme"
+            yield [Event({"id": f"alert-{n}", "customer": customer, "n": n}, "numbers", n)]
+        yield [Reject("{not json", "numbers", 999, "not valid JSON")]
+
+    def ack(self, item):
+        # what the dead-letter file holds at the moment of the acknowledgement
+        try:
+            with open("nwpipe-dead-letter.jsonl") as fh:
+                dead = [json.loads(line) for line in fh]
+        except FileNotFoundError:
+            dead = []
+        on_disk = any((r["source"], r["line"]) == (item.source, item.line) for r in dead)
+        with open(self.config["acks"], "a") as fh:
+            fh.write(json.dumps([item.line, on_disk]) + "\\n")
+
+
+class Picky(Output):
+    """Refuses odd-numbered events for good, after a moment."""
+
+    concurrency = 4
+
+    async def send(self, batch):
+        import asyncio
+        await asyncio.sleep(0.001 * (batch[0].event["n"] % 3))
+        if batch[0].event["n"] % 2:
+            return Failed("odd")
+        return Delivered()
+
+
+@hookimpl
+def register_sources(register):
+    register("numbers", Numbers)
+
+
+@hookimpl
+def register_outputs(register):
+    register("picky", Picky)
+'''
+
+
+def test_hook_register_sources(tmp_path):
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "numbers.py").write_text(SOURCE_PLUGIN)
+    listing = nwpipe_cli("--plugins-dir", str(plugins), "plugins", "--json")
+    assert listing.returncode == 0, listing.stderr
+    info = {p["name"]: p for p in json.loads(listing.stdout)}
+    assert info["numbers"]["source_types"] == ["numbers"]
+    assert info["nwpipe_plugins.files"]["source_types"] == ["files"]  # the built-in one
+    text = nwpipe_cli("--plugins-dir", str(plugins), "plugins")
+    assert "    source types: numbers\n" in text.stdout
+
+    config = tmp_path / "nwpipe.toml"
+    config.write_text(textwrap.dedent('''
+        [source]
+        type = "numbers"
+        count = 40
+        acks = "acks.jsonl"
+
+        [outputs.archive]
+        type = "file"
+        path = "archive.jsonl"
+        customers = ["acme"]
+
+        [outputs.picky]
+        type = "picky"
+        customers = ["acme"]
+        '''))
+    run = nwpipe_cli("--plugins-dir", str(plugins), "run", "-c", str(config), cwd=tmp_path)
+    assert run.returncode == 3, run.stderr  # dead letters
+    assert "read 41 events" in run.stderr
+    acks = [json.loads(line) for line in (tmp_path / "acks.jsonl").read_text().splitlines()]
+    # exactly one acknowledgement per item read: 40 events and the reject
+    assert sorted(line for line, _ in acks) == [*range(1, 41), 999]
+    dead = {(r["source"], r["line"]) for r in
+            map(json.loads, (tmp_path / "nwpipe-dead-letter.jsonl").read_text().splitlines())}
+    for line, on_disk in acks:
+        refused = line == 999 or (line % 2 == 1 and line % 5 != 0)
+        # a dead-lettered event is acknowledged only once its record is on disk
+        assert on_disk == refused, line
+        assert (("numbers", line) in dead) == refused
+    archived = [json.loads(x)["n"] for x in (tmp_path / "archive.jsonl").read_text().split()]
+    assert archived == [n for n in range(1, 41) if n % 5]
+
+    # [source] is validated with key paths, like an output
+    for table, message in [
+            ('type = "numbers"\ncont = 3\nacks = "a"',
+             "source.cont: unknown setting 'cont' (did you mean 'count'?)"),
+            ('type = "numbres"',
+             "source.type: unknown source type 'numbres' (did you mean 'numbers'?)"),
+            ('type = "numbers"\nacks = "a"', "source.count: required setting is missing"),
+            ('type = 3', "source.type: must be a string")]:
+        config.write_text(f"[source]\n{table}\n[outputs.o]\ntype = \"stdout\"\n")
+        bad = nwpipe_cli("--plugins-dir", str(plugins), "check", "-c", str(config), cwd=tmp_path)
+        assert bad.returncode == 1 and message in bad.stderr, bad.stderr
+        assert "Traceback" not in bad.stderr
+    # a source that reads no files refuses file arguments
+    config.write_text('[source]\ntype = "numbers"\ncount = 1\nacks = "a"\n'
+                      '[outputs.o]\ntype = "stdout"\n')
+    extra = nwpipe_cli("--plugins-dir", str(plugins), "run", "-c", str(config), "events.jsonl",
+                       cwd=tmp_path)
+    assert extra.returncode == 1
+    assert "source type 'numbers' reads no files" in extra.stderr
+
+
 # -- the README's guide and the example plugin work as written ----------------------------------
 
 def readme_file(name: str, language: str) -> str:
@@ -269,6 +397,31 @@ def test_readme_guide_plugin_works_as_written(tmp_path):
     check = nwpipe_cli("--plugins-dir", ".", "check", "-c", "nwpipe.toml", cwd=folder)
     assert "outputs.db: table must be a plain name, got 'my table'" in check.stderr
     assert "Traceback" not in check.stderr
+
+
+def test_readme_source_plugin_works_as_written(tmp_path):
+    folder = tmp_path / "nwpipe-spool"
+    spool = folder / "spool"
+    spool.mkdir(parents=True)
+    (folder / "nwpipe_spool.py").write_text(readme_file("nwpipe_spool.py", "python"))
+    (folder / "spool.toml").write_text(readme_file("spool.toml", "toml"))
+    (spool / "a.jsonl").write_text(jsonl([event(1), event(2)]))
+    (spool / "b.jsonl").write_text(jsonl([event(3)]) + "{oops\n" + jsonl([event(4)]))
+    run = nwpipe_cli("--plugins-dir", ".", "run", "-c", "spool.toml", cwd=folder)
+    assert run.returncode == 3, run.stderr  # the bad line is dead-lettered
+    assert "b.jsonl:2: not valid JSON" in run.stderr
+    archived = [json.loads(line)["id"] for line in
+                (folder / "archive.jsonl").read_text().splitlines()]
+    assert archived == ["alert-1", "alert-2", "alert-3", "alert-4"]
+    dead = [json.loads(line) for line in
+            (folder / "nwpipe-dead-letter.jsonl").read_text().splitlines()]
+    assert [(d["source"], d["line"], d["raw"]) for d in dead] == [("b.jsonl", 2, "{oops")]
+    assert list(spool.iterdir()) == []  # every file acknowledged in full, then deleted
+    (folder / "spool.toml").write_text(readme_file("spool.toml", "toml").replace("folder",
+                                                                                 "foldr"))
+    check = nwpipe_cli("--plugins-dir", ".", "check", "-c", "spool.toml", cwd=folder)
+    assert "spool.toml: source.foldr: unknown setting 'foldr' (did you mean 'folder'?)" \
+        in check.stderr
 
 
 def test_example_plugin_installs_and_its_own_tests_pass(tmp_path):

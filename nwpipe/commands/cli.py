@@ -50,6 +50,12 @@ def _common(parser: argparse.ArgumentParser, suppress: bool) -> None:
                         help="format of messages on stderr (default: text)")
 
 
+def _queue_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--queue", metavar="PATH",
+                        help="the queue file (default: the config's [queue] path, else "
+                             "./nwpipe-queue.db)")
+
+
 def _config_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-c", "--config", metavar="FILE",
                         help="TOML config (default: $NWPIPE_CONFIG, else ./nwpipe.toml, "
@@ -85,6 +91,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--shutdown-timeout", metavar="SECONDS", type=float,
                      help="on Ctrl-C/SIGTERM, seconds to finish in-flight deliveries "
                           "(default: the config's shutdown_timeout, else 10)")
+    _queue_option(run)
+    run.add_argument("--durable", action="store_true",
+                     help="commit every event read to the queue before delivering it: after a "
+                          "crash (kill -9), the next run delivers what was committed (also: "
+                          "[queue] durable = true)")
+    run.add_argument("--resume", action="store_true",
+                     help="skip what an earlier --durable run committed of each input file "
+                          "(continue where reading had reached)")
+    run.add_argument("--keep-queue", action="store_true",
+                     help="when the input has ended and only failing outputs hold events, "
+                          "leave them in the queue for the next run instead of waiting for "
+                          "their retry budget (retry.max_elapsed)")
     _common(run, suppress=True)
     run.set_defaults(func=cmd_run)
 
@@ -138,10 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
     init.set_defaults(func=cmd_init)
 
     plugins = sub.add_parser(
-        "plugins", help="list loaded plugins and the output types they register",
+        "plugins", help="list loaded plugins and the output and source types they register",
         description="List every loaded plugin (built-in, installed through the 'nwpipe' "
                     "entry-point group, or from --plugins-dir), where it came from, the hooks "
-                    "it implements and the output types it registers.")
+                    "it implements and the output and source types it registers.")
     plugins.add_argument("--json", action="store_true", help="print JSON instead of text")
     _common(plugins, suppress=True)
     plugins.set_defaults(func=cmd_plugins)
@@ -238,7 +256,7 @@ def load(args):
 
     plugins = Plugins(args.plugins_dir)
     path = find_config_file(getattr(args, "config", None))
-    config = load_config(path, plugins.output_types)
+    config = load_config(path, plugins.output_types, source_types=plugins.source_types)
     router = Router(config, plugins.jinja_filters)
     return plugins, config, router
 
@@ -250,10 +268,15 @@ def cmd_run(args) -> int:
     from nwpipe.sources.decode import check_inputs
 
     _, config, router = load(args)
+    source = config.source
+    if source.cls is not None and not source.cls.takes_inputs and args.files:
+        raise NwpipeError(f"source type '{source.type}' reads no files: remove the file "
+                          f"arguments, or remove the [source] table to read files")
     check_inputs(args.files)
-    result = run(config, router, args.files or ["-"], dead_letter_path=args.dead_letter,
+    result = run(config, router, args.files, dead_letter_path=args.dead_letter,
                  shutdown_timeout=args.shutdown_timeout,
-                 progress=wanted(args.quiet, args.log_format))
+                 progress=wanted(args.quiet, args.log_format), queue_path=args.queue,
+                 durable=args.durable, keep_queue=args.keep_queue, resume=args.resume)
     log.info("%s", result.summary())
     return result.exit_code
 
@@ -357,6 +380,8 @@ def cmd_plugins(args) -> int:
         print(f"{info.name}  ({info.origin})")
         if info.output_types:
             print(f"    output types: {', '.join(info.output_types)}")
+        if info.source_types:
+            print(f"    source types: {', '.join(info.source_types)}")
         if info.jinja_filters:
             print(f"    Jinja filters: {', '.join(info.jinja_filters)}")
         print(f"    hooks: {', '.join(info.hooks) or 'none'}")

@@ -53,7 +53,8 @@ import orjson
 from nwpipe.config import Config
 from nwpipe.errors import ConfigError, EventError, NwpipeError
 from nwpipe.transform.mapping import json_kind
-from nwpipe.engine.pipeline import missing_fields
+from nwpipe.outputs import Delivery
+from nwpipe.transform.route_map import MapFailed, route_and_map
 from nwpipe.transform.routing import Route, Router
 from nwpipe.settings import Setting, did_you_mean, validate_settings
 from nwpipe.sources.decode import Reject, read_events
@@ -340,55 +341,42 @@ def run_test(test: MappingTest, routes: dict[str, Route],
         except EventError as exc:
             result.problems.append(f"mapping '{test.mapping}' failed: {exc}")
             return result
+        try:
+            body = orjson.loads(orjson.dumps(body))  # exactly what an output would be sent
+        except orjson.JSONEncodeError as exc:
+            result.problems.append(f"the body cannot be written as JSON: {exc}")
+            return result
     else:
         route = routes[test.output]
-        problem = missing_fields(event)
-        if problem:
-            result.problems.append(f"nwpipe run would reject this event: {problem}")
+        # the output's filters and mapping, exactly as `nwpipe run` applies them
+        outcome = route_and_map(event, [route])[0]
+        if isinstance(outcome, MapFailed) and outcome.stage == "parse":
+            result.problems.append(f"nwpipe run would reject this event: {outcome.reason}")
             return result
-        try:
-            taken = route.matches(event)
-        except EventError as exc:
-            result.problems.append(f"'when' failed: {exc}")
+        if isinstance(outcome, MapFailed) and outcome.whole_event:  # its `when` failed
+            result.problems.append(outcome.reason)
             return result
-        customer = event.get("customer")
-        mapper = route.mapper(customer) if taken else None
-        name = route.mapping_name(customer)
+        name = route.mapping_name(event.get("customer"))
         result.shaped_by = f"output {test.output}, " + (f"mapping {name}" if name else
                                                         "no mapping")
-        if mapper is None:
+        if isinstance(outcome, MapFailed):
+            result.problems.append(outcome.reason)
+            return result
+        if not isinstance(outcome, Delivery):
             if test.expect_sent:
                 result.problems.append(f"output '{test.output}' does not take this event: "
-                                       f"{_why_not(route, event, taken)}")
+                                       f"{outcome.reason}")
             return result
-        try:
-            body = mapper(event)
-        except EventError as exc:
-            result.problems.append(f"mapping '{name}' failed: {exc}")
-            return result
+        body = orjson.loads(outcome.body_json())  # exactly what the output is sent
         if not test.expect_sent:
             result.problems.append(f"expected output '{test.output}' not to take this event, "
                                    f"but it does ({result.shaped_by})")
             result.diff = ["body it would receive:", *_pretty(body)]
             return result
-    try:
-        body = orjson.loads(orjson.dumps(body))  # exactly what an output would be sent
-    except orjson.JSONEncodeError as exc:
-        result.problems.append(f"the body cannot be written as JSON: {exc}")
-        return result
     result.problems = compare(test.expect, body, subset=test.subset)
     if result.problems:
         result.diff = unified_diff(test.expect, body, subset=test.subset)
     return result
-
-
-def _why_not(route: Route, event: dict, taken: bool) -> str:
-    customer = event.get("customer")
-    if taken:
-        return f"its mapping table has no entry for customer {customer!r} and no default"
-    if route.customers is not None and customer not in route.customers:
-        return f"customer {customer!r} is not in its customers {sorted(route.customers)}"
-    return f"its when is false: {route.output.when}"
 
 
 def format_result(result: TestResult) -> list[str]:

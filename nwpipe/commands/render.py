@@ -33,8 +33,10 @@ from typing import Any, Iterator, TextIO
 import orjson
 
 from nwpipe.config import Config
-from nwpipe.errors import ConfigError, EventError
-from nwpipe.engine.pipeline import EXIT_DEAD_LETTERED, EXIT_OK, missing_fields
+from nwpipe.engine.pipeline import EXIT_DEAD_LETTERED, EXIT_OK
+from nwpipe.errors import ConfigError
+from nwpipe.outputs import Delivery
+from nwpipe.transform.route_map import MapFailed, route_and_map
 from nwpipe.transform.routing import Route, Router
 from nwpipe.settings import did_you_mean
 from nwpipe.sources.decode import Event, Reject, read_events
@@ -51,8 +53,9 @@ class Rendered:
 
     ``output`` is None for an event that fails before any output is chosen (it does
     not parse, it has no ``id``). ``mapping`` is None when the output sends the event
-    unchanged. ``error`` is the reason ``nwpipe run`` would write to the dead-letter
-    file.
+    unchanged. ``body`` is the mapped body and ``body_json`` the very bytes the output is
+    handed (``--json`` writes those). ``error`` is the reason ``nwpipe run`` would write
+    to the dead-letter file.
     """
 
     source: str
@@ -61,13 +64,15 @@ class Rendered:
     mapping: str | None
     body: Any = None
     error: str | None = None
+    body_json: bytes | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The record written by ``--json``."""
         record: dict[str, Any] = {"source": self.source, "line": self.line,
                                   "output": self.output, "mapping": self.mapping}
         if self.error is None:
-            record["body"] = self.body
+            record["body"] = (self.body if self.body_json is None
+                              else orjson.Fragment(self.body_json))
         else:
             record["error"] = self.error
         return record
@@ -113,62 +118,20 @@ def render_event(event: dict, routes: list[Route], source: str = "<event>", line
     """The results for one event: one per output that takes it, or why none does."""
     if customer is not None:
         event = {**event, "customer": customer}
-    problem = missing_fields(event)
-    if problem:
-        yield Rendered(source, line, None, None, error=problem)
-        return
-    matched = []
-    for route in routes:
-        try:
-            if route.matches(event):
-                matched.append(route)
-        except EventError as exc:
-            # `nwpipe run` dead-letters the whole event: it reaches no output at all.
-            yield Rendered(source, line, route.name, None, error=f"'when' failed: {exc}")
-            return
-    if not matched:
-        yield NotSent(source, line, routes[0].name if len(routes) == 1 else None,
-                      _why_not_taken(event, routes))
-        return
+    by_name = {route.name: route for route in routes}
     who = event.get("customer")
-    for route in matched:
-        mapper = route.mapper(who)
-        name = route.mapping_name(who)
-        if mapper is None:
-            yield NotSent(source, line, route.name,
-                          f"its mapping table has no entry for customer {who!r} and no default")
-            continue
-        try:
-            body = mapper(event)
-        except EventError as exc:
-            yield Rendered(source, line, route.name, name,
-                           error=f"mapping '{name}' failed: {exc}")
-            continue
-        yield Rendered(source, line, route.name, name, body=body)
-
-
-def _why_not_taken(event: dict, routes: list[Route]) -> str:
-    if not routes:
-        return "no output is configured"
-    if len(routes) > 1:
-        return "no output takes this event (their customers or when do not match)"
-    route = routes[0]
-    if route.customers is not None and event.get("customer") not in route.customers:
-        return (f"customer {event.get('customer')!r} is not in its customers "
-                f"{sorted(route.customers)}")
-    return f"its when is false: {route.output.when}"
+    for outcome in route_and_map(event, routes, source, line):
+        if isinstance(outcome, Delivery):
+            yield Rendered(source, line, outcome.output,
+                           by_name[outcome.output].mapping_name(who), body=outcome.body,
+                           body_json=outcome.body_json())
+        elif isinstance(outcome, MapFailed):
+            yield Rendered(source, line, outcome.output, outcome.mapping, error=outcome.reason)
+        else:
+            yield NotSent(source, line, outcome.output, outcome.reason)
 
 
 # -- writing ----------------------------------------------------------------------------
-
-def _body_text(item: Rendered, option: int) -> str | None:
-    """The body as JSON text; None after turning ``item`` into an error when it has none."""
-    try:
-        return orjson.dumps(item.body, option=option).decode()
-    except orjson.JSONEncodeError as exc:  # what the output's body_json() would raise too
-        item.error = f"the body cannot be written as JSON: {exc}"
-        return None
-
 
 def write_human(item: Rendered | NotSent, stream: TextIO) -> None:
     """One result for people: a ``#`` header line, then the indented body."""
@@ -181,10 +144,10 @@ def write_human(item: Rendered | NotSent, stream: TextIO) -> None:
     if item.output is not None:
         shape = f"mapping {item.mapping}" if item.mapping else "no mapping: event unchanged"
         head += f" -> {item.output} ({shape})"
-    text = _body_text(item, orjson.OPT_INDENT_2) if item.error is None else None
-    if text is None:
+    if item.error is not None:
         stream.write(f"{head}: ERROR: {item.error}\n")
     else:
+        text = orjson.dumps(item.body, option=orjson.OPT_INDENT_2).decode()
         stream.write(f"{head}\n{text}\n")
 
 
@@ -192,8 +155,6 @@ def write_json(item: Rendered | NotSent, stream: TextIO) -> None:
     """One result as a JSON line (events no output takes are left out)."""
     if isinstance(item, NotSent):
         return
-    if item.error is None:
-        _body_text(item, 0)
     stream.write(orjson.dumps(item.as_dict()).decode() + "\n")
 
 

@@ -33,7 +33,8 @@ from nwpipe.config import Config
 from nwpipe.engine.deadletter import Rewrite, iter_lines
 from nwpipe.errors import NwpipeError
 from nwpipe.engine.pipeline import (Pipeline, RunResult, build_outputs, event_loop_run, exit_code_for,
-                             make_progress, missing_fields, output_summary, tune_gc)
+                             make_progress, output_summary, tune_gc)
+from nwpipe.transform.route_map import check_event
 from nwpipe.transform.routing import Router
 from nwpipe.settings import did_you_mean
 from nwpipe.sources.decode import Decoder, Event, Reject
@@ -190,7 +191,7 @@ class _Replayer:
         if not isinstance(event, dict):
             self._stay(line, number, "the record has no event")
             return
-        problem = missing_fields(event)
+        problem = check_event(event)
         if problem:
             self._stay(line, number, problem)
             return
@@ -228,7 +229,7 @@ class _Replayer:
         for item in items:
             if isinstance(item, Reject):
                 return item.reason
-            problem = missing_fields(item.data)
+            problem = check_event(item.data)
             if problem:
                 return problem
         return [item.data for item in items]

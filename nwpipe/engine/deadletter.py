@@ -189,6 +189,11 @@ class DeadLetterFile:
         if not done:
             self._handle = asyncio.get_running_loop().call_later(LOCKED_RETRY, self._try_flush)
 
+    @property
+    def written(self) -> bool:
+        """True when every record handed to this file so far is on disk."""
+        return not self._pending
+
     def flush(self) -> None:
         """Write everything pending now, waiting for a replay's lock if need be."""
         if self._handle is not None:

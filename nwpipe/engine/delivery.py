@@ -122,7 +122,11 @@ class DeliveryEngine:
 
     def __init__(self, output: Output, settings: EngineSettings, dead_letter: DeadLetterFile,
                  *, on_closed: Callable[[str], None] | None = None,
-                 on_settled: Callable[[list[Delivery]], None] | None = None):
+                 on_settled: Callable[[list[Delivery], bool], None] | None = None):
+        """``on_settled(batch, dead_lettered)`` is called once per delivery, when it is
+        delivered (False) or handed to the dead-letter file (True; the caller waits for
+        the record to be on disk). A delivery the output closed on (``not_sent``) is
+        never settled."""
         self.output = output
         self.name = output.name
         self.settings = settings
@@ -142,6 +146,9 @@ class DeliveryEngine:
         self._last_probe = 0.0     # loop time of the last attempt once the budget is spent
         self._spent = False        # the budget is spent: what waits is dead-lettered
         self._spent_count = 0      # dead letters when it was spent, for the recovery line
+        #: deliveries that came from the durable queue are left there on a shutdown
+        #: (dropped from memory, not dead-lettered): the next run delivers them
+        self.keep_queued = False
         self._state = _State()
         # Hand-made wake-ups instead of asyncio.Queue/Condition: this is the per-event
         # path, and a bare future costs a fraction of a Condition round trip.
@@ -187,6 +194,21 @@ class DeliveryEngine:
         on disk (the durable queue) instead of here."""
         return self._state.failing and self._state.queued >= self.settings.queue_size
 
+    def held(self) -> list[Delivery]:
+        """Every delivery taken and not settled: in flight first, then waiting, each
+        alert's in its order (to move them under the durable queue's tracking)."""
+        held = [d for batch in self._inflight.values() for d in batch]
+        for waiting in self._state.pending.values():
+            held.extend(waiting)
+        return held
+
+    def _refuse(self, deliveries: list[Delivery], reason: str, quiet: bool = True) -> None:
+        """Shutdown: dead-letter ``deliveries``, except those the durable queue keeps."""
+        if self.keep_queued:
+            deliveries = [d for d in deliveries if d.ticket.__class__ is not tuple]
+        if deliveries:
+            self._dead_letter(deliveries, reason, quiet=quiet)
+
     def mark_dead(self, key: str) -> None:
         """An event of alert ``key`` was dead-lettered for this output before reaching
         the engine (its mapping failed): the alert's later events follow it."""
@@ -206,7 +228,7 @@ class DeliveryEngine:
             self.stats.not_sent += 1
             return True
         if self._refused is not None:
-            self._dead_letter([delivery], self._refused, quiet=True)
+            self._refuse([delivery], self._refused)
             return True
         if self._dead_keys and delivery.key in self._dead_keys:
             self._dead_letter([delivery], FOLLOWS_DEAD_LETTER, quiet=True)
@@ -214,7 +236,7 @@ class DeliveryEngine:
         if state.queued >= self.settings.queue_size:
             while not self.closed:
                 if self._refused is not None:
-                    self._dead_letter([delivery], self._refused, quiet=True)
+                    self._refuse([delivery], self._refused)
                     return True
                 if state.queued >= self.settings.queue_size:
                     if spill and state.failing:
@@ -409,7 +431,7 @@ class DeliveryEngine:
                     self._recovered(loop.time())
                 self.stats.delivered += len(batch)
                 if self._on_settled is not None:
-                    self._on_settled(batch)
+                    self._on_settled(batch, False)
                 return
             if not self._state.failing:
                 self._state.failing = True
@@ -498,7 +520,7 @@ class DeliveryEngine:
         self.stats.dead_lettered += len(batch)
         self._dead_keys.update(d.key for d in batch)
         if self._on_settled is not None:
-            self._on_settled(batch)
+            self._on_settled(batch, True)
         if quiet:
             # one by one (a shutdown, an alert behind a dead letter, a spent budget):
             # counted, and reported once by drain()
@@ -539,7 +561,7 @@ class DeliveryEngine:
             waiting.clear()
         if leftovers:
             state.queued -= len(leftovers)
-            self._dead_letter(leftovers, reason)
+            self._refuse(leftovers, reason, quiet=False)
         self._notify()
 
     async def drain(self, timeout: float | None = None, abort: asyncio.Event | None = None) -> None:
@@ -575,7 +597,8 @@ class DeliveryEngine:
         self._quiet.clear()
 
     async def abandon(self, reason: str) -> None:
-        """Stop the workers now and dead-letter everything waiting or in flight."""
+        """Stop the workers now and dead-letter everything waiting or in flight (but
+        what the durable queue keeps, with ``keep_queued``)."""
         self._wake.set()
         for task in self._workers:
             task.cancel()
@@ -589,8 +612,9 @@ class DeliveryEngine:
         self._state.ready.clear()
         self._key_waiters.clear()
         if leftovers:
-            self._dead_letter(leftovers, reason)
+            self._refuse(leftovers, reason, quiet=False)
         self._state.queued = 0
+        self._notify()
 
     async def close(self) -> None:
         """Stop the workers (after ``drain``) and close the output."""

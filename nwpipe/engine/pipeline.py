@@ -1,14 +1,30 @@
-"""Wire sources, routing, mapping and delivery together for ``nwpipe run``.
+"""Wire a source, routing, mapping and delivery together for ``nwpipe run``.
 
-Parsing, routing and mapping are synchronous functions of one event; only delivery is
-asynchronous. Every event read either reaches each of its outputs or is written to the
-dead-letter file with the reason, also when the run is interrupted.
+Parsing, routing and mapping are synchronous functions of one event
+(:func:`nwpipe.transform.route_map.route_and_map`); only delivery is asynchronous.
+Every event read either reaches each of its outputs or is written to the dead-letter
+file with the reason, also when the run is interrupted.
+
+Acknowledgements: each delivery engine reports every delivery as settled (delivered, or
+dead-lettered); the pipeline counts them per event and calls the source's ``ack`` once
+per item it read, when all of that event's deliveries are settled and any dead-letter
+record of it is on disk. A source that does not override ``ack`` costs nothing here.
 
 Shutdown (SIGINT, SIGTERM): reading stops at once, even when it waits on a slow pipe;
 what was already decoded is still routed, and what has not been handed to an output
 yet is dead-lettered at once; batches in flight get ``shutdown_timeout`` seconds to
 finish, and whatever is left then is dead-lettered. A second signal cuts that wait
 short. The dead-letter file is complete before the exit code says "interrupted".
+
+The durable queue (:mod:`nwpipe.queue`): in *memory mode* (the default) events go
+straight from the input to the outputs' memory queues, with no disk cost. When an
+output is failing and its memory queue is full, the run switches to *queue mode*: what
+that output holds moves under the queue's tracking, and from then on every event read is
+put in the queue and delivered from it by the feeds (:mod:`nwpipe.engine.dispatch`), so
+an outage waits on disk instead of in the dead-letter file. ``--durable`` runs in queue
+mode from the first event (committed before it is delivered), and so does a run that
+finds a backlog left by an earlier one (delivered first, in order). In queue mode a
+signal leaves what is queued in the queue for the next run instead of dead-lettering it.
 """
 
 from __future__ import annotations
@@ -16,25 +32,31 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import signal
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Iterable
+from typing import Awaitable, Callable, Iterable, Sequence
+
+import orjson
 
 from nwpipe.config import Config
 from nwpipe.engine.deadletter import DeadLetterFile, event_record, raw_record
 from nwpipe.engine.delivery import DeliveryEngine, OutputStats
-from nwpipe.errors import EventError, NwpipeError
+from nwpipe.engine.dispatch import Dispatcher, Feed
+from nwpipe.errors import NwpipeError
 from nwpipe.outputs import Delivery
 from nwpipe.outputs import delivery_id as make_delivery_id
-from nwpipe.transform.routing import Route, Router
-from nwpipe.sources.decode import Decoder, Event, Reject, aiter_chunks, source_name
+from nwpipe.queue.base import Entry, Queue, QueueError, QueueFull, shard_of
+from nwpipe.sources.base import Source
+from nwpipe.sources.decode import Event, Reject
+from nwpipe.transform.route_map import MapFailed, check_event, map_for, route_and_map
+from nwpipe.transform.routing import Router
 
 log = logging.getLogger("nwpipe")
 
 EXIT_OK = 0
-EXIT_USAGE = 1
 EXIT_DEAD_LETTERED = 3
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
@@ -44,6 +66,9 @@ MAX_REPORTED_REJECTS = 50
 
 #: below this run time a per-output rate says nothing and is left out of the summary
 RATE_MIN_SECONDS = 1.0
+
+#: seconds between looks at the dead-letter file while acknowledgements wait for it
+ACK_RETRY = 0.05
 
 
 def exit_code_for(signum: int | None, failures: int) -> int:
@@ -89,6 +114,18 @@ class RunResult:
     #: inputs that could not be read to the end (a missing file, a truncated .gz, ...)
     unreadable: int = 0
 
+    #: the queue file (or URL), when the run used it
+    queue: str | None = None
+    #: events taken from an earlier run's backlog / put in the queue by this run
+    backlog_found: int = 0
+    put: int = 0
+    #: events left in the queue for the next run, at the end
+    left_queued: int = 0
+    #: seconds reading waited for room in the queue (queue.max_bytes reached)
+    waited_for_room: float = 0.0
+    #: events skipped by --resume: an earlier durable run had committed them
+    resumed: int = 0
+
     @property
     def exit_code(self) -> int:
         return exit_code_for(self.signal, self.dead_lettered or self.rejected or self.unreadable)
@@ -97,6 +134,8 @@ class RunResult:
         rate = self.read / self.seconds if self.seconds > 0 else 0.0
         parts = [f"read {self.read} event{'s' if self.read != 1 else ''}",
                  f"rejected {self.rejected}"]
+        if self.resumed:
+            parts.insert(0, f"skipped {self.resumed} committed by an earlier run (--resume)")
         if self.map_failed:
             parts.append(f"mapping failed {self.map_failed}")
         if self.unreadable:
@@ -105,6 +144,17 @@ class RunResult:
         parts.extend(output_summary(name, stats, self.seconds)
                      for name, stats in self.outputs.items())
         line = "; ".join(parts) + f" ({self.seconds:.2f} s, {rate:,.0f} events/s)"
+        if self.queue is not None and (self.put or self.backlog_found or self.left_queued):
+            disk = []
+            if self.backlog_found:
+                disk.append(f"{self.backlog_found} from an earlier run")
+            if self.put:
+                disk.append(f"{self.put} put by this run")
+            disk.append(f"{self.left_queued} left for the next run")
+            line += f"; queue {self.queue}: " + ", ".join(disk)
+        if self.waited_for_room:
+            line += (f"; reading waited {self.waited_for_room:.1f} s for room in the queue "
+                     f"(queue.max_bytes)")
         if self.dead_lettered:
             line += f"; dead letters in {self.dead_letter_path}"
         if self.signal is not None:
@@ -117,8 +167,16 @@ class Pipeline:
 
     def __init__(self, config: Config, router: Router, outputs: dict, *,
                  dead_letter: DeadLetterFile, shutdown_timeout: float | None = None,
-                 progress=None):
+                 progress=None, queue: Queue | None = None, durable: bool = False,
+                 keep_queue: bool = False, resume: bool = False, refuse: str | None = None):
+        """``queue``: the durable queue (opened by the run when needed); ``durable``:
+        commit every event before delivering it; ``keep_queue``: at the end, leave what
+        only failing outputs hold in the queue instead of waiting for their retry
+        budget; ``resume``: skip what an earlier durable run committed of each input
+        file; ``refuse``: dead-letter everything with this reason instead of sending
+        (``nwpipe queue drain --dead-letter``)."""
         self.config = config
+
         self.router = router
         self.dead_letter = dead_letter
         self.shutdown_timeout = (config.shutdown_timeout if shutdown_timeout is None
@@ -127,17 +185,40 @@ class Pipeline:
         self.result = RunResult(dead_letter_path=str(dead_letter.path))
         self._stop = asyncio.Event()
         self._abort = asyncio.Event()
+        #: the source being read (run); None when events are fed directly (replay)
+        self.source: Source | None = None
+        self._acks = _Acks(dead_letter)
         self.engines: dict[str, DeliveryEngine] = {}
         for name, output in outputs.items():
             self.engines[name] = DeliveryEngine(output, config.outputs[name].engine, dead_letter,
-                                                on_closed=self._output_closed)
+                                                on_closed=self._output_closed,
+                                                on_settled=self._acks.settled)
             self.result.outputs[name] = self.engines[name].stats
-        self._routes = {route.name: route for route in router.routes}
+        self._by_name = {route.name: route for route in router.routes}
+        #: the routes of the outputs this pipeline drives, in config order
+        self._routes = [route for route in router.routes if route.name in self.engines]
         self._reported = 0
-        self._fetch: asyncio.Future | None = None  # the read of the next input chunk
-        self._fetch_cancelled = False
         self._refusing: asyncio.Task | None = None
         self._deadline: asyncio.TimerHandle | None = None
+        self.queue = queue
+        self.durable = durable
+        self.keep_queue = keep_queue
+        self.resume = resume
+        self._refuse_reason = refuse
+        #: set once the run delivers from the queue (queue mode)
+        self.dispatcher: Dispatcher | None = None
+        self._queue_open = False
+        self._engines_started = False
+        self._first_output = next(iter(self.engines), None)
+        self._full_logged = False
+        self._moving: dict[int, object] = {}  # original tickets of deliveries being moved
+        #: --resume: per input, the line up to which an earlier durable run committed it
+        self._resume_skip: _ResumeLines | None = None
+        if queue is not None:
+            from nwpipe.queue import location
+
+            self.result.queue = location(queue.settings)
+
 
     # -- control ---------------------------------------------------------------
 
@@ -162,13 +243,16 @@ class Pipeline:
             # run is doing (reading, or already waiting for the last deliveries).
             self._deadline = asyncio.get_running_loop().call_later(self.shutdown_timeout,
                                                                     self._abort.set)
+        if self.source is not None:
+            # with a signal, a partial event in the input is reported, not dropped
+            signum = self.result.signal
+            self.source.stop(None if signum is None else
+                             f"input cut short by {signal.Signals(signum).name}")
         if self._stop.is_set():
             return
         self._stop.set()
-        # A read waiting on a slow pipe would wait for the next line: end it now.
-        if self._fetch is not None and not self._fetch.done():
-            self._fetch_cancelled = True
-            self._fetch.cancel()
+        if self.dispatcher is not None:
+            self.dispatcher.stopping()
 
     async def _refuse_all(self, why: str) -> None:
         for engine in self.engines.values():
@@ -180,19 +264,34 @@ class Pipeline:
 
     # -- the run ---------------------------------------------------------------
 
-    async def run(self, paths: list[str]) -> RunResult:
-        """Read ``paths`` in order (``"-"`` is stdin) and deliver what they hold."""
+    async def run(self, source: Source) -> RunResult:
+        """Read ``source`` to its end (or a stop) and deliver what it produces; the
+        source is opened first and closed after its last acknowledgement."""
+        self.source = source
+        if type(source).ack is not Source.ack:
+            self._acks.source = source  # only a source that confirms pays for the counting
+        try:
+            await source.open()
+        except NwpipeError:
+            raise
+        except Exception as exc:  # a plugin's bug is one clear line, not a traceback
+            raise NwpipeError(f"source: cannot start: {type(exc).__name__}: {exc}") from None
+
         async def read_all() -> None:
-            for path in paths:
-                if self._stop.is_set():
-                    break
-                try:
-                    await self._read(path)
-                except NwpipeError as exc:
-                    # What was read from it goes on to the outputs; so do the next inputs.
-                    self.result.unreadable += 1
-                    log.error("error: %s", exc)
-        return await self.execute(read_all)
+            try:
+                async for batch in source.read():
+                    await self._handle(batch)
+                    # Let the outputs work on this batch's deliveries now: a regular file
+                    # is read without ever waiting, and running far ahead of the outputs
+                    # only fills their queues with events that are cold in the CPU cache
+                    # by the time they are sent (slower, and memory grows with queue_size).
+                    await asyncio.sleep(0)
+            finally:
+                self.result.unreadable = source.unreadable
+        try:
+            return await self.execute(read_all)
+        finally:
+            await source.close()
 
     async def execute(self, feed: Callable[[], Awaitable[None]]) -> RunResult:
         """Start the outputs, run ``feed`` (which hands events to the pipeline), then
@@ -210,8 +309,14 @@ class Pipeline:
             except (NotImplementedError, RuntimeError):  # not the main thread, or Windows
                 pass
         try:
+            await self._open_queue()
             for engine in self.engines.values():
                 await engine.start()
+                if self._refuse_reason is not None:
+                    await engine.refuse(self._refuse_reason)
+            self._engines_started = True
+            if self.dispatcher is not None:
+                self.dispatcher.start()
             if self.progress is not None:
                 self.progress.start(self)
             try:
@@ -222,6 +327,7 @@ class Pipeline:
                     await engine.abandon(f"not delivered: nwpipe stopped on "
                                          f"{type(exc).__name__}: {exc}")
                 raise
+            await self._input_ended()
             if self._refusing is not None:
                 await self._refusing
             # Without a signal this waits for every delivery (retries included); after
@@ -230,8 +336,11 @@ class Pipeline:
         finally:
             if self.progress is not None:
                 await self.progress.stop()
-            for engine in self.engines.values():
-                await engine.close()
+            try:
+                await self._close_queue()
+            finally:
+                for engine in self.engines.values():
+                    await engine.close()
             if self._refusing is not None:
                 await self._refusing
             if self._deadline is not None:
@@ -239,6 +348,7 @@ class Pipeline:
             # Written while the signal handlers are still ours: a late Ctrl-C cannot
             # interrupt the last records on their way to disk.
             self.dead_letter.flush()
+            self._acks.release()
             for signum in installed:
                 loop.remove_signal_handler(signum)
             self.result.seconds = time.perf_counter() - started
@@ -246,118 +356,405 @@ class Pipeline:
             self._report_hidden()
         return self.result
 
-    async def _read(self, path: str) -> None:
-        decoder = Decoder(source_name(path), max_line_bytes=self.config.max_line_bytes)
-        chunks = aiter_chunks(path)
-        try:
-            while not self._stop.is_set():
-                # The read runs as its own task so that stop() can cancel it alone,
-                # never the routing of events already read.
-                self._fetch = asyncio.ensure_future(chunks.__anext__())
-                try:
-                    chunk = await self._fetch
-                except StopAsyncIteration:
-                    break
-                except asyncio.CancelledError:
-                    if not self._fetch_cancelled:
-                        raise
-                    break
-                finally:
-                    self._fetch = None
-                await self._handle(decoder.feed(chunk))
-                # Let the outputs work on this chunk's deliveries now: a regular file is
-                # read without ever waiting, and running far ahead of the outputs only
-                # fills their queues with events that are cold in the CPU cache by the
-                # time they are sent (slower, and memory grows with queue_size).
-                await asyncio.sleep(0)
-        finally:
-            await chunks.aclose()
-            # Stopped without a signal: the reader of an output went away (`run | head`),
-            # and the rest of the input, a partial line included, is simply not read.
-            if not self._stop.is_set() or self.result.signal is not None:
-                # also after a read error (a truncated .gz): a partial event is reported
-                rest = decoder.finish()
-                if self._stop.is_set():
-                    cut = f"input cut short by {signal.Signals(self.result.signal).name}"
-                    rest = [Reject(r.raw, r.source, r.line, f"{cut}: {r.reason}")
-                            if isinstance(r, Reject) else r for r in rest]
-                await self._handle(rest)
-
-    async def _handle(self, records: Iterable[Event | Reject]) -> None:
+    async def _handle(self, records: Sequence[Event | Reject]) -> None:
         result = self.result
+        acks = self._acks
+        skip = self._resume_skip
+        queued: list[Event] = []  # queue mode: put together, one commit
         for record in records:
+            if skip is not None and record.line <= skip[record.source]:
+                result.resumed += 1  # --resume: committed by an earlier durable run
+                if acks.source is not None:
+                    acks.source.ack(record)
+                continue
             result.read += 1
             if isinstance(record, Reject):
                 result.rejected += 1
                 self._reject(record.source, record.line, record.reason,
                              raw_record(record.raw, source=record.source, line=record.line,
                                         reason=record.reason))
+                if acks.source is not None:
+                    acks.after_dead_letter(record)
                 continue
-            event = record.data
-            problem = missing_fields(event)
+            if self.dispatcher is None:
+                await self.route(record.data, record.source, record.line,
+                                 item=record if acks.source is not None else None, spill=True)
+                continue
+            problem = check_event(record.data)
             if problem:
-                result.rejected += 1
-                self._reject(record.source, record.line, problem,
-                             event_record(event, stage="parse", output=None, source=record.source,
-                                          line=record.line, reason=problem))
+                self._map_failed(MapFailed(None, None, problem, stage="parse"), record.data,
+                                 record.source, record.line, None, None)
+                if acks.source is not None:
+                    acks.after_dead_letter(record)
                 continue
-            await self.route(event, record.source, record.line)
+            queued.append(record)
+        if queued:
+            await self._put_events(queued)
+        if self.dispatcher is not None and records:
+            await self._note_progress(records)
 
     async def route(self, event: dict, source: str, line: int, *, attempts: list | None = None,
-                    delivery_id: str | None = None) -> None:
-        """Send a valid event to every output whose filters match it.
+                    delivery_id: str | None = None, item: Event | None = None,
+                    spill: bool = False) -> None:
+        """Send an event to every output whose filters match it.
 
-        ``delivery_id`` and ``attempts`` carry over from a dead-letter record (replay).
+        ``delivery_id`` and ``attempts`` carry over from a dead-letter record (replay);
+        ``item`` is the source's record, acknowledged once the event is settled.
+        ``spill``: when an output is failing with a full memory queue, switch to queue
+        mode (the event and what follows wait on disk) instead of waiting for it.
         """
-        did = delivery_id or make_delivery_id(event)
-        try:
-            routes = list(self.router.route(event))
-        except EventError as exc:
-            self.result.map_failed += 1
-            reason = f"'when' failed: {exc}"
-            self._reject(source, line, reason,
-                         event_record(event, stage="map", output=None, source=source, line=line,
-                                      reason=reason, delivery_id=did, attempts=attempts))
-            return
-        for route in routes:
-            if route.name in self.engines:
-                await self._map_and_submit(route, event, source, line, did, attempts, True)
+        outcomes = route_and_map(event, self._routes, source, line, delivery_id=delivery_id,
+                                 attempts=attempts)
+        ticket = None if item is None else _Ticket(item)
+        spill = spill and self.queue is not None
+        took: list[str] = []  # outputs that have this event already (taken, or recorded)
+        for outcome in outcomes:
+            if type(outcome) is Delivery:
+                if ticket is not None:
+                    ticket.left += 1
+                    outcome.ticket = ticket
+                engine = self.engines[outcome.output]
+                if not await engine.submit(outcome, spill=spill):
+                    if ticket is not None:
+                        ticket.left -= 1
+                        outcome.ticket = None
+                    if await self._spill(event, source, line, took):
+                        break  # the event waits in the queue for the others
+                    spill = False
+                    if ticket is not None:
+                        ticket.left += 1
+                        outcome.ticket = ticket
+                    await engine.submit(outcome)  # no queue to wait on: wait for room
+            elif isinstance(outcome, MapFailed):
+                self._map_failed(outcome, event, source, line, delivery_id, attempts)
+                if ticket is not None:
+                    ticket.dead = True
+            # NotRouted: no output takes it, and nothing is recorded
+            if outcome.output is not None:
+                took.append(outcome.output)
+        if ticket is not None:
+            self._acks.settle(ticket, False)  # the hold taken while submitting
 
     async def send_to(self, output: str, event: dict, source: str, line: int, *,
                       delivery_id: str | None = None, attempts: list | None = None) -> None:
         """Map an event for one output and send it there, without its filters (replay)."""
-        await self._map_and_submit(self._routes[output], event, source, line,
-                                   delivery_id or make_delivery_id(event), attempts, False)
-
-    async def _map_and_submit(self, route: Route, event: dict, source: str, line: int, did: str,
-                              attempts: list | None, routed: bool) -> None:
-        customer = event.get("customer")
-        mapper = route.mapper(customer)
-        if mapper is None:
-            if routed:
-                return  # the output maps some customers only, and not this one
-            reason = f"output '{route.name}' has no mapping for customer {customer!r}"
+        outcome = map_for(self._by_name[output], event, source, line, delivery_id=delivery_id,
+                          attempts=attempts)
+        if isinstance(outcome, MapFailed):
+            self._map_failed(outcome, event, source, line, delivery_id, attempts)
         else:
-            try:
-                body = mapper(event)
-                delivery = Delivery(did, body, event, route.name, source, line)
-                # Serialised here, once (the output reuses it): a body JSON cannot hold
-                # (an integer beyond 64 bits, say) fails this event, not a worker.
-                delivery.body_json()
-            except EventError as exc:
-                reason = f"mapping '{route.mapping_name(customer)}' failed: {exc}"
-            except TypeError as exc:  # orjson.JSONEncodeError
-                reason = (f"mapping '{route.mapping_name(customer)}' made a body that is "
-                          f"not valid JSON: {exc}")
-            else:
-                if attempts:
-                    delivery.attempts = list(attempts)  # a replay keeps the history
-                await self.engines[route.name].submit(delivery)
-                return
+            await self.engines[output].submit(outcome)
+
+    def _map_failed(self, failed: MapFailed, event: dict, source: str, line: int,
+                    delivery_id: str | None, attempts: list | None) -> None:
+        """Dead-letter an event (or its delivery to one output) that cannot be mapped."""
+        if failed.stage == "parse":
+            self.result.rejected += 1
+            self._reject(source, line, failed.reason,
+                         event_record(event, stage="parse", output=None, source=source,
+                                      line=line, reason=failed.reason))
+            return
         self.result.map_failed += 1
-        self._reject(source, line, f"{route.name}: {reason}",
-                     event_record(event, stage="map", output=route.name, source=source,
-                                  line=line, reason=reason, delivery_id=did, attempts=attempts))
+        output = None if failed.whole_event else failed.output
+        engine = self.engines.get(output) if output is not None else None
+        if engine is not None:
+            # the alert's later events for this output follow it into the dead-letter file
+            engine.mark_dead(alert_key(event))
+        shown = failed.reason if output is None else f"{output}: {failed.reason}"
+        self._reject(source, line, shown,
+                     event_record(event, stage="map", output=output, source=source, line=line,
+                                  reason=failed.reason,
+                                  delivery_id=delivery_id or make_delivery_id(event),
+                                  attempts=attempts))
+
+    # -- the durable queue ---------------------------------------------------------
+
+    async def _open_queue(self) -> None:
+        """Open the queue when the run needs it now: --durable, or a backlog left by an
+        earlier run (which is then delivered first). Otherwise it opens on the first
+        spill, so a run that never needs it leaves no file behind."""
+        queue = self.queue
+        if queue is None:
+            return
+        exists = queue.settings.url is not None or os.path.exists(queue.settings.path)
+        if self.resume and not exists:
+            raise QueueError(f"--resume: queue file {queue.settings.path} does not exist, and "
+                             f"it held where reading had reached (deleted, or another folder?); "
+                             f"run without --resume to read the inputs from the start")
+        if not (self.durable or exists):
+            return
+        await self._ensure_open()
+        status = await queue.status()
+        if status.depth:
+            self.result.backlog_found = status.depth
+            log.info("queue %s holds %d event%s left by an earlier run: delivering %s first",
+                     self.result.queue, status.depth, "" if status.depth == 1 else "s",
+                     "it" if status.depth == 1 else "them")
+        if getattr(self.source, "takes_inputs", False):
+            lines = {key[len("input:"):]: value for key, value in status.notes.items()
+                     if key.startswith("input:")}
+            if lines or self.resume:
+                self._resume_skip = _ResumeLines(lines, self.resume)
+        if self.durable or status.depth or self._refuse_reason is not None:
+            await self._enter_queue_mode()
+
+    async def _ensure_open(self) -> None:
+        if not self._queue_open:
+            await self.queue.open()
+            self._queue_open = True
+
+    async def _close_queue(self) -> None:
+        if self.dispatcher is not None:
+            try:
+                await self.dispatcher.stop()
+                status = await self.queue.status()
+                self.result.left_queued = status.depth
+                await self._save_failing()
+            except QueueError as exc:
+                log.error("error: %s", exc)
+        if self._queue_open:
+            self._queue_open = False
+            await self.queue.close()
+        if self.result.left_queued:
+            log.warning("%d event%s wait in the queue %s: the next `nwpipe run` with it delivers "
+                        "them first (`nwpipe queue status` shows them)", self.result.left_queued,
+                        "" if self.result.left_queued == 1 else "s", self.result.queue)
+
+    async def _save_failing(self) -> None:
+        """Notes for `nwpipe queue status`: since when each output is failing."""
+        notes = await self.queue.notes()
+        for name, engine in self.engines.items():
+            key = f"failing:{name}"
+            if engine.failing_since is not None:
+                if key not in notes:
+                    await self.queue.set_note(key, f"{engine.failing_since:.3f}")
+            elif key in notes:
+                await self.queue.set_note(key, None)
+
+    async def _spill(self, event: dict, source: str, line: int, took: list[str]) -> bool:
+        """An output is failing with a full memory queue: switch to queue mode. ``event``
+        is put in the queue for the outputs that did not take it yet (``took`` did).
+        False when the queue cannot be used: the caller waits for the output instead."""
+        full = [name for name, engine in self.engines.items() if engine.full_and_failing]
+        try:
+            await self._ensure_open()
+        except QueueError as exc:
+            # no disk to wait on: the run waits for the failing output instead
+            log.error("error: %s; reading waits for %s instead", exc, ", ".join(full))
+            self.queue = None
+            return False
+        for name in full:
+            log.warning("%s: failing, with its memory queue full (queue_size %d): from now on "
+                        "events wait in the queue %s and are delivered from it", name,
+                        self.engines[name].settings.queue_size, self.result.queue)
+        await self._enter_queue_mode(full, (event, source, line, frozenset(took)))
+        return True
+
+    async def _enter_queue_mode(self, move: list[str] = (),
+                                then: tuple[dict, str, int, frozenset[str]] | None = None) -> None:
+        """Deliver from the queue from now on.
+
+        What the engines of ``move`` hold in memory is put in the queue first and stays
+        with them, tracked by position (their feeds start after it; the other outputs
+        pass over it). ``then`` is an event to put after it, which the outputs it names
+        already took in memory.
+        """
+        for engine in self.engines.values():
+            engine.keep_queued = True
+            engine._on_settled = self._settled
+        moved = [(name, d) for name in move for d in self.engines[name].held()]
+        for _name, d in moved:
+            # settled while the put runs: _settled notes it (and acknowledges the source)
+            self._moving[id(d)] = d.ticket
+            d.ticket = _MOVING
+        items = [(d.key, orjson.dumps(d.event), f"{d.source}:{d.line}") for _n, d in moved]
+        positions = await self._put(items, force=True) if items else []
+        for _name, d in moved:
+            # on disk now: as far as the source is concerned, this delivery is done
+            origin = self._moving.pop(id(d), None)
+            if origin.__class__ is _Ticket:
+                self._acks.settle(origin, False)
+        event_pos = None
+        if then is not None:
+            event, source, line, took = then
+            [event_pos] = await self._put([(event["id"], orjson.dumps(event),
+                                            f"{source}:{line}")], force=True)
+        queue = self.queue
+        names = set(self.engines)
+        others = frozenset(self.config.outputs) - names
+        self.dispatcher = dispatcher = Dispatcher(queue, self.engines, handle=self._feed_event,
+                                                  flush=self.dead_letter.flush, others=others)
+        await dispatcher.load()
+        # every moved entry: its own output tracks it, the others pass over it
+        placed = sorted(((shard_of(d.key, queue.shards), pos), name, d)
+                        for (name, d), pos in zip(moved, positions))
+        for (shard, pos), name, d in placed:
+            for feed in dispatcher.feeds.values():
+                if feed.name == name and d.ticket is not _SETTLED:
+                    d.ticket = (shard, pos)
+                    feed.taken(shard, pos)
+                else:
+                    feed.passed(shard, pos)
+                feed.cursor[shard] = pos
+        if event_pos is not None:
+            shard = shard_of(then[0]["id"], queue.shards)
+            for name in then[3]:
+                feed = dispatcher.feeds[name]
+                feed.passed(shard, event_pos)
+                feed.cursor[shard] = event_pos
+        if self._engines_started:
+            dispatcher.start()  # else execute() starts it once the engines run
+
+    def _settled(self, batch: list[Delivery], dead: bool) -> None:
+        """Queue mode's engine callback: queued deliveries advance their output's mark;
+        those read before queue mode acknowledge the source as before."""
+        acks = self._acks
+        for delivery in batch:
+            ticket = delivery.ticket
+            if ticket is _MOVING:
+                delivery.ticket = _SETTLED
+                ticket = self._moving.pop(id(delivery), None)
+            if ticket.__class__ is _Ticket:
+                acks.settle(ticket, dead)
+        if self.dispatcher is not None:
+            self.dispatcher.settled(batch)
+
+    async def _put(self, items: list[tuple[str, bytes, str]], force: bool = False) -> list:
+        """Put events in the queue; while it is full (queue.max_bytes), reading waits.
+
+        A stop (a signal) while waiting dead-letters what could not be put, unless
+        ``force`` (what is put there is already held by an engine).
+        """
+        while True:
+            try:
+                positions = await self.queue.put(items)
+            except QueueFull as exc:
+                if self._stop.is_set() and not force:
+                    why = "not queued: the queue was full when nwpipe was stopped"
+                    for _alert, data, origin in items:
+                        source, _sep, line = origin.rpartition(":")
+                        self._reject(source, int(line), why, event_record(
+                            orjson.loads(data), stage="deliver", output=None, source=source,
+                            line=int(line), reason=why))
+                    return None
+                if not self._full_logged:
+                    self._full_logged = True
+                    log.warning("%s: reading waits until deliveries make room", exc)
+                started = time.perf_counter()
+                if self.dispatcher is not None:
+                    await self.dispatcher.wait_for_room(1.0)
+                else:
+                    await asyncio.sleep(0.5)
+                self.result.waited_for_room += time.perf_counter() - started
+                continue
+            self.result.put += len(items)
+            return positions
+
+    async def _put_events(self, records: list[Event]) -> None:
+        """Queue mode: commit events to the queue; each is then done for the source."""
+        items = [(r.data["id"], orjson.dumps(r.data), f"{r.source}:{r.line}") for r in records]
+        positions = await self._put(items)
+        acks = self._acks
+        if positions is None:  # stopped while the queue was full: dead-lettered instead
+            if acks.source is not None:
+                for record in records:
+                    acks.after_dead_letter(record)
+            return
+        if acks.source is not None:
+            for record in records:
+                acks.source.ack(record)
+
+    async def _note_progress(self, records: Sequence[Event | Reject]) -> None:
+        """Queue mode, file inputs: how far each input is committed (for --resume)."""
+        if not getattr(self.source, "takes_inputs", False):
+            return
+        last: dict[str, int] = {}
+        for record in records:
+            last[record.source] = record.line
+        for name, line in last.items():
+            if name != "<stdin>":
+                try:
+                    await self.queue.set_note("input:" + os.path.abspath(name),
+                                              orjson.dumps({"line": line}).decode())
+                except QueueError as exc:
+                    log.error("error: %s", exc)
+
+    def _feed_event(self, feed: Feed, entry: Entry, event: dict, source: str,
+                    line: int) -> Delivery | None:
+        """Route and map a queued event for one output (the dispatcher's step)."""
+        for outcome in route_and_map(event, self._routes, source, line):
+            if isinstance(outcome, MapFailed) and (outcome.whole_event or outcome.output is None):
+                if feed.name == self._first_output:  # one record for the event, not one each
+                    self._map_failed(outcome, event, source, line, None, None)
+                return None
+            if outcome.output != feed.name:
+                continue
+            if type(outcome) is Delivery:
+                return outcome
+            if isinstance(outcome, MapFailed):
+                self._map_failed(outcome, event, source, line, None, None)
+            return None
+        return None
+
+    async def _input_ended(self) -> None:
+        """The input has ended (or a stop): finish queue mode.
+
+        Each feed reads its shards to the end. With ``keep_queue``, once only failing
+        outputs hold events, they stop and their events stay in the queue; otherwise
+        their retry budget decides (delivered, or dead-lettered when it is spent).
+        """
+        if self.keep_queue and not self._stop.is_set():
+            await self._until_only_failing_hold_events()
+        if self.dispatcher is None:
+            return
+        self.dispatcher.input_ended()
+        if self._stop.is_set():
+            await self.dispatcher.stop_feeds()
+            return
+        stopped = asyncio.ensure_future(self._stop.wait())
+        feeds = asyncio.ensure_future(self.dispatcher.feeds_done())
+        try:
+            await asyncio.wait([stopped, feeds], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            feeds.cancel()
+        await self.dispatcher.stop_feeds()
+
+    async def _until_only_failing_hold_events(self) -> None:
+        """--keep-queue: wait until every output is done or failing; then leave what the
+        failing ones hold in the queue."""
+        if self.dispatcher is not None:
+            self.dispatcher.input_ended()
+        failing: list[str] = []
+        while not self._stop.is_set():
+            busy = False
+            failing = []
+            for name, engine in self.engines.items():
+                feed = self.dispatcher.feeds[name] if self.dispatcher is not None else None
+                idle = engine.backlog == 0 and (feed is None or feed.done)
+                if engine.failing and not idle:
+                    failing.append(name)
+                elif not idle:
+                    busy = True
+            if not busy:
+                break
+            await asyncio.sleep(0.1)
+        if not failing or self._stop.is_set():
+            return
+        untracked = [n for n in failing
+                     if any(d.ticket.__class__ is not tuple for d in self.engines[n].held())]
+        if untracked and self.dispatcher is None and self.queue is not None:
+            await self._ensure_open()
+            await self._enter_queue_mode(untracked)
+        for name in failing:
+            engine = self.engines[name]
+            if self.dispatcher is not None:
+                await self.dispatcher.stop_feed(name)
+            await engine.abandon("not delivered: the output was failing when the input ended "
+                                 "(--keep-queue keeps only what is in the queue)")
+        log.warning("--keep-queue: %s failing; what %s hold%s stays in the queue %s",
+                    ", ".join(failing), "they" if len(failing) > 1 else "it",
+                    "" if len(failing) > 1 else "s", self.result.queue)
 
     def _reject(self, source: str, line: int, reason: str, dead_record: dict) -> None:
         self.dead_letter.write((dead_record,))
@@ -372,15 +769,114 @@ class Pipeline:
                         "" if hidden == 1 else "s", self.dead_letter.path)
 
 
-def missing_fields(event: dict) -> str | None:
-    """Why an event cannot be routed (no usable ``id`` or ``customer``), or None."""
-    for name in ("id", "customer"):
-        value = event.get(name)
-        if value is None:
-            return f"event has no '{name}' field"
-        if not isinstance(value, str) or not value:
-            return f"event field '{name}' must be a non-empty string"
-    return None
+#: tickets of deliveries being moved under the queue's tracking (see _enter_queue_mode)
+_MOVING = "moving"
+_SETTLED = "settled"
+
+
+class _ResumeLines(dict):
+    """Per input name, the line an earlier durable run committed it up to (from the
+    queue's notes); 0 unless ``resume``. Says once per input what it found."""
+
+    def __init__(self, notes: dict[str, str], resume: bool):
+        super().__init__()
+        self.notes = notes
+        self.resume = resume
+
+    def __missing__(self, name: str) -> int:
+        line = 0
+        value = self.notes.get(os.path.abspath(name)) if name != "<stdin>" else None
+        if value is not None:
+            try:
+                line = int(orjson.loads(value)["line"])
+            except (ValueError, KeyError, TypeError):
+                line = 0
+        if not self.resume:
+            if line:
+                log.info("%s: an earlier durable run committed it up to line %d; it is read "
+                         "again from the start (--resume continues after that line)", name, line)
+            line = 0
+        elif line:
+            log.info("%s: resuming after line %d (committed by an earlier run)", name, line)
+        else:
+            log.warning("--resume: the queue has no record of %s; it is read from the start",
+                        name)
+        self[name] = line
+        return line
+
+
+class _Ticket:
+    """One event read from the source: its deliveries not yet settled."""
+
+    __slots__ = ("item", "left", "dead")
+
+    def __init__(self, item: Event):
+        self.item = item
+        self.left = 1  # a hold while the event is being routed, so it cannot settle early
+        self.dead = False
+
+
+class _Acks:
+    """Counts settled deliveries per event and acknowledges each event to the source
+    once: at once when all were delivered, after the dead-letter file is on disk when
+    any was dead-lettered (or the event itself was rejected)."""
+
+    def __init__(self, dead_letter: DeadLetterFile):
+        self.dead_letter = dead_letter
+        #: the source to acknowledge to; None when nobody listens (no tickets are made)
+        self.source: Source | None = None
+        self._waiting: list[Event | Reject] = []
+        self._timer: asyncio.TimerHandle | asyncio.Handle | None = None
+
+    def settled(self, batch: list[Delivery], dead: bool) -> None:
+        """The delivery engines' report: every delivery of ``batch`` is done."""
+        for delivery in batch:
+            ticket = delivery.ticket
+            if ticket is not None:
+                self.settle(ticket, dead)
+
+    def settle(self, ticket: _Ticket, dead: bool) -> None:
+        if dead:
+            ticket.dead = True
+        ticket.left -= 1
+        if ticket.left:
+            return
+        if ticket.dead:
+            self.after_dead_letter(ticket.item)
+        elif self.source is not None:
+            self.source.ack(ticket.item)
+
+    def after_dead_letter(self, item: Event | Reject) -> None:
+        """Acknowledge ``item`` once the dead-letter records written so far are on disk."""
+        self._waiting.append(item)
+        if self._timer is None:
+            # after the dead-letter file's own flush, which was scheduled first
+            self._timer = asyncio.get_running_loop().call_soon(self._try_release)
+
+    def _try_release(self) -> None:
+        self._timer = None
+        if self.dead_letter.written:
+            self.release()
+        else:  # a replay holds the file, or the disk is full: acknowledge nothing yet
+            self._timer = asyncio.get_running_loop().call_later(ACK_RETRY, self._try_release)
+
+    def release(self) -> None:
+        """Acknowledge what waited for the dead-letter file (which is on disk now)."""
+        if not self.dead_letter.written:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        waiting, self._waiting = self._waiting, []
+        if self.source is not None:
+            for item in waiting:
+                self.source.ack(item)
+
+
+def alert_key(event: dict) -> str:
+    """The ordering key of an event's deliveries (see :attr:`Delivery.key`)."""
+    value = event.get("id")
+    return value if isinstance(value, str) else repr(value)
 
 
 def build_outputs(config: Config, names: Iterable[str] | None = None) -> dict:
@@ -390,20 +886,40 @@ def build_outputs(config: Config, names: Iterable[str] | None = None) -> dict:
 
 
 def run(config: Config, router: Router, paths: list[str], *, dead_letter_path: str | None = None,
-        shutdown_timeout: float | None = None, progress: bool = False) -> RunResult:
-    """Run the pipeline to the end of the inputs (or a signal); returns what happened.
+        shutdown_timeout: float | None = None, progress: bool = False,
+        queue_path: str | None = None, durable: bool = False, keep_queue: bool = False,
+        resume: bool = False) -> RunResult:
+    """Run the pipeline to the end of the source (or a signal); returns what happened.
 
-    ``progress``: show a live status line on stderr (see :mod:`nwpipe.commands.progress`).
+    The source is the config's ``[source]`` (default: the files source reading ``paths``
+    in order, ``"-"`` or nothing for stdin). ``progress``: show a live status line on
+    stderr (see :mod:`nwpipe.commands.progress`). ``queue_path`` overrides ``[queue]
+    path``; ``durable`` (or ``[queue] durable``) commits every event to the queue before
+    delivering it; ``keep_queue`` and ``resume``: see :class:`Pipeline`.
     """
     dead_letter = DeadLetterFile(dead_letter_path or config.dead_letter)
     dead_letter.check()  # a dead-letter file that cannot be written is found before reading
+    source = config.source.create(list(paths), config.max_line_bytes)
     tune_gc()
     try:
         pipeline = Pipeline(config, router, build_outputs(config), dead_letter=dead_letter,
-                            shutdown_timeout=shutdown_timeout, progress=make_progress(progress))
-        return event_loop_run(pipeline.run(paths))
+                            shutdown_timeout=shutdown_timeout, progress=make_progress(progress),
+                            queue=make_queue(config, queue_path),
+                            durable=durable or config.queue.durable, keep_queue=keep_queue,
+                            resume=resume)
+        return event_loop_run(pipeline.run(source))
     finally:
         dead_letter.close()
+
+
+def make_queue(config: Config, path: str | None = None) -> Queue:
+    """The configured queue (unopened); ``path`` overrides ``[queue] path``."""
+    from dataclasses import replace
+
+    from nwpipe.queue import create_queue
+
+    settings = config.queue if path is None else replace(config.queue, path=path)
+    return create_queue(settings)
 
 
 def make_progress(enabled: bool):

@@ -18,7 +18,7 @@ from nwpipe.queue.base import (
 
 __all__ = [
     "Entry", "OutputBacklog", "Pos", "Queue", "QueueError", "QueueFull", "QueueSettings",
-    "QueueStatus", "QueueUnavailable", "ShardStatus", "shard_of", "create_queue",
+    "QueueStatus", "QueueUnavailable", "ShardStatus", "shard_of", "create_queue", "location",
 ]
 
 
@@ -31,3 +31,16 @@ def create_queue(settings: QueueSettings) -> Queue:
     from nwpipe.queue.sqlite import SqliteQueue
 
     return SqliteQueue(settings)
+
+
+def location(settings: QueueSettings) -> str:
+    """Where the queue lives, for messages: the file, or the Redis URL without credentials."""
+    if not settings.url:
+        return settings.path
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(settings.url)
+    host = parts.hostname or ""
+    if parts.port:
+        host += f":{parts.port}"
+    return f"{parts.scheme}://{host}{parts.path}"

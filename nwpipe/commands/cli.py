@@ -86,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("files", nargs="*", metavar="FILE",
                      help="event files to read in order; '-' is stdin (default: stdin)")
     run.add_argument("--dead-letter", metavar="PATH",
-                     help="dead-letter file (default: the config's dead_letter, else "
+                     help="dead-letter file (default: with a Redis queue its stream "
+                          "PREFIX:dead, else the config's dead_letter, else "
                           "./nwpipe-dead-letter.jsonl)")
     run.add_argument("--shutdown-timeout", metavar="SECONDS", type=float,
                      help="on Ctrl-C/SIGTERM, seconds to finish in-flight deliveries "
@@ -103,8 +104,31 @@ def build_parser() -> argparse.ArgumentParser:
                      help="when the input has ended and only failing outputs hold events, "
                           "leave them in the queue for the next run instead of waiting for "
                           "their retry budget (retry.max_elapsed)")
+    run.add_argument("--no-deliver", action="store_true",
+                     help="intake only: commit every event to the queue and deliver none "
+                          "(`nwpipe work` processes deliver them)")
     _common(run, suppress=True)
     run.set_defaults(func=cmd_run)
+
+    work = sub.add_parser(
+        "work", help="only deliver, from the queue that intake processes fill",
+        description="Deliver events from the queue ([queue] in the config) to the outputs, "
+                    "routed and mapped as `run` does, reading no input of its own. With a "
+                    "Redis queue ([queue] url) any number of workers on any number of "
+                    "machines share the shards, each shard delivered by one worker at a "
+                    "time. Runs until SIGTERM/SIGINT: what it did not deliver stays in the "
+                    "queue for the others; exit 0.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _config_option(work)
+    work.add_argument("--dead-letter", metavar="PATH",
+                      help="dead-letter file (default: with a Redis queue its stream "
+                           "PREFIX:dead, else the config's dead_letter)")
+    work.add_argument("--shutdown-timeout", metavar="SECONDS", type=float,
+                      help="on SIGTERM/SIGINT, seconds to finish in-flight deliveries "
+                           "(default: the config's shutdown_timeout, else 10)")
+    _queue_option(work)
+    _common(work, suppress=True)
+    work.set_defaults(func=cmd_work)
 
     replay = sub.add_parser(
         "replay", help="send the deliveries in a dead-letter file again",
@@ -276,9 +300,23 @@ def cmd_run(args) -> int:
     result = run(config, router, args.files, dead_letter_path=args.dead_letter,
                  shutdown_timeout=args.shutdown_timeout,
                  progress=wanted(args.quiet, args.log_format), queue_path=args.queue,
-                 durable=args.durable, keep_queue=args.keep_queue, resume=args.resume)
+                 durable=args.durable, keep_queue=args.keep_queue, resume=args.resume,
+                 deliver=not args.no_deliver)
     log.info("%s", result.summary())
     return result.exit_code
+
+
+def cmd_work(args) -> int:
+    """Deliver from the queue until a signal."""
+    from nwpipe.commands.progress import wanted
+    from nwpipe.commands.work import summary, work
+
+    _, config, router = load(args)
+    result = work(config, router, dead_letter_path=args.dead_letter,
+                  shutdown_timeout=args.shutdown_timeout,
+                  progress=wanted(args.quiet, args.log_format), queue_path=args.queue)
+    log.info("%s", summary(result))
+    return 0  # SIGTERM/SIGINT is how a worker ends; what it left stays queued
 
 
 def cmd_replay(args) -> int:

@@ -89,6 +89,8 @@ def output_summary(name: str, stats: OutputStats, seconds: float) -> str:
         text += f", {stats.dead_lettered} dead-lettered"
     if stats.not_sent:
         text += f", {stats.not_sent} not sent (the output was closed)"
+    if stats.handed_over:
+        text += f", {stats.handed_over} handed over (their shards went to another worker)"
     if seconds >= RATE_MIN_SECONDS and stats.delivered:
         text += f" ({stats.delivered / seconds:,.0f}/s)"
     return text
@@ -168,13 +170,16 @@ class Pipeline:
     def __init__(self, config: Config, router: Router, outputs: dict, *,
                  dead_letter: DeadLetterFile, shutdown_timeout: float | None = None,
                  progress=None, queue: Queue | None = None, durable: bool = False,
-                 keep_queue: bool = False, resume: bool = False, refuse: str | None = None):
+                 keep_queue: bool = False, resume: bool = False, refuse: str | None = None,
+                 deliver: bool = True):
         """``queue``: the durable queue (opened by the run when needed); ``durable``:
         commit every event before delivering it; ``keep_queue``: at the end, leave what
         only failing outputs hold in the queue instead of waiting for their retry
         budget; ``resume``: skip what an earlier durable run committed of each input
         file; ``refuse``: dead-letter everything with this reason instead of sending
-        (``nwpipe queue drain --dead-letter``)."""
+        (``nwpipe queue drain --dead-letter``); ``deliver=False`` (``--no-deliver``):
+        intake only, every event is committed to the queue and other processes
+        (``nwpipe work``) deliver it."""
         self.config = config
 
         self.router = router
@@ -205,6 +210,9 @@ class Pipeline:
         self.keep_queue = keep_queue
         self.resume = resume
         self._refuse_reason = refuse
+        self.deliver = deliver
+        #: --no-deliver: events go to the queue only (no dispatcher in this process)
+        self._intake_only = False
         #: set once the run delivers from the queue (queue mode)
         self.dispatcher: Dispatcher | None = None
         self._queue_open = False
@@ -356,6 +364,10 @@ class Pipeline:
             self._report_hidden()
         return self.result
 
+    async def work(self) -> RunResult:
+        """``nwpipe work``: deliver from the queue until a signal (no input of its own)."""
+        return await self.execute(self._stop.wait)
+
     async def _handle(self, records: Sequence[Event | Reject]) -> None:
         result = self.result
         acks = self._acks
@@ -376,7 +388,7 @@ class Pipeline:
                 if acks.source is not None:
                     acks.after_dead_letter(record)
                 continue
-            if self.dispatcher is None:
+            if self.dispatcher is None and not self._intake_only:
                 await self.route(record.data, record.source, record.line,
                                  item=record if acks.source is not None else None, spill=True)
                 continue
@@ -390,7 +402,7 @@ class Pipeline:
             queued.append(record)
         if queued:
             await self._put_events(queued)
-        if self.dispatcher is not None and records:
+        if (self.dispatcher is not None or self._intake_only) and records:
             await self._note_progress(records)
 
     async def route(self, event: dict, source: str, line: int, *, attempts: list | None = None,
@@ -559,6 +571,9 @@ class Pipeline:
         pass over it). ``then`` is an event to put after it, which the outputs it names
         already took in memory.
         """
+        if not self.deliver:
+            self._intake_only = True  # commit only: other processes deliver
+            return
         for engine in self.engines.values():
             engine.keep_queued = True
             engine._on_settled = self._settled
@@ -888,25 +903,27 @@ def build_outputs(config: Config, names: Iterable[str] | None = None) -> dict:
 def run(config: Config, router: Router, paths: list[str], *, dead_letter_path: str | None = None,
         shutdown_timeout: float | None = None, progress: bool = False,
         queue_path: str | None = None, durable: bool = False, keep_queue: bool = False,
-        resume: bool = False) -> RunResult:
+        resume: bool = False, deliver: bool = True) -> RunResult:
     """Run the pipeline to the end of the source (or a signal); returns what happened.
 
     The source is the config's ``[source]`` (default: the files source reading ``paths``
     in order, ``"-"`` or nothing for stdin). ``progress``: show a live status line on
     stderr (see :mod:`nwpipe.commands.progress`). ``queue_path`` overrides ``[queue]
     path``; ``durable`` (or ``[queue] durable``) commits every event to the queue before
-    delivering it; ``keep_queue`` and ``resume``: see :class:`Pipeline`.
+    delivering it; ``keep_queue`` and ``resume``: see :class:`Pipeline`; ``deliver=False``
+    (``--no-deliver``): commit every event to the queue and deliver none.
     """
-    dead_letter = DeadLetterFile(dead_letter_path or config.dead_letter)
+    dead_letter = make_dead_letters(config, dead_letter_path)
     dead_letter.check()  # a dead-letter file that cannot be written is found before reading
     source = config.source.create(list(paths), config.max_line_bytes)
     tune_gc()
     try:
-        pipeline = Pipeline(config, router, build_outputs(config), dead_letter=dead_letter,
+        pipeline = Pipeline(config, router, build_outputs(config) if deliver else {},
+                            dead_letter=dead_letter,
                             shutdown_timeout=shutdown_timeout, progress=make_progress(progress),
                             queue=make_queue(config, queue_path),
-                            durable=durable or config.queue.durable, keep_queue=keep_queue,
-                            resume=resume)
+                            durable=durable or config.queue.durable or not deliver,
+                            keep_queue=keep_queue, resume=resume, deliver=deliver)
         return event_loop_run(pipeline.run(source))
     finally:
         dead_letter.close()
@@ -920,6 +937,18 @@ def make_queue(config: Config, path: str | None = None) -> Queue:
 
     settings = config.queue if path is None else replace(config.queue, path=path)
     return create_queue(settings)
+
+
+def make_dead_letters(config: Config, path: str | None = None):
+    """Where dead letters go: ``path`` (``--dead-letter``) when given; with a Redis queue
+    the stream ``PREFIX:dead`` that every process of the fleet shares; else the config's
+    dead-letter file."""
+    if path is None and config.queue.url:
+        from nwpipe.queue.redisdead import RedisDeadLetters
+
+        return RedisDeadLetters(config.queue.url, config.queue.prefix,
+                                ca_file=config.queue.ca_file)
+    return DeadLetterFile(path or config.dead_letter)
 
 
 def make_progress(enabled: bool):

@@ -156,6 +156,9 @@ class Queue(abc.ABC):
 
     #: how many ordered logs the queue has; fixed when the store is created
     shards: int
+    #: several processes deliver from this queue, so the shards a process owns change
+    #: while it runs (Redis); see :meth:`holds` and :meth:`epoch`
+    shared: bool = False
     #: the disk/memory budget in bytes; ``put`` raises QueueFull past it
     max_bytes: int
 
@@ -188,6 +191,21 @@ class Queue(abc.ABC):
         SQLite: all (one delivering process per file, held by a lock); Redis: the
         leased shards. A shard that leaves the set must not be read from any more.
         """
+
+    def holds(self, shard: int) -> bool:
+        """Whether this process may still deliver what it read from ``shard``, checked
+        without waiting (just before each send): False once its claim may have lapsed,
+        so that a process that was frozen past its lease sends nothing more."""
+        return True
+
+    def epoch(self, shard: int) -> int:
+        """Changes each time this process takes ``shard`` anew: what it read before
+        belongs to an earlier ownership and is not sent any more."""
+        return 0
+
+    async def let_go(self, shard: int) -> None:
+        """This process dropped everything it held of ``shard`` (it left :meth:`owned`):
+        a shared queue may hand it to another process now."""
 
     @abc.abstractmethod
     async def read(self, shard: int, after: Pos | None, limit: int) -> list[Entry]:

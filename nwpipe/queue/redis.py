@@ -239,6 +239,8 @@ def worker_name() -> str:
 class RedisQueue(Queue):
     """The queue contract on Redis Streams with leased shards (see the module docstring)."""
 
+    shared = True
+
     def __init__(self, settings: QueueSettings, *, name: str | None = None):
         if aioredis is None:
             raise QueueError(
@@ -274,6 +276,7 @@ class RedisQueue(Queue):
         self._acked_upto: dict[int, Pos] = {}
         self._last_seen: dict[int, str] = {}  # for wait(): newest id read per shard
         self.lost: set[int] = set()  # shards taken from me (lease expired), for messages
+        self._epochs: dict[int, int] = {}  # shard -> how often this process took it
 
     # ---- keys
 
@@ -477,6 +480,7 @@ class RedisQueue(Queue):
                         ", ".join(map(str, lost)), "they are" if len(lost) > 1 else "it is")
         for shard in mine - self._mine:
             self._claimed.discard(shard)  # a new owner claims the earlier owner's entries first
+            self._epochs[shard] = self._epochs.get(shard, 0) + 1
         self._releasing = {s: t for s, t in self._releasing.items() if s in mine}
         self._mine = mine
         self._target = target
@@ -491,16 +495,35 @@ class RedisQueue(Queue):
         for shard, deadline in list(self._releasing.items()):
             read, acked = self._read_upto.get(shard), self._acked_upto.get(shard)
             if read is None or (acked is not None and acked >= read) or now >= deadline:
-                await self._scripts["release"](keys=[self._lease(shard)], args=[self.name])
-                del self._releasing[shard]
-                self._mine = self._mine - {shard}
-                self._forget(shard)
+                await self._release(shard)
+
+    async def _release(self, shard: int) -> None:
+        await self._scripts["release"](keys=[self._lease(shard)], args=[self.name])
+        self._releasing.pop(shard, None)
+        self._mine = self._mine - {shard}
+        self._forget(shard)
+
+    async def let_go(self, shard: int) -> None:
+        """The caller dropped what it held of a shard being handed over: release it now."""
+        if shard in self._releasing:
+            try:
+                await self._release(shard)
+            except (rexc.RedisError, OSError):
+                pass  # the next beat tries again, or the lease runs out
 
     def _forget(self, shard: int) -> None:
         self._claimed.discard(shard)
         self._read_upto.pop(shard, None)
         self._acked_upto.pop(shard, None)
         self._last_seen.pop(shard, None)
+
+    def holds(self, shard: int) -> bool:
+        """Whether the lease of ``shard`` is surely still this process's (no Redis call)."""
+        return shard in self._mine and time.monotonic() < self._valid_until
+
+    def epoch(self, shard: int) -> int:
+        """How many times this process has taken ``shard``."""
+        return self._epochs.get(shard, 0)
 
     # ---- delivery side
 
@@ -542,18 +565,17 @@ class RedisQueue(Queue):
 
     async def wait(self, timeout: float) -> None:
         """Until an owned shard may have new entries (XREAD BLOCK), or ``timeout``."""
-        shards = [s for s in self._mine if s not in self._releasing]
-        if not shards or time.monotonic() >= self._valid_until:
+        # the shards the caller has read: a shard it has not read yet, it reads when it
+        # looks again (after ``timeout`` at the latest), so nothing is missed
+        streams = {self._stream(s): self._last_seen[s] for s in self._mine
+                   if s not in self._releasing and s in self._last_seen}
+        if not streams or time.monotonic() >= self._valid_until:
             self._put_event.clear()
             try:
                 await asyncio.wait_for(self._put_event.wait(), timeout)
             except asyncio.TimeoutError:
                 pass
             return
-        # a shard not read yet has entries for the caller to read: no need to block
-        if any(s not in self._last_seen for s in shards):
-            return
-        streams = {self._stream(s): self._last_seen[s] for s in shards}
         try:
             await self._blocking.xread(streams, count=1, block=max(1, int(timeout * 1000)))
         except (rexc.RedisError, OSError):

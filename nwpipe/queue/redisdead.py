@@ -27,6 +27,7 @@ from typing import Any, Iterable
 import orjson
 
 from nwpipe.errors import NwpipeError
+from nwpipe.queue.base import QueueUnavailable
 from nwpipe.queue.redis import check_url, public_url
 
 try:
@@ -84,6 +85,11 @@ class RedisDeadLetters:
         """Records not yet in Redis."""
         return len(self._pending)
 
+    @property
+    def written(self) -> bool:
+        """True when every record handed over so far is in Redis."""
+        return not self._pending
+
     def check(self) -> None:
         """Raise NwpipeError now when Redis cannot be reached (before reading events)."""
         try:
@@ -137,7 +143,7 @@ class RedisDeadLetters:
             self._handle = asyncio.get_running_loop().call_later(RETRY, self._try_flush)
 
     def flush(self) -> None:
-        """Send everything pending now (raises NwpipeError when Redis cannot be reached)."""
+        """Send everything pending now (QueueUnavailable when Redis cannot be reached)."""
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
@@ -145,7 +151,8 @@ class RedisDeadLetters:
             try:
                 self._send()
             except (rexc.RedisError, OSError) as exc:
-                raise NwpipeError(f"cannot write dead letters to {self.path}: {exc}") from None
+                # a QueueError: nothing these records cover is acknowledged meanwhile
+                raise QueueUnavailable(f"cannot write dead letters to {self.path}: {exc}") from None
 
     def close(self) -> None:
         """Send what is pending; when Redis is gone, print the records on stderr."""
@@ -170,6 +177,9 @@ class _Remaining:
         self.path = path
         self.count = 0
         self.lines: list[bytes] = []
+
+    #: kept in memory until the commit, which is what makes them durable
+    written = True
 
     def check(self) -> None:
         """Nothing to check: written to Redis by the commit."""

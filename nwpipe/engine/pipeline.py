@@ -575,7 +575,9 @@ class Pipeline:
             self._intake_only = True  # commit only: other processes deliver
             return
         for engine in self.engines.values():
-            engine.keep_queued = True
+            # a shutdown leaves queued events in the queue (but `queue drain
+            # --dead-letter` is there to move them to the dead-letter file)
+            engine.keep_queued = self._refuse_reason is None
             engine._on_settled = self._settled
         moved = [(name, d) for name in move for d in self.engines[name].held()]
         for _name, d in moved:

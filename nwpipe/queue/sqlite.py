@@ -425,3 +425,80 @@ class SqliteQueue(Queue):
             shards.append(ShardStatus(shard, depth, size, oldest, outputs))
         notes = dict(conn.execute("SELECT key, value FROM notes").fetchall())
         return QueueStatus(str(self.path), self.max_bytes, tuple(shards), notes)
+
+
+def recover(path: str | Path) -> tuple[int, int, Path | None]:
+    """Copy every entry, mark and note of a damaged queue file that can still be read
+    into a new file at ``path``; the damaged file (and its -wal/-shm) is set aside as
+    ``PATH.damaged-<time>``. Returns (entries recovered, entries lost (known gaps),
+    where the damaged file went, or None when there was no file).
+
+    Entries are read one position at a time, so a damaged page costs the entries on it,
+    not the rest. Positions are kept, so saved marks stay valid.
+    """
+    path = Path(path)
+    if not path.exists():
+        return 0, 0, None
+    rows: list[tuple] = []
+    marks: list[tuple] = []
+    notes: list[tuple] = []
+    lost = 0
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error:
+        conn = None
+    if conn is not None:
+        lowest, highest = _bounds(conn)
+        for rowid in range(lowest, highest + 1) if highest else ():
+            try:
+                row = conn.execute("SELECT id, shard, data, origin, at FROM entries WHERE id = ?",
+                                   (rowid,)).fetchone()
+            except sqlite3.Error:
+                lost += 1
+                continue
+            if row is not None:
+                rows.append(row)
+        for table, into in (("marks", marks), ("notes", notes)):
+            try:
+                into.extend(conn.execute(f"SELECT * FROM {table}").fetchall())
+            except sqlite3.Error:
+                pass
+        conn.close()
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    aside = path.with_name(f"{path.name}.damaged-{stamp}")
+    for suffix in ("", "-wal", "-shm"):
+        src = Path(f"{path}{suffix}")
+        if src.exists():
+            os.replace(src, f"{aside}{suffix}")
+    fresh = sqlite3.connect(path, isolation_level=None)
+    try:
+        fresh.execute("PRAGMA journal_mode = WAL")
+        fresh.executescript(_SCHEMA)
+        fresh.execute("BEGIN")
+        fresh.execute("INSERT INTO meta VALUES ('version', ?), ('shards', ?)",
+                      (SCHEMA_VERSION, str(SQLITE_SHARDS)))
+        fresh.executemany("INSERT INTO entries VALUES (?, ?, ?, ?, ?)", rows)
+        fresh.executemany("INSERT OR REPLACE INTO marks VALUES (?, ?, ?)", marks)
+        fresh.executemany("INSERT OR REPLACE INTO notes VALUES (?, ?)", notes)
+        top = max([r[0] for r in rows] + [m[2] for m in marks], default=0)
+        if top:
+            # the next entry must come after every position a saved mark may name
+            fresh.execute("INSERT OR REPLACE INTO sqlite_sequence (name, seq) VALUES "
+                          "('entries', ?)", (top,))
+        fresh.execute("COMMIT")
+    finally:
+        fresh.close()
+    return len(rows), lost, aside
+
+
+def _bounds(conn: sqlite3.Connection) -> tuple[int, int]:
+    """The range of positions to look at: from the table, else from its sequence."""
+    for query in ("SELECT MIN(id), MAX(id) FROM entries",
+                  "SELECT 1, seq FROM sqlite_sequence WHERE name = 'entries'"):
+        try:
+            row = conn.execute(query).fetchone()
+        except sqlite3.Error:
+            continue
+        if row and row[1]:
+            return int(row[0] or 1), int(row[1])
+    return 0, 0

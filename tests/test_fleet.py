@@ -109,7 +109,7 @@ lease_seconds = {lease}
 [outputs.soc]
 type = "webhook"
 url = "{receiver.url}"
-headers = {{ X-Worker = "${{NWPIPE_WORKER}}" }}
+headers = {{ X-Worker = "${{NWPIPE_WORKER:-none}}" }}
 concurrency = 8
 timeout = 5
 [outputs.soc.retry]
@@ -119,10 +119,10 @@ max_backoff = 0.5
 max_elapsed = 600
 """)
 
-    def _start(self, args, name) -> subprocess.Popen:
+    def _start(self, args, name, stdin=subprocess.DEVNULL) -> subprocess.Popen:
         proc = subprocess.Popen([sys.executable, "-m", "nwpipe", *args, "-c", "fleet.toml"],
                                 cwd=self.folder, env=env(NWPIPE_WORKER=name),
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stdin=stdin, stdout=subprocess.DEVNULL,
                                 stderr=open(self.folder / f"{name}.log", "w"))
         proc.name = name
         self.procs.append(proc)
@@ -135,6 +135,10 @@ max_elapsed = 600
     def intake(self, path: str, name: str = "intake") -> subprocess.Popen:
         """``nwpipe run --no-deliver FILE``: commits every event to Redis, delivers none."""
         return self._start(["run", "--no-deliver", path], name)
+
+    def intake_stdin(self, name: str = "intake") -> subprocess.Popen:
+        """``nwpipe run --no-deliver`` reading stdin (the test writes to ``proc.stdin``)."""
+        return self._start(["run", "--no-deliver", "-"], name, stdin=subprocess.PIPE)
 
     def log(self, name: str) -> str:
         return (self.folder / f"{name}.log").read_text(errors="replace")
@@ -151,10 +155,6 @@ max_elapsed = 600
         return collections.Counter(s.get("owner") for s in self.status()["shards"])
 
 
-def shares(fleet: Fleet) -> list[int]:
-    """The number of shards each live worker holds, smallest first."""
-    return sorted(n for owner, n in fleet.owners().items() if owner)
-
     def stop(self):
         for p in self.procs:
             if p.poll() is None:
@@ -169,6 +169,11 @@ def shares(fleet: Fleet) -> list[int]:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+
+
+def shares(fleet: Fleet) -> list[int]:
+    """The number of shards each live worker holds, smallest first."""
+    return sorted(n for owner, n in fleet.owners().items() if owner)
 
 
 @pytest.fixture
@@ -229,7 +234,7 @@ def check_every_event_in_order(receiver: Receiver, events: list[dict]) -> int:
 
 def queue_empty(fleet: Fleet) -> bool:
     status = fleet.status()
-    return all(s["depth"] == 0 and s.get("pending", 0) == 0 for s in status["shards"])
+    return all(s["length"] == 0 and s["pending"] == 0 for s in status["shards"])
 
 
 def test_three_workers_one_killed_every_event_in_order(fleet):
@@ -252,7 +257,7 @@ def test_three_workers_one_killed_every_event_in_order(fleet):
     check_every_event_in_order(f.receiver, events)
     wait_until(lambda: queue_empty(f), "no entry and no pending entry left in Redis")
     assert shares(f) == [8, 8]  # the dead worker's shards were taken over
-    assert not (f.folder / "dead.jsonl").exists()
+    assert f.redis.command("XLEN", "nwpipe:dead") == "(integer) 0"  # no dead letter
     f.stop()
     assert [w.returncode for w in workers[1:]] == [0, 0], f.log("w1") + f.log("w2")
 
@@ -280,20 +285,31 @@ def test_stopped_worker_past_its_lease_delivers_nothing_from_lost_shards(fleet):
     assert late == [], f"the stale worker delivered {len(late)} more requests"
     assert sum(1 for e in f.receiver.lines() if e.get("header") == "a") == from_a_before
     check_every_event_in_order(f.receiver, events)
-    assert "taken over" in f.log("a")
+    a.send_signal(signal.SIGTERM)
+    assert a.wait(60) == 0
+    log = f.log("a")
+    assert "taken over by another worker" in log
+    # what it held in memory for the lost shards was dropped unsent, not dead-lettered
+    assert "handed over (their shards went to another worker)" in log, log
 
 
 def test_redis_restart_in_the_middle_loses_nothing_acknowledged(fleet):
-    f = fleet()
+    f = fleet(receiver_delay=0.005)
     events = lifecycle(1000, ongoing=1)  # 3000 events
-    write_jsonl(f.folder / "events.jsonl", events)
     workers = [f.worker("w1"), f.worker("w2")]
-    intake = f.intake("events.jsonl")
+    intake = f.intake_stdin()
+    half = len(events) // 2
+    intake.stdin.write("".join(json.dumps(e) + "\n" for e in events[:half]).encode())
+    intake.stdin.flush()
     wait_until(lambda: len(delivered(f.receiver)) > 500, "deliveries to start",
                procs=[intake, *workers])
     f.redis.stop()  # SIGTERM: Redis writes its append-only file and exits
-    wait_until(lambda: "cannot reach Redis" in f.log("intake") or intake.poll() is not None,
-               "the intake to notice (it waits and retries)")
+    # the second half arrives while Redis is down: the intake waits and tries again
+    intake.stdin.write("".join(json.dumps(e) + "\n" for e in events[half:]).encode())
+    intake.stdin.close()
+    wait_until(lambda: "cannot reach Redis" in f.log("intake"),
+               "the intake to say it waits for Redis", procs=[intake])
+    assert intake.poll() is None  # still waiting, nothing given up
     f.redis.start()
     wait_until(lambda: intake.poll() is not None, "the intake to finish after the restart")
     assert intake.returncode == 0, f.log("intake")
@@ -304,8 +320,8 @@ def test_redis_restart_in_the_middle_loses_nothing_acknowledged(fleet):
 
 
 def test_a_worker_joining_mid_stream_gets_shards(fleet):
-    f = fleet(receiver_delay=0.005)
-    events = lifecycle(500, ongoing=1)  # 1500 events
+    f = fleet(receiver_delay=0.02)  # at most 400 events/s: the stream lasts several seconds
+    events = lifecycle(1000, ongoing=1)  # 3000 events
     write_jsonl(f.folder / "events.jsonl", events)
     first = f.worker("first")
     intake = f.intake("events.jsonl")

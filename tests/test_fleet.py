@@ -36,8 +36,27 @@ def env(**extra):
     return e
 
 
+#: the fleet of the running test, whose logs a failure shows
+_current: list = []
+
+
+def _logs() -> str:
+    """The tail of every process log of the current test's fleet."""
+    if not _current:
+        return ""
+    fleet = _current[-1]
+    text = "".join(f"\n--- {log.name}:\n" + log.read_text(errors="replace")[-3000:]
+                   for log in sorted(fleet.folder.glob("*.log")))
+    try:
+        shards = [s for s in fleet.status()["shards"] if s["length"] or s["pending"]]
+        text += f"\n--- shards not empty: {shards}"
+    except Exception as exc:  # noqa: BLE001 - only for the failure message
+        text += f"\n--- no queue status: {exc}"
+    return text
+
+
 def wait_until(predicate, what: str, timeout: float = DEADLINE, procs=()):
-    """Poll ``predicate`` until truthy; fail with ``what`` (and dead processes' stderr)."""
+    """Poll ``predicate`` until truthy; fail with ``what``, and the processes' logs."""
     end = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -45,9 +64,10 @@ def wait_until(predicate, what: str, timeout: float = DEADLINE, procs=()):
             return value
         for p in procs:
             if p.poll() is not None and p.returncode not in (0, -9, -15):
-                pytest.fail(f"{what}: a process exited with {p.returncode}: {p.stderr.read()}")
+                pytest.fail(f"{what}: {getattr(p, 'name', 'a process')} exited with "
+                            f"{p.returncode}{_logs()}")
         if time.monotonic() > end:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+            pytest.fail(f"timed out after {timeout} s waiting for {what}{_logs()}")
         time.sleep(0.05)
 
 
@@ -184,9 +204,11 @@ def fleet(tmp_path, own_redis):
         receiver = Receiver(tmp_path / "received.jsonl", delay=receiver_delay)
         f = Fleet(tmp_path, own_redis, receiver, **kw)
         made.append(f)
+        _current.append(f)
         return f
 
     yield make
+    _current.clear()
     for f in made:
         f.stop()
         f.receiver.stop()

@@ -478,7 +478,11 @@ class RedisQueue(Queue):
                         "%s taken over by another worker, which delivers what this one had not "
                         "acknowledged", self.location, "s" if len(lost) > 1 else "",
                         ", ".join(map(str, lost)), "they are" if len(lost) > 1 else "it is")
-        for shard in mine - self._mine:
+        # Renewed after the leases had lapsed here (Redis was away, or this process
+        # stalled): deliveries may have been revoked meanwhile (holds() said no), so every
+        # shard starts a new ownership and is read again from its marks.
+        lapsed = time.monotonic() >= self._valid_until
+        for shard in (mine if lapsed else mine - self._mine):
             self._claimed.discard(shard)  # a new owner claims the earlier owner's entries first
             self._epochs[shard] = self._epochs.get(shard, 0) + 1
         self._releasing = {s: t for s, t in self._releasing.items() if s in mine}

@@ -169,9 +169,8 @@ def drain_command(config: Config, router, output: str, *, path: str | None = Non
                   dead_letter: bool = False, dead_letter_path: str | None = None,
                   shutdown_timeout: float | None = None, progress: bool = False):
     """``nwpipe queue drain``: deliver (or dead-letter) what waits for ``output``."""
-    from nwpipe.engine.deadletter import DeadLetterFile
-    from nwpipe.engine.pipeline import (Pipeline, build_outputs, event_loop_run, make_progress,
-                                        make_queue, tune_gc)
+    from nwpipe.engine.pipeline import (Pipeline, build_outputs, event_loop_run,
+                                        make_dead_letters, make_progress, make_queue, tune_gc)
 
     if output not in config.outputs:
         known = ", ".join(config.outputs) or "none"
@@ -180,7 +179,7 @@ def drain_command(config: Config, router, output: str, *, path: str | None = Non
     queue = make_queue(config, path)
     if not queue.settings.url and not os.path.exists(queue.settings.path):
         raise QueueError(f"queue file {queue.settings.path} does not exist: nothing to drain")
-    dead = DeadLetterFile(dead_letter_path or config.dead_letter)
+    dead = make_dead_letters(config, dead_letter_path)
     dead.check()
     tune_gc()
     try:

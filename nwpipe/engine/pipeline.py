@@ -123,6 +123,8 @@ class RunResult:
     put: int = 0
     #: events left in the queue for the next run, at the end
     left_queued: int = 0
+    #: the queue is shared with other processes (Redis): its backlog is not this run's
+    shared: bool = False
     #: seconds reading waited for room in the queue (queue.max_bytes reached)
     waited_for_room: float = 0.0
     #: events skipped by --resume: an earlier durable run had committed them
@@ -152,7 +154,8 @@ class RunResult:
                 disk.append(f"{self.backlog_found} from an earlier run")
             if self.put:
                 disk.append(f"{self.put} put by this run")
-            disk.append(f"{self.left_queued} left for the next run")
+            if not self.shared:
+                disk.append(f"{self.left_queued} left for the next run")
             line += f"; queue {self.queue}: " + ", ".join(disk)
         if self.waited_for_room:
             line += (f"; reading waited {self.waited_for_room:.1f} s for room in the queue "
@@ -226,6 +229,7 @@ class Pipeline:
             from nwpipe.queue import location
 
             self.result.queue = location(queue.settings)
+            self.result.shared = queue.shared
 
 
     # -- control ---------------------------------------------------------------
@@ -497,7 +501,7 @@ class Pipeline:
             return
         await self._ensure_open()
         status = await queue.status()
-        if status.depth:
+        if status.depth and not queue.shared:
             self.result.backlog_found = status.depth
             log.info("queue %s holds %d event%s left by an earlier run: delivering %s first",
                      self.result.queue, status.depth, "" if status.depth == 1 else "s",
@@ -519,9 +523,10 @@ class Pipeline:
         if self.dispatcher is not None:
             try:
                 await self.dispatcher.stop()
-                status = await self.queue.status()
-                self.result.left_queued = status.depth
-                await self._save_failing()
+                if not self.queue.shared:  # a shared queue's backlog is the fleet's
+                    status = await self.queue.status()
+                    self.result.left_queued = status.depth
+                    await self._save_failing()
             except QueueError as exc:
                 log.error("error: %s", exc)
         if self._queue_open:

@@ -93,6 +93,20 @@ class Redis:
         self.proc.wait()
 
 
+def reap(proc: subprocess.Popen) -> bool:
+    """Whether ``proc`` has exited; keeps its CPU time (``proc.cpu``) when it has."""
+    if getattr(proc, "cpu", None) is not None:
+        return True
+    pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+    if pid == 0:
+        return False
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    proc.cpu = usage.ru_utime + usage.ru_stime
+    if proc.returncode != 0:
+        raise SystemExit(f"{proc.args[:5]} exited with {proc.returncode}: {proc.stderr.read()[-2000:]}")
+    return True
+
+
 def wait_count(receiver: Receiver, target: int, procs, timeout: float = 600) -> float:
     """Poll the receiver until it counted ``target`` events; returns when (perf_counter)."""
     deadline = time.monotonic() + timeout
@@ -100,8 +114,7 @@ def wait_count(receiver: Receiver, target: int, procs, timeout: float = 600) -> 
         if receiver.counts()["events"] >= target:
             return time.perf_counter()
         for p in procs:
-            if p.poll() is not None and p.returncode != 0:
-                raise SystemExit(f"{p.args[:5]} exited with {p.returncode}: {p.stderr.read()[-2000:]}")
+            reap(p)
         if time.monotonic() > deadline:
             raise SystemExit(f"the receiver got {receiver.counts()['events']} of {target} events")
         time.sleep(0.01)
@@ -130,12 +143,9 @@ def one(label: str, workdir: Path, receiver: Receiver, redis: Redis | None, coun
     started = time.perf_counter()
     intake = nwpipe(workdir, "run", "-c", "bench.toml", *run_args, "events.jsonl")
     done = wait_count(receiver, before + count, [intake, *crew])
-    _, status, usage = os.wait4(intake.pid, 0)
-    intake.returncode = os.waitstatus_to_exitcode(status)
-    if intake.returncode != 0:
-        raise SystemExit(f"{label}: nwpipe run exited with {intake.returncode}: {intake.stderr.read()[-2000:]}")
-    cpu = usage.ru_utime + usage.ru_stime
-    cpu += sum(cpu_seconds(p.pid) for p in crew) - worker_cpu0
+    while not reap(intake):
+        time.sleep(0.01)
+    cpu = intake.cpu + sum(cpu_seconds(p.pid) for p in crew) - worker_cpu0
     for p in crew:
         p.send_signal(signal.SIGTERM)
     for p in crew:

@@ -263,6 +263,10 @@ class RedisQueue(Queue):
         self._pending: list[tuple[list[tuple[int, bytes, str]], asyncio.Future]] = []
         self._flusher: asyncio.Task | None = None
         self._bytes_total = 0  # as Redis said after the last put
+        self._shard_bytes: dict[int, int] = {}
+        # notes go with the next group commit (input progress is noted after every put;
+        # a round trip of its own each time would halve the intake's rate)
+        self._notes_pending: dict[str, str | None] = {}
         self._put_event = asyncio.Event()
         # ownership
         self._beat_task: asyncio.Task | None = None
@@ -339,13 +343,19 @@ class RedisQueue(Queue):
         for res in results:
             if isinstance(res, Exception) and "BUSYGROUP" not in str(res):
                 raise self._error(res, "creating the shard streams")
-        total = await self._call("opening the queue", r.hvals(f"{self.prefix}:bytes"))
-        self._bytes_total = sum(int(v) for v in total)
+        await self._refresh_bytes()
+
+    async def _refresh_bytes(self) -> None:
+        sizes = await self._call("checking the queue size", self._client.hgetall(f"{self.prefix}:bytes"))
+        self._shard_bytes = {int(k): int(v) for k, v in sizes.items()}
+        self._bytes_total = sum(self._shard_bytes.values())
 
     async def close(self) -> None:
         """Send what is queued, give up leases and leave the workers; close connections."""
         if self._client is None:
             return
+        if self._notes_pending:
+            self._start_flusher()
         if self._flusher is not None:
             try:
                 await self._flusher
@@ -388,9 +398,7 @@ class RedisQueue(Queue):
         size = sum(len(data) for _, data, _ in items)
         if self._bytes_total + size > self.max_bytes:
             # other processes may have drained the queue meanwhile: ask Redis again
-            vals = await self._call("checking the queue size",
-                                    self._client.hvals(f"{self.prefix}:bytes"))
-            self._bytes_total = sum(int(v) for v in vals)
+            await self._refresh_bytes()
             if self._bytes_total + size > self.max_bytes:
                 raise QueueFull(
                     f"redis queue {self.location} holds {self._bytes_total} bytes; "
@@ -398,13 +406,17 @@ class RedisQueue(Queue):
         rows = [(shard_of(aid, self.shards), data, origin) for aid, data, origin in items]
         fut = asyncio.get_running_loop().create_future()
         self._pending.append((rows, fut))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.ensure_future(self._flush())
+        self._start_flusher()
         return await fut
 
+    def _start_flusher(self) -> None:
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.ensure_future(self._flush())
+
     async def _flush(self) -> None:
-        while self._pending:
+        while self._pending or self._notes_pending:
             batch, self._pending = self._pending, []
+            notes, self._notes_pending = self._notes_pending, {}
             pipe = self._client.pipeline(transaction=False)
             sizes: dict[int, int] = {}
             for rows, _ in batch:
@@ -413,7 +425,11 @@ class RedisQueue(Queue):
                     sizes[shard] = sizes.get(shard, 0) + len(data)
             for shard, size in sizes.items():
                 pipe.hincrby(f"{self.prefix}:bytes", shard, size)
-            pipe.hvals(f"{self.prefix}:bytes")
+            for key, value in notes.items():
+                if value is None:
+                    pipe.hdel(f"{self.prefix}:notes", key)
+                else:
+                    pipe.hset(f"{self.prefix}:notes", key, value)
             try:
                 results = await pipe.execute()
             except Exception as exc:  # noqa: BLE001 - every waiting put gets the error
@@ -421,8 +437,19 @@ class RedisQueue(Queue):
                 for _, fut in batch:
                     if not fut.done():
                         fut.set_exception(err)
+                for key, value in notes.items():  # kept for the next commit
+                    self._notes_pending.setdefault(key, value)
+                if not batch:
+                    log.warning("%s", err)
+                if not self._pending:
+                    return  # the notes wait for the next put (or close)
                 continue
-            self._bytes_total = sum(int(v) for v in results[-1])
+            # each HINCRBY answers its shard's new total; other shards keep the last
+            # known (acknowledgements elsewhere only make the real total smaller)
+            count = sum(len(rows) for rows, _ in batch)
+            for shard, total in zip(sizes, results[count:count + len(sizes)]):
+                self._shard_bytes[shard] = int(total)
+            self._bytes_total = sum(self._shard_bytes.values())
             at = 0
             for rows, fut in batch:
                 ids = results[at:at + len(rows)]
@@ -614,15 +641,15 @@ class RedisQueue(Queue):
         return {k.decode(): _id_parts(v.decode()) for k, v in raw.items()}
 
     async def set_note(self, key: str, value: str | None) -> None:
-        """Keep (or with ``None`` remove) a note in ``PREFIX:notes``."""
-        notes = f"{self.prefix}:notes"
-        if value is None:
-            await self._call("removing a note", self._client.hdel(notes, key))
-        else:
-            await self._call("saving a note", self._client.hset(notes, key, value))
+        """Keep (or with ``None`` remove) a note in ``PREFIX:notes``: sent with the next
+        group commit, without a round trip of its own (and at the latest by close())."""
+        self._notes_pending[key] = value
+        self._start_flusher()
 
     async def notes(self) -> dict[str, str]:
         """Every note, by key."""
+        if self._flusher is not None and not self._flusher.done():
+            await asyncio.shield(self._flusher)
         raw = await self._call("reading notes", self._client.hgetall(f"{self.prefix}:notes"))
         return {k.decode(): v.decode() for k, v in raw.items()}
 

@@ -149,7 +149,12 @@ def one(label: str, workdir: Path, receiver: Receiver, redis: Redis | None, coun
     for p in crew:
         p.send_signal(signal.SIGTERM)
     for p in crew:
-        p.wait(60)
+        try:
+            p.wait(60)
+        except subprocess.TimeoutExpired:
+            print(f"  (a worker, pid {p.pid}, did not stop within 60 s of SIGTERM: killed)")
+            p.kill()
+            p.wait()
     seconds = done - started
     return {"label": label, "rate": count / seconds, "seconds": seconds,
             "cpu_us": cpu / count * 1e6,

@@ -251,10 +251,12 @@ class Dispatcher:
                 try:
                     progressed = False
                     ended = self._input_ended.is_set()  # looked at before reading: no race
-                    for shard in sorted(self.shards):
-                        if not self._current(shard):
-                            continue  # lost meanwhile, or taken anew: refresh() sorts it out
-                        entries = await self.queue.read(shard, feed.cursor[shard], READ_BATCH)
+                    # lost meanwhile, or taken anew: refresh() sorts those out
+                    shards = [s for s in sorted(self.shards) if self._current(s)]
+                    got = await self.queue.read_many([(s, feed.cursor[s]) for s in shards],
+                                                     READ_BATCH)
+                    for shard in shards:
+                        entries = got.get(shard)
                         if not entries:
                             continue
                         progressed = True

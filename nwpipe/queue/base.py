@@ -216,6 +216,12 @@ class Queue(abc.ABC):
         order). Never blocks waiting for new entries: see :meth:`wait`.
         """
 
+    async def read_many(self, wanted: Sequence[tuple[int, Pos | None]],
+                        limit: int) -> dict[int, list[Entry]]:
+        """:meth:`read` for several ``(shard, after)`` at once, by shard; an engine on
+        the network (Redis) answers them in one round trip."""
+        return {shard: await self.read(shard, after, limit) for shard, after in wanted}
+
     @abc.abstractmethod
     async def wait(self, timeout: float) -> None:
         """Return when new entries may be there (a put happened), or after ``timeout``."""

@@ -565,20 +565,38 @@ class RedisQueue(Queue):
         nothing otherwise. The first read after taking a shard claims the entries the
         previous owner had read and not acknowledged, so they come first, in order.
         """
+        return (await self.read_many([(shard, after)], limit)).get(shard, [])
+
+    async def read_many(self, wanted: Sequence[tuple[int, Pos | None]],
+                        limit: int) -> dict[int, list[Entry]]:
+        """:meth:`read` of several shards in one round trip (one pipeline)."""
         if self._beat_task is None:
             await self.owned()  # reading makes this process a worker
-        if shard not in self._mine or shard in self._releasing or time.monotonic() >= self._valid_until:
-            return []
-        start = "-" if after is None else f"({_sid(after)}"
-        claim = shard not in self._claimed
-        rows = await self._call("reading a shard", self._scripts["read"](
-            keys=[self._lease(shard), self._stream(shard)],
-            args=[self.name, start, max(1, int(limit)), "1" if claim else "0"]))
-        if rows is None:  # the lease is gone
+        now = time.monotonic()
+        asked = [(shard, after) for shard, after in wanted
+                 if shard in self._mine and shard not in self._releasing and now < self._valid_until]
+        if not asked:
+            return {}
+        pipe = self._client.pipeline(transaction=False)
+        claims = []
+        for shard, after in asked:
+            start = "-" if after is None else f"({_sid(after)}"
+            claim = shard not in self._claimed
+            claims.append(claim)
+            # queues the call in the pipeline (sent, with SCRIPT LOAD if needed, by execute)
+            await self._scripts["read"](keys=[self._lease(shard), self._stream(shard)],
+                                        args=[self.name, start, max(1, int(limit)),
+                                              "1" if claim else "0"], client=pipe)
+        replies = await self._call("reading shards", pipe.execute())
+        return {shard: self._entries(shard, reply)
+                for (shard, _), reply in zip(asked, replies)}
+
+    def _entries(self, shard: int, reply) -> list[Entry]:
+        if reply is None:  # the lease is gone
             self._mine = self._mine - {shard}
             self.lost.add(shard)
             return []
-        newest, rows = rows
+        newest, rows = reply
         newest = newest.decode() if isinstance(newest, bytes) else newest
         self._claimed.add(shard)
         entries = []

@@ -115,6 +115,25 @@ table.insert(mine, 1, target)
 return mine
 """
 
+# Append events: ARGV = prefix, then (shard, data, origin) for each event. One command
+# for a whole group commit: far less client work than one XADD each. Returns the new
+# ids in order, then (shard, bytes now queued in it) for each shard written.
+_PUT = """
+local prefix = ARGV[1]
+local ids, sizes, order = {}, {}, {}
+for i = 2, #ARGV, 3 do
+  local shard = ARGV[i]
+  table.insert(ids, redis.call('XADD', prefix .. ':s:' .. shard, '*', 'd', ARGV[i + 1], 'o', ARGV[i + 2]))
+  if not sizes[shard] then sizes[shard] = 0; table.insert(order, shard) end
+  sizes[shard] = sizes[shard] + #ARGV[i + 1]
+end
+for _, shard in ipairs(order) do
+  table.insert(ids, shard)
+  table.insert(ids, redis.call('HINCRBY', prefix .. ':bytes', shard, sizes[shard]))
+end
+return ids
+"""
+
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -326,7 +345,8 @@ class RedisQueue(Queue):
         except (ValueError, rexc.RedisError) as exc:
             raise QueueError(f"[queue] url {self.location!r}: {exc}") from None
         r = self._client
-        for name, text in (("beat", _BEAT), ("release", _RELEASE), ("read", _READ), ("ack", _ACK)):
+        for name, text in (("beat", _BEAT), ("release", _RELEASE), ("read", _READ), ("ack", _ACK),
+                           ("put", _PUT)):
             self._scripts[name] = r.register_script(text)
         meta = f"{self.prefix}:meta"
         await self._call("opening the queue", r.hsetnx(meta, "shards", self.shards))
@@ -418,13 +438,12 @@ class RedisQueue(Queue):
             batch, self._pending = self._pending, []
             notes, self._notes_pending = self._notes_pending, {}
             pipe = self._client.pipeline(transaction=False)
-            sizes: dict[int, int] = {}
+            args: list = [self.prefix]
             for rows, _ in batch:
                 for shard, data, origin in rows:
-                    pipe.xadd(self._stream(shard), {"d": data, "o": origin.encode("utf-8", "replace")})
-                    sizes[shard] = sizes.get(shard, 0) + len(data)
-            for shard, size in sizes.items():
-                pipe.hincrby(f"{self.prefix}:bytes", shard, size)
+                    args += (shard, data, origin.encode("utf-8", "replace"))
+            if len(args) > 1:
+                await self._scripts["put"](keys=[], args=args, client=pipe)
             for key, value in notes.items():
                 if value is None:
                     pipe.hdel(f"{self.prefix}:notes", key)
@@ -444,15 +463,17 @@ class RedisQueue(Queue):
                 if not self._pending:
                     return  # the notes wait for the next put (or close)
                 continue
-            # each HINCRBY answers its shard's new total; other shards keep the last
-            # known (acknowledgements elsewhere only make the real total smaller)
+            # the script answers each written shard's new total; other shards keep the
+            # last known (acknowledgements elsewhere only make the real total smaller)
             count = sum(len(rows) for rows, _ in batch)
-            for shard, total in zip(sizes, results[count:count + len(sizes)]):
-                self._shard_bytes[shard] = int(total)
+            reply = results[0] if count else []
+            totals = reply[count:]
+            for shard, total in zip(totals[::2], totals[1::2]):
+                self._shard_bytes[int(shard)] = int(total)
             self._bytes_total = sum(self._shard_bytes.values())
             at = 0
             for rows, fut in batch:
-                ids = results[at:at + len(rows)]
+                ids = reply[at:at + len(rows)]
                 at += len(rows)
                 if not fut.done():
                     fut.set_result([_id_parts(i.decode() if isinstance(i, bytes) else i) for i in ids])

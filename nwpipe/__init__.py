@@ -13,7 +13,15 @@ __version__ = "0.1.0"
 
 hookimpl = pluggy.HookimplMarker("nwpipe")
 
-from nwpipe.outputs import Delivered, Delivery, Failed, Output, Result, Retry  # noqa: E402
+from nwpipe.outputs import (  # noqa: E402
+    Delivered,
+    Delivery,
+    Failed,
+    Output,
+    ProbeResult,
+    Result,
+    Retry,
+)
 from nwpipe.settings import Setting  # noqa: E402
 from nwpipe.sources.base import Event, Reject, Source  # noqa: E402
 
@@ -27,6 +35,7 @@ __all__ = [
     "Retry",
     "Failed",
     "Result",
+    "ProbeResult",
     "Source",
     "Event",
     "Reject",

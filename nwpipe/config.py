@@ -7,6 +7,7 @@ ConfigError naming the file, the key path (``outputs.soc.url``) and the problem.
 
 from __future__ import annotations
 
+import builtins
 import os
 import re
 import sys
@@ -21,7 +22,13 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 from nwpipe.errors import ConfigError
 from nwpipe.outputs import Output
-from nwpipe.queue.base import DEFAULT_MAX_BYTES, DEFAULT_PATH, DEFAULT_SHARDS, SYNC_MODES, QueueSettings
+from nwpipe.queue.base import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_PATH,
+    DEFAULT_SHARDS,
+    SYNC_MODES,
+    QueueSettings,
+)
 from nwpipe.settings import Setting, did_you_mean, validate_settings
 from nwpipe.sources.base import DEFAULT_SOURCE, Source
 
@@ -74,7 +81,7 @@ class OutputConfig:
 
     name: str
     type: str
-    cls: type[Output]
+    cls: builtins.type[Output]
     settings: dict[str, Any]
     engine: EngineSettings
     mapping: str | dict[str, str] | None = None
@@ -95,7 +102,7 @@ class SourceConfig:
 
     type: str = DEFAULT_SOURCE
     #: None when the config was built without the registered source types
-    cls: type[Source] | None = None
+    cls: builtins.type[Source] | None = None
     settings: dict[str, Any] = field(default_factory=dict)
 
     def create(self, inputs: list[str], max_line_bytes: int) -> Source:
@@ -188,7 +195,8 @@ OUTPUT_COMMON = {
     "when": Setting(str, help="only events for which this Jinja expression is true"),
     "concurrency": Setting(int, check=_positive, help="deliveries in flight at once"),
     "rate_limit": Setting(float, check=_positive, help="at most this many sends per second"),
-    "queue_size": Setting(int, check=_positive, help="deliveries waiting per output before backpressure"),
+    "queue_size": Setting(int, check=_positive,
+                          help="deliveries waiting per output before backpressure"),
     "batch": Setting(dict, help="group several events in one send"),
     "retry": Setting(dict, help="retry policy for temporary failures"),
 }
@@ -209,7 +217,8 @@ RETRY = {
 
 
 def find_config_file(explicit: str | None) -> str | None:
-    """The config to use: ``-c`` if given, else ``$NWPIPE_CONFIG``, else ./nwpipe.toml, else none."""
+    """The config to use: ``-c`` if given, else ``$NWPIPE_CONFIG``, else ./nwpipe.toml,
+    else none."""
     if explicit:
         return explicit
     env = os.environ.get(ENV_CONFIG)
@@ -243,7 +252,8 @@ def expand_env(value: Any, key: str, file: str | None, environ=os.environ) -> An
 
         return _ENV_REF.sub(replace, value)
     if isinstance(value, dict):
-        return {k: expand_env(v, f"{key}.{k}" if key else k, file, environ) for k, v in value.items()}
+        return {k: expand_env(v, f"{key}.{k}" if key else k, file, environ)
+                for k, v in value.items()}
     if isinstance(value, list):
         return [expand_env(v, f"{key}[{i}]", file, environ) for i, v in enumerate(value)]
     return value
@@ -310,7 +320,8 @@ def build_config(data: dict, output_types: dict[str, type[Output]], *, file: str
     mappings = top["mappings"]
     for name, table in mappings.items():
         if not isinstance(table, dict):
-            raise ConfigError("must be a table ([mappings.NAME])", key=f"mappings.{name}", file=file)
+            raise ConfigError("must be a table ([mappings.NAME])", key=f"mappings.{name}",
+                              file=file)
 
     defaults = top["defaults"]
     outputs: dict[str, OutputConfig] = {}
@@ -363,7 +374,8 @@ def _check_defaults(defaults: dict, output_types, outputs, file) -> None:
                               key=f"defaults.{key}", file=file)
 
 
-def _build_output(name: str, table: dict, defaults: dict, output_types, mappings, file) -> OutputConfig:
+def _build_output(name: str, table: dict, defaults: dict, output_types, mappings,
+                  file) -> OutputConfig:
     key = f"outputs.{name}"
     type_name = table.get("type")
     if type_name is None:
@@ -374,7 +386,8 @@ def _build_output(name: str, table: dict, defaults: dict, output_types, mappings
     cls = output_types.get(type_name)
     if cls is None:
         known = ", ".join(sorted(output_types)) or "none"
-        raise ConfigError(f"unknown output type '{type_name}'{did_you_mean(type_name, output_types)}"
+        raise ConfigError(f"unknown output type '{type_name}'"
+                          f"{did_you_mean(type_name, output_types)}"
                           f" (known types: {known}; see `nwpipe plugins`)",
                           key=f"{key}.type", file=file)
 

@@ -59,6 +59,20 @@ class Failed:
 Result = Union[Delivered, Retry, Failed]
 
 
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    """How a receiver answered ``nwpipe check --probe``'s test delivery.
+
+    ``message`` says it in plain words for the user: ``OK (HTTP 200 in 35 ms)``,
+    ``connection refused: nothing listens on 10.0.0.5:514``, with what to change.
+    """
+
+    ok: bool
+    message: str
+    status: int | None = None
+    elapsed: float | None = None
+
+
 @dataclass(slots=True)
 class Delivery:
     """One mapped event on its way to one output.
@@ -106,8 +120,9 @@ class Output:
     """
 
     settings: ClassVar[dict[str, Setting]] = {}
-    #: deliveries in flight at once (per-alert order is kept regardless)
-    concurrency: ClassVar[int] = 1
+    #: deliveries in flight at once (per-alert order is kept regardless); the instance
+    #: made for a run holds the configured value
+    concurrency: int = 1
     #: largest batch handed to one ``send`` by default (1 = one event per call)
     batch_max_events: ClassVar[int] = 1
     #: seconds a partial batch waits for more events by default (0: send what is ready)
@@ -141,6 +156,13 @@ class Output:
     def describe(self) -> str:
         """A one-line description for ``nwpipe check`` (never include secrets)."""
         return type(self).__name__
+
+    async def probe(self, delivery: Delivery) -> ProbeResult:
+        """Optional, for outputs that talk to a receiver: ``nwpipe check --probe`` calls it
+        on a new, unopened instance with one mapped test delivery. Open, send it once (no
+        retries), close, and say how it went (:mod:`nwpipe.probing` has the helpers).
+        An output that does not implement it is listed as "not probed"."""
+        raise NotImplementedError
 
 
 class OutputClosed(Exception):

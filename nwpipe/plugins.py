@@ -1,8 +1,10 @@
 """The plugin manager: built-in plugins, entry points and ``--plugins-dir``.
 
-Built-in plugins are ordinary plugin modules (``DEFAULT_PLUGINS``) registered exactly
-like third-party ones. A plugin that fails to import gives one warning naming it; a
-hook implementation whose name or arguments match no hook is an error.
+Built-in plugins are ordinary plugin modules, listed as entry points of the
+``nwpipe.builtin`` group in nwpipe's own package metadata and registered exactly like
+third-party ones (the core imports none of them by name). A plugin that fails to import
+gives one warning naming it; a hook implementation whose name or arguments match no hook
+is an error.
 """
 
 from __future__ import annotations
@@ -27,13 +29,8 @@ from nwpipe.sources.base import Source
 
 log = logging.getLogger("nwpipe")
 
-DEFAULT_PLUGINS = (
-    "nwpipe_plugins.stdout",
-    "nwpipe_plugins.file",
-    "nwpipe_plugins.webhook",
-    "nwpipe_plugins.syslog",
-    "nwpipe_plugins.files",
-)
+#: entry-point group of the plugins that ship with nwpipe (always loaded)
+BUILTIN_GROUP = "nwpipe.builtin"
 
 #: comma-separated names of the installed (entry-point) plugins to load; "" loads none
 ENV_LOAD_PLUGINS = "NWPIPE_LOAD_PLUGINS"
@@ -67,8 +64,13 @@ class Plugins:
         if os.environ.get(ENV_TRACE_PLUGINS) and os.environ[ENV_TRACE_PLUGINS] != "0":
             self.pm.trace.root.setwriter(lambda text: sys.stderr.write(f"nwpipe trace: {text}"))
             self.pm.enable_tracing()
-        for module_name in DEFAULT_PLUGINS:
-            self._register_module(module_name, "built-in")
+        builtin = importlib.metadata.entry_points(group=BUILTIN_GROUP)
+        if not builtin:
+            raise PluginError("nwpipe's built-in plugins are not registered (its package "
+                              "metadata is out of date): reinstall nwpipe, e.g. "
+                              "pip install -e .")
+        for ep in builtin:
+            self._register_module(ep.value, "built-in")
         if load_entry_points:
             self._load_entry_points()
         for folder in plugins_dirs:
@@ -110,7 +112,8 @@ class Plugins:
             if allowed is not None and ep.name not in allowed:
                 continue
             dist = ep.dist.name if ep.dist is not None else "unknown distribution"
-            origin = f"entry point {ep.value} ({dist} {ep.dist.version if ep.dist else ''})".replace(" )", ")")
+            version = f" {ep.dist.version}" if ep.dist is not None else ""
+            origin = f"entry point {ep.value} ({dist}{version})"
             if self.pm.has_plugin(ep.name):
                 continue
             try:
@@ -125,9 +128,11 @@ class Plugins:
         if not folder.is_dir():
             raise PluginError(f"--plugins-dir {folder}: no such folder")
         for path in sorted(folder.glob("*.py")):
-            name = f"nwpipe_plugins_dir.{path.stem}"
+            name = f"nwpipe_dir_plugin.{path.stem}"
             try:
                 spec = importlib.util.spec_from_file_location(name, path)
+                if spec is None or spec.loader is None:
+                    raise ImportError("not a Python module")
                 module = importlib.util.module_from_spec(spec)
                 sys.modules[name] = module
                 spec.loader.exec_module(module)
@@ -190,7 +195,8 @@ class Plugins:
         def filter_register(plugin_name: str):
             def register(name: str, func: Callable) -> None:
                 if not callable(func):
-                    raise PluginError(f"plugin {plugin_name}: Jinja filter '{name}' is not callable")
+                    raise PluginError(f"plugin {plugin_name}: Jinja filter '{name}' is not "
+                                      "callable")
                 self.jinja_filters[name] = func
                 self.filter_plugins[name] = plugin_name
             return register

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any, AsyncGenerator, AsyncIterator, cast
 
 from nwpipe import Source, hookimpl
 from nwpipe.errors import NwpipeError
-from nwpipe.sources.decode import Decoder, Reject, aiter_chunks, source_name
+from nwpipe.sources.decode import Decoder, Event, Reject, aiter_chunks, source_name
 
 log = logging.getLogger("nwpipe")
 
@@ -23,7 +24,7 @@ class FilesSource(Source):
 
     takes_inputs = True
 
-    def __init__(self, config, **kwargs):
+    def __init__(self, config: dict[str, Any], **kwargs: Any):
         super().__init__(config, **kwargs)
         if not self.inputs:
             self.inputs = ["-"]
@@ -37,7 +38,7 @@ class FilesSource(Source):
             self._fetch_cancelled = True
             self._fetch.cancel()
 
-    async def read(self):
+    async def read(self) -> AsyncIterator[list[Event | Reject]]:
         for path in self.inputs:
             if self.stopping:
                 break
@@ -57,8 +58,9 @@ class FilesSource(Source):
                 self.unreadable += 1
                 log.error("error: %s", failure)
 
-    async def _read_one(self, path: str, decoder: Decoder):
-        chunks = aiter_chunks(path)
+    async def _read_one(self, path: str,
+                        decoder: Decoder) -> AsyncIterator[list[Event | Reject]]:
+        chunks = cast(AsyncGenerator[bytes, None], aiter_chunks(path))
         try:
             while not self.stopping:
                 # The read runs as its own task so that stop() can cancel it alone,
@@ -81,7 +83,7 @@ class FilesSource(Source):
         if rest:
             yield rest
 
-    def _rest(self, decoder: Decoder) -> list:
+    def _rest(self, decoder: Decoder) -> list[Event | Reject]:
         # Stopped without a signal: the reader of an output went away (`run | head`),
         # and the rest of the input, a partial line included, is simply not read.
         if self.stopping and self.stop_reason is None:

@@ -349,6 +349,10 @@ class SyslogOutput(Output):
         """Close the socket or connection."""
         await self._disconnect()
 
+    async def probe(self, delivery: Delivery) -> ProbeResult:
+        """``nwpipe check --probe``: see probe_syslog at the end of this module."""
+        return await probe_syslog(self, delivery)
+
     def describe(self) -> str:
         """``syslog tls siem:6514 (cef, facility 16, octet-counting framing)``."""
         details = [self._format, f"facility {self._facility}"]
@@ -487,3 +491,26 @@ def _reason(exc: BaseException) -> str:
 def register_outputs(register):
     """Register the ``syslog`` output type."""
     register("syslog", SyslogOutput)
+
+
+# -- `nwpipe check --probe` ----------------------------------------------------------------
+# SyslogOutput.probe calls this: one test message, then the answer in plain words.
+
+from nwpipe.outputs import ProbeResult  # noqa: E402 - the probe block keeps its imports
+from nwpipe.probing import explain_exception, explain_reason, ms, send_once  # noqa: E402
+
+
+async def probe_syslog(output: SyslogOutput, delivery: Delivery) -> ProbeResult:
+    """Send the test message once and explain the outcome (see nwpipe.probing)."""
+    result, raised, elapsed = await send_once(output, delivery)
+    if isinstance(result, Delivered):
+        if output.config["protocol"] == "udp":
+            return ProbeResult(True, f"sent in {ms(elapsed)} (UDP: the collector does not "
+                                     "confirm arrival)", elapsed=elapsed)
+        return ProbeResult(True, f"OK (sent in {ms(elapsed)})", elapsed=elapsed)
+    host = output.config["host"]
+    message = None
+    if raised is not None:
+        message = explain_exception(raised, host, output.config.get("port"),
+                                    output.config.get("timeout"))
+    return ProbeResult(False, message or explain_reason(result.reason, host), elapsed=elapsed)

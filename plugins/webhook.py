@@ -534,6 +534,10 @@ class WebhookOutput(Output):
             session, self._session = self._session, None
             await session.close()
 
+    async def probe(self, delivery: Delivery) -> ProbeResult:
+        """``nwpipe check --probe``: see probe_webhook at the end of this module."""
+        return await probe_webhook(self, delivery)
+
     def describe(self) -> str:
         """``webhook POST https://host/path (basic auth, headers X-A, ...)``, no secrets."""
         shown = self._origin + self._display_rest()
@@ -913,3 +917,72 @@ async def _drain(resp: aiohttp.ClientResponse) -> None:
 def register_outputs(register):
     """Register the ``webhook`` output type."""
     register("webhook", WebhookOutput)
+
+
+# -- `nwpipe check --probe` ----------------------------------------------------------------
+# WebhookOutput.probe calls this: one test delivery, then the answer in plain words.
+
+from urllib.parse import urlsplit  # noqa: E402 - the probe block keeps its imports
+
+from nwpipe.outputs import ProbeResult  # noqa: E402
+from nwpipe.probing import explain_exception, explain_reason, ms, send_once  # noqa: E402
+
+
+async def probe_webhook(output: WebhookOutput, delivery: Delivery) -> ProbeResult:
+    """Send the test delivery once and explain the outcome (see nwpipe.probing)."""
+    result, raised, elapsed = await send_once(output, delivery)
+    status = output.last_status
+    if isinstance(result, Delivered):
+        shown = f"HTTP {status}" if status is not None else "sent"
+        return ProbeResult(True, f"OK ({shown} in {ms(elapsed)})", status, elapsed)
+    status = status if status is not None else getattr(result, "status", None)
+    error = raised or output.last_error
+    message = None
+    if error is not None and status is None:
+        url = urlsplit(str(output.config["url"]))
+        port = url.port or {"https": 443, "http": 80}.get(url.scheme)
+        message = explain_exception(error, url.hostname, port, output.config.get("timeout"))
+    if message is None and status is not None:
+        message = _probe_status(status, result, output.config)
+    if message is None:
+        message = explain_reason(result.reason, urlsplit(str(output.config["url"])).hostname)
+    return ProbeResult(False, message, status, elapsed)
+
+
+def _probe_status(status: int, result: Result, config: dict) -> str:
+    """An HTTP answer other than 2xx, with what to check."""
+    reason = getattr(result, "reason", "") or ""
+    answer = (getattr(result, "response", None) or "").strip().replace("\n", " ")
+    said = f" (the receiver said: {answer[:200]})" if answer else ""
+    head = reason.split(":")[0] if reason.startswith("HTTP ") else f"HTTP {status}"
+    auth = ("basic" if config.get("username") is not None
+            else "bearer" if config.get("bearer_token") else None)
+    advice = {
+        404: "check the path in url",
+        405: "check method (POST or PUT) and the path in url",
+        407: "the proxy wants credentials",
+        413: "the receiver finds the body too large",
+        429: "reachable, but rate-limited right now",
+    }
+    if status == 401:
+        if auth == "basic":
+            return f"{head}: check username/password"
+        if auth == "bearer":
+            return f"{head}: check bearer_token"
+        return (f"{head}: the receiver wants credentials — set username and password "
+                "(or bearer_token)")
+    if status == 403:
+        if auth:
+            return (f"{head}: the credentials were refused for this URL — check them and "
+                    "what they are allowed to do")
+        return f"{head}: the receiver refuses this request (credentials or an IP allow-list?)"
+    if status in advice:
+        return f"{head}: {advice[status]}"
+    if status in (400, 415, 422):
+        return (f"{head}: the receiver rejected the test event's body — check the "
+                f"mapping and content_type{said}")
+    if 500 <= status < 600:
+        return f"{head}: reachable, but the receiver failed{said}"
+    if 300 <= status < 400:
+        return reason or f"{head}: redirected"
+    return f"{reason or head}{said}"

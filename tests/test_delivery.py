@@ -62,6 +62,14 @@ def delivery(alert, n, output="rec"):
     return Delivery(id=f"d-{alert}-{n}", body=event, event=event, output=output, source="t", line=n)
 
 
+async def until(condition, timeout: float = 30.0) -> None:
+    """Wait for ``condition()`` to hold, with a deadline that only a failure reaches."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.001)
+
+
 def settings(**kw):
     kw.setdefault("retry", FAST)
     return EngineSettings(**kw)
@@ -237,15 +245,15 @@ async def test_exceptions_from_send(dead):
 
 
 async def test_retrying_alert_does_not_hold_up_others(dead):
-    out = Recorder(script=[Retry("503", after=0.2)])
+    out = Recorder(script=[Retry("503", after=1.0)])
     cfg = settings(concurrency=2)
     engine = DeliveryEngine(out, cfg, dead)
     await engine.start()
     await engine.submit(delivery("slow", 0))
-    await asyncio.sleep(0.01)
+    await until(lambda: out.calls == 1)  # slow's first attempt failed: it waits 1 s
     for i in range(5):
         await engine.submit(delivery("fast", i))
-    await asyncio.sleep(0.1)
+    await until(lambda: len(out.delivered) == 5)
     assert out.delivered == [f"fast:{i}" for i in range(5)]
     await engine.drain()
     await engine.close()

@@ -67,7 +67,9 @@ class ReceiverProcess:
         path = log or self.log
         if not path.exists():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines()]
+        text = path.read_text()
+        # the receiver may be writing a line right now: only complete lines count
+        return [json.loads(line) for line in text[:text.rfind("\n") + 1].splitlines()]
 
     def wait_for(self, count: int, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout

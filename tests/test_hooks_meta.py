@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from nwpipe import hookspecs
-from nwpipe.outputs import Delivery, Failed, Output, Retry
+from nwpipe.outputs import Delivery, Failed, Output, ProbeResult, Retry
 from nwpipe.plugins import ENV_LOAD_PLUGINS, ENV_TRACE_PLUGINS
 from nwpipe.settings import Setting
 from nwpipe.sources.base import Source
@@ -41,6 +41,21 @@ def nwpipe_cli(*args, input=None, cwd=None, env=None):
     full_env.update({ENV_LOAD_PLUGINS: "", **(env or {})})
     return subprocess.run([sys.executable, "-m", "nwpipe", *args], input=input, cwd=cwd,
                           env=full_env, capture_output=True, text=True, timeout=120)
+
+
+def plugin_dir(tmp_path: Path, name: str, text: str) -> Path:
+    """A --plugins-dir folder holding one plugin module ``name``.py."""
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / f"{name}.py").write_text(text)
+    return plugins
+
+
+def listed(plugins: Path) -> dict[str, dict]:
+    """What ``nwpipe plugins --json`` says about each plugin, by name."""
+    listing = nwpipe_cli("--plugins-dir", str(plugins), "plugins", "--json")
+    assert listing.returncode == 0, listing.stderr
+    return {p["name"]: p for p in json.loads(listing.stdout)}
 
 
 def event(i: int, **extra) -> dict:
@@ -94,7 +109,7 @@ def test_plugin_environment_switches_are_documented():
 
 def test_output_contract_names_every_member():
     members = ["settings", "concurrency", "batch_max_events", "batch_max_wait",
-               "check_config", "open", "send", "close", "describe"]
+               "check_config", "open", "send", "close", "describe", "probe"]
     for name in members:
         assert hasattr(Output, name)
         assert re.search(rf"^\| `(async )?{name}[`(]", PLUGINS, re.M), f"Output.{name}"
@@ -102,9 +117,10 @@ def test_output_contract_names_every_member():
     for name in public + ["key", "body_json"]:
         assert re.search(rf"^\| `{name}(\(\))?`", PLUGINS, re.M) or \
             f"`{name}`, `" in PLUGINS or f", `{name}` |" in PLUGINS, f"Delivery.{name}"
-    for cls in (Retry, Failed):
-        fields = [f.name for f in dataclasses.fields(cls)]
-        shown = ", ".join([fields[0]] + [f"{f}=None" for f in fields[1:]])
+    for cls in (Retry, Failed, ProbeResult):
+        fields = dataclasses.fields(cls)
+        shown = ", ".join(f.name if f.default is dataclasses.MISSING else f"{f.name}=None"
+                          for f in fields)
         assert f"`{cls.__name__}({shown})`" in PLUGINS
     documented = re.search(r"`Setting\(([^`]*)\)`", PLUGINS, re.S)
     assert documented, "document Setting(...)"
@@ -153,12 +169,8 @@ def register_outputs(register):
 
 
 def test_hook_register_outputs(tmp_path):
-    plugins = tmp_path / "plugins"
-    plugins.mkdir()
-    (plugins / "recorder.py").write_text(OUTPUT_PLUGIN)
-    listing = nwpipe_cli("--plugins-dir", str(plugins), "plugins", "--json")
-    assert listing.returncode == 0, listing.stderr
-    info = {p["name"]: p for p in json.loads(listing.stdout)}["recorder"]
+    plugins = plugin_dir(tmp_path, "recorder", OUTPUT_PLUGIN)
+    info = listed(plugins)["recorder"]
     assert info["output_types"] == ["recorder"] and info["hooks"] == ["register_outputs"]
     config = tmp_path / "nwpipe.toml"
     config.write_text('[outputs.r]\ntype = "recorder"\npath = "out.txt"\ntag = "T"\n')
@@ -199,11 +211,8 @@ def register_jinja_filters(register):
 
 
 def test_hook_register_jinja_filters(tmp_path):
-    plugins = tmp_path / "plugins"
-    plugins.mkdir()
-    (plugins / "filters.py").write_text(FILTER_PLUGIN)
-    listing = nwpipe_cli("--plugins-dir", str(plugins), "plugins", "--json")
-    info = {p["name"]: p for p in json.loads(listing.stdout)}["filters"]
+    plugins = plugin_dir(tmp_path, "filters", FILTER_PLUGIN)
+    info = listed(plugins)["filters"]
     assert info["jinja_filters"] == ["defang", "isotime", "shout"]
     config = tmp_path / "nwpipe.toml"
     config.write_text(textwrap.dedent('''
@@ -297,12 +306,8 @@ def register_outputs(register):
 
 
 def test_hook_register_sources(tmp_path):
-    plugins = tmp_path / "plugins"
-    plugins.mkdir()
-    (plugins / "numbers.py").write_text(SOURCE_PLUGIN)
-    listing = nwpipe_cli("--plugins-dir", str(plugins), "plugins", "--json")
-    assert listing.returncode == 0, listing.stderr
-    info = {p["name"]: p for p in json.loads(listing.stdout)}
+    plugins = plugin_dir(tmp_path, "numbers", SOURCE_PLUGIN)
+    info = listed(plugins)
     assert info["numbers"]["source_types"] == ["numbers"]
     assert info["nwpipe_plugins.files"]["source_types"] == ["files"]  # the built-in one
     text = nwpipe_cli("--plugins-dir", str(plugins), "plugins")

@@ -4,6 +4,7 @@ failures, refused connections, each reported in plain words."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -27,6 +28,30 @@ async def probe(outputs: dict, mappings: dict | None = None) -> dict[str, object
                           file="nwpipe.toml")
     results = await probe_outputs(config, Router(config))
     return {r.output: r for r in results}
+
+
+@contextlib.asynccontextmanager
+async def tcp_collector():
+    """A TCP server on 127.0.0.1 keeping what each connection sends: yields (port, got)."""
+    got: list[bytes] = []
+
+    async def handle(reader, writer):
+        got.append(await reader.read(65536))
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1], got
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def until_received(got: list, timeout: float = 30.0) -> None:
+    """Wait for the first connection's data, with a deadline only a failure reaches."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not got and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.02)
 
 
 async def test_ok_reports_status_and_time_and_sends_a_marked_test_event(receiver):
@@ -153,28 +178,14 @@ async def test_mapping_failure_is_reported(receiver):
 
 
 async def test_syslog_is_probed_and_local_outputs_are_not(tmp_path, closed_port):
-    got = []
-
-    async def handle(reader, writer):
-        got.append(await reader.read(65536))
-        writer.close()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
+    async with tcp_collector() as (port, got):
         results = await probe({
             "siem": {"type": "syslog", "host": "127.0.0.1", "port": port, "protocol": "tcp"},
             "down": {"type": "syslog", "host": "127.0.0.1", "port": closed_port,
                      "protocol": "tcp"},
             "archive": {"type": "file", "path": str(tmp_path / "a.jsonl")},
         })
-        for _ in range(100):
-            if got:
-                break
-            await asyncio.sleep(0.02)
-    finally:
-        server.close()
-        await server.wait_closed()
+        await until_received(got)
     assert results["siem"].ok and results["siem"].message.startswith("OK (sent in")
     assert b"nwpipe_probe" in got[0]
     assert results["down"].message == \
@@ -246,3 +257,87 @@ async def test_cli_check_without_probe_sends_nothing(receiver, tmp_path):
     code, out, _ = await nwpipe("check", "-c", str(config), cwd=tmp_path)
     assert code == 0 and "test event" not in out
     assert receiver.requests == []
+
+
+PROBED_PLUGIN = '''
+import asyncio
+
+from nwpipe import Delivered, Output, ProbeResult, Retry, Setting, hookimpl
+from nwpipe.probing import explain_exception, explain_reason, ms, send_once
+
+
+class Line(Output):
+    """Writes each body as a line to a TCP port."""
+
+    settings = {"port": Setting(int, required=True), "explode": Setting(bool, default=False)}
+
+    async def send(self, batch):
+        _, writer = await asyncio.open_connection("127.0.0.1", self.config["port"])
+        writer.write(b"".join(d.body_json() + b"\\n" for d in batch))
+        await writer.drain()
+        writer.close()
+        return Delivered()
+
+    async def probe(self, delivery):
+        if self.config["explode"]:
+            raise RuntimeError("boom")
+        result, error, elapsed = await send_once(self, delivery)
+        if isinstance(result, Delivered):
+            return ProbeResult(True, f"OK (line written in {ms(elapsed)})", elapsed=elapsed)
+        message = explain_exception(error, "127.0.0.1", self.config["port"]) if error else None
+        return ProbeResult(False, message or explain_reason(result.reason, "127.0.0.1"))
+
+
+class Quiet(Output):
+    async def send(self, batch):
+        return Delivered()
+
+
+@hookimpl
+def register_outputs(register):
+    register("line", Line)
+    register("quiet", Quiet)
+'''
+
+
+async def test_a_third_party_output_with_probe_is_probed_and_one_without_is_not(
+        tmp_path, closed_port):
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "line.py").write_text(PROBED_PLUGIN)
+    async with tcp_collector() as (port, got):
+        config = tmp_path / "nwpipe.toml"
+        config.write_text(f"""
+[outputs.up]
+type = "line"
+port = {port}
+mapping = "m"
+
+[outputs.down]
+type = "line"
+port = {closed_port}
+
+[outputs.buggy]
+type = "line"
+port = {port}
+explode = true
+
+[outputs.local]
+type = "quiet"
+
+[mappings.m]
+keep = false
+fields = {{ what = "{{{{ algorithm }}}}", id = "$.id" }}
+""")
+        code, out, err = await nwpipe("--plugins-dir", str(plugins), "check", "--probe",
+                                      "-c", str(config), cwd=tmp_path)
+        await until_received(got)
+    assert code == 1, out + err
+    assert re.search(r"^  up: OK \(line written in \d+ ms\)$", out, re.M), out
+    assert f"  down: connection refused: nothing listens on 127.0.0.1:{closed_port}\n" in out
+    assert "  buggy: the probe failed: RuntimeError: boom\n" in out
+    assert "  local: not probed (quiet output)\n" in out
+    assert "Traceback" not in err
+    [line] = got
+    body = json.loads(line)
+    assert body["what"] == "nwpipe_probe" and body["id"].startswith("nwpipe-probe-")

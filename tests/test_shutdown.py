@@ -38,6 +38,37 @@ async def finish(proc, timeout=20):
     return code, (await proc.stdout.read()).decode(), (await proc.stderr.read()).decode()
 
 
+async def poll(condition, what: str, timeout: float = 60.0) -> None:
+    """Wait until ``condition()`` is true; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+def read_to_end(pid: int, path) -> bool:
+    """True when process ``pid`` has read the open file ``path`` to its end (Linux)."""
+    size = os.path.getsize(path)
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            if os.path.realpath(f"/proc/{pid}/fd/{fd}") == os.path.realpath(path):
+                with open(f"/proc/{pid}/fdinfo/{fd}") as info:
+                    return int(info.readline().split()[1]) >= size
+    except FileNotFoundError:  # the fd was closed meanwhile
+        pass
+    return False
+
+
+async def stderr_lines(proc, seen: list, count: int, needle: bytes, timeout=60.0) -> None:
+    """Read stderr into ``seen`` until ``count`` lines hold ``needle``."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while sum(needle in line for line in seen) < count:
+        left = deadline - asyncio.get_running_loop().time()
+        line = await asyncio.wait_for(proc.stderr.readline(), max(left, 0.01))
+        assert line, b"".join(seen).decode()  # nwpipe ended first
+        seen.append(line)
+
+
 def dead_letters(path):
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
@@ -83,7 +114,8 @@ async def test_reader_waiting_on_a_full_queue_is_released(receiver, tmp_path):
     proc = await start("run", "-c", "c.toml", "in.jsonl", "--dead-letter", "dl.jsonl",
                        "--shutdown-timeout", "0.5", cwd=tmp_path)
     await receiver.wait_for(1, timeout=15)
-    await asyncio.sleep(0.2)  # 1 in flight, 5 queued: reading waits for room
+    # 1 in flight, 5 queued: reading waits for room, the whole file decoded
+    await poll(lambda: read_to_end(proc.pid, tmp_path / "in.jsonl"), "in.jsonl read")
     proc.send_signal(signal.SIGTERM)
     code, _, stderr = await finish(proc)
     assert code == 143, stderr
@@ -125,7 +157,8 @@ async def test_second_signal_cuts_the_wait_short(receiver, tmp_path):
                        cwd=tmp_path)
     await receiver.wait_for(1, timeout=15)
     proc.send_signal(signal.SIGINT)
-    await asyncio.sleep(0.3)
+    # the first signal is handled once the two queued events are dead-lettered
+    await poll(lambda: len(dead_letters(tmp_path / "dl.jsonl")) == 2, "the first SIGINT")
     proc.send_signal(signal.SIGINT)  # without it, nwpipe would wait 60 s for alert-0
     code, _, stderr = await finish(proc, timeout=20)
     assert code == 130, stderr
@@ -144,10 +177,11 @@ type = "webhook"
 url = "http://127.0.0.1:{closed_port}/in"
 retry = {{ max_attempts = 1000, initial_backoff = 1, max_backoff = 5, max_elapsed = 60 }}
 """)
-    proc = await start("run", "-c", "c.toml", "--dead-letter", "dl.jsonl", cwd=tmp_path)
+    proc = await start("run", "-v", "-c", "c.toml", "--dead-letter", "dl.jsonl", cwd=tmp_path)
     proc.stdin.write(jsonl([event(i) for i in range(20)]).encode())
     await proc.stdin.drain()
-    await asyncio.sleep(1.5)  # every event has failed at least once and is backing off
+    # every event in flight has failed once and is backing off (-v shows each retry)
+    await stderr_lines(proc, [], 16, b"attempt 1 failed")
     loop = asyncio.get_running_loop()
     signalled = loop.time()
     proc.send_signal(signal.SIGTERM)

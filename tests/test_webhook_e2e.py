@@ -300,20 +300,28 @@ async def test_connection_refused_then_the_server_comes_up(tmp_path, closed_port
         type = "webhook"
         url = "http://127.0.0.1:{closed_port}/hook"
         concurrency = 4
-        retry = {{ max_attempts = 100, initial_backoff = 0.05, max_backoff = 0.1, max_elapsed = 20 }}
+        retry = {{ max_attempts = 1000, initial_backoff = 0.05, max_backoff = 0.1, max_elapsed = 60 }}
     """
     events = alert_stream(alerts=5, events=20, seed=1)
     proc = await start_nwpipe(tmp_path, config, "-v")
-    running = asyncio.ensure_future(finish(proc, tmp_path, events))
-    await asyncio.sleep(0.8)
-    assert not running.done()
+    proc.stdin.write(b"".join(orjson.dumps(e) + b"\n" for e in events))
+    proc.stdin.close()
+    # Wait until nwpipe has met the refused connection (-v shows each retry), however
+    # long the start takes on a busy machine; only then does the receiver come up.
+    seen = []
+    deadline = asyncio.get_running_loop().time() + 60
+    while not any(b"connection refused to 127.0.0.1" in line for line in seen):
+        left = deadline - asyncio.get_running_loop().time()
+        line = await asyncio.wait_for(proc.stderr.readline(), max(left, 0.01))
+        assert line, b"".join(seen).decode()  # nwpipe ended without trying
+        seen.append(line)
+    assert proc.returncode is None
     late = await FixedPortReceiver(closed_port).start()
     try:
-        run = await running
+        run = await finish(proc, tmp_path, timeout=60)
     finally:
         await late.stop()
-    assert run.returncode == 0, run.stderr
-    assert "connection refused to 127.0.0.1" in run.stderr  # -v shows each retry
+    assert run.returncode == 0, b"".join(seen).decode() + run.stderr
     got = [r.json() for r in late.requests]
     assert sorted(map(orjson.dumps, got)) == sorted(map(orjson.dumps, events))
     assert per_alert(got) == per_alert(events)

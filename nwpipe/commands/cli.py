@@ -317,7 +317,6 @@ def _add_render_and_test(sub) -> None:
 def cmd_render(args) -> int:
     """Print what each output would receive."""
     from nwpipe.commands.render import render_command
-
     from nwpipe.sources.decode import check_inputs
 
     _, config, router = load(args)
@@ -375,8 +374,8 @@ def load(args):
 
 def cmd_run(args) -> int:
     """Read events and deliver them."""
-    from nwpipe.engine.pipeline import run
     from nwpipe.commands.progress import wanted
+    from nwpipe.engine.pipeline import run
     from nwpipe.sources.decode import check_inputs
 
     _, config, router = load(args)
@@ -452,7 +451,8 @@ def cmd_check(args) -> int:
         oc = route.output
         parts = [f"type {oc.type}", outputs[oc.name].describe()]
         if oc.mapping:
-            parts.append(f"mapping {oc.mapping if isinstance(oc.mapping, str) else dict(oc.mapping)}")
+            shown = oc.mapping if isinstance(oc.mapping, str) else dict(oc.mapping)
+            parts.append(f"mapping {shown}")
         if oc.customers:
             parts.append(f"customers {sorted(oc.customers)}")
         if oc.when:

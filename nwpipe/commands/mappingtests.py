@@ -52,12 +52,12 @@ import orjson
 
 from nwpipe.config import Config
 from nwpipe.errors import ConfigError, EventError, NwpipeError
-from nwpipe.transform.mapping import json_kind
 from nwpipe.outputs import Delivery
-from nwpipe.transform.route_map import MapFailed, route_and_map
-from nwpipe.transform.routing import Route, Router
 from nwpipe.settings import Setting, did_you_mean, validate_settings
 from nwpipe.sources.decode import Reject, read_events
+from nwpipe.transform.mapping import json_kind
+from nwpipe.transform.route_map import MapFailed, route_and_map
+from nwpipe.transform.routing import Route, Router
 
 __all__ = ["MappingTest", "TestResult", "TEST_SETTINGS", "load_tests", "run_test",
            "compare", "unified_diff", "format_result", "run_tests"]
@@ -182,7 +182,8 @@ def _json_file(config: Config, given: str, key: str) -> Any:
 
 def load_tests(config: Config, routes: dict[str, Route],
                mappings: dict[str, Callable]) -> list[MappingTest]:
-    """Validate every ``[[tests]]`` table; a ConfigError names the key path (``tests[2].expect``)."""
+    """Validate every ``[[tests]]`` table; a ConfigError names the key path
+    (``tests[2].expect``)."""
     file = config.file
     tests = []
     for index, table in enumerate(config.tests):
@@ -347,6 +348,7 @@ def run_test(test: MappingTest, routes: dict[str, Route],
             result.problems.append(f"the body cannot be written as JSON: {exc}")
             return result
     else:
+        assert test.output is not None  # a test names a mapping or an output
         route = routes[test.output]
         # the output's filters and mapping, exactly as `nwpipe run` applies them
         outcome = route_and_map(event, [route])[0]

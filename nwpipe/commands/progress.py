@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 import time
-from typing import TextIO
+from typing import Any, TextIO
 
 log = logging.getLogger("nwpipe")
 
@@ -35,12 +35,13 @@ def wanted(quiet: bool, log_format: str, stream: TextIO | None = None) -> bool:
 
 
 class Progress:
-    """Draws ``read N (R/s) | out: D delivered, Q queued, failing | ...`` on ``stream``."""
+    """Draws ``read N (R/s) | out: D delivered, Q queued, failing | B in the queue file
+    | ...`` on ``stream``."""
 
     def __init__(self, stream: TextIO, interval: float = INTERVAL):
         self.stream = stream
         self.interval = interval
-        self._pipeline = None
+        self._pipeline: Any = None  # the Pipeline (typed loosely: it imports this module)
         self._task: asyncio.Task | None = None
         self._shown = ""
         self._started = 0.0
@@ -88,6 +89,10 @@ class Progress:
             if engine.failing:
                 text += ", FAILING"
             parts.append(text)
+        if pipeline.dispatcher is not None:
+            depth = pipeline.queue.approx_depth()
+            if depth is not None:
+                parts.append(f"{depth:,} in the queue file")
         dead = pipeline.dead_letter.count
         if dead:
             parts.append(f"{dead:,} dead-lettered")

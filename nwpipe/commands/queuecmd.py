@@ -35,11 +35,14 @@ def _settings(config: Config, path: str | None):
 
 
 def _size(n: int) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:,} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
-        n /= 1024
-    return str(n)
+    if n < 1024:
+        return f"{n:,} bytes"
+    size = float(n)
+    for unit in ("KiB", "MiB", "GiB"):
+        size /= 1024
+        if size < 1024 or unit == "GiB":
+            break
+    return f"{size:,.1f} {unit}"
 
 
 def _age(seconds: float) -> str:
@@ -169,8 +172,15 @@ def drain_command(config: Config, router, output: str, *, path: str | None = Non
                   dead_letter: bool = False, dead_letter_path: str | None = None,
                   shutdown_timeout: float | None = None, progress: bool = False):
     """``nwpipe queue drain``: deliver (or dead-letter) what waits for ``output``."""
-    from nwpipe.engine.pipeline import (Pipeline, build_outputs, event_loop_run,
-                                        make_dead_letters, make_progress, make_queue, tune_gc)
+    from nwpipe.engine.pipeline import (
+        Pipeline,
+        build_outputs,
+        event_loop_run,
+        make_dead_letters,
+        make_progress,
+        make_queue,
+        tune_gc,
+    )
 
     if output not in config.outputs:
         known = ", ".join(config.outputs) or "none"

@@ -36,10 +36,10 @@ from nwpipe.config import Config
 from nwpipe.engine.pipeline import EXIT_DEAD_LETTERED, EXIT_OK
 from nwpipe.errors import ConfigError
 from nwpipe.outputs import Delivery
-from nwpipe.transform.route_map import MapFailed, route_and_map
-from nwpipe.transform.routing import Route, Router
 from nwpipe.settings import did_you_mean
 from nwpipe.sources.decode import Event, Reject, read_events
+from nwpipe.transform.route_map import MapFailed, route_and_map
+from nwpipe.transform.routing import Route, Router
 
 __all__ = ["Rendered", "NotSent", "select_routes", "render_record", "render_event",
            "render_command"]

@@ -31,13 +31,21 @@ import orjson
 
 from nwpipe.config import Config
 from nwpipe.engine.deadletter import Rewrite, iter_lines
+from nwpipe.engine.pipeline import (
+    Pipeline,
+    RunResult,
+    build_outputs,
+    event_loop_run,
+    exit_code_for,
+    make_progress,
+    output_summary,
+    tune_gc,
+)
 from nwpipe.errors import NwpipeError
-from nwpipe.engine.pipeline import (Pipeline, RunResult, build_outputs, event_loop_run, exit_code_for,
-                             make_progress, output_summary, tune_gc)
-from nwpipe.transform.route_map import check_event
-from nwpipe.transform.routing import Router
 from nwpipe.settings import did_you_mean
 from nwpipe.sources.decode import Decoder, Event, Reject
+from nwpipe.transform.route_map import check_event
+from nwpipe.transform.routing import Router
 
 #: the shape of a delivery id nwpipe made (outputs.delivery_id)
 _DELIVERY_ID = re.compile(r"nwp_[0-9a-f]{32}")
@@ -116,6 +124,7 @@ class _Replayer:
         self.pipeline = pipeline
         self.config = config
         self.file = file
+        assert rewrite.remaining is not None  # the file is open
         self.keep = rewrite.remaining
         self.result = result
         self._reported = 0
@@ -170,8 +179,12 @@ class _Replayer:
             self._stay(line, number, None)
             return
         stage = record.get("stage")
-        source = record.get("source") if isinstance(record.get("source"), str) else "<replay>"
-        where = record.get("line") if isinstance(record.get("line"), int) else 0
+        source = record.get("source")
+        if not isinstance(source, str):
+            source = "<replay>"
+        where = record.get("line")
+        if not isinstance(where, int):
+            where = 0
         pipeline = self.pipeline
 
         if stage == "parse":
@@ -180,8 +193,8 @@ class _Replayer:
                 self._stay(line, number, f"still not a valid event: {events}")
                 return
             self.result.replayed += 1
-            for event in events:
-                await pipeline.route(event, source, where)
+            for decoded in events:
+                await pipeline.route(decoded, source, where)
             return
 
         if stage not in ("map", "deliver"):
@@ -232,7 +245,7 @@ class _Replayer:
             problem = check_event(item.data)
             if problem:
                 return problem
-        return [item.data for item in items]
+        return [item.data for item in items if isinstance(item, Event)]
 
 
 def _rewrite_for(config: Config, path: str):
@@ -263,17 +276,19 @@ def replay(config: Config, router: Router, path: str, *, output: str | None = No
                           f"{did_you_mean(output, config.outputs)} (outputs: {known})")
     rewrite = _rewrite_for(config, path)
     file = rewrite.open()
+    remaining = rewrite.remaining
+    assert remaining is not None  # made by open()
     result = ReplayResult(path=str(rewrite.path), output=output)
     try:
         tune_gc()
         names = None if output is None else [output]
         pipeline = Pipeline(config, router, build_outputs(config, names),
-                            dead_letter=rewrite.remaining, shutdown_timeout=shutdown_timeout,
+                            dead_letter=remaining, shutdown_timeout=shutdown_timeout,
                             progress=make_progress(progress))
         result.run = pipeline.result
         replayer = _Replayer(pipeline, config, file, rewrite, result)
         event_loop_run(pipeline.execute(replayer.feed))
-        result.failed = rewrite.remaining.count
+        result.failed = remaining.count
         closed = [name for name, engine in pipeline.engines.items() if engine.closed]
         if closed:
             # An output that went away for good (stdout closed by its reader) may have

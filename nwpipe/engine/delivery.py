@@ -41,6 +41,7 @@ from nwpipe.config import EngineSettings
 from nwpipe.engine.deadletter import DeadLetterFile, delivery_record, utc_now
 from nwpipe.errors import NwpipeError
 from nwpipe.outputs import Delivered, Delivery, Failed, Output, OutputClosed, Retry
+from nwpipe.queue.base import wait_event
 
 log = logging.getLogger("nwpipe")
 
@@ -137,9 +138,8 @@ class DeliveryEngine:
         self.stats = OutputStats()
         self.closed = False
         self._on_closed = on_closed
-        # told of every delivery that is delivered or dead-lettered (the durable queue
-        # acknowledges an entry once every output settled it)
-        self._on_settled = on_settled
+        #: told of every settled delivery (see __init__); may be set before start()
+        self.on_settled = on_settled
         # alerts with a dead-lettered event: their later events follow it
         self._dead_keys: set[str] = set()
         #: when the output started failing (time.time()), None while it works
@@ -237,7 +237,10 @@ class DeliveryEngine:
         if self._refused is not None:
             self._refuse([delivery], self._refused)
             return True
-        if self._dead_keys and delivery.key in self._dead_keys:
+        if (self._dead_keys and delivery.key in self._dead_keys
+                and (delivery.key if self._keyed else "") not in state.pending):
+            # behind a dead letter, and nothing of its lane is waiting or in flight (that
+            # would go first): straight to the dead-letter file
             self._dead_letter([delivery], FOLLOWS_DEAD_LETTER, quiet=True)
             return True
         if state.queued >= self.settings.queue_size:
@@ -324,7 +327,7 @@ class DeliveryEngine:
             else:
                 key = await self._next_key()
                 self._inflight[number] = batch
-                keys = (key,)
+                keys = [key]
                 waiting = state.pending[key]
                 if waiting:  # a shutdown may have emptied it since the key was handed over
                     batch.append(waiting.popleft())
@@ -441,8 +444,8 @@ class DeliveryEngine:
                 if self._state.failing:
                     self._recovered(loop.time())
                 self.stats.delivered += len(batch)
-                if self._on_settled is not None:
-                    self._on_settled(batch, False)
+                if self.on_settled is not None:
+                    self.on_settled(batch, False)
                 return
             if not self._state.failing:
                 self._state.failing = True
@@ -482,14 +485,17 @@ class DeliveryEngine:
             log.debug("%s: attempt %d failed (%s); retrying in %.2f s", self.name, attempt,
                       result.reason, delay)
             if self._wake.is_set():
-                # shutting down and told not to wait: stop retrying now
-                self._dead_letter(batch, f"shutdown before delivery; last attempt: {result.reason}",
-                                  result.status, result.response)
+                # shutting down and told not to wait: stop retrying now (what came from
+                # the durable queue stays there, for the next run)
+                if self.keep_queued:
+                    batch = [d for d in batch if d.ticket.__class__ is not tuple]
+                if batch:
+                    self._dead_letter(batch, f"shutdown before delivery; last attempt: "
+                                      f"{result.reason}", result.status, result.response)
                 return
-            try:
-                await asyncio.wait_for(self._wake.wait(), delay)
-            except asyncio.TimeoutError:
-                pass
+            # not asyncio.wait_for: on Python 3.11 it swallows a cancel that comes as
+            # the wake-up does (abandon() does both), and the worker would never end
+            await wait_event(self._wake, delay)
 
     def _spend(self, failing_for: float) -> None:
         """The output has been failing for longer than its retry budget."""
@@ -542,8 +548,8 @@ class DeliveryEngine:
                                                response=response) for d in batch)
         self.stats.dead_lettered += len(batch)
         self._dead_keys.update(d.key for d in batch)
-        if self._on_settled is not None:
-            self._on_settled(batch, True)
+        if self.on_settled is not None:
+            self.on_settled(batch, True)
         if quiet:
             # one by one (a shutdown, an alert behind a dead letter, a spent budget):
             # counted, and reported once by drain()

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Callable
 import orjson
 
 from nwpipe.outputs import Delivery
-from nwpipe.queue.base import Entry, Pos, Queue, QueueError, QueueUnavailable
+from nwpipe.queue.base import Entry, Pos, Queue, QueueError, QueueUnavailable, wait_event
 
 if TYPE_CHECKING:  # pragma: no cover
     from nwpipe.engine.delivery import DeliveryEngine
@@ -43,8 +43,6 @@ log = logging.getLogger("nwpipe")
 
 #: entries read from a shard at a time
 READ_BATCH = 512
-#: seconds between acknowledgements (and mark saves) while deliveries flow
-ACK_INTERVAL = 0.25
 #: seconds a feed waits for new entries before it looks again (a put wakes it sooner)
 IDLE_WAIT = 0.1
 #: seconds between tries while the queue's store cannot be reached (Redis down)
@@ -150,6 +148,10 @@ class Dispatcher:
         self._stopping = False
         self._acker: asyncio.Task | None = None
         self._room = asyncio.Event()  # set after an acknowledgement removed entries
+        # set when a mark moved: the acknowledgement follows as soon as the last one is
+        # committed, so what settled meanwhile shares one write (and a crash re-sends
+        # little more than what was in flight)
+        self._moved = asyncio.Event()
         #: entries removed from the queue by this run
         self.acked = 0
         #: shared queue: per owned shard, the ownership its feeds' state belongs to
@@ -242,6 +244,7 @@ class Dispatcher:
                 feed = self.feeds.get(delivery.output)
                 if feed is not None:
                     feed.settle(*ticket)
+        self._moved.set()
 
     # -- the feeds --------------------------------------------------------------------
 
@@ -303,6 +306,7 @@ class Dispatcher:
         delivery = self.handle(feed, entry, event, source, line)
         if delivery is None:
             feed.passed(shard, pos)
+            self._moved.set()
             return
         delivery.ticket = (shard, pos)
         feed.taken(shard, pos)
@@ -316,7 +320,8 @@ class Dispatcher:
 
     async def _ack_loop(self) -> None:
         while True:
-            await asyncio.sleep(ACK_INTERVAL)
+            await self._moved.wait()
+            self._moved.clear()
             try:
                 if self.queue.shared and not self._stopping:
                     await self.refresh()
@@ -341,13 +346,13 @@ class Dispatcher:
                     flushed = True
                 await self.queue.save_marks(shard, known)
                 self._saved[shard].update(known)
-            lows = list(marks.values()) + list(self._other_marks[shard].values())
             if self.others - set(self._other_marks[shard]):
                 continue  # an output without a feed here never settled this shard
-            if not lows or any(m is None for m in lows):
-                continue
-            upto = min(lows)  # type: ignore[type-var]
-            if self._acked[shard] is None or upto > self._acked[shard]:
+            if not marks or len(known) < len(marks):
+                continue  # an output has settled nothing of this shard yet
+            upto = min([*known.values(), *self._other_marks[shard].values()])
+            acked = self._acked[shard]
+            if acked is None or upto > acked:
                 if not flushed:
                     self.flush()
                     flushed = True
@@ -358,10 +363,7 @@ class Dispatcher:
     async def wait_for_room(self, timeout: float) -> None:
         """Until an acknowledgement removed entries, or ``timeout`` seconds."""
         self._room.clear()
-        try:
-            await asyncio.wait_for(self._room.wait(), timeout)
-        except asyncio.TimeoutError:
-            pass
+        await wait_event(self._room, timeout)
 
     # -- the end ----------------------------------------------------------------------
 

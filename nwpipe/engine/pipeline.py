@@ -48,7 +48,7 @@ from nwpipe.engine.dispatch import Dispatcher, Feed
 from nwpipe.errors import NwpipeError
 from nwpipe.outputs import Delivery
 from nwpipe.outputs import delivery_id as make_delivery_id
-from nwpipe.queue.base import Entry, Queue, QueueError, QueueFull, shard_of
+from nwpipe.queue.base import Entry, Pos, Queue, QueueError, QueueFull, shard_of
 from nwpipe.sources.base import Source
 from nwpipe.sources.decode import Event, Reject
 from nwpipe.transform.route_map import MapFailed, check_event, map_for, route_and_map
@@ -199,8 +199,7 @@ class Pipeline:
         self.engines: dict[str, DeliveryEngine] = {}
         for name, output in outputs.items():
             self.engines[name] = DeliveryEngine(output, config.outputs[name].engine, dead_letter,
-                                                on_closed=self._output_closed,
-                                                on_settled=self._acks.settled)
+                                                on_closed=self._output_closed)
             self.result.outputs[name] = self.engines[name].stats
         self._by_name = {route.name: route for route in router.routes}
         #: the routes of the outputs this pipeline drives, in config order
@@ -281,7 +280,10 @@ class Pipeline:
         source is opened first and closed after its last acknowledgement."""
         self.source = source
         if type(source).ack is not Source.ack:
-            self._acks.source = source  # only a source that confirms pays for the counting
+            # only a source that confirms pays for the counting
+            self._acks.source = source
+            for engine in self.engines.values():
+                engine.on_settled = self._acks.settled
         try:
             await source.open()
         except NwpipeError:
@@ -290,6 +292,7 @@ class Pipeline:
             raise NwpipeError(f"source: cannot start: {type(exc).__name__}: {exc}") from None
 
         async def read_all() -> None:
+            failed = 0
             try:
                 async for batch in source.read():
                     await self._handle(batch)
@@ -298,8 +301,15 @@ class Pipeline:
                     # only fills their queues with events that are cold in the CPU cache
                     # by the time they are sent (slower, and memory grows with queue_size).
                     await asyncio.sleep(0)
+            except NwpipeError as exc:
+                failed = 1  # what was read goes on to the outputs
+                log.error("error: %s", exc)
+            except Exception as exc:  # a source plugin's bug: one line, not a traceback
+                failed = 1
+                log.error("error: source %s stopped: %s: %s", source.describe(),
+                          type(exc).__name__, exc)
             finally:
-                self.result.unreadable = source.unreadable
+                self.result.unreadable = source.unreadable + failed
         try:
             return await self.execute(read_all)
         finally:
@@ -381,7 +391,7 @@ class Pipeline:
             if skip is not None and record.line <= skip[record.source]:
                 result.resumed += 1  # --resume: committed by an earlier durable run
                 if acks.source is not None:
-                    acks.source.ack(record)
+                    acks._ack(record)
                 continue
             result.read += 1
             if isinstance(record, Reject):
@@ -485,13 +495,19 @@ class Pipeline:
 
     # -- the durable queue ---------------------------------------------------------
 
+    @property
+    def _queue(self) -> Queue:
+        """The queue, where the run has one (every caller below checked that)."""
+        assert self.queue is not None
+        return self.queue
+
     async def _open_queue(self) -> None:
         """Open the queue when the run needs it now: --durable, or a backlog left by an
         earlier run (which is then delivered first). Otherwise it opens on the first
         spill, so a run that never needs it leaves no file behind."""
-        queue = self.queue
-        if queue is None:
+        if self.queue is None:
             return
+        queue = self.queue
         exists = queue.settings.url is not None or os.path.exists(queue.settings.path)
         if self.resume and not exists:
             raise QueueError(f"--resume: queue file {queue.settings.path} does not exist, and "
@@ -516,22 +532,22 @@ class Pipeline:
 
     async def _ensure_open(self) -> None:
         if not self._queue_open:
-            await self.queue.open()
+            await self._queue.open()
             self._queue_open = True
 
     async def _close_queue(self) -> None:
         if self.dispatcher is not None:
             try:
                 await self.dispatcher.stop()
-                if not self.queue.shared:  # a shared queue's backlog is the fleet's
-                    status = await self.queue.status()
+                if not self._queue.shared:  # a shared queue's backlog is the fleet's
+                    status = await self._queue.status()
                     self.result.left_queued = status.depth
                     await self._save_failing()
             except QueueError as exc:
                 log.error("error: %s", exc)
         if self._queue_open:
             self._queue_open = False
-            await self.queue.close()
+            await self._queue.close()
         if self.result.left_queued:
             log.warning("%d event%s wait in the queue %s: the next `nwpipe run` with it delivers "
                         "them first (`nwpipe queue status` shows them)", self.result.left_queued,
@@ -539,14 +555,14 @@ class Pipeline:
 
     async def _save_failing(self) -> None:
         """Notes for `nwpipe queue status`: since when each output is failing."""
-        notes = await self.queue.notes()
+        notes = await self._queue.notes()
         for name, engine in self.engines.items():
             key = f"failing:{name}"
             if engine.failing_since is not None:
                 if key not in notes:
-                    await self.queue.set_note(key, f"{engine.failing_since:.3f}")
+                    await self._queue.set_note(key, f"{engine.failing_since:.3f}")
             elif key in notes:
-                await self.queue.set_note(key, None)
+                await self._queue.set_note(key, None)
 
     async def _spill(self, event: dict, source: str, line: int, took: list[str]) -> bool:
         """An output is failing with a full memory queue: switch to queue mode. ``event``
@@ -567,7 +583,7 @@ class Pipeline:
         await self._enter_queue_mode(full, (event, source, line, frozenset(took)))
         return True
 
-    async def _enter_queue_mode(self, move: list[str] = (),
+    async def _enter_queue_mode(self, move: Sequence[str] = (),
                                 then: tuple[dict, str, int, frozenset[str]] | None = None) -> None:
         """Deliver from the queue from now on.
 
@@ -583,25 +599,26 @@ class Pipeline:
             # a shutdown leaves queued events in the queue (but `queue drain
             # --dead-letter` is there to move them to the dead-letter file)
             engine.keep_queued = self._refuse_reason is None
-            engine._on_settled = self._settled
+            engine.on_settled = self._settled
         moved = [(name, d) for name in move for d in self.engines[name].held()]
         for _name, d in moved:
             # settled while the put runs: _settled notes it (and acknowledges the source)
             self._moving[id(d)] = d.ticket
             d.ticket = _MOVING
         items = [(d.key, orjson.dumps(d.event), f"{d.source}:{d.line}") for _n, d in moved]
-        positions = await self._put(items, force=True) if items else []
+        positions = (await self._put(items, force=True) or []) if items else []
         for _name, d in moved:
             # on disk now: as far as the source is concerned, this delivery is done
             origin = self._moving.pop(id(d), None)
             if origin.__class__ is _Ticket:
                 self._acks.settle(origin, False)
-        event_pos = None
+        event_pos: Pos | None = None
         if then is not None:
-            event, source, line, took = then
-            [event_pos] = await self._put([(event["id"], orjson.dumps(event),
-                                            f"{source}:{line}")], force=True)
-        queue = self.queue
+            event, source, line, _took = then
+            put = await self._put([(event["id"], orjson.dumps(event), f"{source}:{line}")],
+                                  force=True)
+            event_pos = put[0] if put else None
+        queue = self._queue
         names = set(self.engines)
         others = frozenset(self.config.outputs) - names
         self.dispatcher = dispatcher = Dispatcher(queue, self.engines, handle=self._feed_event,
@@ -618,7 +635,7 @@ class Pipeline:
                 else:
                     feed.passed(shard, pos)
                 feed.cursor[shard] = pos
-        if event_pos is not None:
+        if then is not None and event_pos is not None:
             shard = shard_of(then[0]["id"], queue.shards)
             for name in then[3]:
                 feed = dispatcher.feeds[name]
@@ -641,7 +658,8 @@ class Pipeline:
         if self.dispatcher is not None:
             self.dispatcher.settled(batch)
 
-    async def _put(self, items: list[tuple[str, bytes, str]], force: bool = False) -> list:
+    async def _put(self, items: list[tuple[str, bytes, str]],
+                   force: bool = False) -> list[Pos] | None:
         """Put events in the queue; while it is full (queue.max_bytes), reading waits.
 
         A stop (a signal) while waiting dead-letters what could not be put, unless
@@ -649,7 +667,7 @@ class Pipeline:
         """
         while True:
             try:
-                positions = await self.queue.put(items)
+                positions = await self._queue.put(items)
             except QueueFull as exc:
                 if self._stop.is_set() and not force:
                     why = "not queued: the queue was full when nwpipe was stopped"
@@ -684,7 +702,7 @@ class Pipeline:
             return
         if acks.source is not None:
             for record in records:
-                acks.source.ack(record)
+                acks._ack(record)
 
     async def _note_progress(self, records: Sequence[Event | Reject]) -> None:
         """Queue mode, file inputs: how far each input is committed (for --resume)."""
@@ -696,7 +714,7 @@ class Pipeline:
         for name, line in last.items():
             if name != "<stdin>":
                 try:
-                    await self.queue.set_note("input:" + os.path.abspath(name),
+                    await self._queue.set_note("input:" + os.path.abspath(name),
                                               orjson.dumps({"line": line}).decode())
                 except QueueError as exc:
                     log.error("error: %s", exc)
@@ -848,6 +866,7 @@ class _Acks:
         #: the source to acknowledge to; None when nobody listens (no tickets are made)
         self.source: Source | None = None
         self._waiting: list[Event | Reject] = []
+        self._ack_failed = False
         self._timer: asyncio.TimerHandle | asyncio.Handle | None = None
 
     def settled(self, batch: list[Delivery], dead: bool) -> None:
@@ -865,8 +884,19 @@ class _Acks:
             return
         if ticket.dead:
             self.after_dead_letter(ticket.item)
-        elif self.source is not None:
-            self.source.ack(ticket.item)
+        else:
+            self._ack(ticket.item)
+
+    def _ack(self, item: Event | Reject) -> None:
+        if self.source is None:
+            return
+        try:
+            self.source.ack(item)
+        except Exception as exc:  # a plugin's bug must not fail the delivery it confirms
+            if not self._ack_failed:
+                self._ack_failed = True
+                log.error("error: source %s: ack failed: %s: %s", self.source.describe(),
+                          type(exc).__name__, exc)
 
     def after_dead_letter(self, item: Event | Reject) -> None:
         """Acknowledge ``item`` once the dead-letter records written so far are on disk."""
@@ -890,9 +920,8 @@ class _Acks:
             self._timer.cancel()
             self._timer = None
         waiting, self._waiting = self._waiting, []
-        if self.source is not None:
-            for item in waiting:
-                self.source.ack(item)
+        for item in waiting:
+            self._ack(item)
 
 
 def alert_key(event: dict) -> str:

@@ -25,9 +25,11 @@ __all__ = [
 def create_queue(settings: QueueSettings) -> Queue:
     """An unopened queue for ``settings``: Redis Streams when ``url`` is set, else SQLite."""
     if settings.url:
-        from nwpipe.queue.redis import RedisQueue  # only when asked: optional dependency
+        import importlib
 
-        return RedisQueue(settings)
+        # only when asked: Redis is an optional dependency
+        engine: Queue = importlib.import_module("nwpipe.queue.redis").RedisQueue(settings)
+        return engine
     from nwpipe.queue.sqlite import SqliteQueue
 
     return SqliteQueue(settings)

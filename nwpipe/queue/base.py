@@ -25,6 +25,7 @@ Engines: :mod:`nwpipe.queue.sqlite` (one delivering process per file) and
 from __future__ import annotations
 
 import abc
+import asyncio
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -40,6 +41,20 @@ DEFAULT_SHARDS = 16
 DEFAULT_PATH = "nwpipe-queue.db"
 DEFAULT_MAX_BYTES = 1 << 30
 SYNC_MODES = ("normal", "full")
+
+
+async def wait_event(event: asyncio.Event, timeout: float) -> bool:
+    """Wait until ``event`` is set or ``timeout`` seconds pass; True when it is set.
+
+    Unlike ``asyncio.wait_for`` on Python 3.11, a cancel that arrives just as the event
+    is set is never swallowed, so a task stopped while it waits here really stops.
+    """
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait((waiter,), timeout=timeout)
+    finally:
+        waiter.cancel()
+    return event.is_set()
 
 
 def shard_of(alert_id: str, shards: int) -> int:
@@ -161,6 +176,8 @@ class Queue(abc.ABC):
     shared: bool = False
     #: the disk/memory budget in bytes; ``put`` raises QueueFull past it
     max_bytes: int
+    #: what the queue was made from (``[queue]``)
+    settings: QueueSettings
 
     @abc.abstractmethod
     async def open(self) -> None:
@@ -179,9 +196,10 @@ class Queue(abc.ABC):
         """Append ``(alert id, event JSON, origin)`` items, each to its alert's shard.
 
         Returns their positions, in the order of ``items``, only when they are
-        durable (SQLite: committed with the configured sync; Redis: XADD answered). Calls from many tasks share one commit (group
-        commit) and the event loop never waits on disk. Raises :class:`QueueFull` when
-        the store is at ``max_bytes`` (nothing of the call is stored then).
+        durable (SQLite: committed with the configured sync; Redis: XADD answered).
+        Calls from many tasks share one commit (group commit) and the event loop
+        never waits on disk. Raises :class:`QueueFull` when the store is at
+        ``max_bytes`` (nothing of the call is stored then).
         """
 
     @abc.abstractmethod
@@ -254,6 +272,11 @@ class Queue(abc.ABC):
     @abc.abstractmethod
     async def notes(self) -> dict[str, str]:
         """Every note, by key."""
+
+    def approx_depth(self) -> int | None:
+        """A cheap local estimate of the entries stored, for a progress line (no I/O);
+        None when the engine cannot tell without asking the store."""
+        return None
 
     @abc.abstractmethod
     async def status(self) -> QueueStatus:

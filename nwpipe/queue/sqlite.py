@@ -42,6 +42,7 @@ from nwpipe.queue.base import (
     QueueStatus,
     ShardStatus,
     shard_of,
+    wait_event,
 )
 
 SCHEMA_VERSION = "1"
@@ -118,7 +119,8 @@ class _Writer(threading.Thread):
                     for op in batch:
                         self._alone(op)
                     continue
-                error = exc if isinstance(exc, QueueError) else QueueError(_describe(self.path, exc))
+                error = (exc if isinstance(exc, QueueError)
+                         else QueueError(_describe(self.path, exc)))
                 for _fn, _args, fut, loop in batch:
                     loop.call_soon_threadsafe(_settle, fut, None, error)
             else:
@@ -176,6 +178,7 @@ class SqliteQueue(Queue):
         self._reader: ThreadPoolExecutor | None = None
         self._rconn: sqlite3.Connection | None = None
         self._bytes = 0  # bytes of the entries stored (data + origin), kept by the writer
+        self._count = 0  # entries stored, kept by the writer
         self._new = asyncio.Event()
 
     # -- opening ------------------------------------------------------------------
@@ -215,8 +218,9 @@ class SqliteQueue(Queue):
             check = conn.execute("PRAGMA quick_check").fetchone()[0]
             if check != "ok":
                 raise sqlite3.DatabaseError(f"database disk image is malformed: {check}")
-            self._bytes = conn.execute("SELECT COALESCE(SUM(LENGTH(data) + LENGTH(origin)), 0) "
-                                       "FROM entries").fetchone()[0]
+            self._bytes, self._count = conn.execute(
+                "SELECT COALESCE(SUM(LENGTH(data) + LENGTH(origin)), 0), COUNT(*) "
+                "FROM entries").fetchone()
         except QueueError:
             conn.close()
             self._release_lock()
@@ -323,11 +327,12 @@ class SqliteQueue(Queue):
         if self._bytes + size > self.max_bytes and self._bytes > 0:
             raise _Refused(self._full_message())
         cursor = conn.cursor()
-        positions = []
+        positions: list[Pos] = []
         for row in rows:
             cursor.execute("INSERT INTO entries (shard, data, origin, at) VALUES (?, ?, ?, ?)", row)
-            positions.append((cursor.lastrowid, 0))
+            positions.append((cursor.lastrowid or 0, 0))
         self._bytes += size
+        self._count += len(rows)
         return positions
 
     async def owned(self) -> frozenset[int]:
@@ -338,8 +343,14 @@ class SqliteQueue(Queue):
         """Up to ``limit`` entries of ``shard`` after ``after`` (or from the oldest)."""
         return await self._read(self._read_rows, shard, after[0] if after else 0, limit)
 
+    @property
+    def _reader_conn(self) -> sqlite3.Connection:
+        if self._rconn is None:
+            raise QueueError(f"queue file {self.path} is not open")
+        return self._rconn
+
     def _read_rows(self, shard: int, after: int, limit: int) -> list[Entry]:
-        rows = self._rconn.execute(
+        rows = self._reader_conn.execute(
             "SELECT id, data, origin, at FROM entries WHERE shard = ? AND id > ? "
             "ORDER BY id LIMIT ?", (shard, after, limit)).fetchall()
         return [Entry(shard, (rowid, 0), bytes(data), origin, at)
@@ -347,10 +358,7 @@ class SqliteQueue(Queue):
 
     async def wait(self, timeout: float) -> None:
         """Until a put of this process committed, or ``timeout`` seconds."""
-        try:
-            await asyncio.wait_for(self._new.wait(), timeout)
-        except asyncio.TimeoutError:
-            pass
+        await wait_event(self._new, timeout)
         self._new.clear()
 
     async def ack(self, shard: int, upto: Pos) -> None:
@@ -360,8 +368,10 @@ class SqliteQueue(Queue):
     def _delete(self, conn: sqlite3.Connection, shard: int, upto: int) -> None:
         size = conn.execute("SELECT COALESCE(SUM(LENGTH(data) + LENGTH(origin)), 0) FROM entries "
                             "WHERE shard = ? AND id <= ?", (shard, upto)).fetchone()[0]
-        conn.execute("DELETE FROM entries WHERE shard = ? AND id <= ?", (shard, upto))
+        removed = conn.execute("DELETE FROM entries WHERE shard = ? AND id <= ?",
+                               (shard, upto)).rowcount
         self._bytes -= size
+        self._count -= removed
 
     async def save_marks(self, shard: int, marks: dict[str, Pos]) -> None:
         """Store per-output marks of ``shard``."""
@@ -374,7 +384,7 @@ class SqliteQueue(Queue):
 
     async def load_marks(self, shard: int) -> dict[str, Pos]:
         """The per-output marks of ``shard``."""
-        rows = await self._read(lambda: self._rconn.execute(
+        rows = await self._read(lambda: self._reader_conn.execute(
             "SELECT output, pos FROM marks WHERE shard = ?", (shard,)).fetchall())
         return {name: (pos, 0) for name, pos in rows}
 
@@ -393,9 +403,13 @@ class SqliteQueue(Queue):
 
     async def notes(self) -> dict[str, str]:
         """Every note."""
-        rows = await self._read(lambda: self._rconn.execute(
+        rows = await self._read(lambda: self._reader_conn.execute(
             "SELECT key, value FROM notes").fetchall())
         return dict(rows)
+
+    def approx_depth(self) -> int:
+        """Entries stored now (kept by the writer; no I/O)."""
+        return self._count
 
     @property
     def stored_bytes(self) -> int:
@@ -407,7 +421,7 @@ class SqliteQueue(Queue):
         return await self._read(self._status)
 
     def _status(self) -> QueueStatus:
-        conn = self._rconn
+        conn = self._reader_conn
         marks: dict[int, dict[str, int]] = {}
         for shard, name, pos in conn.execute("SELECT shard, output, pos FROM marks"):
             marks.setdefault(shard, {})[name] = pos

@@ -130,6 +130,7 @@ def _plain_steps(node: jp.JSONPath) -> list[tuple] | None:
     if not _flatten(node, flat):
         return None
     steps: list[tuple] = []
+    part: Any  # each node kind has its own attributes
     for position, part in enumerate(flat):
         kind = type(part)
         if kind is jp.Root:
@@ -270,7 +271,7 @@ _PROBE_PATHS = (
     "$[0]", "$.a[*]", "$.*", "$.a[*].b", "$.a[1:]", "$.a[:2]", "$.a[::2]", "$.a[::0]",
     "$['a','b']", "$.a[0,1]", "$.a[:]", "$.a.0",
 )
-_PROBE_DATA = (
+_PROBE_DATA: tuple[Any, ...] = (
     {"a": {"b": 1, "0": 2}, "b": [1, 2]},
     {"a": [{"b": 1}, {"c": 2}, 3, None, "xy"], "b": None},
     {"a": "abc"},
@@ -283,7 +284,7 @@ _PROBE_DATA = (
 )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _fast_path_agrees() -> bool:
     """True when the fast path gives jsonpath-ng's results on edge cases.
 

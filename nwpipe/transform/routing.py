@@ -8,7 +8,7 @@ when the config loads.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from nwpipe.config import Config, OutputConfig
 
@@ -59,7 +59,7 @@ class Router:
         self.config = config
         self.routes: list[Route] = []
         #: every compiled mapping by name (also those no output uses, for `nwpipe test`)
-        self.mappings: dict[str, object] = {}
+        self.mappings: dict[str, Any] = {}
         compiled = self.mappings
         needs_jinja = bool(config.mappings) or any(o.when for o in config.outputs.values())
         env = None
@@ -72,11 +72,12 @@ class Router:
         for output in config.outputs.values():
             condition = None
             if output.when:
+                assert env is not None  # made above whenever an output has a `when`
                 condition = compile_condition(env, output.when, key=f"outputs.{output.name}.when",
                                               file=config.file)
             by_customer: dict[str, Callable] = {}
             names: dict[str, str] = {}
-            default = _identity
+            default: Callable[[dict], object] | None = _identity
             default_name = None
             if isinstance(output.mapping, str):
                 default = compiled[output.mapping].apply

@@ -14,9 +14,17 @@ from __future__ import annotations
 import signal
 
 from nwpipe.config import Config
-from nwpipe.engine.pipeline import (Pipeline, RunResult, build_outputs, event_loop_run,
-                                    make_dead_letters, make_progress, make_queue,
-                                    output_summary, tune_gc)
+from nwpipe.engine.pipeline import (
+    Pipeline,
+    RunResult,
+    build_outputs,
+    event_loop_run,
+    make_dead_letters,
+    make_progress,
+    make_queue,
+    output_summary,
+    tune_gc,
+)
 from nwpipe.transform.routing import Router
 
 

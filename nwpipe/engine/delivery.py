@@ -526,6 +526,7 @@ class DeliveryEngine:
     def _unrevoked(self, batch: list[Delivery]) -> list[Delivery]:
         """``batch`` without the deliveries of shards this process lost."""
         revoked = self.revoked
+        assert revoked is not None  # only called when set
         keep = [d for d in batch if not revoked(d)]
         if len(keep) < len(batch):
             self.stats.handed_over += len(batch) - len(keep)

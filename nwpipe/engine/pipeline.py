@@ -380,7 +380,11 @@ class Pipeline:
 
     async def work(self) -> RunResult:
         """``nwpipe work``: deliver from the queue until a signal (no input of its own)."""
-        return await self.execute(self._stop.wait)
+
+        async def until_stopped() -> None:
+            await self._stop.wait()
+
+        return await self.execute(until_stopped)
 
     async def _handle(self, records: Sequence[Event | Reject]) -> None:
         result = self.result

@@ -224,6 +224,7 @@ class Queue(abc.ABC):
     async def let_go(self, shard: int) -> None:
         """This process dropped everything it held of ``shard`` (it left :meth:`owned`):
         a shared queue may hand it to another process now."""
+        return None  # only a shared queue hands shards over
 
     @abc.abstractmethod
     async def read(self, shard: int, after: Pos | None, limit: int) -> list[Entry]:

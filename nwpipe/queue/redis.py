@@ -37,6 +37,7 @@ import random
 import socket
 import time
 from collections.abc import Sequence
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from nwpipe.queue.base import (
@@ -123,7 +124,8 @@ local prefix = ARGV[1]
 local ids, sizes, order = {}, {}, {}
 for i = 2, #ARGV, 3 do
   local shard = ARGV[i]
-  table.insert(ids, redis.call('XADD', prefix .. ':s:' .. shard, '*', 'd', ARGV[i + 1], 'o', ARGV[i + 2]))
+  local key = prefix .. ':s:' .. shard
+  table.insert(ids, redis.call('XADD', key, '*', 'd', ARGV[i + 1], 'o', ARGV[i + 2]))
   if not sizes[shard] then sizes[shard] = 0; table.insert(order, shard) end
   sizes[shard] = sizes[shard] + #ARGV[i + 1]
 end
@@ -157,7 +159,8 @@ if redis.call('GET', lease) ~= me then return false end
 if claim == '1' then
   local cursor = '0-0'
   repeat
-    local r = redis.call('XAUTOCLAIM', stream, 'nwpipe', me, 0, cursor, 'COUNT', %d, 'JUSTID')
+    local r = redis.call('XAUTOCLAIM', stream, 'nwpipe', me, 0, cursor,
+                         'COUNT', CLAIM_BATCH, 'JUSTID')
     cursor = r[1]
   until cursor == '0-0'
   for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', stream, 'nwpipe')) do
@@ -165,7 +168,9 @@ if claim == '1' then
     for k = 1, #c, 2 do
       if c[k] == 'name' then name = c[k + 1] elseif c[k] == 'pending' then pending = c[k + 1] end
     end
-    if name ~= me and pending == 0 then redis.call('XGROUP', 'DELCONSUMER', stream, 'nwpipe', name) end
+    if name ~= me and pending == 0 then
+      redis.call('XGROUP', 'DELCONSUMER', stream, 'nwpipe', name)
+    end
   end
 end
 local rows = redis.call('XRANGE', stream, start, '+', 'COUNT', limit)
@@ -183,8 +188,8 @@ for _, g in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
   if name == 'nwpipe' then last = ld end
 end
 local function after(a, b)
-  local am, as = string.match(a, '(%%d+)-(%%d+)')
-  local bm, bs = string.match(b, '(%%d+)-(%%d+)')
+  local am, as = string.match(a, '(%d+)-(%d+)')
+  local bm, bs = string.match(b, '(%d+)-(%d+)')
   am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
   return am > bm or (am == bm and as > bs)
 end
@@ -194,7 +199,7 @@ if new > 0 then
   redis.call('XREADGROUP', 'GROUP', 'nwpipe', me, 'COUNT', new, 'STREAMS', stream, '>')
 end
 return {rows[#rows][1], rows}
-""" % CLAIM_BATCH
+""".replace("CLAIM_BATCH", str(CLAIM_BATCH))
 
 # Acknowledge a shard up to an id, only while holding its lease: XACK, trim, and take
 # the entries' bytes off the budget. ARGV: me, upto id, threshold id (upto + 1), shard.
@@ -272,11 +277,12 @@ class RedisQueue(Queue):
         self.shards = settings.shards
         self.max_bytes = settings.max_bytes
         self.prefix = settings.prefix
-        self.location = public_url(settings.url)
+        self.url: str = settings.url or ""
+        self.location = public_url(self.url)
         self.name = name or worker_name()
         self.lease_ms = max(1000, int(settings.lease_seconds * 1000))
-        self._client = None
-        self._blocking = None  # a connection of its own for XREAD BLOCK in wait()
+        self._client: Any = None  # redis.asyncio.Redis, once open
+        self._blocking: Any = None  # a connection of its own for XREAD BLOCK in wait()
         self._scripts: dict = {}
         # group commit: puts queued here are sent in one pipeline by one task at a time
         self._pending: list[tuple[list[tuple[int, bytes, str]], asyncio.Future]] = []
@@ -313,7 +319,8 @@ class RedisQueue(Queue):
 
     def _error(self, exc: Exception, doing: str) -> QueueError:
         where = f"redis queue {self.location} (prefix {self.prefix!r})"
-        if isinstance(exc, rexc.AuthenticationError) or "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
+        text = str(exc)
+        if isinstance(exc, rexc.AuthenticationError) or "NOAUTH" in text or "WRONGPASS" in text:
             return QueueError(f"{where}: authentication failed while {doing}: check the "
                               "password in [queue] url")
         if isinstance(exc, (rexc.ConnectionError, rexc.TimeoutError, OSError)):
@@ -333,9 +340,9 @@ class RedisQueue(Queue):
 
     async def open(self) -> None:
         """Connect, create the shard streams and their group, check the shard count."""
-        url = self.settings.url
-        kwargs = {"socket_connect_timeout": 5, "socket_timeout": 10, "decode_responses": False,
-                  "health_check_interval": 15}
+        url = self.url
+        kwargs: dict[str, Any] = {"socket_connect_timeout": 5, "socket_timeout": 10,
+                                  "decode_responses": False, "health_check_interval": 15}
         if url.startswith("rediss://") and self.settings.ca_file:
             kwargs["ssl_ca_certs"] = self.settings.ca_file
         try:
@@ -366,7 +373,8 @@ class RedisQueue(Queue):
         await self._refresh_bytes()
 
     async def _refresh_bytes(self) -> None:
-        sizes = await self._call("checking the queue size", self._client.hgetall(f"{self.prefix}:bytes"))
+        sizes = await self._call("checking the queue size",
+                                 self._client.hgetall(f"{self.prefix}:bytes"))
         self._shard_bytes = {int(k): int(v) for k, v in sizes.items()}
         self._bytes_total = sum(self._shard_bytes.values())
 
@@ -476,7 +484,8 @@ class RedisQueue(Queue):
                 ids = reply[at:at + len(rows)]
                 at += len(rows)
                 if not fut.done():
-                    fut.set_result([_id_parts(i.decode() if isinstance(i, bytes) else i) for i in ids])
+                    fut.set_result([_id_parts(i.decode() if isinstance(i, bytes) else i)
+                                    for i in ids])
             self._put_event.set()
 
     # ---- ownership
@@ -504,7 +513,8 @@ class RedisQueue(Queue):
                 raise
             except Exception as exc:  # noqa: BLE001 - keep beating; leases lapse on their own
                 if not failing:  # once per outage, not every beat
-                    err = self._error(exc, "renewing shard leases") if not isinstance(exc, QueueError) else exc
+                    err = (exc if isinstance(exc, QueueError)
+                           else self._error(exc, "renewing shard leases"))
                     log.warning("%s; delivery from its shards stops until it answers", err)
                 failing = True
             finally:
@@ -541,7 +551,8 @@ class RedisQueue(Queue):
         # was read from them is acknowledged (or the lease period has passed)
         extra = len(mine) - target
         if extra > 0:
-            for shard in sorted(mine - self._releasing.keys(), reverse=True)[:extra - len(self._releasing)]:
+            keep = sorted(mine - self._releasing.keys(), reverse=True)
+            for shard in keep[:extra - len(self._releasing)]:
                 self._releasing[shard] = sent + self.lease_ms / 1000
         now = time.monotonic()
         for shard, deadline in list(self._releasing.items()):
@@ -595,7 +606,8 @@ class RedisQueue(Queue):
             await self.owned()  # reading makes this process a worker
         now = time.monotonic()
         asked = [(shard, after) for shard, after in wanted
-                 if shard in self._mine and shard not in self._releasing and now < self._valid_until]
+                 if shard in self._mine and shard not in self._releasing
+                 and now < self._valid_until]
         if not asked:
             return {}
         pipe = self._client.pipeline(transaction=False)
@@ -625,7 +637,8 @@ class RedisQueue(Queue):
             sid = sid.decode() if isinstance(sid, bytes) else sid
             pos = _id_parts(sid)
             f = dict(zip(fields[::2], fields[1::2]))
-            entries.append(Entry(shard, pos, f.get(b"d", b""), f.get(b"o", b"").decode("utf-8", "replace"),
+            origin = f.get(b"o", b"").decode("utf-8", "replace")
+            entries.append(Entry(shard, pos, f.get(b"d", b""), origin,
                                  pos[0] / 1000))
         if entries and self._read_upto.get(shard, (0, 0)) < entries[-1].pos:
             self._read_upto[shard] = entries[-1].pos
@@ -676,7 +689,8 @@ class RedisQueue(Queue):
 
     async def load_marks(self, shard: int) -> dict[str, Pos]:
         """The per-output marks of ``shard`` saved last."""
-        raw = await self._call("loading output marks", self._client.hgetall(f"{self.prefix}:marks:{shard}"))
+        raw = await self._call("loading output marks",
+                               self._client.hgetall(f"{self.prefix}:marks:{shard}"))
         return {k.decode(): _id_parts(v.decode()) for k, v in raw.items()}
 
     async def set_note(self, key: str, value: str | None) -> None:
@@ -717,7 +731,8 @@ class RedisQueue(Queue):
                 shard=shard, depth=int(depth), bytes=max(0, sizes.get(shard, 0)), oldest_at=oldest,
                 outputs=outputs, owner=owner.decode("utf-8", "replace") if owner else None,
                 pending=int(pending["pending"]) if pending else 0))
-        workers = await self._call("reading the queue status", r.zrange(f"{self.prefix}:workers", 0, -1))
+        workers = await self._call("reading the queue status",
+                                   r.zrange(f"{self.prefix}:workers", 0, -1))
         notes = await self.notes()
         notes.setdefault("workers", " ".join(w.decode("utf-8", "replace") for w in workers))
         return QueueStatus(location=self.location, max_bytes=self.max_bytes, shards=tuple(shards),
@@ -734,8 +749,8 @@ class RedisQueue(Queue):
                 break
             if oldest is None:
                 oldest = _id_parts(rows[0][0].decode())[0] / 1000
-            for sid, fields in rows:
-                events += 1
+            events += len(rows)
+            for _, fields in rows:
                 size += len(fields.get(b"d", b""))
             start = f"({rows[-1][0].decode()}"
         return OutputBacklog(events, size, oldest)
@@ -747,10 +762,11 @@ async def probe(settings: QueueSettings) -> tuple[bool, str]:
     where = f"{public_url(settings.url or '')} (prefix {settings.prefix!r})"
     if aioredis is None:
         return False, f"{where}: the 'redis' package is not installed: pip install 'nwpipe[redis]'"
-    kwargs = {"socket_connect_timeout": 5, "socket_timeout": 10}
-    if (settings.url or "").startswith("rediss://") and settings.ca_file:
+    kwargs: dict[str, Any] = {"socket_connect_timeout": 5, "socket_timeout": 10}
+    url = settings.url or ""
+    if url.startswith("rediss://") and settings.ca_file:
         kwargs["ssl_ca_certs"] = settings.ca_file
-    client = aioredis.Redis.from_url(settings.url, **kwargs)
+    client = aioredis.Redis.from_url(url, **kwargs)
     try:
         started = time.monotonic()
         await client.ping()

@@ -257,8 +257,8 @@ class RedisRewrite:
                 pipe.xdel(self.key, *self._ids[i:i + 1000])
             pipe.execute()
         except (rexc.RedisError, OSError) as exc:
-            raise self._fail(exc, "cannot write the replay's outcome (the stream is "
-                                  "unchanged; replaying again sends the same delivery ids)") from None
+            raise self._fail(exc, "cannot write the replay's outcome (the stream is unchanged; "
+                                  "replaying again sends the same delivery ids)") from None
         finally:
             self._unlock()
 

@@ -16,7 +16,7 @@ after a restart an output that was ahead does not send again what it settled.
 
 A shared queue (Redis: several processes deliver from it) gives this process some of
 its shards, and that set changes while it runs: the dispatcher looks every
-``ACK_INTERVAL``. A shard it gains is read from its feeds' saved marks; a shard it
+``OWNERSHIP_INTERVAL``. A shard it gains is read from its feeds' saved marks; a shard it
 loses (its fair share shrank, or its lease ran out) is dropped: its feeds' state is
 forgotten and the deliveries still held in memory are revoked, neither sent nor
 dead-lettered, since the shard's next owner delivers them. The engines also ask the
@@ -45,6 +45,11 @@ log = logging.getLogger("nwpipe")
 READ_BATCH = 512
 #: seconds a feed waits for new entries before it looks again (a put wakes it sooner)
 IDLE_WAIT = 0.1
+#: a shared queue's ownership changes while it runs: looked at this often (seconds)
+OWNERSHIP_INTERVAL = 0.25
+#: a shared queue is acknowledged at most this often (seconds): each pass costs round
+#: trips to the store per shard, and settled deliveries come all the time
+SHARED_ACK_SPACING = 0.1
 #: seconds between tries while the queue's store cannot be reached (Redis down)
 UNAVAILABLE_WAIT = 0.5
 
@@ -319,11 +324,15 @@ class Dispatcher:
     # -- acknowledgements ---------------------------------------------------------------
 
     async def _ack_loop(self) -> None:
+        shared = self.queue.shared
         while True:
-            await self._moved.wait()
+            if shared:  # also when nothing moves: shards come and go
+                await wait_event(self._moved, OWNERSHIP_INTERVAL)
+            else:
+                await self._moved.wait()
             self._moved.clear()
             try:
-                if self.queue.shared and not self._stopping:
+                if shared and not self._stopping:
                     await self.refresh()
                 await self.ack()
                 self._reachable()
@@ -331,6 +340,8 @@ class Dispatcher:
                 self._unreachable(exc)
             except QueueError as exc:
                 log.error("error: %s", exc)
+            if shared:
+                await asyncio.sleep(SHARED_ACK_SPACING)
 
     async def ack(self) -> None:
         """Remove what every output settled; save the marks that moved."""

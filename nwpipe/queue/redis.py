@@ -52,6 +52,7 @@ from nwpipe.queue.base import (
     QueueUnavailable,
     ShardStatus,
     shard_of,
+    wait_event,
 )
 
 try:
@@ -654,10 +655,7 @@ class RedisQueue(Queue):
                    if s not in self._releasing and s in self._last_seen}
         if not streams or time.monotonic() >= self._valid_until:
             self._put_event.clear()
-            try:
-                await asyncio.wait_for(self._put_event.wait(), timeout)
-            except asyncio.TimeoutError:
-                pass
+            await wait_event(self._put_event, timeout)
             return
         try:
             await self._blocking.xread(streams, count=1, block=max(1, int(timeout * 1000)))

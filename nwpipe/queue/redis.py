@@ -38,7 +38,7 @@ import socket
 import time
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from nwpipe.queue.base import (
     Entry,
@@ -51,6 +51,7 @@ from nwpipe.queue.base import (
     QueueStatus,
     QueueUnavailable,
     ShardStatus,
+    public_url,
     shard_of,
     wait_event,
 )
@@ -227,16 +228,6 @@ return #rows
 
 def _sid(pos: Pos) -> str:
     return f"{pos[0]}-{pos[1]}"
-
-
-def public_url(url: str) -> str:
-    """``url`` without its user and password, for messages and status."""
-    parts = urlsplit(url)
-    host = parts.hostname or "localhost"
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def check_url(url: str) -> str | None:

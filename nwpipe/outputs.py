@@ -27,14 +27,20 @@ from dataclasses import dataclass, field
 from hashlib import sha256
 from typing import Any, ClassVar, Union
 
-import orjson
-
+from nwpipe import jsonio
 from nwpipe.settings import Setting
 
 
 @dataclass(frozen=True, slots=True)
 class Delivered:
-    """Every delivery in the batch arrived."""
+    """Every delivery in the batch arrived, except those listed in ``refused``.
+
+    ``refused`` holds ``(index in the batch, reason)`` pairs for deliveries that failed
+    for good while the rest arrived (a message too large for the receiver): those go to
+    the dead-letter file with their reason and are not sent again.
+    """
+
+    refused: tuple[tuple[int, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +110,8 @@ class Delivery:
     def body_json(self) -> bytes:
         """The body serialised as compact JSON (computed once)."""
         if self._json is None:
-            self._json = orjson.dumps(self.body)
+            # jsonio keeps integers beyond 64 bits exact, where orjson alone would fail.
+            self._json = jsonio.dumps(self.body)
         return self._json
 
 

@@ -206,6 +206,10 @@ class Plugins:
         self._call_each("register_sources", type_register("source", Source, self.source_types,
                                                           self.source_plugins))
         self._call_each("register_jinja_filters", filter_register)
+        # Every template environment made from now on (an output's URL and headers too)
+        # gets these filters.
+        from nwpipe.transform.templating import use_filters
+        use_filters(self.jinja_filters)
 
     def info(self) -> list[PluginInfo]:
         """Every loaded plugin with where it came from and what it registered."""

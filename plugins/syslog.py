@@ -1,29 +1,43 @@
-"""The ``syslog`` output: RFC 5424 messages over UDP, TCP or TLS.
+"""The ``syslog`` output: RFC 5424 messages over UDP, TCP, TLS or RELP.
 
 ::
 
     [outputs.siem]
     type     = "syslog"
     host     = "siem.example.com"
-    protocol = "tls"          # "udp" (default), "tcp" or "tls"
+    protocol = "tls"          # "udp" (default), "tcp", "tls" or "relp"
     format   = "cef"          # "json" (default), "cef" or "plain"
 
 Each event is one RFC 5424 message, ``<PRI>1 TIMESTAMP HOSTNAME APP-NAME PROCID MSGID -
 MSG``: the priority combines ``facility`` with a severity taken from the event's
 ``severity`` (critical 2, high 3, medium 4, low 5, anything else 6), the timestamp is
-the event's ``timestamp`` and MSGID its ``alerttype``. The message is
+the event's ``timestamp`` (read by ``nwpipe.transform.timeutil``) and MSGID its
+``alerttype``. The message is
 
 - ``json``: the mapped event as compact JSON (the output's mapping shapes it);
 - ``cef``: ArcSight Common Event Format, built from the vendor's fields:
-  ``CEF:0|Netography|Fusion|1.0|<algorithm>|<summary>|<0-10>|rt=... src=... dst=...``;
+  ``CEF:0|Netography|Fusion|1.0|<algorithm>|<summary>|<0-10>|rt=... src=... dst=...``,
+  each field within the spec's length limits (Name 512, msg 1023, ...);
 - ``plain``: one line of text; a mapping whose body is a JSON string (a body template
   like ``{{ severity ~ ": " ~ summary }}``) gives the text itself.
+
+In CEF and plain messages, control characters (NUL, ESC, ...) are written as ``\\xNN``
+text, so a collector or a terminal never acts on them. A message longer than
+``max_message_bytes`` (8192, rsyslog's default limit) is cut at a character boundary
+and ends with `` [truncated]``, or, with ``oversize = "dead-letter"``, is not sent and
+goes to the dead-letter file.
 
 Over TCP and TLS messages are framed by octet counting (RFC 6587 3.4.1, RFC 5425), or
 one per line with ``framing = "newline"``. TLS verifies the collector's certificate
 unless ``skip_ssl_verification`` is set. A connection that fails or drops is a
 ``Retry``; the next send reconnects. Over UDP nothing confirms arrival: a collector that
 is down is noticed (connection refused) only from the next message on.
+
+Over TCP and TLS a message counts as delivered once the operating system has taken it:
+a collector that restarts loses what was in flight. With ``protocol = "relp"``
+(``nwpipe.net.relp``) the collector acknowledges each message, a message counts as
+delivered only then, and those without an answer are sent again on the next
+connection (at least once).
 """
 
 from __future__ import annotations
@@ -33,14 +47,17 @@ import errno
 import ipaddress
 import logging
 import os
+import re
 import socket
 import ssl
 import time
 from typing import Any
 
 from nwpipe import Delivered, Delivery, Failed, Output, Result, Retry, Setting, hookimpl
-from nwpipe.settings import positive_seconds
+from nwpipe.net.relp import RelpError, RelpSession
 from nwpipe.net.tls import check_tls_files, client_context, tls_settings
+from nwpipe.settings import positive_seconds
+from nwpipe.transform.timeutil import TimeValueError, epoch_millis, iso_utc
 
 log = logging.getLogger("nwpipe")
 
@@ -56,8 +73,18 @@ SYSLOG_SEVERITY_OTHER = 6
 #: the event's severity on CEF's 0-10 scale
 CEF_SEVERITY = {"critical": 10, "high": 8, "medium": 6, "low": 3}
 CEF_SEVERITY_OTHER = 0
-DEFAULT_PORTS = {"udp": 514, "tcp": 514, "tls": 6514}
+DEFAULT_PORTS = {"udp": 514, "tcp": 514, "tls": 6514, "relp": 2514}
 _BOM = b"\xef\xbb\xbf"
+#: ends a message cut to max_message_bytes
+TRUNCATED = b" [truncated]"
+#: the smallest max_message_bytes: every RFC 5424 receiver takes 480 bytes (6.1)
+MIN_MESSAGE_BYTES = 480
+#: CEF field limits, in characters, from the spec (header and extension keys)
+CEF_LIMITS = {"signature": 1023, "name": 512, "msg": 1023, "cat": 1023, "externalId": 40,
+              "cs1": 4000, "cs2": 4000, "cs3": 4000, "cs4": 4000, "cs5": 4000}
+# C0 controls but tab, line feed and carriage return (each format handles those), DEL
+# and C1 controls: NUL ends a message in some collectors, ESC drives terminals
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _TLS_ONLY = ("ca_file", "client_cert", "client_key")
 
 
@@ -99,7 +126,17 @@ def _check_facility(value: str | int) -> int:
     return value
 
 
+def _check_message_bytes(value: int) -> int:
+    if value < MIN_MESSAGE_BYTES:
+        raise ValueError(f"max_message_bytes must be at least {MIN_MESSAGE_BYTES} "
+                         "(what every syslog collector accepts)")
+    return value
 
+
+def _check_window(value: int) -> int:
+    if not 1 <= value <= 10000:
+        raise ValueError("relp_window must be between 1 and 10000")
+    return value
 
 
 def _sanitize(value: Any, limit: int) -> str:
@@ -115,20 +152,40 @@ def _severity_name(event: dict) -> str:
     return value.strip().lower() if isinstance(value, str) else ""
 
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
-        return value
-    return None
+def _millis(value: Any) -> int | None:
+    """An event time in milliseconds since 1970, or None when absent or not a time."""
+    try:
+        millis = epoch_millis(value)
+    except TimeValueError:
+        return None
+    return millis if millis is not None and millis > 0 else None
 
 
-def rfc5424_timestamp(seconds: float) -> str:
-    """Epoch seconds as an RFC 5424 TIMESTAMP in UTC, with milliseconds when not whole."""
-    whole = int(seconds)
-    text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
-    millis = int(round((seconds - whole) * 1000))
-    if millis and millis < 1000:
-        return f"{text}.{millis:03d}Z"
-    return text + "Z"
+def rfc5424_timestamp(millis: int) -> str:
+    """Milliseconds since 1970 as an RFC 5424 TIMESTAMP in UTC (``.250`` when not a
+    whole second)."""
+    return iso_utc(millis)
+
+
+def escape_controls(text: str) -> str:
+    """Control characters but tab and line breaks written as ``\\xNN`` text."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def _limit(text: str, limit: int) -> str:
+    """At most ``limit`` characters, the last one an ellipsis when cut."""
+    return text if len(text) <= limit else text[:limit - 1] + "\u2026"
+
+
+def truncate_message(header: bytes, text: bytes, limit: int) -> bytes:
+    """``header + text`` within ``limit`` bytes: the text cut at a character boundary and
+    ended with the marker when too long."""
+    if len(header) + len(text) <= limit:
+        return header + text
+    room = max(0, limit - len(header) - len(TRUNCATED))
+    # cutting may leave half a character at the end: drop it, never send broken UTF-8
+    cut = text[:room].decode("utf-8", "ignore").encode("utf-8")
+    return header + cut + TRUNCATED
 
 
 def _addresses(value: Any) -> list[str]:
@@ -143,16 +200,20 @@ def _joined(value: Any) -> str:
     return ",".join(_addresses(value))
 
 
-def cef_header_escape(value: Any) -> str:
-    """A CEF header field: backslash and pipe escaped, line breaks as spaces."""
+def cef_header_escape(value: Any, limit: int | None = None) -> str:
+    """A CEF header field: at most ``limit`` characters, backslash and pipe escaped, line
+    breaks as spaces, other control characters as ``\\xNN``."""
     text = "" if value is None else str(value)
+    text = escape_controls(text if limit is None else _limit(text, limit))
     return (text.replace("\\", "\\\\").replace("|", "\\|")
             .replace("\r\n", " ").replace("\n", " ").replace("\r", " "))
 
 
-def cef_value_escape(value: Any) -> str:
-    """A CEF extension value: backslash and equals escaped, line breaks as \\n and \\r."""
+def cef_value_escape(value: Any, limit: int | None = None) -> str:
+    """A CEF extension value: at most ``limit`` characters, backslash and equals escaped,
+    line breaks as \\n and \\r, other control characters as ``\\xNN``."""
     text = "" if value is None else str(value)
+    text = escape_controls(text if limit is None else _limit(text, limit))
     return (text.replace("\\", "\\\\").replace("=", "\\=")
             .replace("\r\n", "\\n").replace("\n", "\\n").replace("\r", "\\r"))
 
@@ -175,18 +236,20 @@ def cef_message(event: dict) -> str:
     severity = CEF_SEVERITY.get(_severity_name(event), CEF_SEVERITY_OTHER)
     algorithm = event.get("algorithm") or "alert"
     name = event.get("summary") or event.get("description") or algorithm
-    header = "|".join(("CEF:0", "Netography", "Fusion", "1.0", cef_header_escape(algorithm),
-                       cef_header_escape(name), str(severity)))
+    header = "|".join(("CEF:0", "Netography", "Fusion", "1.0",
+                       cef_header_escape(algorithm, CEF_LIMITS["signature"]),
+                       cef_header_escape(name, CEF_LIMITS["name"]), str(severity)))
     extension: list[tuple[str, Any]] = []
-    start = _number(event.get("start"))
-    moment = start or _number(event.get("timestamp"))
+    # rt, start and end are milliseconds since 1970, whatever unit the event used
+    start = _millis(event.get("start"))
+    moment = start or _millis(event.get("timestamp"))
     if moment:
-        extension.append(("rt", int(moment * 1000)))
+        extension.append(("rt", moment))
     if start:
-        extension.append(("start", int(start * 1000)))
-    end = _number(event.get("end"))
+        extension.append(("start", start))
+    end = _millis(event.get("end"))
     if end:
-        extension.append(("end", int(end * 1000)))
+        extension.append(("end", end))
     extension += _ip_extension("src", "c6a2", "Source IPv6 Address", event.get("srcip"))
     extension += _ip_extension("dst", "c6a3", "Destination IPv6 Address", event.get("dstip"))
     metrics = event.get("metrics")
@@ -212,7 +275,7 @@ def cef_message(event: dict) -> str:
             continue
         if i > 0 and extension[i - 1][0] == f"{key}Label":
             parts.append(f"{key}Label={cef_value_escape(extension[i - 1][1])}")
-        parts.append(f"{key}={cef_value_escape(value)}")
+        parts.append(f"{key}={cef_value_escape(value, CEF_LIMITS.get(key))}")
     return header + "|" + " ".join(parts)
 
 
@@ -220,7 +283,7 @@ def plain_message(body: Any, event: dict) -> str:
     """One line of text: the body itself when the mapping made it a string, else a
     summary of the event."""
     if isinstance(body, str):
-        return body
+        return escape_controls(body)
     severity = event.get("severity") or "unknown"
     parts = [f"{severity} {event.get('alerttype') or 'alert'} {event.get('algorithm') or ''}"
              .rstrip() + ":", str(event.get("summary") or event.get("description") or "")]
@@ -229,21 +292,21 @@ def plain_message(body: Any, event: dict) -> str:
         if _addresses(event.get(key)):
             details.append(f"{label}={_joined(event.get(key))}")
     details.append(f"id={event.get('id')}")
-    return " ".join(p for p in parts if p) + " (" + " ".join(details) + ")"
+    return escape_controls(" ".join(p for p in parts if p) + " (" + " ".join(details) + ")")
 
 
 # --- the output ---------------------------------------------------------------------------
 
 class SyslogOutput(Output):
-    """Send each event as an RFC 5424 syslog message over UDP, TCP or TLS."""
+    """Send each event as an RFC 5424 syslog message over UDP, TCP, TLS or RELP."""
 
     settings = {
         "host": Setting(str, required=True, check=_check_host,
                         help="the syslog collector's host name or IP address"),
         "port": Setting(int, default=None, check=_check_port,
-                        help="default 514 (udp, tcp) or 6514 (tls)"),
-        "protocol": Setting(str, default="udp", choices=("udp", "tcp", "tls"),
-                            help="transport"),
+                        help="default 514 (udp, tcp), 6514 (tls) or 2514 (relp)"),
+        "protocol": Setting(str, default="udp", choices=("udp", "tcp", "tls", "relp"),
+                            help="transport (relp: every message acknowledged)"),
         "framing": Setting(str, default=None, choices=("octet-counting", "newline"),
                            help="tcp/tls: octet counting (RFC 6587, default) or one per line"),
         "format": Setting(str, default="json", choices=("json", "cef", "plain"),
@@ -257,7 +320,15 @@ class SyslogOutput(Output):
         "bom": Setting(bool, default=False,
                        help="start each message with the UTF-8 byte-order mark of RFC 5424"),
         "timeout": Setting(float, default=10.0, check=positive_seconds,
-                           help="seconds to connect, and to hand over a batch"),
+                           help="seconds to connect, and to hand over a batch (relp: "
+                                "also to wait for the next answer)"),
+        "max_message_bytes": Setting(int, default=8192, check=_check_message_bytes,
+                                     help="longest message, header included (rsyslog's "
+                                          "default limit is 8192)"),
+        "oversize": Setting(str, default="truncate", choices=("truncate", "dead-letter"),
+                            help="a longer message: cut with a marker, or dead-lettered"),
+        "relp_window": Setting(int, default=128, check=_check_window,
+                               help="relp: messages awaiting the collector's answer at once"),
         **tls_settings("the collector", prefix="tls: "),
     }
     concurrency = 1          # one connection: messages keep their order
@@ -282,12 +353,20 @@ class SyslogOutput(Output):
         facility = config["facility"]
         self._facility = _check_facility(facility) if isinstance(facility, str) else facility
         self._framing = config["framing"] or "octet-counting"
-        self._newline = self._protocol != "udp" and self._framing == "newline"
+        self._newline = self._protocol in ("tcp", "tls") and self._framing == "newline"
         hostname = config["hostname"] or _sanitize(socket.gethostname(), 255)
         # Everything between the timestamp and MSGID is the same for every message.
         self._middle = f" {hostname} {config['app_name']} {os.getpid()} "
         self._bom = _BOM if config["bom"] else b""
         self._timeout = float(config["timeout"])
+        self._max_bytes = config["max_message_bytes"]
+        self._oversize = config["oversize"]
+        self._window = config["relp_window"]
+        self._relp: RelpSession | None = None
+        # relp: the collector's answers so far for the batch being retried: id of the
+        # delivery -> (delivery, None when taken or the reason it was refused)
+        self._answered: dict[int, tuple[Delivery, str | None]] = {}
+        self._relp_lock = asyncio.Lock()
         self._ssl = client_context(config) if self._protocol == "tls" else None
         self._sock: socket.socket | None = None
         self._reader: asyncio.StreamReader | None = None
@@ -296,14 +375,18 @@ class SyslogOutput(Output):
     # -- messages --
 
     def message(self, delivery: Delivery) -> bytes:
-        """The RFC 5424 message for one delivery, without framing."""
+        """The RFC 5424 message for one delivery, without framing, within
+        ``max_message_bytes`` (cut with a marker when longer)."""
+        header, text = self._parts(delivery)
+        return truncate_message(header, text, self._max_bytes)
+
+    def _parts(self, delivery: Delivery) -> tuple[bytes, bytes]:
+        """The message's header and its MSG part (with the byte-order mark if set)."""
         event = delivery.event
         severity = SYSLOG_SEVERITY.get(_severity_name(event), SYSLOG_SEVERITY_OTHER)
-        moment = _number(event.get("timestamp")) or time.time()
-        if moment >= 1e11:  # milliseconds
-            moment = moment / 1000
+        millis = _millis(event.get("timestamp")) or int(time.time() * 1000)
         msgid = _sanitize(event.get("alerttype") or "", 32)
-        header = (f"<{self._facility * 8 + severity}>1 {rfc5424_timestamp(moment)}"
+        header = (f"<{self._facility * 8 + severity}>1 {rfc5424_timestamp(millis)}"
                   f"{self._middle}{msgid} - ")
         if self._format == "json":
             text = delivery.body_json()
@@ -315,7 +398,24 @@ class SyslogOutput(Output):
                 # one message per line: a line break inside would split it in two
                 line = line.replace("\r\n", " ").replace("\n", " ").replace("\r", " ")
             text = line.encode("utf-8", "replace")
-        return header.encode() + self._bom + text
+        return header.encode(), self._bom + text
+
+    def _messages(self, batch: list[Delivery]) -> tuple[list[tuple[int, bytes]],
+                                                         list[tuple[int, str]]]:
+        """The batch's messages as (index, message), and the (index, reason) of those
+        refused for their size when ``oversize = "dead-letter"``."""
+        if self._oversize == "truncate":
+            return [(i, self.message(d)) for i, d in enumerate(batch)], []
+        messages, refused = [], []
+        for i, delivery in enumerate(batch):
+            header, text = self._parts(delivery)
+            size = len(header) + len(text)
+            if size > self._max_bytes:
+                refused.append((i, f"the syslog message is {size} bytes, over "
+                                   f"max_message_bytes = {self._max_bytes}"))
+            else:
+                messages.append((i, header + text))
+        return messages, refused
 
     def frame(self, message: bytes) -> bytes:
         """The message framed for a TCP/TLS stream."""
@@ -341,8 +441,10 @@ class SyslogOutput(Output):
         names = []
         if self._protocol != "tls":
             names += [n for n in (*_TLS_ONLY, "skip_ssl_verification") if self.config.get(n)]
-        if self._protocol == "udp" and self.config.get("framing"):
-            names.append("framing")
+        if self._protocol in ("udp", "relp") and self.config.get("framing"):
+            names.append("framing")  # RELP has its own framing
+        if self._protocol != "relp" and self.config.get("relp_window") not in (None, 128):
+            names.append("relp_window")
         return names
 
     async def close(self) -> None:
@@ -356,8 +458,10 @@ class SyslogOutput(Output):
     def describe(self) -> str:
         """``syslog tls siem:6514 (cef, facility 16, octet-counting framing)``."""
         details = [self._format, f"facility {self._facility}"]
-        if self._protocol != "udp":
+        if self._protocol in ("tcp", "tls"):
             details.append(f"{self._framing} framing")
+        if self._protocol == "relp":
+            details.append(f"window {self._window}")
         ignored = self.ignored_settings()
         if ignored:
             details.append(f"ignored: {', '.join(ignored)}")
@@ -376,10 +480,80 @@ class SyslogOutput(Output):
         """Send every message of the batch; Retry when the collector cannot be reached."""
         if not batch:
             return Delivered()
-        messages = [self.message(d) for d in batch]
-        if self._protocol == "udp":
-            return await self._send_udp(messages)
-        return await self._send_stream(messages)
+        if self._protocol == "relp":
+            async with self._relp_lock:
+                return await self._send_relp(batch)
+        numbered, refused = self._messages(batch)
+        messages = [m for _, m in numbered]
+        if not messages:
+            result: Result = Delivered()
+        elif self._protocol == "udp":
+            result = await self._send_udp(messages)
+        else:
+            result = await self._send_stream(messages)
+        if refused and isinstance(result, Delivered):
+            return Delivered(refused=tuple(refused))
+        return result
+
+    async def _send_relp(self, batch: list[Delivery]) -> Result:
+        """Send what the collector has not answered yet; Delivered once every message of
+        the batch has its answer, Retry (keeping the answers so far) otherwise."""
+        # a new batch means the previous one is settled: forget its answers (the dict
+        # keeps its deliveries alive, so their ids cannot be reused meanwhile)
+        current = {id(d) for d in batch}
+        self._answered = {key: v for key, v in self._answered.items() if key in current}
+        numbered, refused = self._messages(batch)
+        todo = [(i, m) for i, m in numbered if id(batch[i]) not in self._answered]
+        for last_try in (False, True):
+            if not todo:
+                break
+            session = self._relp
+            reused = session is not None
+            if session is None:
+                opened = await self._connect_relp()
+                if not isinstance(opened, RelpSession):
+                    return opened
+                session = self._relp = opened
+            answers = await session.send([m for _, m in todo])
+            for (i, _), frame in zip(todo, answers):
+                if frame is not None:
+                    # any answer settles the message: a refusal would be the same again
+                    why = None if frame.status == 200 else \
+                        f"{self._where} refused the message: {frame.text}"
+                    self._answered[id(batch[i])] = (batch[i], why)
+            if session.broken is None:
+                break
+            why = session.broken
+            await self._disconnect()
+            if reused and not last_try and not any(answers):
+                # the collector closed the session while it was idle (a restart): a new
+                # session now, rather than a retry after a backoff
+                continue
+            missing = sum(1 for frame in answers if frame is None)
+            return Retry(f"RELP session with {self._where} ended ({why}); "
+                         f"{missing} message{'' if missing == 1 else 's'} "
+                         "not acknowledged")
+        for i, d in enumerate(batch):
+            why = self._answered.get(id(d), (d, None))[1]
+            if why is not None:
+                refused.append((i, why))
+        self._answered.clear()
+        return Delivered(refused=tuple(sorted(refused))) if refused else Delivered()
+
+    async def _connect_relp(self) -> RelpSession | Result:
+        """A new RELP session, or the Result when none could be opened."""
+        try:
+            return await RelpSession.connect(self._host, self._port, timeout=self._timeout,
+                                             window=self._window)
+        except asyncio.TimeoutError:
+            return Retry(f"timed out after {self._timeout:g} s opening a RELP session "
+                         f"with {self._where}")
+        except RelpError as exc:
+            if exc.permanent:
+                return Failed(f"{self._where}: {exc}")
+            return Retry(f"{self._where}: {exc} (is it a RELP port?)")
+        except OSError as exc:
+            return self._unreachable(exc)
 
     async def _send_udp(self, messages: list[bytes]) -> Result:
         if self._sock is None:
@@ -418,8 +592,9 @@ class SyslogOutput(Output):
         return Delivered()
 
     async def _send_stream(self, messages: list[bytes]) -> Result:
-        writer = self._writer
-        if writer is not None and (writer.is_closing() or self._reader.at_eof()):
+        writer, reader = self._writer, self._reader
+        # (the two are set and cleared together: no reader means no connection)
+        if writer is not None and (writer.is_closing() or reader is None or reader.at_eof()):
             # the collector closed the connection since the last send
             await self._disconnect()
             writer = None
@@ -428,6 +603,7 @@ class SyslogOutput(Output):
             if failure is not None:
                 return failure
             writer = self._writer
+            assert writer is not None  # _connect sets it, or gives the failure
         try:
             writer.write(b"".join([self.frame(m) for m in messages]))
             await asyncio.wait_for(writer.drain(), self._timeout)
@@ -460,15 +636,22 @@ class SyslogOutput(Output):
             if detail == "WRONG_VERSION_NUMBER":
                 detail += " (does the collector speak TLS on this port?)"
             return Failed(f"TLS error with {self._where}: {detail}")
-        except socket.gaierror as exc:
-            return Retry(f"cannot resolve host {self._host!r}: {exc.strerror}")
-        except ConnectionRefusedError:
-            return Retry(f"connection refused by {self._where}")
         except OSError as exc:
-            return Retry(f"cannot connect to {self._where}: {_reason(exc)}")
+            return self._unreachable(exc)
         return None
 
+    def _unreachable(self, exc: OSError) -> Retry:
+        """The Retry for a connection that could not be made."""
+        if isinstance(exc, socket.gaierror):
+            return Retry(f"cannot resolve host {self._host!r}: {exc.strerror}")
+        if isinstance(exc, ConnectionRefusedError):
+            return Retry(f"connection refused by {self._where}")
+        return Retry(f"cannot connect to {self._where}: {_reason(exc)}")
+
     async def _disconnect(self) -> None:
+        if self._relp is not None:
+            relp, self._relp = self._relp, None
+            await relp.close()
         if self._sock is not None:
             self._sock.close()
             self._sock = None

@@ -4,7 +4,9 @@ answer with exactly the bytes each test scripts: framing, keep-alive, broken ans
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
+import struct
 
 import pytest
 
@@ -26,7 +28,7 @@ class RawServer:
         self.server: asyncio.AbstractServer | None = None
         self.port = 0
 
-    async def start(self, ssl_context=None) -> "RawServer":
+    async def start(self, ssl_context=None) -> RawServer:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=ssl_context)
         self.port = self.server.sockets[0].getsockname()[1]
         return self
@@ -161,6 +163,10 @@ async def test_only_the_first_bytes_are_kept_and_huge_bodies_are_cut(server, poo
     (b"HTTP/1.1 200 OK\r\nX-A: 1\r\n folded\r\nContent-Length: 0\r\n\r\n", "folding"),
     (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "invalid chunk size"),
     (b"HTTP/1.1 101 Switching Protocols\r\n\r\n", "101"),
+    (b"HTTP/2.0 200 OK\r\nContent-Length: 0\r\n\r\n", "not an HTTP/1.x status line"),
+    (b"HTTP/2 200 OK\r\nContent-Length: 0\r\n\r\n", "not an HTTP/1.x status line"),
+    (b"HTTP/1.1 200 OK\r\nX-A: a\x00b\r\nContent-Length: 0\r\n\r\n", "NUL in a response header"),
+    (b"HTTP/1.1 200 OK\r\nX-A: a\rb\r\nContent-Length: 0\r\n\r\n", "bare CR or LF"),
 ])
 async def test_broken_answers_are_protocol_errors(server, pool, answer, problem):
     server.answers.append(answer)
@@ -176,11 +182,67 @@ async def test_hang_up_without_answer_on_a_new_connection(server, pool):
     assert len(server.requests) == 1  # not resent: the server may have acted on it
 
 
-async def test_hang_up_mid_answer(server, pool):
-    server.answers.append(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+async def test_hang_up_mid_head(server, pool):
+    server.answers.append(b"HTTP/1.1 200 OK\r\nContent-Len")
     server.close_after = True
     with pytest.raises(http1.ServerDisconnected, match="complete response"):
         await ask(pool)
+
+
+@pytest.mark.parametrize("status", [200, 500])
+async def test_hang_up_mid_body_keeps_the_answer(server, pool, status):
+    # the head is the answer; what became of the body does not change it
+    server.answers.append(b"HTTP/1.1 %d X\r\nContent-Length: 10\r\n\r\nabc" % status)
+    server.close_after = True
+    response = await ask(pool)
+    assert (response.status, response.body) == (status, b"abc")
+    server.close_after = False
+    assert (await ask(pool)).status == 200
+    assert server.connections == 2
+
+
+async def test_reset_mid_body_keeps_the_answer():
+    async def serve(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
+        await writer.drain()
+        # SO_LINGER 0: close with a RST, not a FIN
+        writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                                   struct.pack("ii", 1, 0))
+        writer.transport.abort()
+    raw = await asyncio.start_server(serve, "127.0.0.1", 0)
+    pool = http1.Pool("127.0.0.1", raw.sockets[0].getsockname()[1], keep=16)
+    try:
+        response = await ask(pool)
+        assert (response.status, response.body) == (200, b"partial")
+    finally:
+        await pool.close()
+        raw.close()
+        await raw.wait_closed()
+
+
+async def test_unframed_2xx_on_a_kept_alive_connection_is_not_waited_for(server, pool):
+    # no Content-Length, no chunking, and the server keeps the connection open: the
+    # body would end only when it closes. The status is all that is needed.
+    server.answers.append(b"HTTP/1.1 200 OK\r\n\r\nsome body")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    response = await ask(pool, timeout=30)
+    assert response.status == 200 and loop.time() - started < 10
+    assert (await ask(pool)).status == 200
+    assert server.connections == 2  # that connection was closed, not reused
+
+
+async def test_unframed_error_body_ends_at_the_kept_bytes(server, pool):
+    server.answers.append(b"HTTP/1.1 500 Oops\r\n\r\n" + b"e" * 40)
+    response = await ask(pool, timeout=30)
+    assert (response.status, response.body) == (500, b"e" * 16)
+
+
+async def test_deadline_after_the_head_keeps_the_answer(server, pool):
+    server.answers.append(b"HTTP/1.1 503 Busy\r\n\r\nbusy")
+    response = await ask(pool, timeout=0.3)
+    assert (response.status, response.body) == (503, b"busy")
 
 
 async def test_idle_connection_closed_by_the_server_is_replaced(server, pool):

@@ -7,7 +7,9 @@ import email.utils
 import pytest
 
 from nwpipe.net.httputil import (
+    break_problem,
     check_header,
+    header_value_problem,
     parse_header_list,
     parse_retry_after,
     printable,
@@ -125,3 +127,14 @@ def test_status_reason_strips_control_characters_from_the_receiver_phrase():
 
 def test_printable():
     assert printable("a\tb\x00c\x7fd\x9fe\u2028f é ✓") == "abcdef é ✓"
+    # keep_lines: for a stored body, LF and tab stay; CR and the rest go
+    assert printable("a\n\tb\r\x1b[1Ac\x00\u2028", keep_lines=True) == "a\n\tb[1Ac"
+
+
+def test_a_nul_is_reported_as_a_nul():
+    assert break_problem("a\0b") == header_value_problem("a\0b") \
+        == "contains a NUL character (U+0000)"
+    assert break_problem("a\nb") == "contains a line break (CR or LF)"
+    assert break_problem("a\tb") is None
+    with pytest.raises(ValueError, match="NUL character"):
+        check_header("X-A\0", "v")

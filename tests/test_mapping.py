@@ -680,14 +680,35 @@ def test_vars_in_a_template_file_and_extends_merges_them():
     assert mappings["pd-acme"].apply(EVENT)["routing_key"] == "acme-key"
 
 
-def test_event_field_wins_over_a_var():
+def test_a_var_wins_over_an_event_field_of_the_same_name():
+    # Event data must never replace a configured value (issue 14.7); the field stays
+    # reachable through `event`.
     body = apply('''
         [mappings.m]
         keep = false
         vars = { severity = "unknown" }
-        fields = { s = "{{ severity }}" }
+        fields = { s = "{{ severity }}", raw = "{{ event.severity }}" }
     ''')
-    assert body == {"s": "medium"}
+    assert body == {"s": "unknown", "raw": "medium"}
+    mappings = load('''
+        [mappings.pd]
+        template = "pagerduty.json.j2"
+        vars = { routing_key = "configured-key" }
+        [mappings.inline]
+        vars = { routing_key = "configured-key" }
+        body = '{"routing_key": {{ routing_key }}}'
+    ''')
+    hostile = {**EVENT, "routing_key": "attacker-key"}
+    assert mappings["pd"].apply(hostile)["routing_key"] == "configured-key"
+    assert mappings["inline"].apply(hostile) == {"routing_key": "configured-key"}
+
+
+def test_a_var_named_event_is_refused():
+    error = config_error('''
+        [mappings.m]
+        vars = { event = "x" }
+    ''')
+    assert error.key == "mappings.m.vars.event" and "whole event" in str(error)
 
 
 def test_var_names_must_be_plain_names():

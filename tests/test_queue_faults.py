@@ -21,7 +21,7 @@ import threading
 import time
 from pathlib import Path
 
-from test_faults import ReceiverProcess, dead_letters, env, receivers  # noqa: F401 (fixture)
+from test_faults import ReceiverProcess, dead_letters, env, receivers  # noqa: F401 (a fixture)
 
 ALERTTYPES = ("start", "ongoing", "ongoing", "ongoing", "end")
 

@@ -9,6 +9,7 @@ import os
 import re
 import socket
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,8 @@ from nwpipe.outputs import Delivery
 from nwpipe.plugins import Plugins
 from nwpipe.settings import validate_settings
 from nwpipe_plugins.syslog import SyslogOutput, cef_message
+
+from rsyslog import Rsyslog, rsyslog_missing
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -71,7 +74,7 @@ class StreamCollector:
         self._changed = asyncio.Event()
         self._writers = []
 
-    async def start(self) -> "StreamCollector":
+    async def start(self) -> StreamCollector:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port,
                                                   ssl=self.ssl_context)
         self.port = self._server.sockets[0].getsockname()[1]
@@ -172,7 +175,8 @@ async def test_udp_refused_port_is_retry(make_event, closed_port):
 
 
 async def test_udp_message_too_large_is_failed(udp_listener, make_event):
-    out = make_output(host="127.0.0.1", port=udp_listener.getsockname()[1])
+    out = make_output(host="127.0.0.1", port=udp_listener.getsockname()[1],
+                      max_message_bytes=100000)
     await out.open()
     huge = make_event(summary="x" * 70000)
     result = await out.send([delivery(huge)])
@@ -426,21 +430,379 @@ def test_defaults_and_describe():
         == "syslog tls siem:6514 (cef, facility 16, octet-counting framing)"
 
 
+async def start_run(config: Path) -> asyncio.subprocess.Process:
+    """``nwpipe run -c config`` as a subprocess, in the config's folder, reading stdin."""
+    env = {**os.environ, "NWPIPE_LOAD_PLUGINS": ""}
+    env.pop("NWPIPE_CONFIG", None)
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "nwpipe", "run", "-c", str(config), cwd=config.parent, env=env,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+
+
 async def test_cli_run_delivers_every_event_in_order(collectors, tmp_path):
     collector = await collectors()
     config = tmp_path / "nwpipe.toml"
     config.write_text(f'[outputs.siem]\ntype = "syslog"\nhost = "127.0.0.1"\n'
                       f'port = {collector.port}\nprotocol = "tcp"\n')
     sample = (ROOT / "examples" / "events.jsonl").read_text()
-    env = {**os.environ, "NWPIPE_LOAD_PLUGINS": ""}
-    env.pop("NWPIPE_CONFIG", None)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "nwpipe", "run", "-c", str(config), cwd=tmp_path, env=env,
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE)
+    proc = await start_run(config)
     _, err = await asyncio.wait_for(proc.communicate(sample.encode()), 60)
     assert proc.returncode == 0, err.decode()
     expected = [json.loads(line) for line in sample.splitlines() if line.strip()]
     await collector.wait_for_bytes(lambda d: len(octet_frames_safe(d)) == len(expected))
     got = [json.loads(parse(f)["msg"]) for f in octet_frames(collector.data)]
     assert got == expected
+
+
+# -- time ------------------------------------------------------------------------------------
+
+async def test_timestamps_in_any_unit_and_rounded(udp_listener, make_event):
+    out = make_output(host="127.0.0.1", port=udp_listener.getsockname()[1])
+    await out.open()
+    stamps = [1689391131.9996, 1689391131250, 1689391131000000, "2023-07-15T03:18:51Z"]
+    await out.send([delivery(make_event(id=f"t{i}", timestamp=t)) for i, t in enumerate(stamps)])
+    await out.close()
+    got = [parse(udp_listener.recv(65535))["ts"] for _ in stamps]
+    # before: the carry from .9996 was dropped (...:51Z), microseconds were year 55,505
+    assert got == ["2023-07-15T03:18:52Z", "2023-07-15T03:18:51.250Z", "2023-07-15T03:18:51Z",
+                   "2023-07-15T03:18:51Z"]
+
+
+def test_cef_times_are_milliseconds_whatever_the_event_used(make_event):
+    event = make_event(timestamp=1689391131250, start=1689391131000, end="1689391191.0004")
+    ext = parse_cef(cef_message(event))[1]
+    # before: an event in milliseconds gave rt = 1689391131250000 (year 55,505)
+    assert (ext["rt"], ext["start"], ext["end"]) == \
+        ("1689391131000", "1689391131000", "1689391191000")
+    assert "rt" not in parse_cef(cef_message(make_event(start=0, timestamp="soon")))[1]
+
+
+# -- message limits and control characters ----------------------------------------------------
+
+def test_cef_respects_the_spec_field_limits(make_event):
+    event = make_event(summary="S" * 2000, description="d|=\\" * 600, algorithm="a" * 1500,
+                       categories=["c" * 3000])
+    header, ext = parse_cef(cef_message(event))
+    assert len(header[5]) == 512 and header[5].endswith("\u2026")   # Name
+    assert len(header[4]) == 1023                                    # Signature ID
+    assert len(ext["msg"]) == 1023 and ext["msg"].startswith("d|=\\d|=\\")
+    assert len(ext["cat"]) == 1023
+
+
+def test_control_characters_are_escaped_in_cef_and_plain(make_event):
+    nasty = "bad\x00nul \x1b[2Jesc \x7fdel\ttab"
+    event = make_event(summary=nasty, description=nasty)
+    text = cef_message(event)
+    assert not any(c in text for c in "\x00\x1b\x7f")
+    header, ext = parse_cef(text)
+    assert header[5] == ext["msg"] == "bad\\x00nul \\x1b[2Jesc \\x7fdel\ttab"
+    from nwpipe_plugins.syslog import plain_message
+    assert plain_message(nasty, event) == "bad\\x00nul \\x1b[2Jesc \\x7fdel\ttab"
+    assert "\x1b" not in plain_message(None, event)
+
+
+@pytest.mark.parametrize("limit", [480, 1000, 8192])
+def test_truncated_at_max_message_bytes_with_valid_utf8_and_a_marker(make_event, limit):
+    out = make_output(host="h", format="plain", max_message_bytes=limit)
+    # three-byte and four-byte characters, so the cut may fall inside one
+    event = make_event(summary="ünïcödé 🚨 €" * 2000)
+    message = out.message(delivery(event, body=event["summary"]))
+    assert limit - 3 <= len(message) <= limit
+    text = message.decode("utf-8")           # raises on a broken character
+    assert text.endswith(" [truncated]")
+    assert parse(message)["msg"].startswith("ünïcödé 🚨 €ünïcödé")
+    short = out.message(delivery(event, body="short"))
+    assert parse(short)["msg"] == "short"
+
+
+def test_max_message_bytes_is_checked():
+    assert "max_message_bytes must be at least 480" in load({"host": "h",
+                                                             "max_message_bytes": 100})
+    assert "outputs.s.oversize: 'drop' is not one of" in load({"host": "h", "oversize": "drop"})
+
+
+# -- against a real rsyslogd ------------------------------------------------------------------
+
+def need_rsyslog() -> None:
+    """Skip without rsyslogd and imrelp; under CI, which installs them, fail instead."""
+    missing = rsyslog_missing()
+    if missing:
+        (pytest.fail if os.environ.get("CI") else pytest.skip)(missing)
+
+
+@pytest.fixture(scope="module")
+def rsyslog(tmp_path_factory):
+    """A real rsyslogd (imrelp and imtcp on free ports), stopped after the module."""
+    need_rsyslog()
+    server = Rsyslog(tmp_path_factory.mktemp("rsyslog")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_rsyslog(tmp_path):
+    """An rsyslogd of the test's own, not started yet (a test that kills or restarts
+    it); stopped after the test."""
+    need_rsyslog()
+    server = Rsyslog(tmp_path / "rsyslog")
+    yield server
+    server.stop()
+
+
+def wait_for_line(rsyslog, marker: bytes, timeout: float = 60) -> None:
+    """Poll rsyslog's file until a line contains ``marker``."""
+    deadline = time.monotonic() + timeout
+    while not any(marker in line for line in rsyslog.lines()):
+        assert time.monotonic() < deadline, f"rsyslog never wrote {marker!r}"
+        time.sleep(0.05)
+
+
+async def test_rsyslog_takes_a_message_at_the_limit_as_one_message(rsyslog, make_event):
+    out = make_output(host="127.0.0.1", port=rsyslog.tcp_port, protocol="tcp", format="plain")
+    await out.open()
+    fits = make_event(id="fits")
+    exact = "fits " + "y" * (8192 - len(out.message(delivery(fits, body="fits "))))
+    huge = "huge " + "z" * 30000       # before: rsyslog logged this as 4+ bogus messages
+    assert len(out.message(delivery(fits, body=exact))) == 8192
+    assert await out.send([delivery(fits, body=exact),
+                           delivery(make_event(id="huge"), body=huge),
+                           delivery(make_event(id="after"), body="after-the-limit")]) \
+        == Delivered()
+    await out.close()
+    # the last message on the connection: once it is written, so is everything before
+    await asyncio.to_thread(wait_for_line, rsyslog, b" - after-the-limit")
+    lines = [line for line in rsyslog.lines() if b"fits y" in line or b"huge z" in line
+             or b"zzz" in line or b" - after-the-limit" in line]
+    assert len(lines) == 3, [line[:80] for line in lines]
+    assert parse(lines[0])["msg"] == exact
+    assert parse(lines[1])["msg"].startswith("huge zzz") and lines[1].endswith(b" [truncated]")
+    assert len(lines[1]) == 8192
+    assert parse(lines[2])["msg"] == "after-the-limit"
+
+
+async def test_relp_every_message_acknowledged_by_rsyslog(rsyslog, make_event):
+    out = make_output(host="127.0.0.1", port=rsyslog.relp_port, protocol="relp",
+                      relp_window=16)
+    assert out.describe() == f"syslog relp 127.0.0.1:{rsyslog.relp_port} (json, facility 1, " \
+                             "window 16)"
+    await out.open()
+    events = [make_event(id=f"relp-ack-{i}") for i in range(250)]
+    assert await out.send([delivery(e) for e in events]) == Delivered()
+    await out.close()
+    # acknowledged means written: the file has them already, no waiting needed
+    got = [json.loads(parse(line)["msg"]) for line in rsyslog.lines()
+           if b"relp-ack-" in line]
+    assert got == events
+
+
+async def test_relp_collector_down_is_retry_then_recovers(own_rsyslog, make_event):
+    collector = own_rsyslog                              # not started yet
+    out = make_output(host="127.0.0.1", port=collector.relp_port, protocol="relp", timeout=2)
+    await out.open()
+    result = await out.send([delivery(make_event(id="early"))])
+    assert isinstance(result, Retry)
+    assert result.reason == f"connection refused by 127.0.0.1:{collector.relp_port}"
+    await asyncio.to_thread(collector.start)
+    assert await out.send([delivery(make_event(id="early"))]) == Delivered()
+    await out.close()
+    assert [json.loads(parse(line)["msg"])["id"] for line in collector.lines()] == ["early"]
+
+
+class ScriptedRelpServer:
+    """A RELP server on 127.0.0.1 that answers as a test says, for the faults a real
+    collector shows only by chance: an answer lost with the connection, a refusal."""
+
+    def __init__(self):
+        self.received: list[bytes] = []   # every syslog message, in arrival order
+        self.answer = lambda number: b"200 OK"   # per message received (1, 2, ...)
+        self.drop_after: int | None = None       # close the connection after N messages
+        self.open_answer = b"200 OK\nrelp_version=0\ncommands=syslog"
+        self.connections = 0
+
+    async def start(self):
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def _handle(self, reader, writer):
+        from nwpipe.net.relp import FrameReader, encode_frame
+        self.connections += 1
+        frames = FrameReader(reader)
+        try:
+            while True:
+                frame = await frames.read()
+                if frame.command == "open":
+                    writer.write(encode_frame(frame.txnr, "rsp", self.open_answer))
+                elif frame.command == "close":
+                    writer.write(encode_frame(frame.txnr, "rsp"))
+                    break
+                elif frame.command == "syslog":
+                    self.received.append(frame.data)
+                    if self.drop_after is not None and len(self.received) > self.drop_after:
+                        self.drop_after = None
+                        break  # taken but never answered
+                    writer.write(encode_frame(frame.txnr, "rsp",
+                                              self.answer(len(self.received))))
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    async def stop(self):
+        self._server.close()
+        await self._server.wait_closed()
+
+
+async def test_relp_resends_only_what_was_not_acknowledged(make_event):
+    server = await ScriptedRelpServer().start()
+    server.drop_after = 3   # the 4th message arrives, its answer is lost with the connection
+    out = make_output(host="127.0.0.1", port=server.port, protocol="relp", relp_window=2)
+    await out.open()
+    batch = [delivery(make_event(id=f"m{i}")) for i in range(6)]
+    first = await out.send(batch)
+    assert isinstance(first, Retry)
+    assert "not acknowledged" in first.reason
+    # the engine retries the same batch: the three acknowledged are not sent again
+    assert await out.send(batch) == Delivered()
+    await out.close()
+    await server.stop()
+    ids = [json.loads(parse(m)["msg"])["id"] for m in server.received]
+    assert ids[:4] == ["m0", "m1", "m2", "m3"]
+    assert ids[4:] == ["m3", "m4", "m5"]        # m3 again: at least once
+    assert server.connections == 2
+
+
+async def test_relp_refused_message_is_dead_lettered_alone(make_event):
+    server = await ScriptedRelpServer().start()
+    server.answer = lambda n: b"500 message refused\x1b[2J" if n == 2 else b"200 OK"
+    server.drop_after = 2   # and the answer to the third is lost with the connection
+    out = make_output(host="127.0.0.1", port=server.port, protocol="relp")
+    await out.open()
+    batch = [delivery(make_event(id=f"r{i}")) for i in range(3)]
+    assert isinstance(await out.send(batch), Retry)
+    # the refusal is remembered across the retry: not sent again, not counted delivered
+    result = await out.send(batch)
+    await out.close()
+    await server.stop()
+    assert [json.loads(parse(m)["msg"])["id"] for m in server.received] == \
+        ["r0", "r1", "r2", "r2"]
+    assert result == Delivered(refused=((1, f"127.0.0.1:{server.port} refused the message: "
+                                            "500 message refused[2J"),))
+
+
+async def test_relp_session_refused_or_not_relp(make_event, collectors):
+    server = await ScriptedRelpServer().start()
+    server.open_answer = b"500 not allowed here"
+    out = make_output(host="127.0.0.1", port=server.port, protocol="relp")
+    result = await out.send([delivery(make_event())])
+    assert isinstance(result, Failed) and "refused the RELP session: 500 not allowed" \
+        in result.reason
+    await out.close()
+    await server.stop()
+    # a port that speaks something else and never answers
+    plain = await collectors()
+    out = make_output(host="127.0.0.1", port=plain.port, protocol="relp", timeout=0.5)
+    result = await out.send([delivery(make_event())])
+    assert isinstance(result, Retry) and "timed out" in result.reason
+    await out.close()
+
+
+async def test_relp_oversize_dead_letter_refuses_only_that_message(rsyslog, make_event):
+    out = make_output(host="127.0.0.1", port=rsyslog.relp_port, protocol="relp",
+                      oversize="dead-letter", format="plain")
+    await out.open()
+    batch = [delivery(make_event(id="small-1"), body="small-1"),
+             delivery(make_event(id="big"), body="b" * 9000),
+             delivery(make_event(id="small-2"), body="small-2")]
+    result = await out.send(batch)
+    await out.close()
+    assert isinstance(result, Delivered)
+    assert len(result.refused) == 1 and result.refused[0][0] == 1
+    assert "over max_message_bytes = 8192" in result.refused[0][1]
+    msgs = [parse(line)["msg"] for line in rsyslog.lines() if b" - small-" in line
+            or b"bbbb" in line]
+    assert msgs == ["small-1", "small-2"]
+
+
+@pytest.mark.parametrize("how", ["kill", "stop"])
+async def test_relp_collector_restarted_mid_run_loses_nothing(own_rsyslog, tmp_path,
+                                                              make_event, how):
+    """kill -9 (or SIGTERM) of rsyslogd while events stream, then a restart on the same
+    port: every event is in rsyslog's file or in the dead-letter file."""
+    collector = await asyncio.to_thread(own_rsyslog.start)
+    dead = tmp_path / "dead.jsonl"
+    config = tmp_path / "nwpipe.toml"
+    config.write_text(f'dead_letter = "{dead}"\n[outputs.siem]\ntype = "syslog"\n'
+                      f'host = "127.0.0.1"\nport = {collector.relp_port}\nprotocol = "relp"\n'
+                      f'timeout = 5\n')
+    total = 4000
+    lines = [json.dumps(make_event(id=f"kill-{i:05d}")).encode() + b"\n" for i in range(total)]
+    proc = await start_run(config)
+    try:
+        proc.stdin.write(b"".join(lines))
+        writing = asyncio.ensure_future(proc.stdin.drain())
+        # kill while messages are in flight: some written, some sent but not answered
+        await asyncio.to_thread(collector.wait_for_lines, 300)
+        getattr(collector, how)()
+        in_file_at_kill = len(collector.lines())
+        await asyncio.to_thread(collector.start)
+        await writing
+        proc.stdin.close()
+        _, err = await asyncio.wait_for(proc.communicate(), 120)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        collector.stop()
+    assert in_file_at_kill < total, "the kill came after the end: nothing was tested"
+    received = set()
+    for line in collector.lines():
+        event = json.loads(parse(line)["msg"])
+        received.add(event["id"])
+    dead_ids = set()
+    if dead.exists():
+        for line in dead.read_text().splitlines():
+            dead_ids.add(json.loads(line)["event"]["id"])
+    expected = {f"kill-{i:05d}" for i in range(total)}
+    assert expected - received - dead_ids == set(), err.decode()[-2000:]
+    assert proc.returncode in (0, 3), err.decode()[-2000:]
+
+
+async def test_cli_oversize_dead_letter_keeps_the_others_flowing(rsyslog, tmp_path, make_event):
+    """oversize = "dead-letter": the one long event goes to the dead-letter file with its
+    reason, the rest of its batch reaches rsyslog, the summary counts both."""
+    dead = tmp_path / "dead.jsonl"
+    config = tmp_path / "nwpipe.toml"
+    config.write_text(f'dead_letter = "{dead}"\n[outputs.siem]\ntype = "syslog"\n'
+                      f'host = "127.0.0.1"\nport = {rsyslog.tcp_port}\nprotocol = "tcp"\n'
+                      f'oversize = "dead-letter"\nmax_message_bytes = 2000\n')
+    events = [make_event(id="over-1"), make_event(id="over-2", description="d" * 5000),
+              make_event(id="over-3")]
+    proc = await start_run(config)
+    _, err = await asyncio.wait_for(
+        proc.communicate(b"".join(json.dumps(e).encode() + b"\n" for e in events)), 60)
+    assert proc.returncode == 3, err.decode()   # 3: something is in the dead-letter file
+    assert "2 delivered" in err.decode() and "1 dead-lettered" in err.decode()
+    assert "Traceback" not in err.decode()
+    records = [json.loads(line) for line in dead.read_text().splitlines()]
+    assert [r["event"]["id"] for r in records] == ["over-2"]
+    assert "over max_message_bytes = 2000" in records[0]["reason"]
+    await asyncio.to_thread(wait_for_line, rsyslog, b'"over-3"')
+    ids = [json.loads(parse(line)["msg"])["id"] for line in rsyslog.lines()
+           if b'"over-' in line]
+    assert ids == ["over-1", "over-3"]
+
+
+async def test_relp_session_closed_while_idle_reconnects_at_once(own_rsyslog, make_event):
+    collector = await asyncio.to_thread(own_rsyslog.start)
+    out = make_output(host="127.0.0.1", port=collector.relp_port, protocol="relp")
+    await out.open()
+    assert await out.send([delivery(make_event(id="before"))]) == Delivered()
+    await asyncio.to_thread(collector.stop)     # sends serverclose to the idle session
+    await asyncio.to_thread(collector.start)
+    # no Retry (and no backoff): the stale session is replaced within the send
+    assert await out.send([delivery(make_event(id="after"))]) == Delivered()
+    await out.close()
+    ids = [json.loads(parse(line)["msg"])["id"] for line in collector.lines()]
+    assert ids == ["before", "after"]

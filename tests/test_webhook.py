@@ -16,7 +16,7 @@ import time
 import pluggy
 import pytest
 from aiohttp import web
-from standardwebhooks.webhooks import Webhook
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 import nwpipe
 import nwpipe.hookspecs
@@ -180,6 +180,42 @@ def test_header_values_with_control_characters_are_rejected_at_load(value):
         assert value not in message
     assert "control character" in load_error(url="http://127.0.0.1/x", bearer_token=value)
     assert "control character" in load_error(url="http://127.0.0.1/x", content_type=value)
+
+
+def test_a_nul_is_named_as_a_nul_not_as_a_line_break():
+    for table in ({"headers": {"X-Api-Key": "a\0b"}}, {"bearer_token": "a\0b"},
+                  {"username": "so\0c"}, {"username": "soc", "password": "p\0w"}):
+        message = load_error(url="http://127.0.0.1/x", **table)
+        assert "NUL character (U+0000)" in message and "line break" not in message, message
+    message = load_error(url="http://127.0.0.1/x", headers={"X-A": "a\rb"})
+    assert "line break (CR or LF)" in message
+
+
+async def test_templated_header_rendering_a_nul_names_the_nul(receiver, make_delivery,
+                                                             make_event):
+    output = make_output(url=receiver.url, headers={"X-Customer": "{{ customer }}"})
+    result = await send_once(output, [make_delivery(event=make_event(customer="a\0b"))])
+    assert result == Failed("header 'X-Customer': rendered value contains a NUL character "
+                            "(U+0000)")
+
+
+async def test_header_and_url_templates_render_nwpipe_filters(receiver, make_delivery,
+                                                              make_event):
+    # one Jinja environment for mappings, conditions, URLs and headers
+    output = make_output(url=receiver.url + "/at/{{ start | isotime }}",
+                         headers={"X-Start": "{{ start | isotime }}"})
+    event = make_event(start=1689391131)
+    assert await send_once(output, [make_delivery(event=event)]) == Delivered()
+    [request] = receiver.requests
+    assert request.headers["X-Start"] == "2023-07-15T03:18:51Z"
+    assert request.path == "/at/2023-07-15T03%3A18%3A51Z"  # every value is escaped
+
+
+async def test_receiver_body_is_kept_with_its_lines_but_without_control_characters(
+        receiver, make_delivery):
+    receiver.reply(status=400, body="line one\n\tline two\r\x1b[2Kforged\x00")
+    result = await send_once(make_output(url=receiver.url), [make_delivery()])
+    assert result.response == "line one\n\tline two[2Kforged"
 
 
 async def test_header_value_may_hold_a_tab(receiver, make_delivery):
@@ -486,7 +522,7 @@ async def test_signature_verifies_with_standardwebhooks(receiver, make_delivery)
     assert request.headers["webhook-signature"].startswith("v1,")
     assert Webhook(secret).verify(request.raw_body, dict(request.headers)) == delivery.body
     other = "whsec_" + base64.b64encode(os.urandom(24)).decode()
-    with pytest.raises(Exception):
+    with pytest.raises(WebhookVerificationError):
         Webhook(other).verify(request.raw_body, dict(request.headers))
 
 

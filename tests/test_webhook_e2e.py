@@ -21,7 +21,7 @@ from pathlib import Path
 import orjson
 import pytest
 from aiohttp import web
-from standardwebhooks.webhooks import Webhook
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from conftest import Receiver
 
@@ -162,7 +162,7 @@ class FixedPortReceiver(Receiver):
         super().__init__()
         self.port = port
 
-    async def start(self) -> "FixedPortReceiver":
+    async def start(self) -> FixedPortReceiver:
         server = web.Server(self._handle, auto_decompress=False, handler_cancellation=True)
         self._runner = web.ServerRunner(server, shutdown_timeout=0.5)
         await self._runner.setup()
@@ -264,6 +264,55 @@ async def test_429_with_retry_after_waits_as_told(tmp_path, receiver):
     assert len(arrivals) == 2
     # the backoff alone would wait at most 0.02 s; Retry-After asks for 1 s
     assert 0.9 <= arrivals[1] - arrivals[0] < 10
+
+
+@pytest.mark.parametrize("retry_after", ["0", "Wed, 21 Oct 2015 07:28:00 GMT"])
+async def test_retry_after_zero_or_past_waits_at_least_the_initial_backoff(
+        tmp_path, receiver, retry_after):
+    # a receiver whose clock lags answers with a date in the past (or 0): the waits
+    # must not shrink to nothing, or the whole retry budget goes in milliseconds
+    loop = asyncio.get_running_loop()
+    arrivals = []
+
+    async def busy(request, record):
+        arrivals.append(loop.time())
+        return web.Response(status=429, headers={"Retry-After": retry_after})
+    receiver.handler = busy
+    config = f"""
+        [outputs.soc]
+        type = "webhook"
+        url = "{receiver.url}/hook"
+        retry = {{ initial_backoff = 0.25, max_backoff = 0.5, max_elapsed = 1.2 }}
+    """
+    run = await nwpipe(tmp_path, config, [event("a-1")])
+    assert run.returncode == 3, run.stderr
+    # 1.2 s of budget at no less than 0.25 s a wait: a handful of attempts, not thousands
+    assert 2 <= len(arrivals) <= 6, arrivals
+    gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
+    assert all(gap >= 0.24 for gap in gaps), gaps
+    [record] = run.dead_letters()
+    assert record["reason"].startswith(
+        "output 'soc' failing for longer than retry.max_elapsed (1.2 s)"), record["reason"]
+
+
+async def test_retry_after_longer_than_max_elapsed_says_so(tmp_path, receiver):
+    receiver.reply(503, headers={"Retry-After": "600"})
+    config = f"""
+        [outputs.soc]
+        type = "webhook"
+        url = "{receiver.url}/hook"
+        retry = {{ max_attempts = 5, max_elapsed = 30 }}
+    """
+    run = await nwpipe(tmp_path, config, [event("a-1")])
+    assert run.returncode == 3, run.stderr
+    assert len(receiver.requests) == 1  # not waited for: it could never be retried in time
+    [record] = run.dead_letters()
+    assert record["reason"].startswith(
+        "output 'soc' failing for longer than retry.max_elapsed (30 s)"), record["reason"]
+    assert re.search(r": HTTP 503 Service Unavailable \(Retry-After asked for 600 s, more "
+                     r"than the \d+\.\d s left of retry\.max_elapsed = 30 s\)$",
+                     record["reason"]), record["reason"]
+    assert "Retry-After asked for 600 s" in run.stderr
 
 
 async def test_400_is_not_retried_and_is_dead_lettered(tmp_path, receiver):
@@ -439,7 +488,7 @@ async def test_signature_verifies_with_standardwebhooks_across_retries(tmp_path,
     first, retried, end = receiver.requests
     assert first.headers["webhook-id"] == retried.headers["webhook-id"]
     assert end.headers["webhook-id"] != first.headers["webhook-id"]
-    with pytest.raises(Exception):
+    with pytest.raises(WebhookVerificationError):
         Webhook(new_secret()).verify(first.raw_body, dict(first.headers))
 
 
@@ -652,3 +701,64 @@ async def test_config_errors_about_the_url_do_not_show_credentials(tmp_path):
     assert run.returncode == 1
     assert "outputs.soc.url: url must start with http:// or https:// (got ftp://...)" in run.stderr
     assert "pw-Zq81" not in run.stderr and "qs-Vb09" not in run.stderr
+
+
+# --- the URL's path token and the receiver's words -------------------------------------------
+
+SLACK_TOKEN = "Zk3vQ9xLmW2pR7tY8uN4bC1d"
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+async def test_url_path_token_echoed_by_the_receiver_is_redacted_everywhere(
+        tmp_path, receiver, log_format):
+    # Slack keeps its secret in the path; a receiver echoes it in a Location (a 3xx
+    # not followed) and in a 404 body. Neither stderr (-v, text or JSON), nor the dead
+    # letters show it.
+    path = f"/services/T0123ABCD/B0123ABCD/{SLACK_TOKEN}"
+
+    async def echo(request, record):
+        if record.json()["id"] == "a-1":
+            return web.Response(status=302, headers={"Location": f"{request.path}/moved"})
+        return web.Response(status=404, text=f"no such hook: {request.path}")
+    receiver.handler = echo
+    config = f"""
+        [outputs.slack]
+        type = "webhook"
+        url = "{receiver.url}{path}"
+        {FAST_RETRY}
+    """
+    run = await nwpipe(tmp_path, config, [event("a-1"), event("a-2")], "-v",
+                       "--log-format", log_format)
+    assert run.returncode == 3, run.stderr
+    assert [r.path for r in receiver.requests] == [path, path]  # the token was sent
+    redirect, missing = sorted(run.dead_letters(), key=lambda r: r["status"])
+    assert redirect["status"] == 302
+    assert "/services/T0123ABCD/B0123ABCD/***/moved" in redirect["reason"]
+    assert missing["status"] == 404
+    assert missing["response"] == "no such hook: /services/T0123ABCD/B0123ABCD/***"
+    assert "redirect" in run.stderr and "404" in run.stderr
+    text = run.stdout + run.stderr + run.dead_letter.read_text()
+    assert SLACK_TOKEN not in text
+
+
+async def test_probe_redacts_the_path_token_and_cannot_be_spoofed(tmp_path, receiver):
+    # a 400 body that echoes the URL and tries to rewrite the verdict line with a CR
+    # and escape sequences into a fake "OK"
+    async def spoof(request, record):
+        return web.Response(status=400, text=f"bad {request.path}\r\x1b[2K\x1b[1A"
+                                             "  slack: OK (HTTP 200 in 3 ms)\x07")
+    receiver.handler = spoof
+    config = f"""
+        [outputs.slack]
+        type = "webhook"
+        url = "{receiver.url}/services/T0123ABCD/B0123ABCD/{SLACK_TOKEN}"
+    """
+    run = await nwpipe(tmp_path, config, (), "--probe", command="check")
+    assert run.returncode != 0
+    text = run.stdout + run.stderr
+    assert SLACK_TOKEN not in text
+    for control in ("\r", "\x1b", "\x07"):
+        assert control not in text
+    [line] = [line for line in run.stdout.splitlines() if "HTTP 400" in line]
+    assert line.strip().startswith("slack: HTTP 400"), line
+    assert "the receiver said: bad /services/T0123ABCD/B0123ABCD/***" in line

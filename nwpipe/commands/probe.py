@@ -30,6 +30,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Iterable
 
+from nwpipe.net.httputil import printable
 from nwpipe.outputs import Delivery, Output
 from nwpipe.transform.route_map import MapFailed, map_for
 from nwpipe.transform.routing import Route
@@ -51,8 +52,9 @@ class ProbeReport:
     probed: bool = True
 
     def line(self) -> str:
-        """``soc: OK (HTTP 200 in 35 ms)``."""
-        return f"{self.output}: {self.message}"
+        """``soc: OK (HTTP 200 in 35 ms)``; an output's message may quote its receiver,
+        so control characters never reach the terminal."""
+        return f"{self.output}: {printable(self.message)}"
 
 
 def probe_event(customer: str = PROBE_CUSTOMER, now: float | None = None) -> dict:

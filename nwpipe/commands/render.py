@@ -32,6 +32,7 @@ from typing import Any, Iterator, TextIO
 
 import orjson
 
+from nwpipe import jsonio
 from nwpipe.config import Config
 from nwpipe.engine.pipeline import EXIT_DEAD_LETTERED, EXIT_OK
 from nwpipe.errors import ConfigError
@@ -147,7 +148,7 @@ def write_human(item: Rendered | NotSent, stream: TextIO) -> None:
     if item.error is not None:
         stream.write(f"{head}: ERROR: {item.error}\n")
     else:
-        text = orjson.dumps(item.body, option=orjson.OPT_INDENT_2).decode()
+        text = jsonio.dumps(item.body, option=orjson.OPT_INDENT_2).decode()
         stream.write(f"{head}\n{text}\n")
 
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
+from nwpipe import jsonio
 from nwpipe.config import Config
 from nwpipe.engine.deadletter import Rewrite, iter_lines
 from nwpipe.engine.pipeline import (
@@ -166,7 +167,7 @@ class _Replayer:
 
     async def _one(self, number: int, line: bytes) -> None:
         try:
-            record = orjson.loads(line)
+            record = jsonio.loads(line)
         except orjson.JSONDecodeError:
             self._stay(line, number, "not a dead-letter record (not valid JSON)")
             return
@@ -187,7 +188,8 @@ class _Replayer:
             where = 0
         pipeline = self.pipeline
 
-        if stage == "parse":
+        # an intake record is a piece of a request body that `nwpipe serve` refused
+        if stage in ("parse", "intake"):
             events = self._parse_again(record, source, where)
             if isinstance(events, str):
                 self._stay(line, number, f"still not a valid event: {events}")

@@ -23,14 +23,14 @@ import asyncio
 import errno
 import logging
 import os
+import reprlib
 import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-import orjson
-
+from nwpipe import jsonio
 from nwpipe.errors import NwpipeError
 from nwpipe.outputs import Delivery
 
@@ -49,6 +49,13 @@ GROUP_BYTES = 1 << 20
 
 #: how often a run retries appending while a replay holds the file (seconds)
 LOCKED_RETRY = 0.05
+
+#: waits before each retry of a write that failed (disk full, read-only file system);
+#: after the last one the waiting records are printed on stderr (``spill``)
+RETRY_DELAYS = (0.1, 0.5)
+
+#: most bytes of records waiting in memory for a file that cannot be written
+PENDING_LIMIT = 8 << 20
 
 
 def utc_now() -> str:
@@ -96,12 +103,14 @@ def event_record(event: dict, *, stage: str, output: str | None, source: str, li
     }
 
 
-def raw_record(raw: str, *, source: str, line: int, reason: str) -> dict[str, Any]:
-    """A record for input that is not a usable event (the raw text is kept)."""
+def raw_record(raw: str, *, source: str, line: int, reason: str,
+               stage: str = "parse") -> dict[str, Any]:
+    """A record for input that is not a usable event (the raw text is kept); ``stage``
+    is ``intake`` for a piece of a request body that ``nwpipe serve`` refused."""
     return {
         "nwpipe_dead_letter": RECORD_VERSION,
         "time": utc_now(),
-        "stage": "parse",
+        "stage": stage,
         "output": None,
         "source": source,
         "line": line,
@@ -115,18 +124,37 @@ class DeadLetterFile:
     """Append-only, durable writer; the file is created on the first record only.
 
     ``lock=False`` skips the advisory lock (for a private file nobody else opens).
+
+    When the file cannot be written (disk full, a read-only file system), records wait in
+    memory while the write is retried a few times (:data:`RETRY_DELAYS`), never more than
+    one retry at a time, each going on exactly where the last write stopped, so no record
+    is written twice or cut. Then, with ``spill=True`` (what ``nwpipe run`` uses), the
+    waiting records are printed on stderr, once, and counted in :attr:`spilled`; the
+    next records try the file again. Without ``spill`` they keep waiting and
+    :meth:`close` prints them and raises NwpipeError. Memory stays bounded either way:
+    past :data:`PENDING_LIMIT` bytes, records waiting are spilled (or the write raises).
     """
 
-    def __init__(self, path: str | os.PathLike, *, lock: bool = True):
+    def __init__(self, path: str | os.PathLike, *, lock: bool = True, spill: bool = False):
         self.path = Path(path)
         #: records written through :meth:`write` (not :meth:`write_raw`)
         self.count = 0
+        #: records that could not be written to the file and were printed on stderr
+        self.spilled = 0
+        #: why the file could not be written, when it could not (for the summary)
+        self.error: str | None = None
         self._lock = lock and fcntl is not None
+        self._spill = spill
         self._fd: int | None = None
+        # Waiting records as one buffer; its first ``_head_written`` bytes (part of its
+        # first record) are already in the file, after a write that stopped midway.
         self._pending: list[bytes] = []
         self._pending_bytes = 0
+        self._head_written = 0
+        self._end_after_partial = -1  # file size right after that partial write
         self._handle: asyncio.Handle | asyncio.TimerHandle | None = None
-        self._error: OSError | None = None
+        self._failures = 0  # failed attempts in a row
+        self._outage = False  # the file could not be written, and not since
         self._waiting_reported = False
 
     def check(self) -> None:
@@ -149,9 +177,9 @@ class DeadLetterFile:
 
     def write(self, records: Iterable[dict[str, Any]]) -> None:
         """Append records durably (see the module docstring for when exactly)."""
-        data = b"".join(orjson.dumps(r, default=_fallback) + b"\n" for r in records)
+        data = b"".join(encode_record(r) + b"\n" for r in records)
         if data:
-            self.count += data.count(b"\n")  # orjson never writes a raw newline
+            self.count += data.count(b"\n")  # compact JSON never holds a raw newline
             self._add(data)
 
     def write_raw(self, data: bytes) -> None:
@@ -167,7 +195,18 @@ class DeadLetterFile:
         except RuntimeError:
             self.flush()
             return
+        if self._failures:
+            # A retry is already scheduled: wait for it, within the memory bound.
+            if self._pending_bytes > PENDING_LIMIT:
+                if self._spill:
+                    self._spill_pending()
+                else:
+                    raise OSError(errno.ENOSPC, f"{self.error} ({self._pending_bytes} bytes "
+                                                "of dead letters waiting)")
+            return
         if self._pending_bytes >= GROUP_BYTES:
+            if self._handle is not None:
+                self._handle.cancel()
             self._try_flush()
         elif self._handle is None:
             # Everything written during this turn of the loop shares one fsync.
@@ -181,12 +220,19 @@ class DeadLetterFile:
         try:
             done = self._flush(block=False)
         except OSError as exc:
-            if self._error is None:
-                log.error("cannot write the dead-letter file %s: %s (retrying)", self.path,
-                          exc.strerror or exc)
-            self._error = exc
-            done = False
-        if not done:
+            self._failed(exc)
+            if self._failures > len(RETRY_DELAYS):
+                if self._spill:
+                    self._spill_pending()
+                self._failures = 0 if self._spill else len(RETRY_DELAYS)
+                if self._spill:
+                    return
+            delay = RETRY_DELAYS[min(self._failures, len(RETRY_DELAYS)) - 1]
+            self._handle = asyncio.get_running_loop().call_later(delay, self._try_flush)
+            return
+        if done:
+            self._recovered()
+        else:  # a replay holds the file
             self._handle = asyncio.get_running_loop().call_later(LOCKED_RETRY, self._try_flush)
 
     @property
@@ -194,32 +240,116 @@ class DeadLetterFile:
         """True when every record handed to this file so far is on disk."""
         return not self._pending
 
+    def _failed(self, exc: OSError) -> None:
+        reason = exc.strerror or str(exc)
+        if not self._outage:  # one message per outage, not one per attempt
+            self._outage = True
+            what = ("retrying, then printing records on stderr" if self._spill
+                    else "retrying")
+            log.error("cannot write the dead-letter file %s: %s (%s)", self.path, reason, what)
+        self.error = reason
+        self._failures += 1
+
+    def _recovered(self) -> None:
+        if self._outage:
+            self._outage = False
+            log.info("the dead-letter file %s can be written again", self.path)
+        self._failures = 0
+
     def flush(self) -> None:
-        """Write everything pending now, waiting for a replay's lock if need be."""
+        """Write everything pending now, waiting for a replay's lock if need be.
+
+        With ``spill``, what cannot be written is printed on stderr instead (never
+        raises); otherwise the OSError propagates and the records keep waiting.
+        """
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
-        if self._pending:
+        if not self._pending:
+            return
+        try:
             self._flush(block=True)
-            self._error = None
+        except OSError as exc:
+            self._failed(exc)
+            if not self._spill:
+                raise
+            self._spill_pending()
+        else:
+            self._recovered()
+        self._failures = 0
 
     def _flush(self, *, block: bool) -> bool:
         fd = self._locked_fd(block)
         if fd is None:
             return False
         try:
-            data = b"".join(self._pending)
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            os.fsync(fd)
+            data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
+            self._pending[:] = [data]
+            done = self._head_written
+            try:
+                while done < len(data):
+                    done += os.write(fd, memoryview(data)[done:])
+            except OSError:
+                # Keep exactly what is not in the file yet: whole records written now
+                # are dropped from the buffer, the record cut midway is completed by the
+                # next write (never written twice).
+                start = data.rfind(b"\n", 0, done) + 1
+                if start:
+                    data = data[start:]
+                    self._pending[:] = [data]
+                    self._pending_bytes = len(data)
+                self._head_written = done - start
+                if self._head_written:
+                    self._end_after_partial = os.fstat(fd).st_size
+                raise
             self._pending.clear()
             self._pending_bytes = 0
+            self._head_written = 0
+            try:
+                os.fsync(fd)
+            except OSError as exc:
+                # The records are in the file; only their flush to disk is in doubt.
+                log.warning("cannot sync the dead-letter file %s: %s", self.path,
+                            exc.strerror or exc)
             return True
         finally:
             if self._lock:
                 fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _spill_pending(self) -> None:
+        """Print every waiting record on stderr, once, and forget it."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        data = b"".join(self._pending)
+        self._pending.clear()
+        self._pending_bytes = 0
+        if self._head_written:
+            # Part of the first record is in the file: take it back out when the file
+            # still ends there, so the record is printed whole and the file holds no
+            # cut line. (A file system that refuses even that keeps the fragment.)
+            self._take_back_partial()
+        self._head_written = 0
+        if not data:
+            return
+        self.spilled += data.count(b"\n")
+        try:
+            sys.stderr.flush()
+            sys.stderr.buffer.write(data)
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass  # stderr is gone too: nothing left to tell
+
+    def _take_back_partial(self) -> None:
+        fd = self._fd
+        if fd is None:
+            return
+        try:
+            size = os.fstat(fd).st_size
+            if size == self._end_after_partial:
+                os.ftruncate(fd, size - self._head_written)
+        except OSError:
+            pass
 
     def _locked_fd(self, block: bool) -> int | None:
         """The open file, locked (shared) and still the one at ``path``; None if busy."""
@@ -246,6 +376,8 @@ class DeadLetterFile:
                 same = False
             if same:
                 return self._fd
+            if self._head_written:
+                return self._fd  # finish the cut record where it started
             os.close(self._fd)  # also drops the lock
             self._fd = None
 
@@ -253,7 +385,7 @@ class DeadLetterFile:
         """Write what is pending and close the file.
 
         When the file cannot be written, the pending records are printed on stderr (so
-        they are not lost) and NwpipeError is raised.
+        they are not lost); without ``spill``, NwpipeError is raised then too.
         """
         try:
             self.flush()
@@ -261,6 +393,8 @@ class DeadLetterFile:
             data = b"".join(self._pending)
             self._pending.clear()
             self._pending_bytes = 0
+            self._take_back_partial()
+            self._head_written = 0
             lost = data.count(b"\n")
             sys.stderr.flush()
             sys.stderr.buffer.write(data)
@@ -279,12 +413,58 @@ def _fallback(value: Any) -> Any:
     return repr(value)
 
 
+#: longest text kept of a value that could not be written as JSON (see encode_record)
+UNENCODABLE_TEXT = 64 * 1024
+
+
+def encode_record(record: dict[str, Any]) -> bytes:
+    """One record as a line of JSON (without the newline); never raises.
+
+    A record whose event or raw text cannot be written as JSON (nested too deeply, say)
+    keeps every other field; the value is replaced by a bounded text of it under
+    ``event_text`` (or ``raw``), and ``encode_error`` says why, so the record is still
+    written once, whole, and can be read back.
+    """
+    try:
+        return jsonio.dumps(record, default=_fallback)
+    except Exception as exc:  # any value at all: this is the writer of last resort
+        problem = f"{type(exc).__name__}: {exc}"
+    safe: dict[str, Any] = {}
+    for key, value in record.items():
+        try:
+            jsonio.dumps(value, default=_fallback)
+        except Exception:
+            safe[key] = None if key == "event" else _bounded_text(value)
+            if key == "event":
+                safe["event_text"] = _bounded_text(value)
+        else:
+            safe[key] = value
+    safe["encode_error"] = f"could not be written as JSON ({problem})"
+    try:
+        return jsonio.dumps(safe, default=_fallback)
+    except Exception:
+        return jsonio.dumps({"nwpipe_dead_letter": RECORD_VERSION, "time": utc_now(),
+                             "reason": str(record.get("reason", ""))[:UNENCODABLE_TEXT],
+                             "encode_error": f"could not be written as JSON ({problem})"})
+
+
+def _bounded_text(value: Any) -> str:
+    """A short text of any value, safe for any depth or size."""
+    short = reprlib.Repr()
+    short.maxlevel, short.maxstring, short.maxother = 12, UNENCODABLE_TEXT, 200
+    try:
+        text = short.repr(value)
+    except Exception as exc:
+        text = f"<{type(value).__name__}: {type(exc).__name__}>"
+    return text[:UNENCODABLE_TEXT]
+
+
 def read_records(path: str | os.PathLike) -> Iterable[tuple[int, dict[str, Any]]]:
     """Yield ``(line_number, record)`` from a dead-letter file, skipping blank lines."""
     with open(path, "rb") as fh:
         for number, line in enumerate(fh, 1):
             if line.strip():
-                yield number, orjson.loads(line)
+                yield number, jsonio.loads(line)
 
 
 # -- rewriting (nwpipe replay) ---------------------------------------------------------

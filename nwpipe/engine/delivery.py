@@ -92,6 +92,20 @@ def backoff_delay(attempt: int, initial: float, cap: float, rng=random.random) -
     return rng() * min(cap, initial * (2 ** (attempt - 1)))
 
 
+def retry_after_delay(after: float, initial: float) -> float:
+    """The wait a ``Retry-After`` asks for, but never less than ``initial`` (the
+    backoff's first step): ``Retry-After: 0`` or a date in the past (a receiver whose
+    clock lags) would otherwise spend every attempt within milliseconds."""
+    return max(after, initial)
+
+
+def retry_after_too_long(after: float, left: float, max_elapsed: float) -> str:
+    """What a dead-letter reason adds when the receiver asked to wait longer than
+    ``retry.max_elapsed`` leaves."""
+    return (f" (Retry-After asked for {after:g} s, more than the {max(0.0, left):.1f} s left "
+            f"of retry.max_elapsed = {max_elapsed:g} s)")
+
+
 class RateLimiter:
     """Spaces sends evenly: at most ``rate`` per second across all workers."""
 
@@ -174,6 +188,8 @@ class DeliveryEngine:
         self._resume_at = settings.queue_size - max(1, settings.queue_size // 4)
         self._wake = asyncio.Event()  # set when the backoff waits should end (shutdown cut short)
         self._flush = asyncio.Event()  # set when no more input comes: send partial batches now
+        #: called with the seconds from a batch's first attempt to its delivery (metrics)
+        self.on_delivered: Callable[[float], None] | None = None
 
     @property
     def failing(self) -> bool:
@@ -410,6 +426,7 @@ class DeliveryEngine:
         loop = asyncio.get_running_loop()
         attempt = 0
         successes = self._successes
+        started = loop.time()
         while True:
             if self.revoked is not None:
                 batch = self._unrevoked(batch)
@@ -439,11 +456,15 @@ class DeliveryEngine:
                 result = Retry(f"{type(exc).__name__}: {exc}")
             except Exception as exc:  # a plugin bug must not kill the run
                 result = Failed(f"output raised {type(exc).__name__}: {exc}")
+            if isinstance(result, Delivered) and result.refused:
+                batch = self._dead_letter_refused(batch, attempt, result.refused)
             if isinstance(result, Delivered):
                 self._successes += 1
                 if self._state.failing:
                     self._recovered(loop.time())
                 self.stats.delivered += len(batch)
+                if self.on_delivered is not None:
+                    self.on_delivered(loop.time() - started)
                 if self.on_settled is not None:
                     self.on_settled(batch, False)
                 return
@@ -464,16 +485,21 @@ class DeliveryEngine:
                 return
             failing_for = loop.time() - self._failing_at
             if result.after is not None:
-                delay = max(0.0, result.after)
+                delay = retry_after_delay(result.after, retry.initial_backoff)
             else:
                 delay = backoff_delay(attempt, retry.initial_backoff, retry.max_backoff)
             self._record(batch, attempt, "retry", result.reason, result.status, result.after)
             if self._spent or failing_for + delay > retry.max_elapsed:
+                note = ""
+                if result.after is not None and failing_for <= retry.max_elapsed:
+                    note = retry_after_too_long(result.after, retry.max_elapsed - failing_for,
+                                                retry.max_elapsed)
                 if not self._spent:
-                    self._spend(failing_for)
+                    self._spend(failing_for, note)
                 self._last_probe = loop.time()
-                self._dead_letter(batch, f"{self._spent_reason()}; last attempt: {result.reason}",
-                                  result.status, result.response, quiet=self._spent_reason())
+                why = f"{self._spent_reason()}; last attempt: {result.reason}{note}"
+                self._dead_letter(batch, why, result.status, result.response,
+                                  quiet=self._spent_reason())
                 return
             if attempt >= retry.max_attempts and self._successes > successes:
                 # the receiver delivers other events: this failure is the event's own
@@ -497,15 +523,16 @@ class DeliveryEngine:
             # the wake-up does (abandon() does both), and the worker would never end
             await wait_event(self._wake, delay)
 
-    def _spend(self, failing_for: float) -> None:
-        """The output has been failing for longer than its retry budget."""
+    def _spend(self, failing_for: float, note: str = "") -> None:
+        """The output has been failing for longer than its retry budget (``note``: why
+        waiting is pointless, such as a ``Retry-After`` past the budget)."""
         self._spent = True
         self._spent_count = self.stats.dead_lettered
         retry = self.settings.retry
         log.warning("%s: failing for %.1f s, and retrying longer would pass retry.max_elapsed "
-                    "(%g s): what waits for it is dead-lettered from now on; one attempt every "
+                    "(%g s)%s: what waits for it is dead-lettered from now on; one attempt every "
                     "%g s checks whether it is back", self.name, failing_for, retry.max_elapsed,
-                    retry.max_backoff)
+                    note, retry.max_backoff)
 
     def _spent_reason(self) -> str:
         return (f"output '{self.name}' failing for longer than retry.max_elapsed "
@@ -564,6 +591,19 @@ class DeliveryEngine:
             if self._warnings == MAX_WARNINGS:
                 log.warning("%s: further dead letters are only counted (see %s)", self.name,
                             self.dead_letter.path)
+
+    def _dead_letter_refused(self, batch: list[Delivery], attempt: int,
+                             refused: tuple[tuple[int, str], ...]) -> list[Delivery]:
+        """Dead-letter the deliveries an output refused while the rest arrived; return
+        the rest."""
+        by_reason: dict[str, list[Delivery]] = {}
+        for index, reason in refused:
+            by_reason.setdefault(reason, []).append(batch[index])
+        for reason, deliveries in by_reason.items():
+            self._record(deliveries, attempt, "failed", reason)
+            self._dead_letter(deliveries, reason)
+        gone = {index for index, _ in refused}
+        return [d for i, d in enumerate(batch) if i not in gone]
 
     def _output_closed(self, reason: str) -> None:
         self.closed = True

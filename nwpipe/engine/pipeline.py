@@ -58,6 +58,8 @@ log = logging.getLogger("nwpipe")
 
 EXIT_OK = 0
 EXIT_DEAD_LETTERED = 3
+#: some dead-letter records could not be written to the file and went to stderr instead
+EXIT_DEAD_LETTERS_ON_STDERR = 4
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
 
@@ -115,6 +117,9 @@ class RunResult:
 
     #: inputs that could not be read to the end (a missing file, a truncated .gz, ...)
     unreadable: int = 0
+    #: dead-letter records the file could not take (disk full...): printed on stderr
+    dead_letters_on_stderr: int = 0
+    dead_letter_error: str | None = None
 
     #: the queue file (or URL), when the run used it
     queue: str | None = None
@@ -132,6 +137,8 @@ class RunResult:
 
     @property
     def exit_code(self) -> int:
+        if self.dead_letters_on_stderr and self.signal is None:
+            return EXIT_DEAD_LETTERS_ON_STDERR
         return exit_code_for(self.signal, self.dead_lettered or self.rejected or self.unreadable)
 
     def summary(self) -> str:
@@ -160,7 +167,14 @@ class RunResult:
         if self.waited_for_room:
             line += (f"; reading waited {self.waited_for_room:.1f} s for room in the queue "
                      f"(queue.max_bytes)")
-        if self.dead_lettered:
+        if self.dead_letters_on_stderr:
+            written = self.dead_lettered - self.dead_letters_on_stderr
+            line += (f"; {self.dead_letters_on_stderr} dead letter"
+                     f"{'s' if self.dead_letters_on_stderr != 1 else ''} could not be written "
+                     f"to {self.dead_letter_path} ({self.dead_letter_error}) and "
+                     f"{'are' if self.dead_letters_on_stderr != 1 else 'is'} printed on "
+                     f"stderr above; {written} written there")
+        elif self.dead_lettered:
             line += f"; dead letters in {self.dead_letter_path}"
         if self.signal is not None:
             line = f"interrupted by {signal.Signals(self.signal).name}: " + line
@@ -237,6 +251,11 @@ class Pipeline:
     def stopping(self) -> bool:
         """True once reading should stop (a signal, or an output gone for good)."""
         return self._stop.is_set()
+
+    async def stopped(self) -> None:
+        """Return once reading should stop (a signal, or an output gone for good): for a
+        feed that takes events until then (``nwpipe serve``)."""
+        await self._stop.wait()
 
     def stop(self, signum: int | None = None) -> None:
         """Stop reading. With a signal, dead-letter what is not in flight yet; a second
@@ -943,7 +962,8 @@ def build_outputs(config: Config, names: Iterable[str] | None = None) -> dict:
 def run(config: Config, router: Router, paths: list[str], *, dead_letter_path: str | None = None,
         shutdown_timeout: float | None = None, progress: bool = False,
         queue_path: str | None = None, durable: bool = False, keep_queue: bool = False,
-        resume: bool = False, deliver: bool = True) -> RunResult:
+        resume: bool = False, deliver: bool = True,
+        metrics_listen: str | None = None) -> RunResult:
     """Run the pipeline to the end of the source (or a signal); returns what happened.
 
     The source is the config's ``[source]`` (default: the files source reading ``paths``
@@ -952,6 +972,7 @@ def run(config: Config, router: Router, paths: list[str], *, dead_letter_path: s
     path``; ``durable`` (or ``[queue] durable``) commits every event to the queue before
     delivering it; ``keep_queue`` and ``resume``: see :class:`Pipeline`; ``deliver=False``
     (``--no-deliver``): commit every event to the queue and deliver none.
+    ``metrics_listen``: ``HOST:PORT`` where /healthz, /readyz and /metrics answer meanwhile.
     """
     dead_letter = make_dead_letters(config, dead_letter_path)
     dead_letter.check()  # a dead-letter file that cannot be written is found before reading
@@ -964,9 +985,29 @@ def run(config: Config, router: Router, paths: list[str], *, dead_letter_path: s
                             queue=make_queue(config, queue_path),
                             durable=durable or config.queue.durable or not deliver,
                             keep_queue=keep_queue, resume=resume, deliver=deliver)
-        return event_loop_run(pipeline.run(source))
+        if metrics_listen is None:
+            result = event_loop_run(pipeline.run(source))
+        else:
+            result = event_loop_run(with_metrics(pipeline, source, metrics_listen))
     finally:
         dead_letter.close()
+    result.dead_letters_on_stderr = dead_letter.spilled
+    result.dead_letter_error = dead_letter.error
+    return result
+
+
+async def with_metrics(pipeline: Pipeline, source, listen: str) -> RunResult:
+    """Run ``pipeline`` on ``source`` with the operations endpoints on ``listen`` meanwhile."""
+    from nwpipe.engine.metrics import Metrics
+    from nwpipe.net.ops import start_ops_server
+
+    metrics = Metrics()
+    metrics.watch_pipeline(pipeline.result, pipeline.engines, pipeline.dead_letter)
+    runner = await start_ops_server(listen, metrics)
+    try:
+        return await pipeline.run(source)
+    finally:
+        await runner.cleanup()
 
 
 def make_queue(config: Config, path: str | None = None) -> Queue:
@@ -988,7 +1029,8 @@ def make_dead_letters(config: Config, path: str | None = None):
 
         return RedisDeadLetters(config.queue.url, config.queue.prefix,
                                 ca_file=config.queue.ca_file)
-    return DeadLetterFile(path or config.dead_letter)
+    # spill: records the file cannot take (disk full) are printed on stderr, never lost
+    return DeadLetterFile(path or config.dead_letter, spill=True)
 
 
 def make_progress(enabled: bool):

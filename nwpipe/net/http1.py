@@ -18,7 +18,14 @@ still go through aiohttp.
   ``Transfer-Encoding: chunked``; ``Content-Length``; else until the server closes.
   Only the first ``keep`` bytes of a body are kept; the rest is read and dropped up to
   ``drain_limit`` bytes, after which the connection is closed instead of read to the end.
+- The status line and headers are the answer. Once they have arrived, a body cut short
+  (the connection reset or closed, or the deadline reached) gives the answer with the
+  body received so far, and the connection is closed. A 2xx body without a length
+  (delimited by the server closing) is not waited for at all, and a longer one only up
+  to ``keep`` bytes: the caller needs the status, and the connection is closed anyway.
 - Informational answers (``100 Continue``, ``103 Early Hints``) are skipped.
+- A status line that is not HTTP/1.x (``HTTP/2.0 200``), or a NUL, CR or LF inside a
+  header line, is a :class:`ProtocolError` (RFC 9110 section 5.5).
 
 Errors are ordinary exceptions: :class:`ConnectError` (wrapping the ``OSError`` of a
 failed connect), ``ssl.SSLError`` from the handshake, ``asyncio.TimeoutError``,
@@ -85,7 +92,8 @@ class _Connection(asyncio.Protocol):
         self.loop = loop
         self.keep = keep
         self.drain_limit = drain_limit
-        self.transport: Optional[asyncio.Transport] = None
+        # set by connection_made, before anything else is called
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.closed = False
         self.received = False        # some bytes of the current answer arrived
         self.keep_alive = False
@@ -118,13 +126,14 @@ class _Connection(asyncio.Protocol):
             self._fail(exc)
 
     def eof_received(self) -> bool:
-        if self._state == _UNTIL_CLOSE:
+        if self._state > _HEAD:
             self._complete(close=True)
         return False  # close our side too; connection_lost follows
 
     def connection_lost(self, exc: Optional[BaseException]) -> None:
         self.closed = True
-        if self._state == _UNTIL_CLOSE:
+        if self._state > _HEAD:
+            # the head arrived: that is the answer, whatever became of the body
             self._complete(close=True)
         elif self._state != _IDLE:
             if isinstance(exc, OSError):
@@ -154,6 +163,8 @@ class _Connection(asyncio.Protocol):
         return waiter
 
     def timed_out(self) -> None:
+        if self._state > _HEAD:
+            self._complete(close=True)  # the head arrived in time: it is the answer
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_exception(asyncio.TimeoutError())
@@ -253,6 +264,8 @@ class _Connection(asyncio.Protocol):
             elif state == _UNTIL_CLOSE:
                 if buf:
                     self._data(buf, len(buf))
+                    if self._state == _UNTIL_CLOSE and len(self._body) >= self.keep:
+                        self._complete(close=True)  # all that is kept has arrived
                 return
             else:
                 return
@@ -272,6 +285,10 @@ class _Connection(asyncio.Protocol):
             return  # informational: the real answer follows
         headers: dict[str, str] = {}
         for raw in lines[1:]:
+            if "\0" in raw:
+                raise ProtocolError("NUL in a response header")
+            if "\r" in raw or "\n" in raw:
+                raise ProtocolError("bare CR or LF in a response header")
             name, colon, value = raw.partition(":")
             if not colon or not name or name[0] in " \t" or name[-1] in " \t":
                 if raw[:1] in (" ", "\t"):
@@ -305,13 +322,19 @@ class _Connection(asyncio.Protocol):
                 if "content-length" in headers:
                     self.keep_alive = False  # RFC 9112 6.3: both is a smuggling sign
             else:
-                self._state = _UNTIL_CLOSE
                 self.keep_alive = False
+                if 200 <= status < 300:
+                    self._complete(close=True)
+                else:
+                    self._state = _UNTIL_CLOSE
             return
         length = headers.get("content-length")
         if length is None:
-            self._state = _UNTIL_CLOSE
             self.keep_alive = False
+            if 200 <= status < 300:
+                self._complete(close=True)  # not waited for: see the module docstring
+            else:
+                self._state = _UNTIL_CLOSE
             return
         if not (length.isascii() and length.isdigit()):
             raise ProtocolError("invalid Content-Length")

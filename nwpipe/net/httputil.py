@@ -29,11 +29,21 @@ _HEADER_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 #: what :func:`printable` removes: C0 and C1 controls (tab included), DEL, and the
 #: Unicode line and paragraph separators, all of which can end or rewrite a log line
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+#: the same but LF and tab
+_UNPRINTABLE_IN_LINES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
 
 
-def has_line_break(value: str) -> bool:
-    """True when ``value`` contains CR, LF or NUL, which could split or end a header."""
-    return "\r" in value or "\n" in value or "\0" in value
+def break_problem(value: str) -> str | None:
+    """Why ``value`` could split or end a header (a NUL or a line break), or None.
+
+    A NUL is named as a NUL: "line break" would send the user looking for the wrong
+    character.
+    """
+    if "\0" in value:
+        return "contains a NUL character (U+0000)"
+    if "\r" in value or "\n" in value:
+        return "contains a line break (CR or LF)"
+    return None
 
 
 def header_value_problem(value: str) -> str | None:
@@ -43,20 +53,26 @@ def header_value_problem(value: str) -> str | None:
     are not allowed in a field value and some receivers or logs act on them. The
     answer never quotes the value: it may be a credential.
     """
-    if has_line_break(value):
-        return "contains a line break (CR or LF)"
+    problem = break_problem(value)
+    if problem is not None:
+        return problem
     found = _HEADER_CONTROL.search(value)
     if found is not None:
         return f"contains a control character (U+{ord(found.group()):04X})"
     return None
 
 
-def printable(text: str) -> str:
+def printable(text: str, *, keep_lines: bool = False) -> str:
     """``text`` without control characters or line separators.
 
-    For text a receiver sent (a reason phrase, a Location) that ends up in a message:
-    it must not be able to start a forged line on stderr or move the terminal cursor.
+    The one cleaner for every text that came from the network (a receiver's body,
+    reason phrase, header or Location) before it reaches a terminal, a log line or a
+    message: it must not be able to start a forged line, return the cursor over a
+    verdict (CR) or send escape sequences (ESC). ``keep_lines`` keeps LF and tab, for
+    a stored body whose lines matter (the dead-letter ``response``); CR goes anyway.
     """
+    if keep_lines:
+        return _UNPRINTABLE_IN_LINES.sub("", text)
     return _UNPRINTABLE.sub("", text)
 
 
@@ -95,8 +111,9 @@ def check_header(name: str, value: str | None = None) -> None:
 
     The value is never shown in the message: it may be a credential.
     """
-    if has_line_break(name):
-        raise ValueError(f"header name {name!r} contains a line break")
+    problem = break_problem(name)
+    if problem is not None:
+        raise ValueError(f"header name {printable(name)!r} {problem}")
     if not is_header_name(name):
         raise ValueError(f"invalid header name {name!r} (letters, digits and "
                          "!#$%&'*+-.^_`|~ only)")

@@ -75,6 +75,10 @@ class RedisDeadLetters:
         #: where the records go, for messages (no password)
         self.path = f"{public_url(url)} stream {self.key}"
         self.count = 0
+        #: records printed on stderr because Redis could not take them (at close)
+        self.spilled = 0
+        #: why Redis could not take records, when it could not
+        self.error: str | None = None
         self._redis = _client(url, ca_file)
         self._pending: list[bytes] = []
         self._handle: asyncio.Handle | asyncio.TimerHandle | None = None
@@ -160,6 +164,8 @@ class RedisDeadLetters:
             self.flush()
         except NwpipeError as exc:
             lost = len(self._pending)
+            self.spilled += lost
+            self.error = str(exc)
             sys.stderr.flush()
             sys.stderr.buffer.write(b"".join(line + b"\n" for line in self._pending))
             sys.stderr.flush()

@@ -26,10 +26,11 @@ import sys
 import zlib
 from dataclasses import dataclass
 from itertools import islice
-from typing import AsyncIterator, Callable, Iterable, Iterator
+from typing import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator
 
 import orjson
 
+from nwpipe import jsonio
 from nwpipe.errors import NwpipeError
 
 __all__ = [
@@ -48,14 +49,44 @@ _TRUNCATED = "…[truncated]"
 _BOM = b"\xef\xbb\xbf"
 _GZIP_MAGIC = b"\x1f\x8b"
 
-_loads = orjson.loads
 _JSONDecodeError = orjson.JSONDecodeError
+_orjson_loads = orjson.loads
+_shape = jsonio.shape
+_SHAPE = jsonio._SHAPE
+_LONG_RUN = jsonio._LONG_RUN
+_MAX_DEPTH = jsonio.MAX_DEPTH
+
+
+class _TooDeep(_JSONDecodeError):
+    """A value nested deeper than :data:`nwpipe.jsonio.MAX_DEPTH`: it could be read but
+    not written again (to an output or the dead-letter file), so it is rejected here."""
+
+
+def _too_deep_reason() -> str:
+    return (f"JSON nested deeper than {_MAX_DEPTH} levels (objects and arrays inside each "
+            "other); such an event could not be written to an output")
+
+
+def _loads(data: bytes | bytearray):
+    """orjson's parse, with integers beyond 64 bits kept exact and too-deep values refused.
+
+    Both checks cost a few C-speed passes over the bytes for ordinary input.
+    """
+    value = _orjson_loads(data)
+    big, deep = _shape(data)
+    if big:
+        value = jsonio.loads(data)
+    if deep and jsonio.depth(value) > _MAX_DEPTH:
+        raise _TooDeep(_too_deep_reason(), "", 0)
+    return value
 
 # A JSON string (running to the end of the line when unterminated: a string can never
 # span lines in valid JSON, so that keeps one bad line from swallowing the structure of
 # the ones after it) or a bracket. Everything else is irrelevant to nesting depth.
 _STRUCTURE = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"?|[{}\[\]]')
 _BRACKET = re.compile(rb"[{}\[\]]")
+_BRACKET_OR_QUOTE = re.compile(rb'[{}\[\]"]')
+_STRING_BODY = re.compile(rb'[^"\\]*(?:\\.[^"\\]*)*')  # up to a string's closing quote
 _NON_SPACE = re.compile(rb"[^ \t\r\n\f\v]")
 # One scalar array element (or a run of junk where an element should be).
 _SCALAR = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"?|[^ \t\r\n\f\v,\]]+')
@@ -140,6 +171,8 @@ def _json_type(value: object) -> str:
 def _invalid_reason(exc: _JSONDecodeError, data: bytes | bytearray, line: int,
                     column: int) -> str:
     """Why ``data`` (starting at ``line``/``column``) failed to parse, placed in the input."""
+    if isinstance(exc, _TooDeep) or "depth limit" in exc.msg:
+        return _too_deep_reason()
     try:
         bytes(data).decode("utf-8")
     except UnicodeDecodeError as bad:
@@ -168,6 +201,27 @@ def _whole_value(line: bytes, pos: int, closer: int):
         return None
 
 
+@dataclass(slots=True)
+class _LongLine:
+    """Where the streaming of one over-long line of array elements stands."""
+
+    line: int  # its line number
+    pending: bytes = b""  # unscanned bytes, or the element in progress from its start
+    scan: int = 0  # where scanning resumes in ``pending``
+    start: int = -1  # where the element in progress starts in ``pending`` (-1: none)
+    stack: list = None  # type: ignore[assignment]  # open brackets of that element
+    skipping: bool = False  # that element was rejected as too large: only tracked
+    after_element: bool = False  # an element ended and no "," followed yet
+    in_string: bool = False  # inside a string of the element in progress
+    escape: bool = False  # ... right after its backslash
+    closed: bool = False  # the array's "]" was seen
+    rest: bytes = b""  # what follows "]" on the line (bounded)
+    rest_len: int = 0
+
+    def __post_init__(self) -> None:
+        self.stack = []
+
+
 class Decoder:
     """Push parser turning a byte stream into :class:`Event` and :class:`Reject` items.
 
@@ -186,6 +240,7 @@ class Decoder:
         self._pieces: list[bytes] = []  # the current, incomplete line
         self._pieces_len = 0
         self._skipping = False  # discarding the rest of an over-long line
+        self._long: _LongLine | None = None  # streaming an over-long line of an array
         self._state = _TOP
         self._array_line = 0  # where the open top-level array started
         # The multi-line value being collected (a top-level object or an array element).
@@ -193,6 +248,7 @@ class Decoder:
         self._buf: bytearray | None = None  # None: value already rejected, only tracked
         self._value_line = 0
         self._value_column = 1
+        self._value_indent: int | None = None  # see _start_value
         self._last_byte = 0  # last non-space byte of a value no longer buffered
         self._lookahead = 0  # see _whole_object()
 
@@ -206,6 +262,17 @@ class Decoder:
     def feed(self, data: bytes) -> list[Event | Reject]:
         """Decode the next chunk of input; return the items it completed."""
         out: list[Event | Reject] = []
+        if self._long is not None:
+            newline = data.find(b"\n")
+            self._long_feed(data if newline < 0 else data[:newline], out)
+            if self._long is not None:  # else: it gave up, and _skipping takes the rest
+                if newline < 0:
+                    return out
+                self._long_end(out)
+                self._lineno += 1
+                data = data[newline + 1:]
+                if not data:
+                    return out
         if self._skipping:
             newline = data.find(b"\n")
             if newline < 0:
@@ -235,7 +302,9 @@ class Decoder:
         # multi-line value (no bracket, not a possible new object at column 0), which
         # only need buffering. Everything else goes line by line through _line().
         append = out.append
-        loads = _loads
+        # Integers beyond 64 bits need the exact (slower) parse: one pass over the chunk
+        # tells whether any line of it may hold one.
+        loads = _loads if _LONG_RUN in data.translate(_SHAPE) else _orjson_loads
         source = self.source
         max_len = self.max_line_bytes
         no_bracket = _BRACKET.search
@@ -249,7 +318,10 @@ class Decoder:
             if plain:
                 if line[:1] == b"{" and len(line) <= max_len:
                     try:
-                        append(Event(loads(line), source, n))
+                        value = loads(line)
+                        if line.count(b"{") + line.count(b"[") > _MAX_DEPTH:
+                            value = _loads(line)  # maybe too deep: checked in full
+                        append(Event(value, source, n))
                         continue
                     except _JSONDecodeError:
                         if line == b"{" or line == b"{\r":
@@ -287,7 +359,10 @@ class Decoder:
     def finish(self) -> list[Event | Reject]:
         """End of input: decode the last line and report anything left unfinished."""
         out: list[Event | Reject] = []
-        if self._skipping:
+        if self._long is not None:
+            self._long_end(out)
+            self._lineno += 1
+        elif self._skipping:
             self._skipping = False
             self._lineno += 1
         elif self._pieces:
@@ -385,11 +460,217 @@ class Decoder:
             if len(line) <= self.max_line_bytes:
                 self._pieces[:] = [_BOM + line]
                 return
-        head = line[: self.max_line_bytes]
         self._pieces.clear()
         self._pieces_len = 0
+        if self._streams_long(line):
+            self._long_start(line, self._lineno + 1, out)
+            return
+        head = line[: self.max_line_bytes]
         self._skipping = True
         self._too_long(head, self._lineno + 1, out)
+
+    # -- a line longer than max_line_bytes that holds array elements ---------------------
+    #
+    # An array is a container: a long line of one (`[{...},{...},...]`, the whole input on
+    # one line, or a line of elements inside a pretty-printed array) is streamed element by
+    # element, and the limit applies to each element, never to the line.
+
+    def _streams_long(self, line: bytes) -> bool:
+        """Can this over-long line be streamed as array elements?"""
+        if self._stack:
+            return False  # inside a multi-line value: the value is too large
+        if self._state != _TOP:
+            return True
+        match = _NON_SPACE.search(line)
+        return match is not None and line[match.start()] == _OPEN_ARRAY
+
+    def _long_start(self, line: bytes, n: int, out: list[Event | Reject]) -> None:
+        long = self._long = _LongLine(n)
+        if self._state == _TOP:
+            pos = line.index(b"[") + 1  # _streams_long saw it first on the line
+            self._state = _ELEMENT
+            self._array_line = n
+            line = line[pos:]
+        long.after_element = self._state == _AFTER_ELEMENT
+        self._long_feed(line, out)
+
+    def _long_feed(self, data: bytes, out: list[Event | Reject], end: bool = False) -> None:
+        """Scan the next piece of the long line; emit every element completed in it.
+
+        Only the element in progress is kept (up to max_line_bytes); strings and brackets
+        are followed across pieces, so each byte is scanned once.
+        """
+        long = self._long
+        assert long is not None
+        if long.closed:
+            long.rest_len += len(data)
+            if long.rest_len <= self.max_line_bytes:
+                long.rest += data
+            return
+        buf = long.pending + data if long.pending else data
+        pos = long.scan
+        start = long.start  # where the element being collected starts in buf (-1: none)
+        stack = long.stack
+        max_len = self.max_line_bytes
+        size = len(buf)
+        while pos < size:
+            if long.in_string:
+                if long.escape:
+                    long.escape = False
+                    pos += 1
+                    continue
+                body = _STRING_BODY.match(buf, pos)
+                assert body is not None  # the pattern matches the empty string too
+                stop = body.end()
+                if stop < size and buf[stop] == _QUOTE:
+                    long.in_string = False
+                    pos = stop + 1
+                    continue
+                long.escape = stop < size  # stopped at a backslash, the piece's last byte
+                pos = size
+                break
+            if stack:
+                match = _BRACKET_OR_QUOTE.search(buf, pos)
+                if match is None:
+                    pos = size
+                    break
+                char = buf[match.start()]
+                pos = match.end()
+                if char == _QUOTE:
+                    long.in_string = True
+                elif char == _OPEN_OBJECT or char == _OPEN_ARRAY:
+                    stack.append(char)
+                else:
+                    stack.pop()
+                    if not stack:
+                        if not long.skipping:
+                            self._long_element(buf[start:pos], out)
+                        long.skipping = False
+                        long.after_element = True
+                        start = -1
+                continue
+            match = _NON_SPACE.search(buf, pos)
+            if match is None:
+                pos = size
+                break
+            pos = match.start()
+            char = buf[pos]
+            if char == _COMMA:
+                long.after_element = False
+                pos += 1
+            elif char == _CLOSE_ARRAY:
+                long.closed = True
+                long.rest = bytes(buf[pos + 1:pos + 1 + max_len])
+                long.rest_len = size - pos - 1
+                long.pending, long.scan, long.start = b"", 0, -1
+                self._state = _TOP
+                return
+            elif char == _OPEN_OBJECT or char == _OPEN_ARRAY:
+                done = self._long_quick(buf, pos, out)
+                if done:
+                    long.after_element = True
+                    pos = done
+                    continue
+                stack.append(char)
+                start = pos
+                pos += 1
+            else:
+                token = _SCALAR.match(buf, pos)
+                assert token is not None  # a byte that is not space, "," or "]" starts one
+                if token.end() == size and not end:
+                    start = pos  # the scalar may go on in the next piece
+                    break
+                self._long_element(buf[pos:token.end()], out)
+                long.after_element = True
+                pos = token.end()
+        if start >= 0 and not long.skipping:
+            if size - start <= max_len:
+                # Keep the element in progress: scanning resumes where it stopped.
+                long.pending, long.scan, long.start = buf[start:], pos - start, 0
+                return
+            out.append(self._reject(buf[start:start + max_len], long.line,
+                                    f"JSON array element larger than max_line_bytes "
+                                    f"({max_len})", truncated=True))
+            if not stack:
+                # A scalar (or junk) that long: give up on the rest of the line.
+                self._long = None
+                self._skipping = True
+                return
+            long.skipping = True  # follow its brackets to its end, keeping nothing
+        long.pending, long.scan, long.start = b"", 0, -1
+
+    def _long_quick(self, buf: bytes, pos: int, out: list[Event | Reject]) -> int:
+        """The usual compact layout in one go: an element at ``pos`` that ends where its
+        closing bracket, followed by "," or "]", balances the brackets counted so far.
+        Returns where it ends, or 0 to let the scan decide (it gives the same result)."""
+        opener = buf[pos:pos + 1]
+        closer = b"}" if opener == b"{" else b"]"
+        limit = min(len(buf) - 1, pos + self.max_line_bytes)
+        end = pos
+        for _ in range(_LOOKAHEAD_TRIES):
+            end = buf.find(closer, end + 1, limit)
+            if end < 0:
+                return 0
+            if buf[end + 1] not in (_COMMA, _CLOSE_ARRAY):
+                continue
+            part = buf[pos:end + 1]
+            if part.count(opener) != part.count(closer):
+                continue
+            try:
+                value = _loads(part)
+            except _JSONDecodeError:
+                return 0
+            self._emit(value, part, self._long.line, out)  # type: ignore[union-attr]
+            return end + 1
+        return 0
+
+    def _long_element(self, data: bytes, out: list[Event | Reject]) -> None:
+        long = self._long
+        assert long is not None
+        if len(data) > self.max_line_bytes:
+            out.append(self._reject(data[:self.max_line_bytes], long.line,
+                                    "JSON array element larger than max_line_bytes "
+                                    f"({self.max_line_bytes})", truncated=True))
+            return
+        try:
+            value = _loads(data)
+        except _JSONDecodeError as exc:
+            out.append(self._reject(data, long.line, _invalid_reason(exc, data, long.line, 1)))
+        else:
+            self._emit(value, data, long.line, out)
+
+    def _long_end(self, out: list[Event | Reject]) -> None:
+        """The long line ended: hand what is still open to the line-by-line decoder."""
+        long = self._long
+        assert long is not None
+        if not long.closed and not long.stack and long.pending.strip():
+            self._long_feed(b"", out, end=True)  # a scalar element at the end of the line
+        self._long = None
+        n = long.line
+        if long.closed:
+            self._state = _TOP
+            if long.rest_len > self.max_line_bytes:
+                out.append(self._reject(long.rest, n, "the rest of a line after a JSON array "
+                                        f"is longer than max_line_bytes ({self.max_line_bytes})",
+                                        truncated=True))
+            elif long.rest.strip():
+                self._rest_of_line(long.rest, 0, n, out)
+            return
+        if long.stack:
+            # An element goes on in the next lines: continue it like any multi-line value.
+            self._stack = long.stack
+            self._value_line = n
+            self._value_column = 1
+            self._value_indent = None
+            self._state = _ELEMENT
+            if long.skipping:
+                self._buf = None
+                self._last_byte = _OPEN_OBJECT
+            else:
+                self._buf = bytearray(long.pending)
+                self._buf += b"\n"
+            return
+        self._state = _AFTER_ELEMENT if long.after_element else _ELEMENT
 
     def _too_long(self, head: bytes, n: int, out: list[Event | Reject]) -> None:
         """Line ``n`` is longer than max_line_bytes; ``head`` is its first part."""
@@ -414,7 +695,14 @@ class Decoder:
     def _line(self, line: bytes, n: int, out: list[Event | Reject]) -> None:
         """Decode one complete line (without its newline) that the fast path did not take."""
         if len(line) > self.max_line_bytes:
-            self._too_long(line[: self.max_line_bytes], n, out)
+            if self._streams_long(line):
+                self._long_start(line, n, out)
+                if self._long is not None:
+                    self._long_end(out)
+                else:
+                    self._skipping = False  # the line is complete: nothing left to skip
+            else:
+                self._too_long(line[: self.max_line_bytes], n, out)
             return
         pos = 0
         if self._stack:
@@ -435,6 +723,14 @@ class Decoder:
                 self._buf += line
                 self._buf += b"\n"
             return -1
+        indent = self._value_indent
+        if (indent is not None and line[indent:indent + 1] in (b"{", b"[")
+                and not line[:indent].strip() and self._interior_deeper(indent)):
+            # A pretty-printed value indents everything inside it: a bracket back at the
+            # value's own indentation starts the next value, so this one was cut short
+            # (or was a stray "{" line). Reject it alone and carry on with the new one.
+            self._cut_short(n, "value", out)
+            return 0
         if (line[0] == _OPEN_OBJECT and stripped[-1] == _CLOSE_OBJECT
                 and not self._may_continue_with_object()):
             # A complete object at column 0 cannot continue this value here: the value
@@ -444,13 +740,7 @@ class Decoder:
             except _JSONDecodeError:
                 pass
             else:
-                if self._buf is not None:
-                    kind = "object" if self._stack[0] == _OPEN_OBJECT else "array"
-                    out.append(self._reject(
-                        self._buf, self._value_line,
-                        f"unfinished JSON {kind}: a new object starts at line {n} "
-                        "before it was closed"))
-                self._end_value()
+                self._cut_short(n, "object", out)
                 out.append(Event(data, self.source, n))
                 return -1
         buf = self._buf
@@ -471,6 +761,34 @@ class Decoder:
             self._emit_value(buf, self._value_line, self._value_column, out)
         self._end_value()
         return end
+
+    def _cut_short(self, n: int, new: str, out: list[Event | Reject]) -> None:
+        """The open value was never closed: a new ``new`` starts at line ``n``. Reject
+        the value (unless it was rejected already) and forget it."""
+        if self._buf is not None:
+            kind = "object" if self._stack[0] == _OPEN_OBJECT else "array"
+            out.append(self._reject(self._buf, self._value_line,
+                                    f"unfinished JSON {kind}: a new {new} starts at line {n} "
+                                    "before it was closed"))
+        self._end_value()
+
+    def _interior_deeper(self, indent: int) -> bool:
+        """Is the open value laid out pretty-printed: its inside indented past ``indent``?
+
+        With nothing inside yet, an object cannot go on with a bracket at all.
+        """
+        buf = self._buf
+        if buf is None:
+            return False  # already rejected as too large: its layout is no longer known
+        start = buf.find(b"\n") + 1
+        while start < len(buf):
+            end = buf.find(b"\n", start)
+            end = len(buf) if end < 0 else end
+            inner = buf[start:end]
+            if inner.strip():
+                return len(inner) - len(inner.lstrip()) > indent
+            start = end + 1
+        return self._stack[-1] == _OPEN_OBJECT
 
     def _may_continue_with_object(self) -> bool:
         """Could an object legitimately come next in the open value?"""
@@ -502,6 +820,11 @@ class Decoder:
         lines). Returns where the rest of the line starts, or -1 when it was all used."""
         self._value_line = n
         self._value_column = pos + 1
+        # A value opened at the start of a line holding no member of it (pretty-printed):
+        # remember its indentation, which tells a cut-off value from the next one
+        # (_continue_value).
+        alone = b'"' not in line[pos:] and not line[:pos].strip()
+        self._value_indent = pos if alone else None
         end = self._scan(line, pos)
         if end < 0:
             self._buf = bytearray(line[pos:])
@@ -577,7 +900,7 @@ class Decoder:
                                 out.append(Event(element, self.source, n))
                             else:
                                 out.append(self._reject(
-                                    orjson.dumps(element), n,
+                                    jsonio.dumps(element), n,
                                     "a JSON array element is not an object "
                                     f"(got {_json_type(element)})"))
                         return
@@ -609,6 +932,7 @@ class Decoder:
                     return
                 continue
             match = _SCALAR.match(line, pos)
+            assert match is not None  # a byte that is not space, "," or "]" starts one
             token = match.group()
             try:
                 value = _loads(token)
@@ -772,7 +1096,7 @@ def iter_chunks(path: str, chunk_size: int = 65536) -> Iterator[bytes]:
             close()
 
 
-async def _aiter_raw(path: str, chunk_size: int) -> AsyncIterator[bytes]:
+async def _aiter_raw(path: str, chunk_size: int) -> AsyncGenerator[bytes, None]:
     """Raw chunks of ``path`` without blocking the event loop on a slow pipe."""
     loop = asyncio.get_running_loop()
     # Opening a named pipe waits for its writer: do that off the loop.

@@ -53,8 +53,9 @@ Applied in this order:
 ``"lenient"`` renders it blank.
 
 ``vars = { routing_key = "${PD_ROUTING_KEY}" }`` names constants that every template of
-the mapping (fields, body, template file) can use like event fields; an event field of
-the same name wins. ``extends`` merges them.
+the mapping (fields, body, template file) can use like event fields. A configured value
+wins over an event field of the same name, so event data can never replace it (the
+field stays reachable as ``event.routing_key``). ``extends`` merges them.
 
 Bodies share unchanged nested values with the event (copy on write): nothing here
 modifies an event, and a body must be treated as read-only.
@@ -70,10 +71,11 @@ from typing import Any, Callable
 import jinja2
 import orjson
 
+from nwpipe import jsonio
 from nwpipe.errors import ConfigError, EventError
+from nwpipe.settings import Setting, did_you_mean, validate_settings
 from nwpipe.transform.jsonpaths import MISSING as _MISSING
 from nwpipe.transform.jsonpaths import compile_path
-from nwpipe.settings import Setting, did_you_mean, validate_settings
 from nwpipe.transform.templating import (
     UNDEFINED_MODES,
     compile_template_string,
@@ -175,7 +177,8 @@ class Mapping:
                  fields: tuple[_Field, ...] = (),
                  body: jinja2.Template | None = None, body_where: str = "",
                  template_name: str | None = None, body_env: jinja2.Environment | None = None,
-                 globals_: dict | None = None, identity: bool = False,
+                 globals_: dict | None = None, vars_: dict | None = None,
+                 identity: bool = False,
                  body_source: str | None = None):
         self.name = name
         self.keep = keep
@@ -188,13 +191,14 @@ class Mapping:
         self._body_where = body_where
         self._body_env = body_env
         self._globals = globals_ or {}
+        self._vars = vars_ or {}  # also in _globals; they win over event fields
         # Only dotted paths need copy-on-write of nested objects.
         self._nested = (any(len(p) > 1 for p in drops)
                         or any(len(o) > 1 or len(n) > 1 for o, n, _ in renames)
                         or any(len(f.parts) > 1 for f in fields))
         self._steps = tuple(_step(f) for f in fields)
         self._by_customer: dict[str, Any] = {}
-        self._body_render = (event_renderer(body, body_source, self._globals)
+        self._body_render = (event_renderer(body, body_source, self._globals, self._vars)
                              if body is not None else None)
         self._apply_fields = _generate(self) if body is None and not identity else None
 
@@ -202,7 +206,7 @@ class Mapping:
         return f"<Mapping {self.name!r}>"
 
     @classmethod
-    def identity(cls) -> "Mapping":
+    def identity(cls) -> Mapping:
         """The pass-through mapping: the body is the event itself."""
         return cls("(pass-through)", identity=True)
 
@@ -215,6 +219,7 @@ class Mapping:
                              f"{type(event).__name__}, not a JSON object")
         if self._body is not None:
             return self._apply_body(event)
+        assert self._apply_fields is not None  # set for every fields-mode mapping
         return self._apply_fields(event)
 
     # -- fields mode --
@@ -225,46 +230,60 @@ class Mapping:
             if len(parts) == 1:
                 out.pop(parts[0], None)
             else:
+                assert owned is not None  # a dotted path makes the mapping nested
                 _pop_path(out, parts, owned)
         for old, new, where in self._renames:
             if len(old) == 1:
                 value = out.pop(old[0], _MISSING)
             else:
+                assert owned is not None
                 value = _pop_path(out, old, owned)
             if value is _MISSING:
                 continue
             if len(new) == 1:
                 out[new[0]] = value
             else:
+                assert owned is not None
                 _set_path(out, new, value, owned, where)
 
     # -- body mode --
 
     def _apply_body(self, event: dict) -> Any:
+        render_event: Callable[[dict], str] | None
         template, render_event = self._body, self._body_render
         if self.template_name is not None and self._body_env is not None:
             customer = event.get("customer")
             if type(customer) is str and customer:
                 template, render_event = self._customer_body(customer)
+        assert template is not None and render_event is not None  # set in body mode
         try:
             text = render_event(event)
         except Exception as exc:
             raise EventError(f"{self._body_where}: {describe_render_error(exc)}") from None
         try:
-            return orjson.loads(text)
+            body = jsonio.loads(text)
         except orjson.JSONDecodeError as exc:
             reason = _describe_json_error(template, text, exc)
             raise EventError(f"{self._body_where}: {reason}") from None
+        if jsonio.too_deep(text, body):
+            # It could not be written to the output (nor to the dead-letter file).
+            raise EventError(f"{self._body_where}: the rendered body is nested deeper than "
+                             f"{jsonio.MAX_DEPTH} levels")
+        return body
 
-    def _customer_body(self, customer: str) -> tuple[jinja2.Template, Callable[[dict], str]]:
+    def _customer_body(self, customer: str
+                       ) -> tuple[jinja2.Template | None, Callable[[dict], str] | None]:
         found = self._by_customer.get(customer)
         if found is None:
+            # _apply_body checks both before it calls here
+            assert self._body_env is not None and self.template_name is not None
             try:
                 template = customer_template(self._body_env, self.template_name, customer)
                 if template is None:
                     found = (self._body, self._body_render)
                 else:
-                    found = (template, event_renderer(template, globals_=self._globals))
+                    found = (template, event_renderer(template, globals_=self._globals,
+                                                      vars_=self._vars))
             except Exception as exc:  # a broken customer file fails that customer's events
                 if isinstance(exc, jinja2.TemplateSyntaxError):
                     reason = (f"{exc.filename or exc.name}:{exc.lineno}: "
@@ -344,7 +363,7 @@ def _generate(mapping: Mapping) -> Callable[[dict], dict]:
                 add(f"    if v is _M: v = {const('d', i, default)}")
                 add(f"    {store}")
         elif kind is _TEMPLATE:
-            render_event = event_renderer(get, field.source, mapping._globals)
+            render_event = event_renderer(get, field.source, mapping._globals, mapping._vars)
             add("    try:")
             add(f"        v = {const('t', i, render_event)}(event)")
             if convert is not None:
@@ -499,10 +518,13 @@ def _to_bool(text: str) -> bool:
 
 def _to_json(text: str) -> Any:
     try:
-        return orjson.loads(text)
+        value = jsonio.loads(text)
     except orjson.JSONDecodeError as exc:
         raise ValueError(f"the template did not render valid JSON ({exc.msg}): "
                          f"{_snippet(text)}") from None
+    if jsonio.too_deep(text, value):
+        raise ValueError(f"the rendered JSON is nested deeper than {jsonio.MAX_DEPTH} levels")
+    return value
 
 
 _CONVERTERS: dict[str, Callable[[str], Any] | None] = {
@@ -625,7 +647,7 @@ class _Compiler:
             parent = {"fields": {}, "drop": {}, "rename": {}, "keep": None,
                       "omit_missing": None, "undefined": None, "template": None, "body": None,
                       "explicit": set(), "vars": {}}
-        merged = {
+        merged: dict[str, Any] = {
             "vars": {**parent["vars"], **self.vars(settings["vars"], f"{key}.vars")},
             "fields": dict(parent["fields"]),
             "drop": dict(parent["drop"]),
@@ -666,6 +688,9 @@ class _Compiler:
             if not var.isidentifier():
                 raise ConfigError("a template variable name must be a plain name "
                                   "(letters, digits, _)", key=f"{key}.{var}", file=self.file)
+            if var == "event":
+                raise ConfigError("'event' is the whole event in every template; give this "
+                                  "variable another name", key=f"{key}.{var}", file=self.file)
             result[var] = _constant(value, f"{key}.{var}", self.file)
         return result
 
@@ -697,7 +722,7 @@ class _Compiler:
         keep = True if merged["keep"] is None else merged["keep"]
         return Mapping(name, keep=keep, drops=tuple(merged["drop"]),
                        renames=tuple(renames) if keep else (), fields=fields,
-                       globals_=text_env.globals)
+                       globals_=text_env.globals, vars_=merged["vars"])
 
     def compile_body(self, name: str, merged: dict, undefined: str) -> Mapping:
         key = f"mappings.{name}"
@@ -713,10 +738,11 @@ class _Compiler:
             template = get_template(body_env, template_name, key=body_key, file=self.file)
             return Mapping(name, body=template, body_where=self._where(body_key, name),
                            template_name=template_name, body_env=body_env,
-                           globals_=body_env.globals)
+                           globals_=body_env.globals, vars_=merged["vars"])
         template = self.template(body_env, merged["body"], body_key)
         return Mapping(name, body=template, body_where=self._where(body_key, name),
-                       globals_=body_env.globals, body_source=merged["body"])
+                       globals_=body_env.globals, vars_=merged["vars"],
+                       body_source=merged["body"])
 
     def compile_field(self, field_name: str, value: Any, where: str, merged: dict,
                       env: jinja2.Environment, mapping_name: str) -> _Field:

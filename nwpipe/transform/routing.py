@@ -64,10 +64,12 @@ class Router:
         needs_jinja = bool(config.mappings) or any(o.when for o in config.outputs.values())
         env = None
         if needs_jinja:
+            from nwpipe.transform.limits import RenderLimits
             from nwpipe.transform.mapping import compile_mappings
             from nwpipe.transform.templating import compile_condition, make_environment
 
-            env = make_environment(config.templates, jinja_filters or {})
+            limits = RenderLimits(config.template_time_limit, config.template_max_bytes)
+            env = make_environment(config.templates, jinja_filters or {}, limits=limits)
             compiled.update(compile_mappings(config.mappings, env, file=config.file))
         for output in config.outputs.values():
             condition = None

@@ -23,8 +23,9 @@ Filters, besides Jinja's built-in ones (``upper``, ``first``, ``join``, ``unique
     Epoch seconds to ISO 8601 UTC: ``1689391131 | isotime`` is
     ``"2023-07-15T03:18:51Z"``; fractions keep milliseconds (``...:51.250Z``). ``0``,
     ``None`` and ``""`` give ``""``: the vendor sends ``end = 0`` while an alert is open.
-    Values above 10^11 are taken as milliseconds. ``isotime("%d %b %Y %H:%M")`` formats
-    with strftime instead.
+    Milliseconds, microseconds, numeric strings and ISO 8601 text are read too, rounded
+    to the millisecond (``nwpipe.transform.timeutil``). ``isotime("%d %b %Y %H:%M")``
+    formats with strftime instead.
 ``join_ips``
     An IP list (``srcip``, ``dstip``) as one string: ``", "`` between addresses (or
     ``join_ips(" ")``), empty entries skipped, a single string kept, ``None`` gives "".
@@ -38,6 +39,22 @@ Filters, besides Jinja's built-in ones (``upper``, ``first``, ``join``, ``unique
     Values not in the table pass through unchanged, or give the second argument.
 ``human_duration``
     Seconds as ``"1h 2m 5s"`` (``300`` is ``"5m"``, ``0`` is ``"0s"``).
+``clip``
+    Text cut to fit a receiver's limit, ending with a marker when cut:
+    ``summary | clip(3000)`` (characters), ``clip(8000, unit="bytes")`` (UTF-8 bytes as
+    a JSON string, escapes counted), ``clip(3000, escape={"<": "&lt;"})`` (escapes
+    applied first and counted, never cut in half), ``clip(150, marker="...")``.
+``valid_ips``
+    Only the valid IPv4/IPv6 addresses of a list (or of a single string), written in
+    their standard form: for fields a receiver types as ``ip``.
+``valid_time``
+    The first of a value or a list of candidates that is a time (as ``isotime`` reads
+    it: epoch seconds, milliseconds or microseconds, numbers, numeric strings or ISO
+    8601 text), as ISO 8601 UTC;
+    ``none`` when none is. Never an error: ``[timestamp, start] | valid_time``.
+
+Globals, besides Jinja's (``range``, ``namespace``, ...): ``now()``, the current time as
+ISO 8601 UTC with milliseconds.
 
 Plugins add filters with the ``register_jinja_filters`` hook; they reach
 :func:`make_environment` as ``filters`` and may replace the ones above.
@@ -47,7 +64,7 @@ from __future__ import annotations
 
 import collections.abc
 import importlib.resources
-import math
+import ipaddress
 import re
 import weakref
 from datetime import datetime, timezone
@@ -62,13 +79,27 @@ from jinja2.loaders import BaseLoader, FileSystemLoader, split_template_path
 from jinja2.runtime import ChainableUndefined, StrictUndefined, Undefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedEnvironment
 
+from nwpipe import jsonio
 from nwpipe.errors import ConfigError, EventError
+from nwpipe.transform.limits import (
+    DEFAULT_LIMITS,
+    RenderLimits,
+    TemplateLimitError,
+    begin,
+    check_size,
+    end,
+    guarded_join,
+)
+from nwpipe.transform.timeutil import TimeValueError, epoch_millis, iso_utc, to_datetime
 
 __all__ = [
     "JSONText",
     "TemplateLoader",
     "Sandbox",
     "make_environment",
+    "output_environment",
+    "use_filters",
+    "registered_filters",
     "derive_environment",
     "compile_condition",
     "compile_template_string",
@@ -104,32 +135,18 @@ def _blank_if_undefined(value: Any) -> str:
 
 
 def isotime(value: Any, fmt: str | None = None) -> str:
-    """Epoch seconds (or milliseconds above 10^11) to ISO 8601 UTC; 0/None/"" give ""."""
+    """Any event time (see ``timeutil.epoch_millis``) as ISO 8601 UTC; 0/None/"" give ""."""
     if isinstance(value, Undefined):
         return _blank_if_undefined(value)
-    if value is None or value == "" or (type(value) in (int, float) and value == 0):
-        return ""
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ValueError(f"isotime: expected epoch seconds, got {value!r}")
     try:
-        seconds = float(value) if isinstance(value, str) else value
-    except ValueError:
-        raise ValueError(f"isotime: expected epoch seconds, got {value!r}") from None
-    if not math.isfinite(seconds):
-        raise ValueError(f"isotime: expected epoch seconds, got {value!r}")
-    if seconds == 0:
+        millis = epoch_millis(value)
+    except TimeValueError as exc:
+        raise ValueError(f"isotime: {exc}") from None
+    if millis is None:
         return ""
-    if abs(seconds) >= 1e11:
-        seconds = seconds / 1000
-    try:
-        moment = datetime.fromtimestamp(seconds, timezone.utc)
-    except (OverflowError, OSError, ValueError):
-        raise ValueError(f"isotime: {value!r} is out of range") from None
     if fmt is not None:
-        return moment.strftime(str(fmt))
-    if moment.microsecond:
-        return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+        return to_datetime(millis).strftime(str(fmt))
+    return iso_utc(millis)
 
 
 def join_ips(value: Any, sep: str = ", ") -> str:
@@ -164,7 +181,7 @@ _JSON_OPTIONS = orjson.OPT_NON_STR_KEYS
 def to_json_text(value: Any, indent: int | None = None) -> str:
     """``value`` as JSON text (orjson; ``indent`` gives two-space indentation)."""
     option = _JSON_OPTIONS | orjson.OPT_INDENT_2 if indent else _JSON_OPTIONS
-    return orjson.dumps(value, default=_json_default, option=option).decode()
+    return jsonio.dumps(value, default=_json_default, option=option).decode()
 
 
 def tojson(value: Any, indent: int | None = None) -> JSONText:
@@ -226,6 +243,80 @@ def human_duration(value: Any) -> str:
     return sign + " ".join(parts) if parts else "0s"
 
 
+def clip(value: Any, limit: int, marker: str = "…", escape: Mapping | None = None,
+         unit: str = "chars") -> str | None:
+    """Text cut to at most ``limit`` characters (or ``unit="bytes"``: UTF-8 bytes as a
+    JSON string), ``marker`` included when cut; ``escape`` replacements count, uncut.
+    None stays None."""
+    if isinstance(value, Undefined):
+        return _blank_if_undefined(value)
+    if unit not in ("chars", "bytes"):
+        raise ValueError(f'clip: unit must be "chars" or "bytes", got {unit!r}')
+    if value is None:
+        return None
+    text = str(value)
+    table = str.maketrans(dict(escape)) if escape else None
+
+    def size(piece: str) -> int:
+        # A JSON string's bytes: UTF-8, with quotes, backslashes and controls escaped.
+        return len(piece) if unit == "chars" else len(to_json_text(piece).encode()) - 2
+
+    # Every character costs at least 1, so a text longer than the limit is cut without
+    # escaping or encoding all of it (events may carry megabytes).
+    if len(text) <= limit:
+        whole = text.translate(table) if table else text
+        if size(whole) <= limit:
+            return whole
+    budget, kept = limit - size(marker), []
+    for char in text:  # each character costs at least 1, so this stops within `limit`
+        piece = char.translate(table) if table else char
+        budget -= size(piece)
+        if budget < 0:
+            break
+        kept.append(piece)
+    return "".join(kept) + marker
+
+
+def valid_ips(value: Any) -> list[str]:
+    """The valid IP addresses of a list (or a single string), in standard form."""
+    if isinstance(value, Undefined):
+        _blank_if_undefined(value)
+        return []
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, collections.abc.Iterable) or isinstance(
+            items, collections.abc.Mapping):
+        return []
+    found = []
+    for item in items:
+        try:  # a zone ("fe80::1%eth0") is not an address an ip-typed field takes
+            if isinstance(item, str) and "%" not in item:
+                found.append(str(ipaddress.ip_address(item.strip())))
+        except ValueError:
+            pass
+    return found
+
+
+def valid_time(value: Any) -> str | None:
+    """ISO 8601 of the first candidate that ``isotime`` reads as a time, else None."""
+    items = value if isinstance(value, (list, tuple)) else [value]
+    for item in items:
+        if isinstance(item, (Undefined, bool)) or item is None:
+            continue
+        try:
+            text = isotime(item)
+        except (ValueError, TypeError):
+            continue
+        if text:
+            return text
+    return None
+
+
+def now() -> str:
+    """The current time as ISO 8601 UTC with milliseconds."""
+    moment = datetime.now(timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
 BUILTIN_FILTERS: dict[str, Callable] = {
     "isotime": isotime,
     "join_ips": join_ips,
@@ -233,6 +324,9 @@ BUILTIN_FILTERS: dict[str, Callable] = {
     "severity_number": severity_number,
     "lookup": lookup,
     "human_duration": human_duration,
+    "clip": clip,
+    "valid_ips": valid_ips,
+    "valid_time": valid_time,
 }
 
 
@@ -291,33 +385,180 @@ _SAFE_CUSTOMER = re.compile(r"[\w@+-][\w.@+-]{0,199}")
 
 # -- the environment ----------------------------------------------------------------------
 
+# A width or precision in a format string ("%0999999999d", "{:>999999999}") asks for
+# that many characters; other numbers in the text do not count.
+_FORMAT_NUMBER = re.compile(r"%[-+ #0]*(\d{7,})|%[-+ #0]*\d*\.(\d{7,})|\{[^{}]*:[^{}]*?(\d{7,})")
+# str methods whose integer arguments are output sizes.
+_PADDING_METHODS = frozenset({"ljust", "rjust", "center", "zfill", "expandtabs"})
+
+
+def _sized(value: Any) -> bool:
+    return isinstance(value, (str, list, tuple, bytes))
+
+
 class Sandbox(ImmutableSandboxedEnvironment):
-    """The sandbox, with unsafe attribute access an error instead of a blank."""
+    """The sandbox, with unsafe attribute access an error instead of a blank, and every
+    operation whose numbers ask for more than ``limits.max_bytes`` (``'a' * 10**9``,
+    ``2 ** 10**8``, ``x.ljust(10**9)``, ``"%0999999999d" % 1``) refused before it runs
+    (see :mod:`nwpipe.transform.limits`)."""
+
+    intercepted_binops = frozenset({"*", "**", "%"})
+    limits: RenderLimits = DEFAULT_LIMITS
 
     def unsafe_undefined(self, obj: Any, attribute: str) -> Undefined:
         raise SecurityError(
             f"access to attribute {attribute!r} of {type(obj).__name__!r} object is unsafe")
 
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        limits = self.limits
+        if operator == "*":
+            if _sized(left) and isinstance(right, int):
+                check_size(len(left) * right, limits, "the repeated value")
+            elif _sized(right) and isinstance(left, int):
+                check_size(len(right) * left, limits, "the repeated value")
+        elif operator == "**":
+            if (isinstance(left, int) and isinstance(right, int) and right > 0
+                    and abs(left) > 1):
+                # digits of the result: about bit_length * right / 3.3
+                check_size(left.bit_length() * right // 3, limits, "the power")
+        elif isinstance(left, str):  # "%": formatting
+            _check_format(left, limits)
+        return super().call_binop(context, operator, left, right)
+
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        target = getattr(__obj, "__self__", None)
+        if isinstance(target, str):
+            name = getattr(__obj, "__name__", "")
+            if name in _PADDING_METHODS:
+                for number in (*args, *kwargs.values()):
+                    if isinstance(number, int):
+                        size = number * (target.count("\t") or 1) if name == "expandtabs" \
+                            else number
+                        check_size(size, __self.limits, f"the result of {name}()")
+            elif name == "replace" and len(args) >= 2:
+                _check_replace(target, args[0], args[1], __self.limits)
+        return super().call(__context, __obj, *args, **kwargs)
+
+    def wrap_str_format(self, value: Any) -> Any:
+        # str.format and str.format_map: the sandbox wraps them when they are looked up
+        target = getattr(value, "__self__", None)
+        if isinstance(target, str) and getattr(value, "__name__", "") in ("format",
+                                                                         "format_map"):
+            _check_format(target, self.limits)
+        return super().wrap_str_format(value)
+
+
+def _check_format(text: str, limits: RenderLimits) -> None:
+    for groups in _FORMAT_NUMBER.findall(text):
+        check_size(max(int(g or 0) for g in groups), limits, "a formatted value")
+
+
+def _check_replace(text: Any, old: Any, new: Any, limits: RenderLimits) -> None:
+    if isinstance(text, str) and isinstance(old, str) and isinstance(new, str):
+        count = text.count(old) if old else len(text) + 1
+        check_size(len(text) + count * (len(new) - len(old)), limits, "the replaced text")
+
+
+def _bounded_filters(filters: Mapping[str, Callable], env: Sandbox) -> dict[str, Callable]:
+    """Jinja's filters whose arguments are output sizes, checked against the limits."""
+    wrapped: dict[str, Callable] = {}
+
+    def sizes(name: str) -> Callable:
+        original = filters[name]
+
+        def checked(value: Any, *args: Any, **kwargs: Any) -> Any:
+            for number in (*args, *kwargs.values()):
+                if isinstance(number, int) and not isinstance(number, bool):
+                    check_size(number, env.limits, f"the result of the {name} filter")
+            return original(value, *args, **kwargs)
+        if hasattr(original, "jinja_pass_arg"):  # e.g. wordwrap takes the environment
+            checked.jinja_pass_arg = original.jinja_pass_arg  # type: ignore[attr-defined]
+        return checked
+
+    for name in ("center", "indent", "wordwrap"):
+        if name in filters:
+            wrapped[name] = sizes(name)
+    original_format = filters.get("format")
+    if original_format is not None:
+        def formatting(value: Any, *args: Any, **kwargs: Any) -> Any:
+            if isinstance(value, str):
+                _check_format(value, env.limits)
+            return original_format(value, *args, **kwargs)
+
+        wrapped["format"] = formatting
+    original_replace = filters.get("replace")
+    if original_replace is not None:
+        def replacing(*args: Any, **kwargs: Any) -> Any:
+            # Jinja's replace takes the evaluation context first
+            if len(args) >= 4:
+                _check_replace(args[1], args[2], args[3], env.limits)
+            return original_replace(*args, **kwargs)
+
+        replacing.jinja_pass_arg = original_replace.jinja_pass_arg  # type: ignore[attr-defined]
+        wrapped["replace"] = replacing
+    return wrapped
+
+
+# The filters registered through the `register_jinja_filters` hook (the built-in ones by
+# the built-in plugin nwpipe_plugins.filters, like a user's), set when plugins load.
+# Before that (nwpipe used as a library, without plugins) the built-in filters stand in.
+_registered_filters: dict[str, Callable] | None = None
+_output_environments: dict[Any, jinja2.Environment] = {}
+
+
+def use_filters(filters: Mapping[str, Callable]) -> None:
+    """Make ``filters`` (every plugin's, built-in ones included) the filters of every
+    environment made from now on; called by the plugin manager once plugins are loaded."""
+    global _registered_filters
+    _registered_filters = dict(filters)
+    _output_environments.clear()
+
+
+def registered_filters() -> dict[str, Callable]:
+    """The filters every template gets (see :func:`use_filters`)."""
+    return dict(BUILTIN_FILTERS if _registered_filters is None else _registered_filters)
+
 
 def make_environment(template_dirs: Sequence[str | Path] = (),
-                     filters: Mapping[str, Callable] | None = None) -> jinja2.Environment:
-    """The sandboxed Jinja environment for one configuration.
+                     filters: Mapping[str, Callable] | None = None, *,
+                     finalize: Callable[[Any], Any] | None = None,
+                     limits: RenderLimits | None = None) -> jinja2.Environment:
+    """The one factory of sandboxed Jinja environments: mappings, ``when`` conditions and
+    outputs' templates (a webhook's URL and headers) all come from here.
 
-    ``template_dirs`` are searched in order before the built-in templates; ``filters``
-    (from plugins) are added to, and may replace, the built-in filters. Undefined
-    variables are errors (see :func:`derive_environment` for the lenient variant).
+    ``template_dirs`` are searched in order before the built-in templates. Every filter
+    registered through ``register_jinja_filters`` is there; ``filters`` are added to, and
+    may replace, them. ``finalize`` transforms every ``{{ }}`` value (a URL template
+    percent-encodes it). ``limits`` bound every rendering (time and size, see
+    :mod:`nwpipe.transform.limits`). Undefined variables are errors (see
+    :func:`derive_environment` for the lenient variant).
     """
+    options: dict[str, Any] = {"finalize": finalize} if finalize is not None else {}
     env = Sandbox(
         loader=TemplateLoader(template_dirs),
         undefined=StrictUndefined,
         autoescape=False,
         auto_reload=False,  # templates are compiled once, at load, never re-read
+        **options,
     )
-    env.filters.update(BUILTIN_FILTERS)
+    env.limits = limits or DEFAULT_LIMITS
+    env.filters.update(_bounded_filters(env.filters, env))
+    env.filters.update(registered_filters())
+    env.globals["now"] = now
     for name, function in (filters or {}).items():
         if not callable(function):
             raise TypeError(f"Jinja filter {name!r} is not callable")
         env.filters[name] = function
+    return env
+
+
+def output_environment(*, finalize: Callable[[Any], Any] | None = None) -> jinja2.Environment:
+    """The environment for an output's own templates (a URL, a header value): every
+    registered filter, no template files. Shared per ``finalize`` while the filters stay
+    the same."""
+    env = _output_environments.get(finalize)
+    if env is None:
+        env = _output_environments[finalize] = make_environment(finalize=finalize)
     return env
 
 
@@ -391,12 +632,17 @@ def compile_condition(env: jinja2.Environment, expr: str, *, key: str,
     except TemplateSyntaxError as exc:
         raise ConfigError(f"invalid expression: {exc.message}", key=key, file=file) from None
 
+    limits = _limits_of(env)
+
     def test(event: dict) -> bool:
+        token = begin(limits)
         try:
             # compile_expression adds Jinja's globals itself.
             return bool(compiled(template_variables(event)))
         except Exception as exc:
             raise EventError(f"{key}: {describe_render_error(exc)}") from None
+        finally:
+            end(token)
 
     test.expr = expr  # type: ignore[attr-defined]
     return test
@@ -441,10 +687,15 @@ def customer_template(env: jinja2.Environment, name: str, customer: Any) -> jinj
 
 # -- rendering ----------------------------------------------------------------------------
 
-def template_variables(event: Mapping, globals_: Mapping | None = None) -> dict:
-    """The variables a template sees: Jinja's globals, the event's fields, ``event``."""
+def template_variables(event: Mapping, globals_: Mapping | None = None,
+                       vars_: Mapping | None = None) -> dict:
+    """The variables a template sees: Jinja's globals, the event's fields, then a
+    mapping's ``vars`` (configured values win over event data of the same name), and
+    ``event``."""
     variables = dict(globals_) if globals_ else {}
     variables.update(event)
+    if vars_:
+        variables.update(vars_)
     variables["event"] = event
     return variables
 
@@ -460,7 +711,11 @@ def render(template: jinja2.Template, variables: dict) -> str:
     # template's global names (only `{% import ... with context %}` uses them, and these
     # templates have no globals of their own): that alone was half the cost of a title.
     context = env.context_class(env, variables, template.name, template.blocks)
-    return "".join(template.root_render_func(context))
+    return guarded_join(template.root_render_func(context), _limits_of(env))
+
+
+def _limits_of(env: jinja2.Environment) -> RenderLimits:
+    return getattr(env, "limits", DEFAULT_LIMITS)
 
 
 # Nodes that hand the whole context to another template, which then needs Jinja's globals
@@ -485,12 +740,14 @@ def _needs_full_variables(env: jinja2.Environment, source: str) -> bool | None:
 
 
 def event_renderer(template: jinja2.Template, source: str | None = None,
-                   globals_: Mapping | None = None) -> Callable[[Mapping], str]:
+                   globals_: Mapping | None = None,
+                   vars_: Mapping | None = None) -> Callable[[Mapping], str]:
     """A function ``render(event) -> str`` for ``template`` and one event.
 
-    Gives exactly ``render(template, template_variables(event, globals_))`` (``globals_``
-    defaults to the environment's). ``source`` is the template's text; without it the
-    text is read through the environment's loader, for a template file.
+    Gives exactly ``render(template, template_variables(event, globals_, vars_))``
+    (``globals_`` defaults to the environment's; ``vars_`` must be among them, so that a
+    template naming one takes the general way below). ``source`` is the template's text;
+    without it the text is read through the environment's loader, for a template file.
 
     Most templates name no Jinja global (``range``, ``namespace``, ...): those render
     with the event itself as the variables, plus ``event`` when they name it, instead
@@ -509,7 +766,7 @@ def event_renderer(template: jinja2.Template, source: str | None = None,
         full = False
     if full:
         def render_full(event: Mapping) -> str:
-            return render(template, template_variables(event, globals_))
+            return render(template, template_variables(event, globals_, vars_))
 
         return render_full
 
@@ -517,16 +774,19 @@ def event_renderer(template: jinja2.Template, source: str | None = None,
     name = template.name
     blocks = template.blocks
     context_class = env.context_class
+    assert source is not None  # only a template whose text is known gets here
     wants_event = "event" in {node.name for node in env.parse(source).find_all(nodes.Name)}
+    limits = _limits_of(env)
 
     def render_event(event: Mapping) -> str:
         # The event is the context's read-only parent (templates run in the immutable
         # sandbox); `event` goes in the context's own variables, which win over the
         # parent, just as it wins over an event field of that name otherwise.
-        context = context_class(env, event, name, blocks)
+        # Jinja annotates the parent as a dict but only reads it as a mapping
+        context = context_class(env, event, name, blocks)  # type: ignore[arg-type]
         if wants_event:
             context.vars["event"] = event
-        return "".join(root(context))
+        return guarded_join(root(context), limits)
 
     return render_event
 
@@ -550,7 +810,8 @@ def describe_render_error(exc: BaseException) -> str:
     if isinstance(exc, TemplateNotFound):
         return f"template '{exc.name}' not found"
     message = str(exc).strip()
-    if not isinstance(exc, (jinja2.UndefinedError, SecurityError, ValueError)) or not message:
+    if not isinstance(exc, (jinja2.UndefinedError, SecurityError, ValueError,
+                            TemplateLimitError)) or not message:
         message = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
     location = _template_location(exc)
     if location is not None:

@@ -163,7 +163,7 @@ def test_cli_signal_during_a_full_disk_ends_the_run_with_every_record(tmp_path, 
     assert proc.returncode == 128 + signum, "".join(err)[-2000:]
     text = "".join(err)
     assert "Traceback" not in text
-    read = int(text.rsplit("read ", 1)[1].split(" ", 1)[0])
+    read = int(text.rsplit("read ", 1)[1].split(" ", 1)[0].replace(",", ""))
     records = file_records(small_disk / "dl.jsonl") + stderr_records(text)
     raws = [r["raw"] for r in records]
     assert len(raws) == len(set(raws)) == read  # every line read: once, whole

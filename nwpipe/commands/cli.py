@@ -162,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("files", nargs="*", metavar="FILE",
                      help="event files to read in order; '-' is stdin (default: stdin)")
     run.add_argument("--dead-letter", metavar="PATH",
-                     help="dead-letter file (default: the config's dead_letter, else "
+                     help="dead-letter file (default: with a Redis queue its stream "
+                          "PREFIX:dead, else the config's dead_letter, else "
                           "./nwpipe-dead-letter.jsonl)")
     run.add_argument("--shutdown-timeout", metavar="SECONDS", type=float,
                      help="on Ctrl-C/SIGTERM, seconds to finish in-flight deliveries "
@@ -183,7 +184,30 @@ def build_parser() -> argparse.ArgumentParser:
                      help="when the input has ended and only failing outputs hold events, "
                           "leave them in the queue for the next run instead of waiting for "
                           "their retry budget (retry.max_elapsed)")
+    run.add_argument("--no-deliver", action="store_true",
+                     help="intake only: commit every event to the queue and deliver none "
+                          "(`nwpipe work` processes deliver them)")
     run.set_defaults(func=cmd_run)
+
+    work = _command(
+        sub, "work", help="only deliver, from the queue that intake processes fill",
+        description="Deliver events from the queue ([queue] in the config) to the outputs, "
+                    "routed and mapped as `run` does, reading no input of its own. With a "
+                    "Redis queue ([queue] url) any number of workers on any number of "
+                    "machines share the shards, each shard delivered by one worker at a "
+                    "time. Runs until SIGTERM/SIGINT: what it did not deliver stays in the "
+                    "queue for the others; exit 0.",
+        example="nwpipe work -c nwpipe.toml   (with [queue] url = \"redis://...\")",
+        epilog=EPILOG)
+    work.add_argument("--dead-letter", metavar="PATH",
+                      help="dead-letter file (default: with a Redis queue its stream "
+                           "PREFIX:dead, else the config's dead_letter)")
+    work.add_argument("--shutdown-timeout", metavar="SECONDS", type=float,
+                      help="on SIGTERM/SIGINT, seconds to finish in-flight deliveries "
+                           "(default: the config's shutdown_timeout, else 10)")
+    _queue_option(work)
+    _strict_routing_option(work)
+    work.set_defaults(func=cmd_work)
 
     serve = _command(
         sub, "serve", help="receive events over HTTP (Netography's webhook) and deliver them",
@@ -219,10 +243,15 @@ def build_parser() -> argparse.ArgumentParser:
                     "decoded again. Delivery ids stay the same, so receivers can "
                     "deduplicate. What is delivered leaves the file, what fails again stays "
                     "(with the new reason); the file is replaced atomically, so a record is "
-                    "never lost, also on Ctrl-C.",
+                    "never lost, also on Ctrl-C. DEAD_LETTER may be a Redis URL "
+                    "(redis://host:6379/0): the records that workers sharing a Redis queue "
+                    "wrote to the stream PREFIX:dead (--queue: the config's [queue] url).",
         example="nwpipe replay -c nwpipe.toml nwpipe-dead-letter.jsonl --output soc",
         epilog=EPILOG)
-    replay.add_argument("dead_letter", metavar="DEAD_LETTER", help="the dead-letter file")
+    replay.add_argument("dead_letter", metavar="DEAD_LETTER", nargs="?",
+                        help="the dead-letter file, or a Redis URL")
+    replay.add_argument("--queue", action="store_true",
+                        help="the dead letters of the config's Redis queue ([queue] url)")
     replay.add_argument("--output", metavar="NAME",
                         help="only the records of this output (the others stay unchanged)")
     replay.add_argument("--shutdown-timeout", metavar="SECONDS", type=float,
@@ -485,9 +514,25 @@ def cmd_run(args) -> int:
                  shutdown_timeout=args.shutdown_timeout,
                  progress=wanted(args.quiet, args.log_format), queue_path=args.queue,
                  durable=args.durable, keep_queue=args.keep_queue, resume=args.resume,
-                 metrics_listen=args.metrics_listen, strict_routing=args.strict_routing)
+                 deliver=not args.no_deliver, metrics_listen=args.metrics_listen,
+                 strict_routing=args.strict_routing)
     log.info("%s", result.summary())
     return result.exit_code
+
+
+def cmd_work(args) -> int:
+    """Deliver from the queue until a signal."""
+    from nwpipe.commands.progress import wanted
+    from nwpipe.commands.work import summary, work
+
+    _, config, router = load(args)
+    if args.strict_routing:
+        config.strict_routing = True
+    result = work(config, router, dead_letter_path=args.dead_letter,
+                  shutdown_timeout=args.shutdown_timeout,
+                  progress=wanted(args.quiet, args.log_format), queue_path=args.queue)
+    log.info("%s", summary(result))
+    return 0  # SIGTERM/SIGINT is how a worker ends; what it left stays queued
 
 
 def cmd_serve(args) -> int:
@@ -513,11 +558,28 @@ def cmd_replay(args) -> int:
     from nwpipe.commands.replay import replay
 
     _, config, router = load(args)
-    result = replay(config, router, args.dead_letter, output=args.output,
+    result = replay(config, router, _replay_source(args, config), output=args.output,
                     shutdown_timeout=args.shutdown_timeout,
                     progress=wanted(args.quiet, args.log_format))
     log.info("%s", result.summary())
     return result.exit_code
+
+
+def _replay_source(args, config) -> str:
+    """The dead-letter file or Redis URL that ``nwpipe replay`` works on."""
+    if args.queue:
+        if args.dead_letter:
+            raise NwpipeError("replay: give either DEAD_LETTER or --queue, not both")
+        url = getattr(getattr(config, "queue", None), "url", None)
+        if not url:
+            raise NwpipeError("replay --queue: the config has no [queue] url; dead letters "
+                              "go to a Redis stream only with a Redis queue (otherwise: "
+                              "nwpipe replay DEAD_LETTER_FILE)")
+        return url
+    if not args.dead_letter:
+        raise NwpipeError("replay: which dead letters? give a dead-letter file, a Redis URL, "
+                          "or --queue")
+    return args.dead_letter
 
 
 def cmd_check(args) -> int:
@@ -563,7 +625,16 @@ def probe(config, router) -> int:
     results = run_probes(config, router)
     for result in results:
         print(f"  {result.line()}")
-    return 0 if all(r.ok for r in results) else 1
+    ok = all(r.ok for r in results)
+    if config.queue.url:
+        import asyncio
+
+        from nwpipe.queue.redis import probe as probe_redis
+
+        queue_ok, message = asyncio.run(probe_redis(config.queue))
+        print(f"  queue: {message}")
+        ok = ok and queue_ok
+    return 0 if ok else 1
 
 
 def cmd_init(args) -> int:

@@ -62,6 +62,9 @@ class OutputStats:
     requests: int = 0
     #: not sent because the output closed for good on purpose (the reader of stdout left)
     not_sent: int = 0
+    #: not sent because another process took over their shard of a shared queue (which
+    #: then delivers them)
+    handed_over: int = 0
 
 
 @dataclass
@@ -163,6 +166,10 @@ class DeliveryEngine:
         #: deliveries that came from the durable queue are left there on a shutdown
         #: (dropped from memory, not dead-lettered): the next run delivers them
         self.keep_queued = False
+        #: set when several processes share the queue: true for a delivery whose shard
+        #: this process no longer holds; such a delivery is neither sent nor
+        #: dead-lettered (the shard's new owner delivers it), also after a freeze
+        self.revoked: Callable[[Delivery], bool] | None = None
         self._state = _State()
         # Hand-made wake-ups instead of asyncio.Queue/Condition: this is the per-event
         # path, and a bare future costs a fraction of a Condition round trip.
@@ -464,6 +471,10 @@ class DeliveryEngine:
         successes = self._successes
         started = loop.time()
         while True:
+            if self.revoked is not None:
+                batch = self._unrevoked(batch)
+                if not batch:
+                    return
             if self._spent:
                 # The budget is spent: what waits is dead-lettered, with one probe at
                 # most every max_backoff seconds to notice that the receiver is back.
@@ -582,6 +593,15 @@ class DeliveryEngine:
         self._spent = False
         self.failing_since = None
 
+    def _unrevoked(self, batch: list[Delivery]) -> list[Delivery]:
+        """``batch`` without the deliveries of shards this process lost."""
+        revoked = self.revoked
+        assert revoked is not None  # only called when set
+        keep = [d for d in batch if not revoked(d)]
+        if len(keep) < len(batch):
+            self.stats.handed_over += len(batch) - len(keep)
+        return keep
+
     def _record(self, batch, number, outcome, reason, status=None, after=None) -> None:
         entry = _Attempt(number, utc_now(), outcome, reason, status, after).as_dict()
         for delivery in batch:
@@ -591,6 +611,10 @@ class DeliveryEngine:
                      response: str | None = None, quiet: bool | str = False) -> None:
         """Write dead-letter records for ``batch``; ``quiet``: only count them (under
         ``reason``, or the given summary text) and report the count once, in drain()."""
+        if self.revoked is not None:
+            batch = self._unrevoked(batch)
+            if not batch:
+                return
         self.dead_letter.write(delivery_record(d, stage="deliver", reason=reason, status=status,
                                                response=response) for d in batch)
         self.stats.dead_lettered += len(batch)

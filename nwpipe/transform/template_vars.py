@@ -14,9 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-import jinja2
-from jinja2 import meta, nodes
-
 from nwpipe.config import Config
 from nwpipe.errors import ConfigError, Problems
 from nwpipe.settings import did_you_mean
@@ -71,7 +68,7 @@ def _sources(config: Config, router: Any) -> Iterator[tuple[str, str, set[str]]]
         if mapping.template_name and env is not None and env.loader is not None:
             try:
                 body_source = env.loader.get_source(env, mapping.template_name)[0]
-            except jinja2.TemplateNotFound:
+            except LookupError:  # jinja2.TemplateNotFound is one
                 body_source = None
             key = f"mappings.{name}.template"
         elif getattr(mapping, "_body", None) is not None:
@@ -83,9 +80,11 @@ def _sources(config: Config, router: Any) -> Iterator[tuple[str, str, set[str]]]
             yield f"outputs.{output.name}.when", "{{ " + output.when + " }}", set()
 
 
-def _optional(tree: nodes.Template) -> set[str]:
+def _optional(tree: Any) -> set[str]:
     """Names a template reads with a fallback (``x | default(...)``, ``x is defined``):
     optional settings, not typos."""
+    from jinja2 import nodes
+
     names = set()
     for node in tree.find_all((nodes.Filter, nodes.Test)):
         if node.name in ("default", "d", "defined", "undefined") \
@@ -104,6 +103,10 @@ class _AnyName(dict):
 
 def unknown_variables(config: Config, router: Any) -> list[UnknownVariable]:
     """Every template variable of ``config`` that nothing defines (see the module doc)."""
+    # Jinja only when asked (`nwpipe check`): a run without templates never imports it
+    import jinja2
+    from jinja2 import meta
+
     parser = jinja2.Environment()
     parser.filters = _AnyName(parser.filters)
     parser.tests = _AnyName(parser.tests)

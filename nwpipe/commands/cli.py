@@ -478,6 +478,7 @@ def load(args, *, lean: bool = False):
     from nwpipe.config import build_config, default_config, find_config_file, read_toml
     from nwpipe.plugins import Plugins, types_named
     from nwpipe.transform.routing import Router
+    from nwpipe.transform.template_vars import check_required_vars
 
     path = find_config_file(getattr(args, "config", None))
     data = read_toml(path) if path else default_config()
@@ -485,10 +486,7 @@ def load(args, *, lean: bool = False):
     config = build_config(data, plugins.output_types, file=path,
                           source_types=plugins.source_types)
     router = Router(config, plugins.jinja_filters)
-    if router.mappings:  # the check needs Jinja; a run without mappings starts without it
-        from nwpipe.transform.template_vars import check_required_vars
-
-        check_required_vars(config, router)
+    check_required_vars(config, router)
     return plugins, config, router
 
 

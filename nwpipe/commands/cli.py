@@ -56,6 +56,12 @@ def _config_option(parser: argparse.ArgumentParser) -> None:
                              "else built-in: events unchanged to stdout)")
 
 
+def _pid_file_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pid-file", metavar="PATH",
+                        help="write the process id to PATH while running (removed at exit), "
+                             "for `nwpipe reload --pid-file PATH`; SIGHUP reloads the config")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="nwpipe",
@@ -85,8 +91,24 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--shutdown-timeout", metavar="SECONDS", type=float,
                      help="on Ctrl-C/SIGTERM, seconds to finish in-flight deliveries "
                           "(default: the config's shutdown_timeout, else 10)")
+    _pid_file_option(run)
     _common(run, suppress=True)
     run.set_defaults(func=cmd_run)
+
+    reload = sub.add_parser(
+        "reload", help="make a running nwpipe re-read its config",
+        description="Send SIGHUP to the nwpipe process named in PATH (started with "
+                    "--pid-file PATH): it re-reads its config file. A config that fails "
+                    "`nwpipe check` is refused (its errors are in that process's log) and "
+                    "the running one stays; a valid one replaces mappings and outputs "
+                    "without losing or repeating an event. Exit 1 when the PID file is "
+                    "missing or names no running nwpipe.",
+        epilog="example:\n  nwpipe reload --pid-file /run/nwpipe/nwpipe.pid",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    reload.add_argument("--pid-file", metavar="PATH", required=True,
+                        help="the PID file the running nwpipe was started with")
+    _common(reload, suppress=True)
+    reload.set_defaults(func=cmd_reload)
 
     replay = sub.add_parser(
         "replay", help="send the deliveries in a dead-letter file again",
@@ -226,34 +248,61 @@ def setup_logging(verbose: bool, quiet: bool, log_format: str) -> None:
 
 def load(args):
     """Plugins, the validated config and its compiled routes, from the command line."""
-    from nwpipe.config import find_config_file, load_config
     from nwpipe.plugins import Plugins
-    from nwpipe.transform.routing import Router
 
     plugins = Plugins(args.plugins_dir)
+    return (plugins, *load_config_with(plugins, args))
+
+
+def load_config_with(plugins, args):
+    """The validated config and its compiled routes, with plugins already loaded."""
+    from nwpipe.config import find_config_file, load_config
+    from nwpipe.transform.routing import Router
+
     path = find_config_file(getattr(args, "config", None))
     config = load_config(path, plugins.output_types, source_types=plugins.source_types)
-    router = Router(config, plugins.jinja_filters)
-    return plugins, config, router
+    return config, Router(config, plugins.jinja_filters)
 
 
 def cmd_run(args) -> int:
     """Read events and deliver them."""
+    from nwpipe.commands.pidfile import pid_file
     from nwpipe.commands.progress import wanted
     from nwpipe.engine.pipeline import run
     from nwpipe.sources.decode import check_inputs
 
-    _, config, router = load(args)
+    plugins, config, router = load(args)
     source = config.source
     if source.cls is not None and not source.cls.takes_inputs and args.files:
         raise NwpipeError(f"source type '{source.type}' reads no files: remove the file "
                           f"arguments, or remove the [source] table to read files")
     check_inputs(args.files)
-    result = run(config, router, args.files, dead_letter_path=args.dead_letter,
-                 shutdown_timeout=args.shutdown_timeout,
-                 progress=wanted(args.quiet, args.log_format))
+    reloader = make_reloader(plugins, args)
+    with pid_file(args.pid_file):
+        result = run(config, router, args.files, dead_letter_path=args.dead_letter,
+                     shutdown_timeout=args.shutdown_timeout,
+                     progress=wanted(args.quiet, args.log_format), reloader=reloader)
     log.info("%s", result.summary())
     return result.exit_code
+
+
+def make_reloader(plugins, args):
+    """What reloads the config on SIGHUP: the same file, plugins and checks as at start."""
+    from nwpipe.engine.reload import Reloader
+
+    reloader = Reloader(lambda: load_config_with(plugins, args))
+    reloader.before_start()
+    return reloader
+
+
+def cmd_reload(args) -> int:
+    """Signal a running nwpipe to reload its config."""
+    from nwpipe.commands.pidfile import signal_reload
+
+    pid = signal_reload(args.pid_file)
+    log.info("sent SIGHUP to nwpipe (process %d): it reloads its config; its log says "
+             "whether the new one was taken", pid)
+    return 0
 
 
 def cmd_replay(args) -> int:

@@ -155,6 +155,12 @@ class DeliveryEngine:
         self._resume_at = settings.queue_size - max(1, settings.queue_size // 4)
         self._wake = asyncio.Event()  # set when the backoff waits should end (shutdown cut short)
         self._flush = asyncio.Event()  # set when no more input comes: send partial batches now
+        # A config reload hands this engine's waiting deliveries to a successor: the
+        # predecessor's batches still in flight hold back the lanes they share (see
+        # hand_over), parked here until it is done with them.
+        self._predecessor: DeliveryEngine | None = None
+        self._successor: DeliveryEngine | None = None
+        self._parked: set[str] = set()
 
     @property
     def failing(self) -> bool:
@@ -204,6 +210,10 @@ class DeliveryEngine:
                 await self._wait_change()
             if self.closed:
                 return
+        self._enqueue(delivery)
+
+    def _enqueue(self, delivery: Delivery) -> None:
+        state = self._state
         state.queued += 1
         # with one worker, one lane for everything keeps the input order exactly
         key = delivery.key if self._keyed else ""
@@ -218,6 +228,9 @@ class DeliveryEngine:
 
     def _push_ready(self, key: str) -> None:
         """``key`` has deliveries and none in flight: give it to a waiting worker."""
+        if self._predecessor is not None and self._predecessor._busy_with(key, self._keyed):
+            self._parked.add(key)  # its earlier deliveries are still on the old output
+            return
         waiters = self._key_waiters
         while waiters:
             waiter = waiters.popleft()
@@ -295,6 +308,8 @@ class DeliveryEngine:
             state.queued -= len(batch)
             if self._change_waiters and state.queued <= self._resume_at:
                 self._notify()
+            if self._successor is not None:
+                self._successor._unpark()
 
     def _take(self, key: str, batch: list[Delivery], size: int) -> int:
         """Move deliveries of ``key`` into ``batch`` within the batch limits."""
@@ -516,9 +531,12 @@ class DeliveryEngine:
         self._state.pending.clear()
         self._state.ready.clear()
         self._key_waiters.clear()
+        self._parked.clear()
         if leftovers:
             self._dead_letter(leftovers, reason)
         self._state.queued = 0
+        if self._successor is not None:
+            self._successor._unpark()
 
     async def close(self) -> None:
         """Stop the workers (after ``drain``) and close the output."""
@@ -531,3 +549,63 @@ class DeliveryEngine:
             self.stats.not_sent += self._state.queued
             self._state.queued = 0
         await self.output.close()
+
+    # -- config reload: hand over to a successor ---------------------------------
+
+    def hand_over(self, successor: DeliveryEngine) -> list[Delivery]:
+        """A config reload changed this output: ``successor`` (its engine built from the
+        new config, started) takes over.
+
+        Returns the deliveries that wait here and are not in flight, each alert's in
+        order, removed from this engine: the caller maps them again for the successor
+        and gives them to it with :meth:`take`. The batches in flight finish here (this
+        engine is then drained and closed); until they have, the successor holds back
+        the alerts they belong to (every alert while either engine keeps one lane for
+        all), so an alert's events still reach the receivers in order. The two engines
+        share one set of counters.
+        """
+        state = self._state
+        moved: list[Delivery] = []
+        # Keys in the ready queue are not being sent: they move with their deliveries.
+        while state.ready:
+            moved.extend(state.pending.pop(state.ready.popleft(), ()))
+        # The other keys are busy in a worker, which removes them when its batch ends.
+        for waiting in state.pending.values():
+            moved.extend(waiting)
+            waiting.clear()
+        state.queued -= len(moved)
+        successor.stats = self.stats
+        successor._predecessor = self
+        self._successor = successor
+        self._notify()
+        return moved
+
+    def take(self, deliveries: list[Delivery]) -> None:
+        """Queue ``deliveries`` handed over by a predecessor, at once and in their order
+        (past ``queue_size`` if need be: they were already accepted once)."""
+        for delivery in deliveries:
+            self._enqueue(delivery)
+
+    def _busy_with(self, key: str, keyed: bool) -> bool:
+        """Whether this engine still holds deliveries of the lane ``key`` of a successor
+        (``keyed``: whether the successor has one lane per alert)."""
+        if keyed and self._keyed:
+            return key in self._state.pending
+        return self._state.queued > 0
+
+    def _unpark(self) -> None:
+        """The predecessor finished a batch: release the lanes it no longer holds."""
+        before = self._predecessor
+        if before is None or not self._parked:
+            return
+        free = [key for key in self._parked if not before._busy_with(key, self._keyed)]
+        for key in free:
+            self._parked.discard(key)
+            self._push_ready(key)
+
+    def release_predecessor(self) -> None:
+        """The predecessor is drained and closed: every lane it held back is free."""
+        self._predecessor = None
+        parked, self._parked = self._parked, set()
+        for key in parked:
+            self._push_ready(key)

@@ -165,6 +165,10 @@ class Pipeline:
         self._reported = 0
         self._refusing: asyncio.Task | None = None
         self._deadline: asyncio.TimerHandle | None = None
+        #: reloads the config on SIGHUP (:mod:`nwpipe.engine.reload`), when given
+        self.reloader = None
+        #: engines a config reload replaced or removed, finishing what they hold
+        self.retiring: dict[DeliveryEngine, asyncio.Task] = {}
 
     # -- control ---------------------------------------------------------------
 
@@ -199,8 +203,21 @@ class Pipeline:
         self._stop.set()
 
     async def _refuse_all(self, why: str) -> None:
-        for engine in self.engines.values():
+        for engine in [*self.engines.values(), *self.retiring]:
             await engine.refuse(why)
+
+    def retire(self, engine: DeliveryEngine, successor: DeliveryEngine | None) -> None:
+        """A config reload replaced (``successor``) or removed ``engine``'s output: it
+        finishes what it holds in the background, then closes."""
+        self.retiring[engine] = asyncio.ensure_future(self._retire(engine, successor))
+
+    async def _retire(self, engine: DeliveryEngine, successor: DeliveryEngine | None) -> None:
+        try:
+            await engine.drain(None, self._abort)
+        finally:
+            await engine.close()
+            if successor is not None:
+                successor.release_predecessor()
 
     def _output_closed(self, reason: str) -> None:
         log.debug("%s; stopping", reason)
@@ -263,6 +280,7 @@ class Pipeline:
                 installed.append(signum)
             except (NotImplementedError, RuntimeError):  # not the main thread, or Windows
                 pass
+        reloading = self.reloader is not None and self.reloader.install(self, loop)
         try:
             for engine in self.engines.values():
                 await engine.start()
@@ -272,18 +290,26 @@ class Pipeline:
                 await feed()
             except BaseException as exc:
                 # Stopped by something unforeseen: what was read is still accounted for.
-                for engine in self.engines.values():
+                for engine in [*self.engines.values(), *self.retiring]:
                     await engine.abandon(f"not delivered: nwpipe stopped on "
                                          f"{type(exc).__name__}: {exc}")
                 raise
+            if self.reloader is not None:
+                await self.reloader.close()  # the outputs are final from here on
             if self._refusing is not None:
                 await self._refusing
             # Without a signal this waits for every delivery (retries included); after
             # one, _abort is set at the deadline and drain dead-letters the rest.
-            await asyncio.gather(*(e.drain(None, self._abort) for e in self.engines.values()))
+            await asyncio.gather(*(e.drain(None, self._abort) for e in self.engines.values()),
+                                 *self.retiring.values())
         finally:
             if self.progress is not None:
                 await self.progress.stop()
+            if self.reloader is not None:
+                await self.reloader.close()
+            for task in self.retiring.values():
+                task.cancel()  # only when stopped by something unforeseen: closes the output
+            await asyncio.gather(*self.retiring.values(), return_exceptions=True)
             for engine in self.engines.values():
                 await engine.close()
             if self._refusing is not None:
@@ -296,6 +322,8 @@ class Pipeline:
             self._acks.release()
             for signum in installed:
                 loop.remove_signal_handler(signum)
+            if reloading:
+                self.reloader.uninstall(loop)
             self.result.seconds = time.perf_counter() - started
             self.result.dead_lettered = self.dead_letter.count
             self._report_hidden()
@@ -468,12 +496,14 @@ def build_outputs(config: Config, names: Iterable[str] | None = None) -> dict:
 
 
 def run(config: Config, router: Router, paths: list[str], *, dead_letter_path: str | None = None,
-        shutdown_timeout: float | None = None, progress: bool = False) -> RunResult:
+        shutdown_timeout: float | None = None, progress: bool = False,
+        reloader=None) -> RunResult:
     """Run the pipeline to the end of the source (or a signal); returns what happened.
 
     The source is the config's ``[source]`` (default: the files source reading ``paths``
     in order, ``"-"`` or nothing for stdin). ``progress``: show a live status line on
-    stderr (see :mod:`nwpipe.commands.progress`).
+    stderr (see :mod:`nwpipe.commands.progress`). ``reloader``: a
+    :class:`nwpipe.engine.reload.Reloader`, to reload the config on SIGHUP.
     """
     # spill: records the file cannot take (disk full) are printed on stderr, never lost
     dead_letter = DeadLetterFile(dead_letter_path or config.dead_letter, spill=True)
@@ -483,6 +513,7 @@ def run(config: Config, router: Router, paths: list[str], *, dead_letter_path: s
     try:
         pipeline = Pipeline(config, router, build_outputs(config), dead_letter=dead_letter,
                             shutdown_timeout=shutdown_timeout, progress=make_progress(progress))
+        pipeline.reloader = reloader
         result = event_loop_run(pipeline.run(source))
     finally:
         dead_letter.close()

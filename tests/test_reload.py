@@ -1,0 +1,354 @@
+"""Config reload: a real ``nwpipe run`` process (``--pid-file``), ``nwpipe reload`` in
+another process, and real HTTP receivers on 127.0.0.1 whose URL changes under load.
+
+The promise checked: across a reload every event is delivered exactly once (to the old
+receiver or the new one), and an alert's events arrive in order: one is sent only after
+the previous one of its alert was answered, whichever receiver had it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from nwpipe.commands.pidfile import pid_file, read_pid
+from nwpipe.errors import NwpipeError
+
+STATES = ("start", "ongoing", "end")
+
+
+def env() -> dict:
+    e = {k: v for k, v in os.environ.items() if k != "NWPIPE_CONFIG"}
+    e["NWPIPE_LOAD_PLUGINS"] = ""
+    return e
+
+
+def events(first: int, count: int) -> bytes:
+    """``count`` alerts from ``first``: every start, then every ongoing, then every end."""
+    lines = []
+    for update, state in enumerate(STATES, 1):
+        for i in range(first, first + count):
+            lines.append(json.dumps({"id": f"alert-{i}", "customer": "acme", "alerttype": state,
+                                     "updatecount": update, "severity": "high"}))
+    return ("\n".join(lines) + "\n").encode()
+
+
+def webhook_config(path: Path, url: str, tag: str, *, extra: str = "") -> None:
+    path.write_text(f"""
+shutdown_timeout = 10
+{extra}
+[outputs.soc]
+type = "webhook"
+url = "{url}"
+headers = "X-Config: {tag}"
+concurrency = 4
+timeout = 10
+[outputs.soc.retry]
+initial_backoff = 0.02
+max_backoff = 0.2
+""")
+
+
+class Journal:
+    """One ordered record of what every receiver saw: ``(what, receiver, config tag,
+    alert id, alerttype)`` with what = "arrived" or "answered"."""
+
+    def __init__(self):
+        self.entries: list[tuple[str, str, str, str, str]] = []
+        #: requests past ``hold_after`` wait for this before they are answered
+        self.release = asyncio.Event()
+
+    def handler(self, name: str, hold_after: int | None = None):
+        """A receiver's handler; with ``hold_after``, requests after that many are held
+        (in flight, for the sender) until :attr:`release` is set."""
+        seen = 0
+
+        async def handle(request: web.Request, record) -> web.Response:
+            nonlocal seen
+            tag = record.headers.get("X-Config", "")
+            body = record.json()
+            batch = body if isinstance(body, list) else [body]
+            for e in batch:
+                self.entries.append(("arrived", name, tag, e["id"], e["alerttype"]))
+            seen += 1
+            if hold_after is not None and seen > hold_after:
+                await self.release.wait()
+            for e in batch:
+                self.entries.append(("answered", name, tag, e["id"], e["alerttype"]))
+            return web.Response(status=200)
+        return handle
+
+    def answered(self, name: str | None = None) -> list[tuple[str, str, str]]:
+        return [(tag, i, state) for what, who, tag, i, state in self.entries
+                if what == "answered" and (name is None or who == name)]
+
+
+async def wait_until(predicate, what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+class Run:
+    """``nwpipe run`` as its own process, stdin a pipe, stderr collected line by line."""
+
+    def __init__(self, cwd: Path, *args: str):
+        self.cwd = cwd
+        self.args = args
+        self.stderr: list[str] = []
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> "Run":
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "nwpipe", *self.args, cwd=self.cwd, env=env(),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self._reader = asyncio.ensure_future(self._read())
+        return self
+
+    async def _read(self) -> None:
+        assert self.proc is not None and self.proc.stderr is not None
+        async for line in self.proc.stderr:
+            self.stderr.append(line.decode().rstrip("\n"))
+
+    def saw(self, text: str) -> bool:
+        return any(text in line for line in self.stderr)
+
+    async def send(self, data: bytes) -> None:
+        assert self.proc is not None and self.proc.stdin is not None
+        self.proc.stdin.write(data)
+        await self.proc.stdin.drain()
+
+    async def finish(self, timeout: float = 60.0) -> int:
+        assert self.proc is not None and self.proc.stdin is not None
+        self.proc.stdin.close()
+        stdout = await asyncio.wait_for(self.proc.stdout.read(), timeout)
+        self.stdout = stdout.decode()
+        code = await asyncio.wait_for(self.proc.wait(), timeout)
+        await self._reader
+        return code
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+
+
+async def reload_command(cwd: Path, pid_path: Path) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "nwpipe", "reload", "--pid-file", str(pid_path), cwd=cwd,
+        env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _out, err = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode, err.decode()
+
+
+@pytest.fixture
+async def runs():
+    started: list[Run] = []
+
+    async def make(cwd: Path, *args: str) -> Run:
+        run = await Run(cwd, *args).start()
+        started.append(run)
+        return run
+
+    yield make
+    for run in started:
+        run.kill()
+        if run.proc is not None:
+            await run.proc.wait()
+
+
+async def test_url_change_under_load_delivers_each_event_once_in_order(tmp_path, make_receiver,
+                                                                        runs):
+    journal = Journal()
+    old = await make_receiver()
+    new = await make_receiver()
+    # the old receiver answers 8 requests, then holds the next 4 (the output's
+    # concurrency) until the test releases them: those are in flight during the reload
+    old.handler = journal.handler("old", hold_after=8)
+    new.handler = journal.handler("new")
+    config = tmp_path / "nwpipe.toml"
+    webhook_config(config, old.url + "/in", "1")
+    pid_path = tmp_path / "nwpipe.pid"
+    run = await runs(tmp_path, "run", "-c", str(config), "--pid-file", str(pid_path))
+
+    await run.send(events(0, 20))  # 60 events
+    await wait_until(lambda: len(journal.answered("old")) == 8
+                     and len(journal.entries) == 8 * 2 + 4, "4 deliveries held in flight")
+    assert read_pid(str(pid_path)) == run.proc.pid
+    webhook_config(config, new.url + "/in", "2")
+    code, err = await reload_command(tmp_path, pid_path)
+    assert code == 0, err
+    assert f"sent SIGHUP to nwpipe (process {run.proc.pid})" in err
+    await wait_until(lambda: run.saw("config reloaded"), "the reload")
+    await run.send(events(20, 20))
+    # all but the 4 held alerts' later events (8) reach the new receiver meanwhile
+    await wait_until(lambda: len(journal.answered("new")) >= 120 - 8 - 4 - 8,
+                     "the new receiver's deliveries")
+    held = {i for what, _w, _t, i, _s in journal.entries[16:20]}
+    assert not [e for e in journal.entries if e[1] == "new" and e[3] in held], \
+        "an alert's later event overtook its earlier one still in flight on the old output"
+    journal.release.set()
+    assert await run.finish() == 0, "\n".join(run.stderr)
+
+    # every event answered exactly once, across the two receivers
+    answered = journal.answered()
+    keys = [(i, state) for _tag, i, state in answered]
+    assert len(keys) == 120 and len(set(keys)) == 120, sorted(keys)
+    # the old receiver got only the old output's deliveries, the new one the new one's
+    assert {tag for tag, _i, _s in journal.answered("old")} == {"1"}
+    assert {tag for tag, _i, _s in journal.answered("new")} == {"2"}
+    # what waited in the old output's queue went to the new one, not only later events
+    first_batch = {f"alert-{i}" for i in range(20)}
+    assert {i for _t, i, _s in journal.answered("new")} & first_batch
+    assert len(journal.answered("old")) == 12
+    # per alert: an event is sent only once the previous one was answered
+    answered_at: dict[tuple[str, str], int] = {}
+    for n, (what, _who, _tag, i, state) in enumerate(journal.entries):
+        if what == "answered":
+            answered_at[(i, state)] = n
+    for n, (what, _who, _tag, i, state) in enumerate(journal.entries):
+        if what == "arrived" and state != "start":
+            before = STATES[STATES.index(state) - 1]
+            assert answered_at[(i, before)] < n, f"{i} {state} overtook {before}"
+
+    assert any("config reloaded from" in line and "changed: soc" in line
+               for line in run.stderr), run.stderr
+    assert "soc: 120 delivered" in run.stderr[-1]
+    assert not pid_path.exists(), "the PID file is removed at exit"
+
+
+async def test_a_config_with_problems_is_refused_and_the_old_one_keeps_running(
+        tmp_path, make_receiver, runs):
+    journal = Journal()
+    receiver = await make_receiver()
+    receiver.handler = journal.handler("old")
+    config = tmp_path / "nwpipe.toml"
+    webhook_config(config, receiver.url + "/in", "1")
+    pid_path = tmp_path / "nwpipe.pid"
+    run = await runs(tmp_path, "run", "-c", str(config), "--pid-file", str(pid_path))
+    await run.send(events(0, 2))
+    await wait_until(lambda: len(journal.answered()) >= 6, "the first deliveries")
+    await wait_until(pid_path.exists, "the PID file")
+
+    config.write_text(config.read_text().replace('url = "', 'url = "ftp://nowhere/')
+                      .replace("concurrency = 4", "concurrency = 0"))
+    code, err = await reload_command(tmp_path, pid_path)
+    assert code == 0, err
+    await wait_until(lambda: run.saw("reload refused"), "the refusal")
+    errors = [line for line in run.stderr if line.startswith("nwpipe: error:")]
+    assert errors and all(str(config) in line for line in errors), run.stderr
+    assert not any("Traceback" in line for line in run.stderr)
+
+    await run.send(events(2, 2))
+    assert await run.finish() == 0, "\n".join(run.stderr)
+    assert len(journal.answered()) == 12
+    assert {tag for tag, _i, _s in journal.answered()} == {"1"}
+
+
+async def test_mapping_change_applies_to_later_events_of_an_unchanged_output(tmp_path, runs):
+    config = tmp_path / "nwpipe.toml"
+    body = """
+[outputs.out]
+type = "stdout"
+mapping = "m"
+[mappings.m.fields]
+id = "$.id"
+version = "{{ 'VERSION' }}"
+"""
+    config.write_text(body.replace("VERSION", "one"))
+    pid_path = tmp_path / "nwpipe.pid"
+    run = await runs(tmp_path, "run", "-c", str(config), "--pid-file", str(pid_path))
+    await run.send(events(0, 1))
+    await wait_until(pid_path.exists, "the PID file")
+    config.write_text(body.replace("VERSION", "two"))
+    code, err = await reload_command(tmp_path, pid_path)
+    assert code == 0, err
+    await wait_until(lambda: run.saw("config reloaded"), "the reload")
+    assert any("unchanged: out" in line for line in run.stderr), run.stderr
+    await run.send(events(1, 1))
+    assert await run.finish() == 0, "\n".join(run.stderr)
+    lines = [json.loads(line) for line in run.stdout.splitlines()]
+    assert [(e["id"], e["version"]) for e in lines] == [
+        ("alert-0", "one"), ("alert-0", "one"), ("alert-0", "one"),
+        ("alert-1", "two"), ("alert-1", "two"), ("alert-1", "two")]
+
+
+# -- nwpipe reload and --pid-file: the user's mistakes ----------------------------------
+
+
+def nwpipe(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "nwpipe", *args], cwd=cwd, env=env(),
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_reload_without_a_pid_file_says_so(tmp_path):
+    result = nwpipe("reload", "--pid-file", str(tmp_path / "nope.pid"), cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr == (f"nwpipe: error: PID file {tmp_path / 'nope.pid'} does not exist: "
+                             f"is nwpipe running with --pid-file {tmp_path / 'nope.pid'}?\n")
+
+
+def test_reload_with_a_stale_pid_file_signals_nothing(tmp_path):
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    stale = tmp_path / "nwpipe.pid"
+    stale.write_text(f"{ended.pid}\n")
+    result = nwpipe("reload", "--pid-file", str(stale), cwd=tmp_path)
+    assert result.returncode == 1
+    assert "is stale" in result.stderr and str(ended.pid) in result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def test_reload_of_a_pid_file_naming_another_program_signals_nothing(tmp_path):
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        other = tmp_path / "nwpipe.pid"
+        other.write_text(f"{sleeper.pid}\n")
+        result = nwpipe("reload", "--pid-file", str(other), cwd=tmp_path)
+        assert result.returncode == 1 and "is stale" in result.stderr
+        assert sleeper.poll() is None, "the other program was not signalled"
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_reload_with_a_garbled_pid_file(tmp_path):
+    garbled = tmp_path / "nwpipe.pid"
+    garbled.write_text("hello\n")
+    result = nwpipe("reload", "--pid-file", str(garbled), cwd=tmp_path)
+    assert result.returncode == 1
+    assert "holds no process id" in result.stderr
+
+
+def test_pid_file_is_written_for_the_block_and_removed_after(tmp_path):
+    path = tmp_path / "run.pid"
+    with pid_file(str(path)):
+        assert read_pid(str(path)) == os.getpid()
+    assert not path.exists()
+
+
+def test_pid_file_of_a_running_nwpipe_is_not_taken_over(tmp_path):
+    path = tmp_path / "run.pid"
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
+                               "nwpipe"])  # an argument naming nwpipe, as `nwpipe run` has
+    try:
+        deadline = time.monotonic() + 60
+        while b"nwpipe" not in Path(f"/proc/{holder.pid}/cmdline").read_bytes():
+            assert time.monotonic() < deadline, "the stand-in process did not start"
+            time.sleep(0.01)
+        path.write_text(f"{holder.pid}\n")
+        with pytest.raises(NwpipeError, match="which is running"):
+            with pid_file(str(path)):
+                pass
+        assert read_pid(str(path)) == holder.pid
+    finally:
+        holder.kill()
+        holder.wait()

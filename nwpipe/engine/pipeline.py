@@ -280,10 +280,12 @@ class Pipeline:
                 installed.append(signum)
             except (NotImplementedError, RuntimeError):  # not the main thread, or Windows
                 pass
-        reloading = self.reloader is not None and self.reloader.install(self, loop)
+        reloading = False
         try:
             for engine in self.engines.values():
                 await engine.start()
+            # SIGHUP reloads once the outputs run (one that came earlier is done now)
+            reloading = self.reloader is not None and self.reloader.install(self, loop)
             if self.progress is not None:
                 self.progress.start(self)
             try:

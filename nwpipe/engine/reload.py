@@ -253,10 +253,13 @@ def apply(pipeline: Pipeline, config: Config, router: Router, changes: Plan,
     """
     old = pipeline.engines
     settled = _settled_callback(pipeline)
+    keep_queued = any(getattr(e, "keep_queued", False) for e in old.values())
     engines: dict[str, DeliveryEngine] = {}
     for name in config.outputs:
         engines[name] = old[name] if name in changes.unchanged else started[name]
         engines[name].on_settled = settled
+        if keep_queued:  # delivering from the durable queue: a shutdown leaves it there
+            engines[name].keep_queued = True
     pipeline.engines = engines
     pipeline.router = router
     pipeline._by_name = {route.name: route for route in router.routes}
@@ -265,11 +268,43 @@ def apply(pipeline: Pipeline, config: Config, router: Router, changes: Plan,
         successor = engines[name]
         moved = old[name].hand_over(successor)  # the two engines share their counters
         successor.take(_map_again(pipeline, moved, pipeline._by_name[name], successor))
-        pipeline.retire(old[name], successor)
+    _swap_feeds(pipeline, changes, engines)
+    for name in changes.changed:
+        pipeline.retire(old[name], engines[name])
     for name in changes.removed:
         pipeline.retire(old[name], None)
     for name, engine in engines.items():
         pipeline.result.outputs[name] = engine.stats
+
+
+def _swap_feeds(pipeline: Pipeline, changes: Plan, engines: dict[str, DeliveryEngine]) -> None:
+    """Queue mode: each output's feed reads the durable queue for the engine it now has.
+
+    A changed output's feed goes on from where it was, for the new engine. An added
+    output's feed starts where the furthest feed has read (it takes what no output had
+    read before the reload). A removed output's feed stops reading now; it keeps its
+    mark, so nothing it took leaves the queue before its old engine settled it, and is
+    dropped once that engine is done (see :meth:`Pipeline.retire`).
+    """
+    dispatcher = getattr(pipeline, "dispatcher", None)
+    if dispatcher is None:
+        return
+    from nwpipe.engine.dispatch import Feed
+
+    for name in changes.changed:
+        dispatcher.feeds[name].engine = engines[name]
+    for name in changes.removed:
+        feed = dispatcher.feeds.get(name)
+        if feed is not None:
+            feed.retired = True
+    for name in changes.added:
+        feed = Feed(name, engines[name])
+        for shard in dispatcher.shards:
+            read = [f.cursor[shard] for f in dispatcher.feeds.values()
+                    if f.cursor.get(shard) is not None]
+            feed.start_at(shard, max(read) if read else None)
+        dispatcher.feeds[name] = feed
+        dispatcher.start_feed(feed)
 
 
 def _settled_callback(pipeline: Pipeline):

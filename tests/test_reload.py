@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -352,3 +353,42 @@ def test_pid_file_of_a_running_nwpipe_is_not_taken_over(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+async def test_a_removed_output_finishes_and_an_added_one_takes_later_events(tmp_path, runs):
+    config = tmp_path / "nwpipe.toml"
+    config.write_text('[outputs.a]\ntype = "file"\npath = "a.jsonl"\n')
+    pid_path = tmp_path / "nwpipe.pid"
+    run = await runs(tmp_path, "run", "-c", str(config), "--pid-file", str(pid_path))
+    await run.send(events(0, 2))
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    await wait_until(lambda: a.exists() and len(a.read_text().splitlines()) == 6, "a's events")
+    await wait_until(pid_path.exists, "the PID file")
+    config.write_text('[outputs.b]\ntype = "file"\npath = "b.jsonl"\n')
+    code, err = await reload_command(tmp_path, pid_path)
+    assert code == 0, err
+    await wait_until(lambda: run.saw("config reloaded"), "the reload")
+    assert any("outputs added: b; removed: a" in line for line in run.stderr), run.stderr
+    await run.send(events(2, 2))
+    assert await run.finish() == 0, "\n".join(run.stderr)
+    ids = lambda path: [json.loads(line)["id"] for line in path.read_text().splitlines()]  # noqa: E731
+    assert sorted(set(ids(a))) == ["alert-0", "alert-1"] and len(ids(a)) == 6
+    assert sorted(set(ids(b))) == ["alert-2", "alert-3"] and len(ids(b)) == 6
+    assert "a: 6 delivered" in run.stderr[-1] and "b: 6 delivered" in run.stderr[-1]
+
+
+async def test_sighup_as_soon_as_the_pid_file_exists_reloads(tmp_path, runs):
+    """A SIGHUP as soon as the PID file exists (maybe before the event loop took the
+    signal over) does not end the process, as the default action of SIGHUP would."""
+    config = tmp_path / "nwpipe.toml"
+    config.write_text('[outputs.a]\ntype = "file"\npath = "a.jsonl"\n')
+    pid_path = tmp_path / "nwpipe.pid"
+    run = await runs(tmp_path, "run", "-c", str(config), "--pid-file", str(pid_path))
+    await wait_until(pid_path.exists, "the PID file")
+    for _ in range(5):
+        run.proc.send_signal(signal.SIGHUP)
+        await asyncio.sleep(0.01)
+    await wait_until(lambda: run.saw("config reloaded"), "a reload")
+    await run.send(events(0, 1))
+    assert await run.finish() == 0, "\n".join(run.stderr)
+    assert len((tmp_path / "a.jsonl").read_text().splitlines()) == 3

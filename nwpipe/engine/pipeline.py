@@ -26,7 +26,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Awaitable, Callable, Iterable
 
 from nwpipe.config import Config
 from nwpipe.engine.deadletter import DeadLetterFile, event_record, raw_record
@@ -38,6 +38,9 @@ from nwpipe.sources.base import Source
 from nwpipe.sources.decode import Event, Reject
 from nwpipe.transform.route_map import MapFailed, map_for, route_and_map
 from nwpipe.transform.routing import Router
+
+if TYPE_CHECKING:  # pragma: no cover
+    from nwpipe.engine.reload import Reloader
 
 log = logging.getLogger("nwpipe")
 
@@ -166,7 +169,7 @@ class Pipeline:
         self._refusing: asyncio.Task | None = None
         self._deadline: asyncio.TimerHandle | None = None
         #: reloads the config on SIGHUP (:mod:`nwpipe.engine.reload`), when given
-        self.reloader = None
+        self.reloader: Reloader | None = None
         #: engines a config reload replaced or removed, finishing what they hold
         self.retiring: dict[DeliveryEngine, asyncio.Task] = {}
 
@@ -324,7 +327,7 @@ class Pipeline:
             self._acks.release()
             for signum in installed:
                 loop.remove_signal_handler(signum)
-            if reloading:
+            if reloading and self.reloader is not None:
                 self.reloader.uninstall(loop)
             self.result.seconds = time.perf_counter() - started
             self.result.dead_lettered = self.dead_letter.count

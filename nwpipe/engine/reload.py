@@ -251,7 +251,7 @@ def apply(pipeline: Pipeline, config: Config, router: Router, changes: Plan,
 
     ``started`` holds the running engines of the changed and added outputs.
     """
-    old = pipeline.engines
+    old = dict(pipeline.engines)
     settled = _settled_callback(pipeline)
     keep_queued = any(getattr(e, "keep_queued", False) for e in old.values())
     engines: dict[str, DeliveryEngine] = {}
@@ -260,7 +260,9 @@ def apply(pipeline: Pipeline, config: Config, router: Router, changes: Plan,
         engines[name].on_settled = settled
         if keep_queued:  # delivering from the durable queue: a shutdown leaves it there
             engines[name].keep_queued = True
-    pipeline.engines = engines
+    # in place: whoever watches the pipeline's engines (metrics, progress) sees the new ones
+    pipeline.engines.clear()
+    pipeline.engines.update(engines)
     pipeline.router = router
     pipeline._by_name = {route.name: route for route in router.routes}
     pipeline._routes = [route for route in router.routes if route.name in engines]

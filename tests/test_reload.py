@@ -142,6 +142,16 @@ class Run:
             self.proc.kill()
 
 
+async def reload_to(config: Path, text: str, run: Run, pid_path: Path,
+                    outcome: str = "config reloaded") -> None:
+    """Write ``text`` to the config file, run `nwpipe reload`, wait for ``outcome`` in
+    the running process's log."""
+    config.write_text(text)
+    code, err = await reload_command(config.parent, pid_path)
+    assert code == 0, err
+    await wait_until(lambda: run.saw(outcome), outcome)
+
+
 async def reload_command(cwd: Path, pid_path: Path) -> tuple[int, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "nwpipe", "reload", "--pid-file", str(pid_path), cwd=cwd,
@@ -239,11 +249,9 @@ async def test_a_config_with_problems_is_refused_and_the_old_one_keeps_running(
     await wait_until(lambda: len(journal.answered()) >= 6, "the first deliveries")
     await wait_until(pid_path.exists, "the PID file")
 
-    config.write_text(config.read_text().replace('url = "', 'url = "ftp://nowhere/')
-                      .replace("concurrency = 4", "concurrency = 0"))
-    code, err = await reload_command(tmp_path, pid_path)
-    assert code == 0, err
-    await wait_until(lambda: run.saw("reload refused"), "the refusal")
+    await reload_to(config, config.read_text().replace('url = "', 'url = "ftp://nowhere/')
+                    .replace("concurrency = 4", "concurrency = 0"), run, pid_path,
+                    outcome="reload refused")
     errors = [line for line in run.stderr if line.startswith("nwpipe: error:")]
     assert errors and all(str(config) in line for line in errors), run.stderr
     assert not any("Traceback" in line for line in run.stderr)
@@ -269,10 +277,7 @@ version = "{{ 'VERSION' }}"
     run = await runs(tmp_path, "run", "-c", str(config), "--pid-file", str(pid_path))
     await run.send(events(0, 1))
     await wait_until(pid_path.exists, "the PID file")
-    config.write_text(body.replace("VERSION", "two"))
-    code, err = await reload_command(tmp_path, pid_path)
-    assert code == 0, err
-    await wait_until(lambda: run.saw("config reloaded"), "the reload")
+    await reload_to(config, body.replace("VERSION", "two"), run, pid_path)
     assert any("unchanged: out" in line for line in run.stderr), run.stderr
     await run.send(events(1, 1))
     assert await run.finish() == 0, "\n".join(run.stderr)
@@ -364,10 +369,7 @@ async def test_a_removed_output_finishes_and_an_added_one_takes_later_events(tmp
     a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
     await wait_until(lambda: a.exists() and len(a.read_text().splitlines()) == 6, "a's events")
     await wait_until(pid_path.exists, "the PID file")
-    config.write_text('[outputs.b]\ntype = "file"\npath = "b.jsonl"\n')
-    code, err = await reload_command(tmp_path, pid_path)
-    assert code == 0, err
-    await wait_until(lambda: run.saw("config reloaded"), "the reload")
+    await reload_to(config, '[outputs.b]\ntype = "file"\npath = "b.jsonl"\n', run, pid_path)
     assert any("outputs added: b; removed: a" in line for line in run.stderr), run.stderr
     await run.send(events(2, 2))
     assert await run.finish() == 0, "\n".join(run.stderr)

@@ -474,19 +474,25 @@ class DeliveryEngine:
         backoff waits end now), so a receiver that is down does not hold up the exit."""
         self._refused = reason
         self._wake.set()
-        state = self._state
-        leftovers: list[Delivery] = []
-        # Keys in the ready queue are not being sent: drop them with their deliveries.
-        while state.ready:
-            leftovers.extend(state.pending.pop(state.ready.popleft(), ()))
-        # The other keys are busy in a worker, which removes them when its batch ends.
-        for waiting in state.pending.values():
-            leftovers.extend(waiting)
-            waiting.clear()
+        leftovers = self._take_waiting()
         if leftovers:
-            state.queued -= len(leftovers)
             self._dead_letter(leftovers, reason)
         self._notify()
+
+    def _take_waiting(self) -> list[Delivery]:
+        """Remove and return every delivery that waits (is not in flight), each alert's
+        in order."""
+        state = self._state
+        taken: list[Delivery] = []
+        # Keys in the ready queue are not being sent: they go with their deliveries.
+        while state.ready:
+            taken.extend(state.pending.pop(state.ready.popleft(), ()))
+        # The other keys are busy in a worker, which removes them when its batch ends.
+        for waiting in state.pending.values():
+            taken.extend(waiting)
+            waiting.clear()
+        state.queued -= len(taken)
+        return taken
 
     async def drain(self, timeout: float | None = None, abort: asyncio.Event | None = None) -> None:
         """Wait until every accepted delivery is delivered or dead-lettered.
@@ -564,16 +570,7 @@ class DeliveryEngine:
         all), so an alert's events still reach the receivers in order. The two engines
         share one set of counters.
         """
-        state = self._state
-        moved: list[Delivery] = []
-        # Keys in the ready queue are not being sent: they move with their deliveries.
-        while state.ready:
-            moved.extend(state.pending.pop(state.ready.popleft(), ()))
-        # The other keys are busy in a worker, which removes them when its batch ends.
-        for waiting in state.pending.values():
-            moved.extend(waiting)
-            waiting.clear()
-        state.queued -= len(moved)
+        moved = self._take_waiting()
         successor.stats = self.stats
         successor._predecessor = self
         self._successor = successor

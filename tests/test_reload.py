@@ -108,7 +108,7 @@ class Run:
         self.stderr: list[str] = []
         self.proc: asyncio.subprocess.Process | None = None
 
-    async def start(self) -> "Run":
+    async def start(self) -> Run:
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "nwpipe", *self.args, cwd=self.cwd, env=env(),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

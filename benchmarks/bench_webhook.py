@@ -11,7 +11,14 @@ each in its own process against that one receiver:
 2. ``nwpipe``: the real CLI, ``nwpipe run -c bench.toml events.jsonl``: read, map with a
                small SIEM mapping (drop, rename, jsonpath and Jinja fields), deliver one
                request per event with ``concurrency = 64``;
-3. ``nwpipe batch``: the same with ``batch = { max_events = 100 }``.
+3. ``nwpipe batch``: the same with ``batch = { max_events = 100 }``;
+4. ``--durable``: both again with every event committed to the queue file (SQLite)
+               before it is delivered;
+5. ``receiver down 5 s``: one request per event, but the receiver starts 5 seconds after
+               nwpipe (connections refused until then): the memory queue fills, the rest
+               waits in the queue file and is delivered when the receiver is up
+               (``retry.max_backoff = 1`` so that it is noticed within a second; the
+               time includes the 5 s outage).
 
 Each is run ``--rounds`` times; the best round is shown. Rates are timed inside each
 process (the bare client from its first request to its last response; nwpipe by its own
@@ -60,7 +67,7 @@ concurrency = {concurrency}
 # --- the receiver (its own process) ---------------------------------------------------------
 
 
-def receiver_main() -> None:
+def receiver_main(port: int = 0) -> None:
     """Answer 200 to every POST; GET returns the counts as JSON."""
     import orjson
     from aiohttp import web
@@ -83,7 +90,7 @@ def receiver_main() -> None:
     async def serve() -> None:
         runner = web.ServerRunner(web.Server(handle), handle_signals=False)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
+        site = web.TCPSite(runner, "127.0.0.1", port, backlog=1024)
         await site.start()
         print(runner.addresses[0][1], loop_name(), flush=True)
         await asyncio.Event().wait()
@@ -140,9 +147,9 @@ def loop_name() -> str:
 
 
 class Receiver:
-    def __init__(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, __file__, "--role", "receiver"],
-                                     stdout=subprocess.PIPE, text=True)
+    def __init__(self, port: int = 0) -> None:
+        self.proc = subprocess.Popen([sys.executable, __file__, "--role", "receiver",
+                                      "--port", str(port)], stdout=subprocess.PIPE, text=True)
         port, self.loop = self.proc.stdout.readline().split()
         self.url = f"http://127.0.0.1:{port}"
 
@@ -204,26 +211,59 @@ SUMMARY = re.compile(r"bench: (\d+) delivered.*?\(([\d.]+) s,")
 
 
 def run_nwpipe(workdir: Path, receiver: Receiver, events_path: Path, concurrency: int,
-               extra: str, count: int, mapped: bool = True) -> dict:
+               extra: str, count: int, mapped: bool = True, flags: tuple = (),
+               url: str | None = None) -> dict:
     config = workdir / "bench.toml"
-    text = CONFIG.format(url=receiver.url, concurrency=concurrency, extra=extra)
+    text = CONFIG.format(url=url or receiver.url, concurrency=concurrency, extra=extra)
     if not mapped:
         text = text.replace('mapping     = "siem"\n', "")
     config.write_text(text)
-    before = receiver.counts()
+    before = receiver.counts() if url is None else {"bodies": 0, "events": 0}
     env = {**os.environ, "NWPIPE_LOAD_PLUGINS": ""}
+    queue = workdir / "queue.db"
+    for leftover in workdir.glob("queue.db*"):
+        leftover.unlink()
     _, err, wall, rss, uvloop_seen, cpu = run_child(
         [sys.executable, "-m", "nwpipe", "run", "-c", str(config), "--dead-letter",
-         str(workdir / "dead.jsonl"), str(events_path)], env=env, cwd=workdir)
+         str(workdir / "dead.jsonl"), "--queue", str(queue), *flags, str(events_path)],
+        env=env, cwd=workdir)
     match = SUMMARY.search(err)
     if not match or int(match.group(1)) != count:
         raise SystemExit(f"unexpected nwpipe summary:\n{err}")
-    after = receiver.counts()
+    after = receiver.counts() if url is None else {"bodies": 0, "events": 0}
     seconds = float(match.group(2))
     return {"seconds": seconds, "rate": count / seconds, "wall": wall, "rss_kib": rss,
             "cpu": cpu, "loop": "uvloop" if uvloop_seen else "asyncio",
             "bodies": after["bodies"] - before["bodies"],
             "events": after["events"] - before["events"]}
+
+
+def run_outage(workdir: Path, events_path: Path, concurrency: int, count: int,
+               down: float = 5.0) -> dict:
+    """nwpipe against a receiver that starts ``down`` seconds after it."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    late: list[Receiver] = []
+    timer = threading.Timer(down, lambda: late.append(Receiver(port)))
+    timer.start()
+    try:
+        result = run_nwpipe(workdir, None, events_path, concurrency,  # type: ignore[arg-type]
+                            "retry = { max_backoff = 1 }", count,
+                            url=f"http://127.0.0.1:{port}")
+        timer.join()
+        counts = late[0].counts()
+        result.update(bodies=counts["bodies"], events=counts["events"])
+        dead = workdir / "dead.jsonl"
+        if dead.exists() and dead.stat().st_size:
+            raise SystemExit("receiver down 5 s: events were dead-lettered")
+        return result
+    finally:
+        timer.cancel()
+        for receiver in late:
+            receiver.stop()
 
 
 def run_bare(receiver: Receiver, bodies_path: Path, concurrency: int, count: int) -> dict:
@@ -273,9 +313,10 @@ def main() -> None:
     parser.add_argument("--role", choices=("receiver", "client"), help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--bodies", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.role == "receiver":
-        return receiver_main()
+        return receiver_main(args.port)
     if args.role == "client":
         return client_main(args.url, args.bodies, args.concurrency)
 
@@ -303,6 +344,14 @@ def main() -> None:
                 workdir, receiver, events_path, args.concurrency, batch, count),
             "  the same without the mapping": lambda: run_nwpipe(
                 workdir, receiver, events_path, args.concurrency, batch, count, mapped=False),
+            "nwpipe run --durable": lambda: run_nwpipe(
+                workdir, receiver, events_path, args.concurrency, "", count,
+                flags=("--durable",)),
+            f"nwpipe run --durable, batch {args.batch}": lambda: run_nwpipe(
+                workdir, receiver, events_path, args.concurrency, batch, count,
+                flags=("--durable",)),
+            "nwpipe run, receiver down 5 s": lambda: run_outage(
+                workdir, events_path, args.concurrency, count),
         }
         results: dict[str, list[dict]] = {name: [] for name in runs}
         try:

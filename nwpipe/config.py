@@ -22,6 +22,13 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 from nwpipe.errors import ConfigError
 from nwpipe.outputs import Output
+from nwpipe.queue.base import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_PATH,
+    DEFAULT_SHARDS,
+    SYNC_MODES,
+    QueueSettings,
+)
 from nwpipe.settings import Setting, did_you_mean, validate_settings
 from nwpipe.sources.base import DEFAULT_SOURCE, Source
 
@@ -122,6 +129,7 @@ class Config:
     #: bounds on rendering one template for one event (nwpipe.transform.limits)
     template_time_limit: float = 2.0
     template_max_bytes: int = 1 << 20
+    queue: QueueSettings = field(default_factory=QueueSettings)
 
     @property
     def base_dir(self) -> Path:
@@ -152,11 +160,38 @@ TOP_LEVEL = {
     "shutdown_timeout": Setting(float, default=10.0, check=_non_negative,
                                 help="seconds to finish in-flight deliveries on Ctrl-C/SIGTERM"),
     "tests": Setting(list, default=[], help="mapping tests run by `nwpipe test`"),
+    "queue": Setting(dict, default={}, help="the durable queue: [queue] table"),
     "source": Setting(dict, default=None, help="where `nwpipe run` reads events: [source]"),
     "template_time_limit": Setting(float, default=2.0, check=_positive,
                                    help="seconds one template may take for one event"),
     "template_max_bytes": Setting(int, default=1 << 20, check=_positive,
                                   help="longest text one template may render for one event"),
+}
+
+
+def _redis_url(value: str) -> str:
+    if not value.startswith(("redis://", "rediss://")):
+        raise ValueError("must start with redis:// or rediss://")
+    return value
+
+
+#: keys of the top-level [queue] table (see nwpipe.queue.base.QueueSettings)
+QUEUE = {
+    "path": Setting(str, default=DEFAULT_PATH, help="the SQLite queue file"),
+    "max_bytes": Setting(int, default=DEFAULT_MAX_BYTES, check=_positive,
+                         help="disk budget of the queue; past it, reading waits"),
+    "sync": Setting(str, default="normal", choices=SYNC_MODES,
+                    help="'normal': safe against a crash of nwpipe; 'full': fsync each commit"),
+    "durable": Setting(bool, default=False,
+                       help="commit every event read to the queue before delivering it"),
+    "url": Setting(str, check=_redis_url, secret=True,
+                   help="redis:// or rediss:// URL: a Redis Streams queue instead of SQLite"),
+    "ca_file": Setting(str, help="CA bundle to verify a rediss:// server"),
+    "shards": Setting(int, default=DEFAULT_SHARDS, check=_positive,
+                      help="ordered logs of a Redis queue (alerts are spread by id)"),
+    "prefix": Setting(str, default="nwpipe", help="prefix of the Redis keys"),
+    "lease_seconds": Setting(float, default=15.0, check=_positive,
+                             help="how long a Redis shard stays with a process that stopped"),
 }
 
 #: keys of [outputs.NAME] that are not the output type's own settings
@@ -313,6 +348,10 @@ def build_config(data: dict, output_types: dict[str, type[Output]], *, file: str
         if not isinstance(item, dict):
             raise ConfigError("must be a table ([[tests]])", key=f"tests[{i}]", file=file)
 
+    if not isinstance(top["queue"], dict):
+        raise ConfigError("must be a table ([queue])", key="queue", file=file)
+    queue = QueueSettings(**validate_settings(top["queue"], QUEUE, key="queue", file=file))
+
     dead_letter = top["dead_letter"]
     if dead_letter is None:
         dead_letter = DEFAULT_DEAD_LETTER
@@ -328,6 +367,7 @@ def build_config(data: dict, output_types: dict[str, type[Output]], *, file: str
         tests=tests,
         template_time_limit=top["template_time_limit"],
         template_max_bytes=top["template_max_bytes"],
+        queue=queue,
     )
 
 

@@ -15,7 +15,7 @@ to the standard library only where orjson would change a value:
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import orjson
 
@@ -96,8 +96,11 @@ def too_deep(text: bytes | bytearray | str, value: Any) -> bool:
 
     Counting brackets in the text first (a C-speed pass) spares ordinary values the walk.
     """
-    if text.count("{" if isinstance(text, str) else b"{") + \
-            text.count("[" if isinstance(text, str) else b"[") <= MAX_DEPTH:
+    if isinstance(text, str):
+        brackets = text.count("{") + text.count("[")
+    else:
+        brackets = text.count(b"{") + text.count(b"[")
+    if brackets <= MAX_DEPTH:
         return False
     return depth(value) > MAX_DEPTH
 
@@ -112,6 +115,7 @@ def depth(value: Any, limit: int = MAX_DEPTH) -> int:
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         item, level = stack.pop()
+        children: Iterable[Any]
         if isinstance(item, dict):
             children = item.values()
         elif isinstance(item, list):

@@ -28,7 +28,6 @@ from hashlib import sha256
 from typing import Any, ClassVar, Union
 
 from nwpipe import jsonio
-
 from nwpipe.settings import Setting
 
 
@@ -97,7 +96,9 @@ class Delivery:
     line: int = 0
     attempts: list = field(default_factory=list)
     _json: bytes | None = None
-    #: the pipeline's record of the event this delivery came from (for its acknowledgement)
+    #: the pipeline's record of the event this delivery came from, handed back when the
+    #: delivery is settled: the source's acknowledgement, or (shard, position) when the
+    #: event came from the durable queue
     ticket: Any = None
 
     @property

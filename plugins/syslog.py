@@ -592,8 +592,9 @@ class SyslogOutput(Output):
         return Delivered()
 
     async def _send_stream(self, messages: list[bytes]) -> Result:
-        writer = self._writer
-        if writer is not None and (writer.is_closing() or self._reader.at_eof()):
+        writer, reader = self._writer, self._reader
+        # (the two are set and cleared together: no reader means no connection)
+        if writer is not None and (writer.is_closing() or reader is None or reader.at_eof()):
             # the collector closed the connection since the last send
             await self._disconnect()
             writer = None
@@ -602,6 +603,7 @@ class SyslogOutput(Output):
             if failure is not None:
                 return failure
             writer = self._writer
+            assert writer is not None  # _connect sets it, or gives the failure
         try:
             writer.write(b"".join([self.frame(m) for m in messages]))
             await asyncio.wait_for(writer.drain(), self._timeout)

@@ -117,7 +117,7 @@ class Receiver:
         self._default = Reply(status, body, headers or {}, delay)
 
     def queue(self, status: int = 200, body: bytes | str = b"",
-              headers: dict[str, str] | None = None, delay: float = 0.0) -> "Receiver":
+              headers: dict[str, str] | None = None, delay: float = 0.0) -> Receiver:
         """Answer one more of the next requests this way (queued replies go in order,
         before the default one). Returns the receiver, so calls chain."""
         self._queue.append(Reply(status, body, headers or {}, delay))
@@ -159,7 +159,7 @@ class Receiver:
         body = answer.body.encode() if isinstance(answer.body, str) else answer.body
         return web.Response(status=answer.status, body=body, headers=answer.headers)
 
-    async def start(self) -> "Receiver":
+    async def start(self) -> Receiver:
         # auto_decompress off: tests see the bytes on the wire (Recorded.body decodes);
         # handler_cancellation on: a slow reply ends when the client gives up, so
         # stopping the server never waits for it

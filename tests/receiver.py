@@ -4,7 +4,8 @@
 
 Prints the port it listens on (one line on stdout) once it accepts connections. Every
 request is appended to the log as one JSON line, *before* the answer is sent:
-``{"status": 200, "webhook_id": ..., "events": [{"id": ..., "alerttype": ...}, ...]}``.
+``{"status": 200, "webhook_id": ..., "events": [{"id": ..., "alerttype": ...,
+"updatecount": ...}, ...]}``.
 So a request that was logged with status 200 may still never have been answered (the
 process was killed, or the client gave up): the sender then retries or dead-letters it,
 and the receiver sees a duplicate, which at-least-once delivery allows.
@@ -44,8 +45,8 @@ def main() -> None:
         failing = args.fail_while is not None and os.path.exists(args.fail_while)
         status = 503 if failing else 200
         entry = {"status": status, "webhook_id": request.headers.get("webhook-id"),
-                 "events": [{"id": e.get("id"), "alerttype": e.get("alerttype")}
-                            for e in events]}
+                 "events": [{"id": e.get("id"), "alerttype": e.get("alerttype"),
+                             "updatecount": e.get("updatecount")} for e in events]}
         os.write(log_fd, (json.dumps(entry) + "\n").encode())
         if failing:
             return web.Response(status=503, text="down for maintenance")

@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "examples" / "events.jsonl"
 
@@ -52,9 +51,9 @@ def test_no_config_passes_events_through_to_stdout(tmp_path):
     text = SAMPLE.read_text()
     proc = nwpipe("run", input=text, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert [json.loads(l) for l in proc.stdout.splitlines()] == [json.loads(l) for l in text.splitlines()]
-    assert all(l == json.dumps(json.loads(l), separators=(",", ":"), ensure_ascii=False)
-               for l in proc.stdout.splitlines())  # compact
+    assert [json.loads(line) for line in proc.stdout.splitlines()] == [json.loads(line) for line in text.splitlines()]
+    assert all(line == json.dumps(json.loads(line), separators=(",", ":"), ensure_ascii=False)
+               for line in proc.stdout.splitlines())  # compact
     count = len(text.splitlines())
     assert f"read {count} events; rejected 0; stdout: {count} delivered" in proc.stderr
 
@@ -65,7 +64,7 @@ def test_files_in_order_and_stdin_dash(tmp_path):
         fh.write(jsonl([event(2)]))
     proc = nwpipe("run", "a.jsonl", "-", "b.jsonl.gz", input=jsonl([event(3)]), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert [json.loads(l)["id"] for l in proc.stdout.splitlines()] == ["alert-1", "alert-3", "alert-2"]
+    assert [json.loads(line)["id"] for line in proc.stdout.splitlines()] == ["alert-1", "alert-3", "alert-2"]
 
 
 def test_missing_input_file_is_a_clear_error_before_reading(tmp_path):
@@ -88,8 +87,8 @@ def test_input_failing_midway_loses_nothing_read(tmp_path):
     assert proc.returncode == 3
     assert "b.jsonl.gz" in proc.stderr and "Traceback" not in proc.stderr
     assert "1 input not read to the end" in proc.stderr
-    sent = {json.loads(l)["id"] for l in proc.stdout.splitlines()}
-    dead = [json.loads(l) for l in (tmp_path / "dl.jsonl").read_text().splitlines()] \
+    sent = {json.loads(line)["id"] for line in proc.stdout.splitlines()}
+    dead = [json.loads(line) for line in (tmp_path / "dl.jsonl").read_text().splitlines()] \
         if (tmp_path / "dl.jsonl").exists() else []
     # every event the decompressor gave back is sent or dead-lettered; the next file is read
     assert {"alert-1", "alert-99"} <= sent
@@ -127,7 +126,9 @@ def test_fan_out_with_customer_filters(tmp_path):
     events = [event(1, "acme"), event(2, "globex"), event(3, "acme")]
     proc = nwpipe("run", "-c", "c.toml", input=jsonl(events), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    read = lambda name: [json.loads(l)["id"] for l in (tmp_path / name).read_text().splitlines()]
+    def read(name):
+        return [json.loads(line)["id"] for line in (tmp_path / name).read_text().splitlines()]
+
     assert read("all.jsonl") == ["alert-1", "alert-2", "alert-3"]
     assert read("acme.jsonl") == ["alert-1", "alert-3"]
     assert "all: 3 delivered; acme: 2 delivered" in proc.stderr
@@ -137,10 +138,10 @@ def test_bad_lines_are_dead_lettered_and_exit_3(tmp_path):
     text = jsonl([event(1)]) + "this is not json\n" + json.dumps({"customer": "acme"}) + "\n" + jsonl([event(2)])
     proc = nwpipe("run", "--dead-letter", "dl.jsonl", input=text, cwd=tmp_path)
     assert proc.returncode == 3
-    assert [json.loads(l)["id"] for l in proc.stdout.splitlines()] == ["alert-1", "alert-2"]
+    assert [json.loads(line)["id"] for line in proc.stdout.splitlines()] == ["alert-1", "alert-2"]
     assert "<stdin>:2: not valid JSON" in proc.stderr
     assert "<stdin>:3: event has no 'id' field" in proc.stderr
-    records = [json.loads(l) for l in (tmp_path / "dl.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (tmp_path / "dl.jsonl").read_text().splitlines()]
     assert [(r["stage"], r["line"]) for r in records] == [("parse", 2), ("parse", 3)]
     assert records[0]["raw"] == "this is not json"
     assert records[1]["event"] == {"customer": "acme"}

@@ -11,11 +11,16 @@ import textwrap
 import orjson
 import pytest
 
-from nwpipe.engine.deadletter import (DeadLetterFile, Rewrite, delivery_record, event_record,
-                               raw_record, read_records)
+from nwpipe.engine.deadletter import (
+    DeadLetterFile,
+    Rewrite,
+    delivery_record,
+    event_record,
+    raw_record,
+    read_records,
+)
 from nwpipe.errors import NwpipeError
 from nwpipe.outputs import Delivery
-
 
 
 def records(path):

@@ -162,24 +162,77 @@ async def test_failed_goes_to_dead_letter_with_status(dead):
     assert out.delivered == ["b:0"] and engine.stats.dead_lettered == 1
 
 
-async def test_gives_up_after_max_attempts_with_every_attempt(dead):
-    out = Recorder(script=[Retry(f"HTTP 503 #{i}", status=503) for i in range(10)])
-    cfg = settings(retry=RetryPolicy(max_attempts=3, initial_backoff=0.001, max_backoff=0.001))
+async def test_an_outage_is_retried_past_max_attempts_until_the_output_budget(dead):
+    # max_attempts does not cut an outage short: the output's max_elapsed does
+    out = Recorder(script=[Retry(f"HTTP 503 #{i}", status=503) for i in range(1000)])
+    cfg = settings(retry=RetryPolicy(max_attempts=3, initial_backoff=0.01, max_backoff=0.01,
+                                     max_elapsed=0.3))
     await run_engine(out, cfg, dead, [delivery("a", 0)])
     [record] = dead_records(dead)
-    assert out.calls == 3
-    assert "gave up after 3 attempts" in record["reason"]
-    assert [a["reason"] for a in record["attempts"]] == ["HTTP 503 #0", "HTTP 503 #1", "HTTP 503 #2"]
+    assert out.calls > 3
+    assert "failing for longer than retry.max_elapsed (0.3 s)" in record["reason"]
+    assert "last attempt: HTTP 503" in record["reason"]
+    assert [a["reason"] for a in record["attempts"]] == [f"HTTP 503 #{i}" for i in range(out.calls)]
     assert record["status"] == 503
 
 
-async def test_gives_up_when_retry_after_exceeds_max_elapsed(dead):
+async def test_an_outage_shorter_than_the_budget_loses_nothing(dead):
+    out = Recorder(script=[Retry("connection refused")] * 30)
+    cfg = settings(retry=RetryPolicy(max_attempts=2, initial_backoff=0.005, max_backoff=0.01,
+                                     max_elapsed=30))
+    await run_engine(out, cfg, dead, [delivery("a", i) for i in range(5)])
+    assert out.delivered == [f"a:{i}" for i in range(5)]
+    assert out.calls == 35 and not dead_records(dead)
+
+
+class Picky(Recorder):
+    """Refuses (temporarily) every event of alert 'bad', delivers the others."""
+
+    async def send(self, batch):
+        self.calls += 1
+        if any(d.event["id"] == "bad" for d in batch):
+            await asyncio.sleep(0.005)
+            return Retry("HTTP 500", status=500)
+        self.batches.append([f"{d.event['id']}:{d.event['n']}" for d in batch])
+        return Delivered()
+
+
+async def test_max_attempts_limits_an_events_own_failures(dead):
+    out = Picky()
+    cfg = settings(concurrency=2, retry=RetryPolicy(max_attempts=3, initial_backoff=0.01,
+                                                    max_backoff=0.01, max_elapsed=60))
+    events = [delivery("bad", 0)] + [delivery(f"ok{i}", 0) for i in range(30)]
+    engine = DeliveryEngine(out, cfg, dead)
+    await engine.start()
+    for d in events:
+        await engine.submit(d)
+        await asyncio.sleep(0.002)  # others keep being delivered while 'bad' retries
+    await engine.drain()
+    await engine.close()
+    [record] = dead_records(dead)
+    assert record["event"]["id"] == "bad"
+    assert "gave up after 3 attempts while the output delivered other events" in record["reason"]
+    assert len(out.delivered) == 30
+
+
+async def test_retry_after_past_the_budget_gives_up_at_once(dead):
     out = Recorder(script=[Retry("HTTP 429", after=60, status=429)])
     cfg = settings(retry=RetryPolicy(max_attempts=5, max_elapsed=1))
     started = time.monotonic()
     await run_engine(out, cfg, dead, [delivery("a", 0)])
     assert time.monotonic() - started < 1
-    assert "gave up after 1 attempt" in dead_records(dead)[0]["reason"]
+    assert "failing for longer than retry.max_elapsed" in dead_records(dead)[0]["reason"]
+
+
+async def test_later_events_of_a_dead_lettered_alert_follow_it(dead):
+    out = Recorder(script=[Failed("HTTP 400", status=400)])
+    await run_engine(out, settings(), dead, [delivery("a", 0), delivery("b", 0),
+                                             delivery("a", 1), delivery("a", 2)])
+    records = dead_records(dead)
+    assert [(r["event"]["id"], r["event"]["n"]) for r in records] == [("a", 0), ("a", 1), ("a", 2)]
+    assert records[0]["reason"] == "HTTP 400"
+    assert {r["reason"] for r in records[1:]} == {"an earlier event of this alert was dead-lettered"}
+    assert out.delivered == ["b:0"]
 
 
 async def test_exceptions_from_send(dead):
@@ -207,28 +260,25 @@ async def test_retrying_alert_does_not_hold_up_others(dead):
     assert out.delivered[-1] == "slow:0"
 
 
-async def test_down_output_does_not_block_a_healthy_one(dead):
+async def test_a_full_failing_output_refuses_to_take_more_when_asked_to_spill(dead):
     down = Recorder("down", script=[Retry("connection refused")] * 1000)
-    healthy = Recorder("healthy")
     cfg_down = settings(queue_size=5, retry=RetryPolicy(max_attempts=1000, initial_backoff=0.05,
                                                        max_backoff=0.05, max_elapsed=0.5))
     e_down = DeliveryEngine(down, cfg_down, dead)
-    e_ok = DeliveryEngine(healthy, settings(), dead)
     await e_down.start()
-    await e_ok.start()
+    taken = [await e_down.submit(delivery(f"a{i}", 0, "down"), spill=True) for i in range(5)]
+    while not e_down.failing:
+        await asyncio.sleep(0.01)
+    assert e_down.full_and_failing
     started = time.monotonic()
-    for i in range(50):
-        await e_down.submit(delivery(f"a{i}", 0, "down"))
-        await e_ok.submit(delivery(f"a{i}", 0, "healthy"))
-    fed = time.monotonic() - started
-    await asyncio.gather(e_down.drain(), e_ok.drain())
+    assert await e_down.submit(delivery("a5", 0, "down"), spill=True) is False
+    assert time.monotonic() - started < 0.1  # the caller keeps it (on disk), no wait
+    await e_down.drain()
     await e_down.close()
-    await e_ok.close()
-    assert fed < 0.4  # feeding never waited for the down receiver's retries to end
-    assert len(healthy.delivered) == 50
+    assert taken == [True] * 5
     records = dead_records(dead)
-    assert len(records) == 50  # every event for the down output is accounted for
-    assert sum("queue is full" in r["reason"] for r in records) >= 40
+    assert len(records) == 5  # the budget (max_elapsed) dead-letters what it took
+    assert all("failing for longer than retry.max_elapsed" in r["reason"] for r in records)
 
 
 async def test_backpressure_when_healthy_but_slow(dead):

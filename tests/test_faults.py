@@ -41,7 +41,7 @@ class ReceiverProcess:
         self.port = 0
         self.proc: subprocess.Popen | None = None
 
-    def start(self, port: int = 0, log: Path | None = None) -> "ReceiverProcess":
+    def start(self, port: int = 0, log: Path | None = None) -> ReceiverProcess:
         self.log = log or self.log
         args = [sys.executable, str(HERE / "receiver.py"), "--port", str(port), "--log",
                 str(self.log), "--delay", str(self.delay)]

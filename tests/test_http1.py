@@ -28,7 +28,7 @@ class RawServer:
         self.server: asyncio.AbstractServer | None = None
         self.port = 0
 
-    async def start(self, ssl_context=None) -> "RawServer":
+    async def start(self, ssl_context=None) -> RawServer:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=ssl_context)
         self.port = self.server.sockets[0].getsockname()[1]
         return self

@@ -8,8 +8,8 @@ import pytest
 
 from nwpipe.net.httputil import (
     break_problem,
-    header_value_problem,
     check_header,
+    header_value_problem,
     parse_header_list,
     parse_retry_after,
     printable,

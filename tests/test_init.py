@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from nwpipe.config import build_config, read_toml
 from nwpipe.commands.init import STARTER_CONFIG, InitError, write_starter_config
+from nwpipe.config import build_config, read_toml
 from nwpipe.plugins import Plugins
 from nwpipe.transform.routing import Router
 

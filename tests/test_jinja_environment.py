@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import textwrap
 
+from test_webhook_e2e import event, nwpipe
+
 from nwpipe.plugins import Plugins
 from nwpipe.transform import templating
 from nwpipe.transform.templating import make_environment, output_environment
-
-from test_webhook_e2e import event, nwpipe
 
 
 def test_builtin_filters_come_from_a_builtin_plugin_through_the_hook():

@@ -66,7 +66,7 @@ SEGMENTS = [
 ]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def parsed(expr: str):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -60,7 +60,7 @@ def mapping():
     fields.update({f"o{i}": expr for i, expr in enumerate(PATHS)})
     tables = {"m": {"keep": False, "omit_missing": True, "fields": fields}}
     # a field with a default is never omitted; the bare ones are, when nothing matches
-    for name, table in fields.items():
+    for table in fields.values():
         if isinstance(table, dict):
             table["omit_missing"] = False
     return compile_mappings(tables, make_environment())["m"]

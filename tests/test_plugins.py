@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from nwpipe.plugins import Plugins, PluginError
+from nwpipe.plugins import PluginError, Plugins
 
 GOOD = '''
 from nwpipe import hookimpl, Output, Delivered

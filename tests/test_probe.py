@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from nwpipe.commands.probe import probe_event, probe_outputs
 from nwpipe.config import build_config
 from nwpipe.plugins import Plugins
-from nwpipe.commands.probe import probe_event, probe_outputs
 from nwpipe.transform.routing import Router
 
 ROOT = Path(__file__).resolve().parent.parent

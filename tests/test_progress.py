@@ -158,3 +158,12 @@ path = "archive.jsonl"
     retries = [line for line in proc.stderr.splitlines() if "retrying in" in line]
     assert len(retries) == 2 and "soc: attempt 1 failed (HTTP 503" in retries[0]
     assert "soc: 3 delivered, 2 retried; archive: 3 delivered" in proc.stderr.splitlines()[-1]
+
+
+def test_progress_line_shows_the_queue_file_in_a_durable_run(tmp_path):
+    code, screen = run_on_terminal("run", "--durable", "--dead-letter", "dl.jsonl",
+                                   cwd=tmp_path)
+    assert code == 0, screen
+    assert any(re.search(r"\| \d+ in the queue file", d) for d in draws(screen)), screen
+    summary = screen.strip().splitlines()[-1]
+    assert "queue nwpipe-queue.db: 3 put by this run, 0 left for the next run" in summary

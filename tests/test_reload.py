@@ -176,8 +176,11 @@ async def runs():
             await run.proc.wait()
 
 
+@pytest.mark.parametrize("mode", ["memory", "durable"])
 async def test_url_change_under_load_delivers_each_event_once_in_order(tmp_path, make_receiver,
-                                                                        runs):
+                                                                        runs, mode):
+    """``durable``: every event is committed to the queue file first and delivered from
+    it by the output's feed, which then reads for the new engine."""
     journal = Journal()
     old = await make_receiver()
     new = await make_receiver()
@@ -188,7 +191,8 @@ async def test_url_change_under_load_delivers_each_event_once_in_order(tmp_path,
     config = tmp_path / "nwpipe.toml"
     webhook_config(config, old.url + "/in", "1")
     pid_path = tmp_path / "nwpipe.pid"
-    run = await runs(tmp_path, "run", "-c", str(config), "--pid-file", str(pid_path))
+    durable = ["--durable", "--queue", str(tmp_path / "q.db")] if mode == "durable" else []
+    run = await runs(tmp_path, "run", "-c", str(config), "--pid-file", str(pid_path), *durable)
 
     await run.send(events(0, 20))  # 60 events
     await wait_until(lambda: len(journal.answered("old")) == 8
@@ -233,6 +237,8 @@ async def test_url_change_under_load_delivers_each_event_once_in_order(tmp_path,
     assert any("config reloaded from" in line and "changed: soc" in line
                for line in run.stderr), run.stderr
     assert "soc: 120 delivered" in run.stderr[-1]
+    if mode == "durable":
+        assert "120 put by this run, 0 left for the next run" in run.stderr[-1]
     assert not pid_path.exists(), "the PID file is removed at exit"
 
 
@@ -360,11 +366,14 @@ def test_pid_file_of_a_running_nwpipe_is_not_taken_over(tmp_path):
         holder.wait()
 
 
-async def test_a_removed_output_finishes_and_an_added_one_takes_later_events(tmp_path, runs):
+@pytest.mark.parametrize("mode", ["memory", "durable"])
+async def test_a_removed_output_finishes_and_an_added_one_takes_later_events(tmp_path, runs,
+                                                                              mode):
     config = tmp_path / "nwpipe.toml"
     config.write_text('[outputs.a]\ntype = "file"\npath = "a.jsonl"\n')
     pid_path = tmp_path / "nwpipe.pid"
-    run = await runs(tmp_path, "run", "-c", str(config), "--pid-file", str(pid_path))
+    durable = ["--durable", "--queue", str(tmp_path / "q.db")] if mode == "durable" else []
+    run = await runs(tmp_path, "run", "-c", str(config), "--pid-file", str(pid_path), *durable)
     await run.send(events(0, 2))
     a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
     await wait_until(lambda: a.exists() and len(a.read_text().splitlines()) == 6, "a's events")
@@ -377,6 +386,8 @@ async def test_a_removed_output_finishes_and_an_added_one_takes_later_events(tmp
     assert sorted(set(ids(a))) == ["alert-0", "alert-1"] and len(ids(a)) == 6
     assert sorted(set(ids(b))) == ["alert-2", "alert-3"] and len(ids(b)) == 6
     assert "a: 6 delivered" in run.stderr[-1] and "b: 6 delivered" in run.stderr[-1]
+    if mode == "durable":
+        assert "12 put by this run, 0 left for the next run" in run.stderr[-1]
 
 
 async def test_sighup_as_soon_as_the_pid_file_exists_reloads(tmp_path, runs):

@@ -21,6 +21,7 @@ from nwpipe.outputs import Delivery
 from nwpipe.plugins import Plugins
 from nwpipe.settings import validate_settings
 from nwpipe_plugins.syslog import SyslogOutput, cef_message
+
 from rsyslog import Rsyslog, rsyslog_missing
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,7 +74,7 @@ class StreamCollector:
         self._changed = asyncio.Event()
         self._writers = []
 
-    async def start(self) -> "StreamCollector":
+    async def start(self) -> StreamCollector:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port,
                                                   ssl=self.ssl_context)
         self.port = self._server.sockets[0].getsockname()[1]

@@ -25,8 +25,8 @@ import pytest
 from slack_sdk.models.blocks import Block
 
 from nwpipe.config import build_config
-from nwpipe.transform.mapping import compile_mappings
 from nwpipe.plugins import Plugins
+from nwpipe.transform.mapping import compile_mappings
 from nwpipe.transform.routing import Router
 from nwpipe.transform.templating import clip, make_environment, valid_ips, valid_time
 
@@ -468,7 +468,7 @@ def huge_event(text: str = LONG, ips: int = 20000, lists: int = 200, **extra) ->
                           severity="high", threshold=text, id="id-" + text,
                           srcip=[f"10.{i // 65536}.{i // 256 % 256}.{i % 256}"
                                  for i in range(ips)] + ["not-an-ip"],
-                          dstip=["2001:db8::%x" % i for i in range(ips)],
+                          dstip=[f"2001:db8::{i:x}" for i in range(ips)],
                           tags=[text] * lists, categories=[text] * lists)
     event.update(extra)
     return event

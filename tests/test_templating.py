@@ -7,8 +7,8 @@ import sys
 import jinja2
 import pytest
 
-from nwpipe.transform import templating
 from nwpipe.errors import ConfigError, EventError
+from nwpipe.transform import templating
 from nwpipe.transform.templating import (
     JSONText,
     compile_condition,

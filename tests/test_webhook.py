@@ -16,7 +16,7 @@ import time
 import pluggy
 import pytest
 from aiohttp import web
-from standardwebhooks.webhooks import Webhook
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 import nwpipe
 import nwpipe.hookspecs
@@ -522,7 +522,7 @@ async def test_signature_verifies_with_standardwebhooks(receiver, make_delivery)
     assert request.headers["webhook-signature"].startswith("v1,")
     assert Webhook(secret).verify(request.raw_body, dict(request.headers)) == delivery.body
     other = "whsec_" + base64.b64encode(os.urandom(24)).decode()
-    with pytest.raises(Exception):
+    with pytest.raises(WebhookVerificationError):
         Webhook(other).verify(request.raw_body, dict(request.headers))
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import orjson
 import pytest
 from aiohttp import web
-from standardwebhooks.webhooks import Webhook
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from conftest import Receiver
 
@@ -162,7 +162,7 @@ class FixedPortReceiver(Receiver):
         super().__init__()
         self.port = port
 
-    async def start(self) -> "FixedPortReceiver":
+    async def start(self) -> FixedPortReceiver:
         server = web.Server(self._handle, auto_decompress=False, handler_cancellation=True)
         self._runner = web.ServerRunner(server, shutdown_timeout=0.5)
         await self._runner.setup()
@@ -282,15 +282,17 @@ async def test_retry_after_zero_or_past_waits_at_least_the_initial_backoff(
         [outputs.soc]
         type = "webhook"
         url = "{receiver.url}/hook"
-        retry = {{ max_attempts = 4, initial_backoff = 0.25, max_backoff = 0.5 }}
+        retry = {{ initial_backoff = 0.25, max_backoff = 0.5, max_elapsed = 1.2 }}
     """
     run = await nwpipe(tmp_path, config, [event("a-1")])
     assert run.returncode == 3, run.stderr
-    assert len(arrivals) == 4
+    # 1.2 s of budget at no less than 0.25 s a wait: a handful of attempts, not thousands
+    assert 2 <= len(arrivals) <= 6, arrivals
     gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
     assert all(gap >= 0.24 for gap in gaps), gaps
     [record] = run.dead_letters()
-    assert record["reason"].startswith("gave up after 4 attempts in ")
+    assert record["reason"].startswith(
+        "output 'soc' failing for longer than retry.max_elapsed (1.2 s)"), record["reason"]
 
 
 async def test_retry_after_longer_than_max_elapsed_says_so(tmp_path, receiver):
@@ -305,7 +307,8 @@ async def test_retry_after_longer_than_max_elapsed_says_so(tmp_path, receiver):
     assert run.returncode == 3, run.stderr
     assert len(receiver.requests) == 1  # not waited for: it could never be retried in time
     [record] = run.dead_letters()
-    assert record["reason"].startswith("gave up after 1 attempt in ")
+    assert record["reason"].startswith(
+        "output 'soc' failing for longer than retry.max_elapsed (30 s)"), record["reason"]
     assert re.search(r": HTTP 503 Service Unavailable \(Retry-After asked for 600 s, more "
                      r"than the \d+\.\d s left of retry\.max_elapsed = 30 s\)$",
                      record["reason"]), record["reason"]
@@ -381,15 +384,16 @@ async def test_timeout_is_retried_then_dead_lettered_with_attempts(tmp_path, rec
         type = "webhook"
         url = "{receiver.url}/slow"
         timeout = 0.2
-        retry = {{ max_attempts = 2, initial_backoff = 0.01, max_backoff = 0.02 }}
+        retry = {{ max_attempts = 2, initial_backoff = 0.01, max_backoff = 0.02, max_elapsed = 0.3 }}
     """
     run = await nwpipe(tmp_path, config, [event("a-1")])
     assert run.returncode == 3, run.stderr
-    assert len(receiver.requests) == 2
+    assert len(receiver.requests) >= 2  # max_attempts does not cut an outage short
     [record] = run.dead_letters()
-    assert record["reason"].startswith("gave up after 2 attempts")
+    assert "failing for longer than retry.max_elapsed (0.3 s)" in record["reason"]
     assert "timed out after 0.2 s" in record["reason"]
-    assert [a["outcome"] for a in record["attempts"]] == ["retry", "retry"]
+    assert len(record["attempts"]) == len(receiver.requests)
+    assert {a["outcome"] for a in record["attempts"]} == {"retry"}
     assert all("timed out" in a["reason"] for a in record["attempts"])
     assert "status" not in record
 
@@ -484,7 +488,7 @@ async def test_signature_verifies_with_standardwebhooks_across_retries(tmp_path,
     first, retried, end = receiver.requests
     assert first.headers["webhook-id"] == retried.headers["webhook-id"]
     assert end.headers["webhook-id"] != first.headers["webhook-id"]
-    with pytest.raises(Exception):
+    with pytest.raises(WebhookVerificationError):
         Webhook(new_secret()).verify(first.raw_body, dict(first.headers))
 
 
@@ -669,18 +673,18 @@ async def test_secrets_never_appear_in_stderr_or_the_dead_letter_file(tmp_path, 
         auth = record.headers.get("Authorization", "")
         if auth.startswith("Basic "):
             echoed += "\ncredentials " + base64.b64decode(auth[6:]).decode()
-        return web.Response(status=500, text=f"bad request:\n{echoed}")
+        return web.Response(status=400, text=f"bad request:\n{echoed}")
 
     receiver.handler = echo
     run = await nwpipe(tmp_path, secret_config(receiver.url), [event("a-1"), event("a-2")], "-v",
                        env=SECRETS)
     assert run.returncode == 3
-    assert len(receiver.requests) == 8  # 2 events x 2 outputs x 2 attempts
+    assert len(receiver.requests) == 4  # 2 events x 2 outputs
     # the secrets did go over the wire ...
     assert receiver.requests[0].headers["Authorization"].startswith(("Basic ", "Bearer "))
     text = run.stdout + run.stderr + run.dead_letter.read_text()
     records = run.dead_letters()
-    assert len(records) == 4 and all(r["status"] == 500 for r in records)
+    assert len(records) == 4 and all(r["status"] == 400 for r in records)
     assert all("***" in r["response"] for r in records)
     # ... and nowhere else
     for secret in forbidden():

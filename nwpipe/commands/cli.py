@@ -50,6 +50,12 @@ def _common(parser: argparse.ArgumentParser, suppress: bool) -> None:
                         help="format of messages on stderr (default: text)")
 
 
+def _queue_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--queue", metavar="PATH",
+                        help="the queue file (default: the config's [queue] path, else "
+                             "./nwpipe-queue.db)")
+
+
 def _config_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-c", "--config", metavar="FILE",
                         help="TOML config (default: $NWPIPE_CONFIG, else ./nwpipe.toml, "
@@ -91,6 +97,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--shutdown-timeout", metavar="SECONDS", type=float,
                      help="on Ctrl-C/SIGTERM, seconds to finish in-flight deliveries "
                           "(default: the config's shutdown_timeout, else 10)")
+    _queue_option(run)
+    run.add_argument("--durable", action="store_true",
+                     help="commit every event read to the queue before delivering it: after a "
+                          "crash (kill -9), the next run delivers what was committed (also: "
+                          "[queue] durable = true)")
+    run.add_argument("--resume", action="store_true",
+                     help="skip what an earlier --durable run committed of each input file "
+                          "(continue where reading had reached)")
+    run.add_argument("--keep-queue", action="store_true",
+                     help="when the input has ended and only failing outputs hold events, "
+                          "leave them in the queue for the next run instead of waiting for "
+                          "their retry budget (retry.max_elapsed)")
     _pid_file_option(run)
     _common(run, suppress=True)
     run.set_defaults(func=cmd_run)
@@ -163,7 +181,95 @@ def build_parser() -> argparse.ArgumentParser:
     _common(plugins, suppress=True)
     plugins.set_defaults(func=cmd_plugins)
     _add_render_and_test(sub)
+    _add_queue(sub)
     return parser
+
+
+# -- queue: the durable queue's backlog ---------------------------------------------
+
+
+def _add_queue(sub) -> None:
+    queue = sub.add_parser(
+        "queue", help="show or act on the durable queue's backlog (status, drain, recover)",
+        description="The durable queue holds what outputs could not take yet (an outage "
+                    "waits there) and, with --durable, every event read. See the README's "
+                    "durability section.")
+    _common(queue, suppress=True)
+    actions = queue.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+    queue.set_defaults(func=lambda args: (queue.print_help(), 1)[1])
+
+    status = actions.add_parser(
+        "status", help="events waiting per output, their bytes and age, failing outputs",
+        description="Per output: the events waiting in the queue, their bytes, the oldest "
+                    "one's age and since when the output is failing; per input file, how far "
+                    "a durable run committed it. Works while a run delivers from the queue.")
+    _config_option(status)
+    _queue_option(status)
+    status.add_argument("--json", action="store_true", help="print JSON, for scripts")
+    _common(status, suppress=True)
+    status.set_defaults(func=cmd_queue_status)
+
+    drain = actions.add_parser(
+        "drain", help="deliver one output's backlog now, or move it to the dead-letter file",
+        description="Deliver what waits in the queue for one output now (its retry budget "
+                    "applies), or with --dead-letter move it to the dead-letter file without "
+                    "sending it (replay it later with `nwpipe replay`). Other outputs' "
+                    "backlogs stay as they are. Exit 0 when everything was delivered, 3 when "
+                    "something was dead-lettered.", epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    _config_option(drain)
+    _queue_option(drain)
+    drain.add_argument("--output", metavar="NAME", required=True, help="the output to drain")
+    drain.add_argument("--dead-letter", action="store_true",
+                       help="move the backlog to the dead-letter file instead of sending it")
+    drain.add_argument("--dead-letter-file", metavar="PATH", dest="dead_letter_path",
+                       help="dead-letter file (default: the config's dead_letter, else "
+                            "./nwpipe-dead-letter.jsonl)")
+    drain.add_argument("--shutdown-timeout", metavar="SECONDS", type=float,
+                       help="on Ctrl-C/SIGTERM, seconds to finish in-flight deliveries")
+    _common(drain, suppress=True)
+    drain.set_defaults(func=cmd_queue_drain)
+
+    recover = actions.add_parser(
+        "recover", help="rebuild a damaged queue file from the entries that can be read",
+        description="When `nwpipe run` reports the queue file damaged: copy every entry, "
+                    "mark and note that can still be read into a new file at the same path "
+                    "and keep the damaged file beside it (PATH.damaged-TIME). Exit 0 when "
+                    "nothing was unreadable, 3 when some entries were lost.")
+    _config_option(recover)
+    _queue_option(recover)
+    _common(recover, suppress=True)
+    recover.set_defaults(func=cmd_queue_recover)
+
+
+def cmd_queue_status(args) -> int:
+    """Show the queue's backlog."""
+    from nwpipe.commands.queuecmd import status_command
+
+    _, config, _router = load(args)
+    return status_command(config, args.queue, args.json)
+
+
+def cmd_queue_drain(args) -> int:
+    """Deliver or dead-letter one output's backlog."""
+    from nwpipe.commands.progress import wanted
+    from nwpipe.commands.queuecmd import drain_command
+
+    _, config, router = load(args)
+    result = drain_command(config, router, args.output, path=args.queue,
+                           dead_letter=args.dead_letter, dead_letter_path=args.dead_letter_path,
+                           shutdown_timeout=args.shutdown_timeout,
+                           progress=wanted(args.quiet, args.log_format))
+    log.info("%s", result.summary())
+    return result.exit_code
+
+
+def cmd_queue_recover(args) -> int:
+    """Rebuild a damaged queue file."""
+    from nwpipe.commands.queuecmd import recover_command
+
+    _, config, _router = load(args)
+    return recover_command(config, args.queue)
 
 
 # -- render and test: develop and check mappings -----------------------------------
@@ -281,7 +387,9 @@ def cmd_run(args) -> int:
     with pid_file(args.pid_file):
         result = run(config, router, args.files, dead_letter_path=args.dead_letter,
                      shutdown_timeout=args.shutdown_timeout,
-                     progress=wanted(args.quiet, args.log_format), reloader=reloader)
+                     progress=wanted(args.quiet, args.log_format), queue_path=args.queue,
+                     durable=args.durable, keep_queue=args.keep_queue, resume=args.resume,
+                     reloader=reloader)
     log.info("%s", result.summary())
     return result.exit_code
 

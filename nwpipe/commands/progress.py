@@ -35,7 +35,8 @@ def wanted(quiet: bool, log_format: str, stream: TextIO | None = None) -> bool:
 
 
 class Progress:
-    """Draws ``read N (R/s) | out: D delivered, Q queued, failing | ...`` on ``stream``."""
+    """Draws ``read N (R/s) | out: D delivered, Q queued, failing | B in the queue file
+    | ...`` on ``stream``."""
 
     def __init__(self, stream: TextIO, interval: float = INTERVAL):
         self.stream = stream
@@ -88,6 +89,10 @@ class Progress:
             if engine.failing:
                 text += ", FAILING"
             parts.append(text)
+        if pipeline.dispatcher is not None:
+            depth = pipeline.queue.approx_depth()
+            if depth is not None:
+                parts.append(f"{depth:,} in the queue file")
         dead = pipeline.dead_letter.count
         if dead:
             parts.append(f"{dead:,} dead-lettered")

@@ -30,7 +30,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-
 from nwpipe import jsonio
 from nwpipe.errors import NwpipeError
 from nwpipe.outputs import Delivery

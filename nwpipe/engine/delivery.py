@@ -5,6 +5,21 @@ ordering, concurrency, batching, a rate limit, retries with capped exponential b
 and full jitter (``Retry-After`` honoured), and the dead-letter file. The plugin only
 sends once and says how it went.
 
+Retry budget: ``retry.max_elapsed`` belongs to the output, not to each event. It
+counts from when the output started failing (its first failed attempt after a
+success). While it lasts, a failing batch is retried with backoff however many
+attempts it takes, so an outage shorter than the budget costs no event. Once the
+output has been failing for longer, what waits is dead-lettered (one log line says
+so) and the output is probed with one attempt at most every ``retry.max_backoff``
+seconds; the first success ends the outage. ``retry.max_attempts`` limits one
+event's own failures: it gives up after that many attempts only when the output
+delivered other events meanwhile (the receiver works, it refuses this one).
+
+Order per alert survives dead letters: once an event of an alert is dead-lettered for
+this output, the alert's later events for this output follow it into the dead-letter
+file (reason "an earlier event of this alert was dead-lettered") instead of
+overtaking it, so a replay sends them in their original order.
+
 Ordering: deliveries with the same key (the alert ``id``) are handed to the output one
 batch at a time, in input order, while different alerts go concurrently. A key that is
 being sent is "busy"; its later deliveries wait in its own queue, so a retrying alert
@@ -17,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
@@ -25,8 +41,12 @@ from nwpipe.config import EngineSettings
 from nwpipe.engine.deadletter import DeadLetterFile, delivery_record, utc_now
 from nwpipe.errors import NwpipeError
 from nwpipe.outputs import Delivered, Delivery, Failed, Output, OutputClosed, Retry
+from nwpipe.queue.base import wait_event
 
 log = logging.getLogger("nwpipe")
+
+#: the reason of the later events of an alert whose earlier event was dead-lettered
+FOLLOWS_DEAD_LETTER = "an earlier event of this alert was dead-lettered"
 
 #: dead-letter messages per output before they are only counted
 MAX_WARNINGS = 20
@@ -76,17 +96,11 @@ def retry_after_delay(after: float, initial: float) -> float:
     return max(after, initial)
 
 
-def gave_up(attempt: int, elapsed: float, reason: str, after: float | None = None,
-            max_elapsed: float | None = None) -> str:
-    """The dead-letter reason when retries end; says so when the receiver asked to
-    wait longer than ``retry.max_elapsed`` leaves."""
-    plural = "s" if attempt > 1 else ""
-    why = f"gave up after {attempt} attempt{plural} in {elapsed:.1f} s: {reason}"
-    if after is not None and max_elapsed is not None:
-        left = max(0.0, max_elapsed - elapsed)
-        why += (f" (Retry-After asked for {after:g} s, more than the {left:.1f} s left of "
-                f"retry.max_elapsed = {max_elapsed:g} s)")
-    return why
+def retry_after_too_long(after: float, left: float, max_elapsed: float) -> str:
+    """What a dead-letter reason adds when the receiver asked to wait longer than
+    ``retry.max_elapsed`` leaves."""
+    return (f" (Retry-After asked for {after:g} s, more than the {max(0.0, left):.1f} s left "
+            f"of retry.max_elapsed = {max_elapsed:g} s)")
 
 
 class RateLimiter:
@@ -137,6 +151,18 @@ class DeliveryEngine:
         self._on_closed = on_closed
         #: told of every settled delivery (see __init__); may be set before start()
         self.on_settled = on_settled
+        # alerts with a dead-lettered event: their later events follow it
+        self._dead_keys: set[str] = set()
+        #: when the output started failing (time.time()), None while it works
+        self.failing_since: float | None = None
+        self._failing_at = 0.0     # the same, on the loop's clock
+        self._successes = 0        # sends that delivered, to tell an event's own failures
+        self._last_probe = 0.0     # loop time of the last attempt once the budget is spent
+        self._spent = False        # the budget is spent: what waits is dead-lettered
+        self._spent_count = 0      # dead letters when it was spent, for the recovery line
+        #: deliveries that came from the durable queue are left there on a shutdown
+        #: (dropped from memory, not dead-lettered): the next run delivers them
+        self.keep_queued = False
         self._state = _State()
         # Hand-made wake-ups instead of asyncio.Queue/Condition: this is the per-event
         # path, and a bare future costs a fraction of a Condition round trip.
@@ -147,7 +173,7 @@ class DeliveryEngine:
         self._inflight: dict[int, list[Delivery]] = {}
         self._limiter = RateLimiter(settings.rate_limit) if settings.rate_limit else None
         self._refused: str | None = None
-        self._refused_quietly = 0
+        self._quiet: dict[str, int] = {}
         self._keyed = settings.concurrency > 1
         self._warnings = 0
         # A full queue makes the reader wait until a quarter of it is free again, not
@@ -182,35 +208,69 @@ class DeliveryEngine:
         for i in range(self.settings.concurrency):
             self._workers.append(asyncio.create_task(self._worker(i), name=f"{self.name}-{i}"))
 
-    async def submit(self, delivery: Delivery) -> None:
-        """Queue a delivery; waits while the queue is full and the output is healthy.
+    @property
+    def full_and_failing(self) -> bool:
+        """The memory queue is full and the output is failing: new events should wait
+        on disk (the durable queue) instead of here."""
+        return self._state.failing and self._state.queued >= self.settings.queue_size
 
-        When the queue is full and the output is failing, the delivery is dead-lettered
-        at once, so a receiver that is down never holds up the other outputs.
+    def held(self) -> list[Delivery]:
+        """Every delivery taken and not settled: in flight first, then waiting, each
+        alert's in its order (to move them under the durable queue's tracking)."""
+        held = [d for batch in self._inflight.values() for d in batch]
+        for waiting in self._state.pending.values():
+            held.extend(waiting)
+        return held
+
+    def _refuse(self, deliveries: list[Delivery], reason: str, quiet: bool = True) -> None:
+        """Shutdown: dead-letter ``deliveries``, except those the durable queue keeps."""
+        if self.keep_queued:
+            deliveries = [d for d in deliveries if d.ticket.__class__ is not tuple]
+        if deliveries:
+            self._dead_letter(deliveries, reason, quiet=quiet)
+
+    def mark_dead(self, key: str) -> None:
+        """An event of alert ``key`` was dead-lettered for this output before reaching
+        the engine (its mapping failed): the alert's later events follow it."""
+        self._dead_keys.add(key)
+
+    async def submit(self, delivery: Delivery, *, spill: bool = False) -> bool:
+        """Queue a delivery; waits while the queue is full.
+
+        With ``spill``, a full queue of a failing output returns False at once and the
+        delivery is not taken (the caller keeps it on disk); otherwise this waits for
+        room, which the output's retry budget guarantees to come. Returns True once
+        the delivery is taken (queued, or settled at once: dead-lettered behind an
+        earlier event of its alert, or refused during a shutdown).
         """
         state = self._state
         if self.closed:
             self.stats.not_sent += 1
-            return
+            return True
         if self._refused is not None:
-            self._dead_letter([delivery], self._refused, quiet=True)
-            return
+            self._refuse([delivery], self._refused)
+            return True
+        if (self._dead_keys and delivery.key in self._dead_keys
+                and (delivery.key if self._keyed else "") not in state.pending):
+            # behind a dead letter, and nothing of its lane is waiting or in flight (that
+            # would go first): straight to the dead-letter file
+            self._dead_letter([delivery], FOLLOWS_DEAD_LETTER, quiet=True)
+            return True
         if state.queued >= self.settings.queue_size:
             while not self.closed:
                 if self._refused is not None:
-                    self._dead_letter([delivery], self._refused, quiet=True)
-                    return
+                    self._refuse([delivery], self._refused)
+                    return True
                 if state.queued >= self.settings.queue_size:
-                    if state.failing:
-                        self._dead_letter([delivery], f"output '{self.name}' is failing and its "
-                                          f"queue is full ({self.settings.queue_size} waiting)")
-                        return
+                    if spill and state.failing:
+                        return False
                 elif state.failing or state.queued <= self._resume_at:
                     break
                 await self._wait_change()
             if self.closed:
-                return
+                return True
         self._enqueue(delivery)
+        return True
 
     def _enqueue(self, delivery: Delivery) -> None:
         state = self._state
@@ -291,6 +351,8 @@ class DeliveryEngine:
                 waiting = state.pending[key]
                 if waiting:  # a shutdown may have emptied it since the key was handed over
                     batch.append(waiting.popleft())
+            if batch and self._dead_keys:
+                batch = self._follow_dead_letters(batch, number)
             if batch:
                 try:
                     await self._deliver(batch)
@@ -310,6 +372,17 @@ class DeliveryEngine:
                 self._notify()
             if self._successor is not None:
                 self._successor._unpark()
+
+    def _follow_dead_letters(self, batch: list[Delivery], number: int) -> list[Delivery]:
+        """Dead-letter the deliveries of alerts dead-lettered earlier; send the rest."""
+        behind = [d for d in batch if d.key in self._dead_keys]
+        if not behind:
+            return batch
+        keep = [d for d in batch if d.key not in self._dead_keys]
+        self._dead_letter(behind, FOLLOWS_DEAD_LETTER, quiet=True)
+        self._state.queued -= len(behind)
+        self._inflight[number] = keep
+        return keep
 
     def _take(self, key: str, batch: list[Delivery], size: int) -> int:
         """Move deliveries of ``key`` into ``batch`` within the batch limits."""
@@ -357,9 +430,17 @@ class DeliveryEngine:
     async def _deliver(self, batch: list[Delivery]) -> None:
         retry = self.settings.retry
         loop = asyncio.get_running_loop()
-        started = loop.time()
         attempt = 0
+        successes = self._successes
         while True:
+            if self._spent:
+                # The budget is spent: what waits is dead-lettered, with one probe at
+                # most every max_backoff seconds to notice that the receiver is back.
+                now = loop.time()
+                if now - self._last_probe < retry.max_backoff:
+                    self._dead_letter(batch, self._spent_reason(), quiet=True)
+                    return
+                self._last_probe = now
             attempt += 1
             if self._limiter is not None:
                 await self._limiter.wait()
@@ -379,14 +460,18 @@ class DeliveryEngine:
             if isinstance(result, Delivered) and result.refused:
                 batch = self._dead_letter_refused(batch, attempt, result.refused)
             if isinstance(result, Delivered):
-                self._state.failing = False
+                self._successes += 1
+                if self._state.failing:
+                    self._recovered(loop.time())
                 self.stats.delivered += len(batch)
                 if self.on_settled is not None:
                     self.on_settled(batch, False)
                 return
             if not self._state.failing:
                 self._state.failing = True
-                # a submitter waiting for space can now dead-letter instead of waiting
+                self.failing_since = time.time()
+                self._failing_at = loop.time()
+                # a submitter waiting for space can now spill to disk instead of waiting
                 self._notify()
             if isinstance(result, Failed):
                 self._record(batch, attempt, "failed", result.reason, result.status)
@@ -397,30 +482,72 @@ class DeliveryEngine:
                 self._record(batch, attempt, "failed", result.reason)
                 self._dead_letter(batch, result.reason)
                 return
-            elapsed = loop.time() - started
+            failing_for = loop.time() - self._failing_at
             if result.after is not None:
                 delay = retry_after_delay(result.after, retry.initial_backoff)
             else:
                 delay = backoff_delay(attempt, retry.initial_backoff, retry.max_backoff)
             self._record(batch, attempt, "retry", result.reason, result.status, result.after)
-            if attempt >= retry.max_attempts or elapsed + delay > retry.max_elapsed:
-                too_long = (attempt < retry.max_attempts and result.after is not None)
-                why = gave_up(attempt, elapsed, result.reason,
-                              *((result.after, retry.max_elapsed) if too_long else ()))
+            if self._spent or failing_for + delay > retry.max_elapsed:
+                note = ""
+                if result.after is not None and failing_for <= retry.max_elapsed:
+                    note = retry_after_too_long(result.after, retry.max_elapsed - failing_for,
+                                                retry.max_elapsed)
+                if not self._spent:
+                    self._spend(failing_for, note)
+                self._last_probe = loop.time()
+                why = f"{self._spent_reason()}; last attempt: {result.reason}{note}"
+                self._dead_letter(batch, why, result.status, result.response,
+                                  quiet=self._spent_reason())
+                return
+            if attempt >= retry.max_attempts and self._successes > successes:
+                # the receiver delivers other events: this failure is the event's own
+                why = (f"gave up after {attempt} attempts while the output delivered other "
+                       f"events: {result.reason}")
                 self._dead_letter(batch, why, result.status, result.response)
                 return
             self.stats.retried += len(batch)
             log.debug("%s: attempt %d failed (%s); retrying in %.2f s", self.name, attempt,
                       result.reason, delay)
             if self._wake.is_set():
-                # shutting down and told not to wait: stop retrying now
-                self._dead_letter(batch, f"shutdown before delivery; last attempt: {result.reason}",
-                                  result.status, result.response)
+                # shutting down and told not to wait: stop retrying now (what came from
+                # the durable queue stays there, for the next run)
+                if self.keep_queued:
+                    batch = [d for d in batch if d.ticket.__class__ is not tuple]
+                if batch:
+                    self._dead_letter(batch, f"shutdown before delivery; last attempt: "
+                                      f"{result.reason}", result.status, result.response)
                 return
-            try:
-                await asyncio.wait_for(self._wake.wait(), delay)
-            except asyncio.TimeoutError:
-                pass
+            # not asyncio.wait_for: on Python 3.11 it swallows a cancel that comes as
+            # the wake-up does (abandon() does both), and the worker would never end
+            await wait_event(self._wake, delay)
+
+    def _spend(self, failing_for: float, note: str = "") -> None:
+        """The output has been failing for longer than its retry budget (``note``: why
+        waiting is pointless, such as a ``Retry-After`` past the budget)."""
+        self._spent = True
+        self._spent_count = self.stats.dead_lettered
+        retry = self.settings.retry
+        log.warning("%s: failing for %.1f s, and retrying longer would pass retry.max_elapsed "
+                    "(%g s)%s: what waits for it is dead-lettered from now on; one attempt every "
+                    "%g s checks whether it is back", self.name, failing_for, retry.max_elapsed,
+                    note, retry.max_backoff)
+
+    def _spent_reason(self) -> str:
+        return (f"output '{self.name}' failing for longer than retry.max_elapsed "
+                f"({self.settings.retry.max_elapsed:g} s)")
+
+    def _recovered(self, now: float) -> None:
+        if self._spent:
+            log.warning("%s: delivering again after %.0f s failing; %d event%s dead-lettered "
+                        "meanwhile", self.name, now - self._failing_at,
+                        self.stats.dead_lettered - self._spent_count,
+                        "" if self.stats.dead_lettered - self._spent_count == 1 else "s")
+        elif now - self._failing_at >= 1.0:
+            log.info("%s: delivering again after %.0f s failing", self.name, now - self._failing_at)
+        self._state.failing = False
+        self._spent = False
+        self.failing_since = None
 
     def _record(self, batch, number, outcome, reason, status=None, after=None) -> None:
         entry = _Attempt(number, utc_now(), outcome, reason, status, after).as_dict()
@@ -428,15 +555,20 @@ class DeliveryEngine:
             delivery.attempts.append(entry)
 
     def _dead_letter(self, batch: list[Delivery], reason: str, status: int | None = None,
-                     response: str | None = None, quiet: bool = False) -> None:
+                     response: str | None = None, quiet: bool | str = False) -> None:
+        """Write dead-letter records for ``batch``; ``quiet``: only count them (under
+        ``reason``, or the given summary text) and report the count once, in drain()."""
         self.dead_letter.write(delivery_record(d, stage="deliver", reason=reason, status=status,
                                                response=response) for d in batch)
         self.stats.dead_lettered += len(batch)
+        self._dead_keys.update(d.key for d in batch)
         if self.on_settled is not None:
             self.on_settled(batch, True)
         if quiet:
-            # refused one by one during a shutdown: counted, and reported once by drain()
-            self._refused_quietly += len(batch)
+            # one by one (a shutdown, an alert behind a dead letter, a spent budget):
+            # counted, and reported once by drain()
+            summary = reason if quiet is True else quiet
+            self._quiet[summary] = self._quiet.get(summary, 0) + len(batch)
             return
         self._warnings += 1
         if self._warnings <= MAX_WARNINGS:
@@ -476,7 +608,7 @@ class DeliveryEngine:
         self._wake.set()
         leftovers = self._take_waiting()
         if leftovers:
-            self._dead_letter(leftovers, reason)
+            self._refuse(leftovers, reason, quiet=False)
         self._notify()
 
     def _take_waiting(self) -> list[Delivery]:
@@ -517,14 +649,18 @@ class DeliveryEngine:
                 w.cancel()
         if self._state.queued and not self.closed:
             await self.abandon("not delivered before the shutdown deadline")
-        if self._refused_quietly:
-            log.warning("%s: %d more event%s dead-lettered: %s", self.name,
-                        self._refused_quietly, "" if self._refused_quietly == 1 else "s",
-                        self._refused)
-            self._refused_quietly = 0
+        self.report_quiet()
+
+    def report_quiet(self) -> None:
+        """Log the dead letters that were only counted, one line per reason."""
+        for reason, count in self._quiet.items():
+            log.warning("%s: %d %sevent%s dead-lettered: %s", self.name, count,
+                        "more " if self._warnings else "", "" if count == 1 else "s", reason)
+        self._quiet.clear()
 
     async def abandon(self, reason: str) -> None:
-        """Stop the workers now and dead-letter everything waiting or in flight."""
+        """Stop the workers now and dead-letter everything waiting or in flight (but
+        what the durable queue keeps, with ``keep_queued``)."""
         self._wake.set()
         for task in self._workers:
             task.cancel()
@@ -539,10 +675,11 @@ class DeliveryEngine:
         self._key_waiters.clear()
         self._parked.clear()
         if leftovers:
-            self._dead_letter(leftovers, reason)
+            self._refuse(leftovers, reason, quiet=False)
         self._state.queued = 0
         if self._successor is not None:
             self._successor._unpark()
+        self._notify()
 
     async def close(self) -> None:
         """Stop the workers (after ``drain``) and close the output."""
@@ -572,6 +709,8 @@ class DeliveryEngine:
         """
         moved = self._take_waiting()
         successor.stats = self.stats
+        # an alert dead-lettered here: its later events follow it there too
+        successor._dead_keys.update(self._dead_keys)
         successor._predecessor = self
         self._successor = successor
         self._notify()
@@ -595,6 +734,7 @@ class DeliveryEngine:
         before = self._predecessor
         if before is None or not self._parked:
             return
+        self._dead_keys.update(before._dead_keys)  # a batch it just dead-lettered
         free = [key for key in self._parked if not before._busy_with(key, self._keyed)]
         for key in free:
             self._parked.discard(key)
@@ -602,7 +742,9 @@ class DeliveryEngine:
 
     def release_predecessor(self) -> None:
         """The predecessor is drained and closed: every lane it held back is free."""
-        self._predecessor = None
+        before, self._predecessor = self._predecessor, None
+        if before is not None:
+            self._dead_keys.update(before._dead_keys)
         parked, self._parked = self._parked, set()
         for key in parked:
             self._push_ready(key)

@@ -15,6 +15,16 @@ what was already decoded is still routed, and what has not been handed to an out
 yet is dead-lettered at once; batches in flight get ``shutdown_timeout`` seconds to
 finish, and whatever is left then is dead-lettered. A second signal cuts that wait
 short. The dead-letter file is complete before the exit code says "interrupted".
+
+The durable queue (:mod:`nwpipe.queue`): in *memory mode* (the default) events go
+straight from the input to the outputs' memory queues, with no disk cost. When an
+output is failing and its memory queue is full, the run switches to *queue mode*: what
+that output holds moves under the queue's tracking, and from then on every event read is
+put in the queue and delivered from it by the feeds (:mod:`nwpipe.engine.dispatch`), so
+an outage waits on disk instead of in the dead-letter file. ``--durable`` runs in queue
+mode from the first event (committed before it is delivered), and so does a run that
+finds a backlog left by an earlier one (delivered first, in order). In queue mode a
+signal leaves what is queued in the queue for the next run instead of dead-lettering it.
 """
 
 from __future__ import annotations
@@ -22,21 +32,26 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import signal
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Awaitable, Callable, Iterable, Sequence
+
+import orjson
 
 from nwpipe.config import Config
 from nwpipe.engine.deadletter import DeadLetterFile, event_record, raw_record
 from nwpipe.engine.delivery import DeliveryEngine, OutputStats
+from nwpipe.engine.dispatch import Dispatcher, Feed
 from nwpipe.errors import NwpipeError
 from nwpipe.outputs import Delivery
 from nwpipe.outputs import delivery_id as make_delivery_id
+from nwpipe.queue.base import Entry, Pos, Queue, QueueError, QueueFull, shard_of
 from nwpipe.sources.base import Source
 from nwpipe.sources.decode import Event, Reject
-from nwpipe.transform.route_map import MapFailed, map_for, route_and_map
+from nwpipe.transform.route_map import MapFailed, check_event, map_for, route_and_map
 from nwpipe.transform.routing import Router
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -107,6 +122,18 @@ class RunResult:
     dead_letters_on_stderr: int = 0
     dead_letter_error: str | None = None
 
+    #: the queue file (or URL), when the run used it
+    queue: str | None = None
+    #: events taken from an earlier run's backlog / put in the queue by this run
+    backlog_found: int = 0
+    put: int = 0
+    #: events left in the queue for the next run, at the end
+    left_queued: int = 0
+    #: seconds reading waited for room in the queue (queue.max_bytes reached)
+    waited_for_room: float = 0.0
+    #: events skipped by --resume: an earlier durable run had committed them
+    resumed: int = 0
+
     @property
     def exit_code(self) -> int:
         if self.dead_letters_on_stderr and self.signal is None:
@@ -117,6 +144,8 @@ class RunResult:
         rate = self.read / self.seconds if self.seconds > 0 else 0.0
         parts = [f"read {self.read} event{'s' if self.read != 1 else ''}",
                  f"rejected {self.rejected}"]
+        if self.resumed:
+            parts.insert(0, f"skipped {self.resumed} committed by an earlier run (--resume)")
         if self.map_failed:
             parts.append(f"mapping failed {self.map_failed}")
         if self.unreadable:
@@ -125,6 +154,17 @@ class RunResult:
         parts.extend(output_summary(name, stats, self.seconds)
                      for name, stats in self.outputs.items())
         line = "; ".join(parts) + f" ({self.seconds:.2f} s, {rate:,.0f} events/s)"
+        if self.queue is not None and (self.put or self.backlog_found or self.left_queued):
+            disk = []
+            if self.backlog_found:
+                disk.append(f"{self.backlog_found} from an earlier run")
+            if self.put:
+                disk.append(f"{self.put} put by this run")
+            disk.append(f"{self.left_queued} left for the next run")
+            line += f"; queue {self.queue}: " + ", ".join(disk)
+        if self.waited_for_room:
+            line += (f"; reading waited {self.waited_for_room:.1f} s for room in the queue "
+                     f"(queue.max_bytes)")
         if self.dead_letters_on_stderr:
             written = self.dead_lettered - self.dead_letters_on_stderr
             line += (f"; {self.dead_letters_on_stderr} dead letter"
@@ -144,8 +184,16 @@ class Pipeline:
 
     def __init__(self, config: Config, router: Router, outputs: dict, *,
                  dead_letter: DeadLetterFile, shutdown_timeout: float | None = None,
-                 progress=None):
+                 progress=None, queue: Queue | None = None, durable: bool = False,
+                 keep_queue: bool = False, resume: bool = False, refuse: str | None = None):
+        """``queue``: the durable queue (opened by the run when needed); ``durable``:
+        commit every event before delivering it; ``keep_queue``: at the end, leave what
+        only failing outputs hold in the queue instead of waiting for their retry
+        budget; ``resume``: skip what an earlier durable run committed of each input
+        file; ``refuse``: dead-letter everything with this reason instead of sending
+        (``nwpipe queue drain --dead-letter``)."""
         self.config = config
+
         self.router = router
         self.dead_letter = dead_letter
         self.shutdown_timeout = (config.shutdown_timeout if shutdown_timeout is None
@@ -168,6 +216,25 @@ class Pipeline:
         self._reported = 0
         self._refusing: asyncio.Task | None = None
         self._deadline: asyncio.TimerHandle | None = None
+        self.queue = queue
+        self.durable = durable
+        self.keep_queue = keep_queue
+        self.resume = resume
+        self._refuse_reason = refuse
+        #: set once the run delivers from the queue (queue mode)
+        self.dispatcher: Dispatcher | None = None
+        self._queue_open = False
+        self._engines_started = False
+        self._first_output = next(iter(self.engines), None)
+        self._full_logged = False
+        self._moving: dict[int, object] = {}  # original tickets of deliveries being moved
+        #: --resume: per input, the line up to which an earlier durable run committed it
+        self._resume_skip: _ResumeLines | None = None
+        if queue is not None:
+            from nwpipe.queue import location
+
+            self.result.queue = location(queue.settings)
+
         #: reloads the config on SIGHUP (:mod:`nwpipe.engine.reload`), when given
         self.reloader: Reloader | None = None
         #: engines a config reload replaced or removed, finishing what they hold
@@ -204,6 +271,8 @@ class Pipeline:
         if self._stop.is_set():
             return
         self._stop.set()
+        if self.dispatcher is not None:
+            self.dispatcher.stopping()
 
     async def _refuse_all(self, why: str) -> None:
         for engine in [*self.engines.values(), *self.retiring]:
@@ -215,12 +284,18 @@ class Pipeline:
         self.retiring[engine] = asyncio.ensure_future(self._retire(engine, successor))
 
     async def _retire(self, engine: DeliveryEngine, successor: DeliveryEngine | None) -> None:
+        # a removed output's feed (queue mode) reads nothing more for it
+        dispatcher = self.dispatcher if successor is None else None
         try:
+            if dispatcher is not None and engine.name in dispatcher.feeds:
+                await dispatcher.stop_feed(engine.name)
             await engine.drain(None, self._abort)
         finally:
             await engine.close()
             if successor is not None:
                 successor.release_predecessor()
+            if dispatcher is not None:
+                dispatcher.drop_feed(engine.name, engine)
 
     def _output_closed(self, reason: str) -> None:
         log.debug("%s; stopping", reason)
@@ -285,8 +360,14 @@ class Pipeline:
                 pass
         reloading = False
         try:
+            await self._open_queue()
             for engine in self.engines.values():
                 await engine.start()
+                if self._refuse_reason is not None:
+                    await engine.refuse(self._refuse_reason)
+            self._engines_started = True
+            if self.dispatcher is not None:
+                self.dispatcher.start()
             # SIGHUP reloads once the outputs run (one that came earlier is done now)
             reloading = self.reloader is not None and self.reloader.install(self, loop)
             if self.progress is not None:
@@ -301,6 +382,7 @@ class Pipeline:
                 raise
             if self.reloader is not None:
                 await self.reloader.close()  # the outputs are final from here on
+            await self._input_ended()
             if self._refusing is not None:
                 await self._refusing
             # Without a signal this waits for every delivery (retries included); after
@@ -315,8 +397,11 @@ class Pipeline:
             for task in self.retiring.values():
                 task.cancel()  # only when stopped by something unforeseen: closes the output
             await asyncio.gather(*self.retiring.values(), return_exceptions=True)
-            for engine in self.engines.values():
-                await engine.close()
+            try:
+                await self._close_queue()
+            finally:
+                for engine in self.engines.values():
+                    await engine.close()
             if self._refusing is not None:
                 await self._refusing
             if self._deadline is not None:
@@ -334,10 +419,17 @@ class Pipeline:
             self._report_hidden()
         return self.result
 
-    async def _handle(self, records: Iterable[Event | Reject]) -> None:
+    async def _handle(self, records: Sequence[Event | Reject]) -> None:
         result = self.result
         acks = self._acks
+        skip = self._resume_skip
+        queued: list[Event] = []  # queue mode: put together, one commit
         for record in records:
+            if skip is not None and record.line <= skip[record.source]:
+                result.resumed += 1  # --resume: committed by an earlier durable run
+                if acks.source is not None:
+                    acks._ack(record)
+                continue
             result.read += 1
             if isinstance(record, Reject):
                 result.rejected += 1
@@ -347,30 +439,62 @@ class Pipeline:
                 if acks.source is not None:
                     acks.after_dead_letter(record)
                 continue
-            await self.route(record.data, record.source, record.line,
-                             item=record if acks.source is not None else None)
+            if self.dispatcher is None:
+                await self.route(record.data, record.source, record.line,
+                                 item=record if acks.source is not None else None, spill=True)
+                continue
+            problem = check_event(record.data)
+            if problem:
+                self._map_failed(MapFailed(None, None, problem, stage="parse"), record.data,
+                                 record.source, record.line, None, None)
+                if acks.source is not None:
+                    acks.after_dead_letter(record)
+                continue
+            queued.append(record)
+        if queued:
+            await self._put_events(queued)
+        if self.dispatcher is not None and records:
+            await self._note_progress(records)
 
     async def route(self, event: dict, source: str, line: int, *, attempts: list | None = None,
-                    delivery_id: str | None = None, item: Event | None = None) -> None:
+                    delivery_id: str | None = None, item: Event | None = None,
+                    spill: bool = False) -> None:
         """Send an event to every output whose filters match it.
 
         ``delivery_id`` and ``attempts`` carry over from a dead-letter record (replay);
         ``item`` is the source's record, acknowledged once the event is settled.
+        ``spill``: when an output is failing with a full memory queue, switch to queue
+        mode (the event and what follows wait on disk) instead of waiting for it.
         """
         outcomes = route_and_map(event, self._routes, source, line, delivery_id=delivery_id,
                                  attempts=attempts)
         ticket = None if item is None else _Ticket(item)
+        spill = spill and self.queue is not None
+        took: list[str] = []  # outputs that have this event already (taken, or recorded)
         for outcome in outcomes:
             if type(outcome) is Delivery:
                 if ticket is not None:
                     ticket.left += 1
                     outcome.ticket = ticket
-                await self.engines[outcome.output].submit(outcome)
+                engine = self.engines[outcome.output]
+                if not await engine.submit(outcome, spill=spill):
+                    if ticket is not None:
+                        ticket.left -= 1
+                        outcome.ticket = None
+                    if await self._spill(event, source, line, took):
+                        break  # the event waits in the queue for the others
+                    spill = False
+                    if ticket is not None:
+                        ticket.left += 1
+                        outcome.ticket = ticket
+                    await engine.submit(outcome)  # no queue to wait on: wait for room
             elif isinstance(outcome, MapFailed):
                 self._map_failed(outcome, event, source, line, delivery_id, attempts)
                 if ticket is not None:
                     ticket.dead = True
             # NotRouted: no output takes it, and nothing is recorded
+            if outcome.output is not None:
+                took.append(outcome.output)
         if ticket is not None:
             self._acks.settle(ticket, False)  # the hold taken while submitting
 
@@ -395,12 +519,315 @@ class Pipeline:
             return
         self.result.map_failed += 1
         output = None if failed.whole_event else failed.output
+        engine = self.engines.get(output) if output is not None else None
+        if engine is not None:
+            # the alert's later events for this output follow it into the dead-letter file
+            engine.mark_dead(alert_key(event))
         shown = failed.reason if output is None else f"{output}: {failed.reason}"
         self._reject(source, line, shown,
                      event_record(event, stage="map", output=output, source=source, line=line,
                                   reason=failed.reason,
                                   delivery_id=delivery_id or make_delivery_id(event),
                                   attempts=attempts))
+
+    # -- the durable queue ---------------------------------------------------------
+
+    @property
+    def _queue(self) -> Queue:
+        """The queue, where the run has one (every caller below checked that)."""
+        assert self.queue is not None
+        return self.queue
+
+    async def _open_queue(self) -> None:
+        """Open the queue when the run needs it now: --durable, or a backlog left by an
+        earlier run (which is then delivered first). Otherwise it opens on the first
+        spill, so a run that never needs it leaves no file behind."""
+        if self.queue is None:
+            return
+        queue = self.queue
+        exists = queue.settings.url is not None or os.path.exists(queue.settings.path)
+        if self.resume and not exists:
+            raise QueueError(f"--resume: queue file {queue.settings.path} does not exist, and "
+                             f"it held where reading had reached (deleted, or another folder?); "
+                             f"run without --resume to read the inputs from the start")
+        if not (self.durable or exists):
+            return
+        await self._ensure_open()
+        status = await queue.status()
+        if status.depth:
+            self.result.backlog_found = status.depth
+            log.info("queue %s holds %d event%s left by an earlier run: delivering %s first",
+                     self.result.queue, status.depth, "" if status.depth == 1 else "s",
+                     "it" if status.depth == 1 else "them")
+        if getattr(self.source, "takes_inputs", False):
+            lines = {key[len("input:"):]: value for key, value in status.notes.items()
+                     if key.startswith("input:")}
+            if lines or self.resume:
+                self._resume_skip = _ResumeLines(lines, self.resume)
+        if self.durable or status.depth or self._refuse_reason is not None:
+            await self._enter_queue_mode()
+
+    async def _ensure_open(self) -> None:
+        if not self._queue_open:
+            await self._queue.open()
+            self._queue_open = True
+
+    async def _close_queue(self) -> None:
+        if self.dispatcher is not None:
+            try:
+                await self.dispatcher.stop()
+                status = await self._queue.status()
+                self.result.left_queued = status.depth
+                await self._save_failing()
+            except QueueError as exc:
+                log.error("error: %s", exc)
+        if self._queue_open:
+            self._queue_open = False
+            await self._queue.close()
+        if self.result.left_queued:
+            log.warning("%d event%s wait in the queue %s: the next `nwpipe run` with it delivers "
+                        "them first (`nwpipe queue status` shows them)", self.result.left_queued,
+                        "" if self.result.left_queued == 1 else "s", self.result.queue)
+
+    async def _save_failing(self) -> None:
+        """Notes for `nwpipe queue status`: since when each output is failing."""
+        notes = await self._queue.notes()
+        for name, engine in self.engines.items():
+            key = f"failing:{name}"
+            if engine.failing_since is not None:
+                if key not in notes:
+                    await self._queue.set_note(key, f"{engine.failing_since:.3f}")
+            elif key in notes:
+                await self._queue.set_note(key, None)
+
+    async def _spill(self, event: dict, source: str, line: int, took: list[str]) -> bool:
+        """An output is failing with a full memory queue: switch to queue mode. ``event``
+        is put in the queue for the outputs that did not take it yet (``took`` did).
+        False when the queue cannot be used: the caller waits for the output instead."""
+        full = [name for name, engine in self.engines.items() if engine.full_and_failing]
+        try:
+            await self._ensure_open()
+        except QueueError as exc:
+            # no disk to wait on: the run waits for the failing output instead
+            log.error("error: %s; reading waits for %s instead", exc, ", ".join(full))
+            self.queue = None
+            return False
+        for name in full:
+            log.warning("%s: failing, with its memory queue full (queue_size %d): from now on "
+                        "events wait in the queue %s and are delivered from it", name,
+                        self.engines[name].settings.queue_size, self.result.queue)
+        await self._enter_queue_mode(full, (event, source, line, frozenset(took)))
+        return True
+
+    async def _enter_queue_mode(self, move: Sequence[str] = (),
+                                then: tuple[dict, str, int, frozenset[str]] | None = None) -> None:
+        """Deliver from the queue from now on.
+
+        What the engines of ``move`` hold in memory is put in the queue first and stays
+        with them, tracked by position (their feeds start after it; the other outputs
+        pass over it). ``then`` is an event to put after it, which the outputs it names
+        already took in memory.
+        """
+        for engine in self.engines.values():
+            # a shutdown leaves queued events in the queue (but `queue drain
+            # --dead-letter` is there to move them to the dead-letter file)
+            engine.keep_queued = self._refuse_reason is None
+            engine.on_settled = self._settled
+        moved = [(name, d) for name in move for d in self.engines[name].held()]
+        for _name, d in moved:
+            # settled while the put runs: _settled notes it (and acknowledges the source)
+            self._moving[id(d)] = d.ticket
+            d.ticket = _MOVING
+        items = [(d.key, orjson.dumps(d.event), f"{d.source}:{d.line}") for _n, d in moved]
+        positions = (await self._put(items, force=True) or []) if items else []
+        for _name, d in moved:
+            # on disk now: as far as the source is concerned, this delivery is done
+            origin = self._moving.pop(id(d), None)
+            if origin.__class__ is _Ticket:
+                self._acks.settle(origin, False)
+        event_pos: Pos | None = None
+        if then is not None:
+            event, source, line, _took = then
+            put = await self._put([(event["id"], orjson.dumps(event), f"{source}:{line}")],
+                                  force=True)
+            event_pos = put[0] if put else None
+        queue = self._queue
+        names = set(self.engines)
+        others = frozenset(self.config.outputs) - names
+        self.dispatcher = dispatcher = Dispatcher(queue, self.engines, handle=self._feed_event,
+                                                  flush=self.dead_letter.flush, others=others)
+        await dispatcher.load()
+        # every moved entry: its own output tracks it, the others pass over it
+        placed = sorted(((shard_of(d.key, queue.shards), pos), name, d)
+                        for (name, d), pos in zip(moved, positions))
+        for (shard, pos), name, d in placed:
+            for feed in dispatcher.feeds.values():
+                if feed.name == name and d.ticket is not _SETTLED:
+                    d.ticket = (shard, pos)
+                    feed.taken(shard, pos)
+                else:
+                    feed.passed(shard, pos)
+                feed.cursor[shard] = pos
+        if then is not None and event_pos is not None:
+            shard = shard_of(then[0]["id"], queue.shards)
+            for name in then[3]:
+                feed = dispatcher.feeds[name]
+                feed.passed(shard, event_pos)
+                feed.cursor[shard] = event_pos
+        if self._engines_started:
+            dispatcher.start()  # else execute() starts it once the engines run
+
+    def _settled(self, batch: list[Delivery], dead: bool) -> None:
+        """Queue mode's engine callback: queued deliveries advance their output's mark;
+        those read before queue mode acknowledge the source as before."""
+        acks = self._acks
+        for delivery in batch:
+            ticket = delivery.ticket
+            if ticket is _MOVING:
+                delivery.ticket = _SETTLED
+                ticket = self._moving.pop(id(delivery), None)
+            if ticket.__class__ is _Ticket:
+                acks.settle(ticket, dead)
+        if self.dispatcher is not None:
+            self.dispatcher.settled(batch)
+
+    async def _put(self, items: list[tuple[str, bytes, str]],
+                   force: bool = False) -> list[Pos] | None:
+        """Put events in the queue; while it is full (queue.max_bytes), reading waits.
+
+        A stop (a signal) while waiting dead-letters what could not be put, unless
+        ``force`` (what is put there is already held by an engine).
+        """
+        while True:
+            try:
+                positions = await self._queue.put(items)
+            except QueueFull as exc:
+                if self._stop.is_set() and not force:
+                    why = "not queued: the queue was full when nwpipe was stopped"
+                    for _alert, data, origin in items:
+                        source, _sep, line = origin.rpartition(":")
+                        self._reject(source, int(line), why, event_record(
+                            orjson.loads(data), stage="deliver", output=None, source=source,
+                            line=int(line), reason=why))
+                    return None
+                if not self._full_logged:
+                    self._full_logged = True
+                    log.warning("%s: reading waits until deliveries make room", exc)
+                started = time.perf_counter()
+                if self.dispatcher is not None:
+                    await self.dispatcher.wait_for_room(1.0)
+                else:
+                    await asyncio.sleep(0.5)
+                self.result.waited_for_room += time.perf_counter() - started
+                continue
+            self.result.put += len(items)
+            return positions
+
+    async def _put_events(self, records: list[Event]) -> None:
+        """Queue mode: commit events to the queue; each is then done for the source."""
+        items = [(r.data["id"], orjson.dumps(r.data), f"{r.source}:{r.line}") for r in records]
+        positions = await self._put(items)
+        acks = self._acks
+        if positions is None:  # stopped while the queue was full: dead-lettered instead
+            if acks.source is not None:
+                for record in records:
+                    acks.after_dead_letter(record)
+            return
+        if acks.source is not None:
+            for record in records:
+                acks._ack(record)
+
+    async def _note_progress(self, records: Sequence[Event | Reject]) -> None:
+        """Queue mode, file inputs: how far each input is committed (for --resume)."""
+        if not getattr(self.source, "takes_inputs", False):
+            return
+        last: dict[str, int] = {}
+        for record in records:
+            last[record.source] = record.line
+        for name, line in last.items():
+            if name != "<stdin>":
+                try:
+                    await self._queue.set_note("input:" + os.path.abspath(name),
+                                              orjson.dumps({"line": line}).decode())
+                except QueueError as exc:
+                    log.error("error: %s", exc)
+
+    def _feed_event(self, feed: Feed, entry: Entry, event: dict, source: str,
+                    line: int) -> Delivery | None:
+        """Route and map a queued event for one output (the dispatcher's step)."""
+        for outcome in route_and_map(event, self._routes, source, line):
+            if isinstance(outcome, MapFailed) and (outcome.whole_event or outcome.output is None):
+                if feed.name == self._first_output:  # one record for the event, not one each
+                    self._map_failed(outcome, event, source, line, None, None)
+                return None
+            if outcome.output != feed.name:
+                continue
+            if type(outcome) is Delivery:
+                return outcome
+            if isinstance(outcome, MapFailed):
+                self._map_failed(outcome, event, source, line, None, None)
+            return None
+        return None
+
+    async def _input_ended(self) -> None:
+        """The input has ended (or a stop): finish queue mode.
+
+        Each feed reads its shards to the end. With ``keep_queue``, once only failing
+        outputs hold events, they stop and their events stay in the queue; otherwise
+        their retry budget decides (delivered, or dead-lettered when it is spent).
+        """
+        if self.keep_queue and not self._stop.is_set():
+            await self._until_only_failing_hold_events()
+        if self.dispatcher is None:
+            return
+        self.dispatcher.input_ended()
+        if self._stop.is_set():
+            await self.dispatcher.stop_feeds()
+            return
+        stopped = asyncio.ensure_future(self._stop.wait())
+        feeds = asyncio.ensure_future(self.dispatcher.feeds_done())
+        try:
+            await asyncio.wait([stopped, feeds], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            feeds.cancel()
+        await self.dispatcher.stop_feeds()
+
+    async def _until_only_failing_hold_events(self) -> None:
+        """--keep-queue: wait until every output is done or failing; then leave what the
+        failing ones hold in the queue."""
+        if self.dispatcher is not None:
+            self.dispatcher.input_ended()
+        failing: list[str] = []
+        while not self._stop.is_set():
+            busy = False
+            failing = []
+            for name, engine in self.engines.items():
+                feed = self.dispatcher.feeds[name] if self.dispatcher is not None else None
+                idle = engine.backlog == 0 and (feed is None or feed.done)
+                if engine.failing and not idle:
+                    failing.append(name)
+                elif not idle:
+                    busy = True
+            if not busy:
+                break
+            await asyncio.sleep(0.1)
+        if not failing or self._stop.is_set():
+            return
+        untracked = [n for n in failing
+                     if any(d.ticket.__class__ is not tuple for d in self.engines[n].held())]
+        if untracked and self.dispatcher is None and self.queue is not None:
+            await self._ensure_open()
+            await self._enter_queue_mode(untracked)
+        for name in failing:
+            engine = self.engines[name]
+            if self.dispatcher is not None:
+                await self.dispatcher.stop_feed(name)
+            await engine.abandon("not delivered: the output was failing when the input ended "
+                                 "(--keep-queue keeps only what is in the queue)")
+        log.warning("--keep-queue: %s failing; what %s hold%s stays in the queue %s",
+                    ", ".join(failing), "they" if len(failing) > 1 else "it",
+                    "" if len(failing) > 1 else "s", self.result.queue)
 
     def _reject(self, source: str, line: int, reason: str, dead_record: dict) -> None:
         self.dead_letter.write((dead_record,))
@@ -413,6 +840,42 @@ class Pipeline:
         if hidden > 0:
             log.warning("... and %d more rejected event%s, all in %s", hidden,
                         "" if hidden == 1 else "s", self.dead_letter.path)
+
+
+#: tickets of deliveries being moved under the queue's tracking (see _enter_queue_mode)
+_MOVING = "moving"
+_SETTLED = "settled"
+
+
+class _ResumeLines(dict):
+    """Per input name, the line an earlier durable run committed it up to (from the
+    queue's notes); 0 unless ``resume``. Says once per input what it found."""
+
+    def __init__(self, notes: dict[str, str], resume: bool):
+        super().__init__()
+        self.notes = notes
+        self.resume = resume
+
+    def __missing__(self, name: str) -> int:
+        line = 0
+        value = self.notes.get(os.path.abspath(name)) if name != "<stdin>" else None
+        if value is not None:
+            try:
+                line = int(orjson.loads(value)["line"])
+            except (ValueError, KeyError, TypeError):
+                line = 0
+        if not self.resume:
+            if line:
+                log.info("%s: an earlier durable run committed it up to line %d; it is read "
+                         "again from the start (--resume continues after that line)", name, line)
+            line = 0
+        elif line:
+            log.info("%s: resuming after line %d (committed by an earlier run)", name, line)
+        else:
+            log.warning("--resume: the queue has no record of %s; it is read from the start",
+                        name)
+        self[name] = line
+        return line
 
 
 class _Ticket:
@@ -494,6 +957,12 @@ class _Acks:
             self._ack(item)
 
 
+def alert_key(event: dict) -> str:
+    """The ordering key of an event's deliveries (see :attr:`Delivery.key`)."""
+    value = event.get("id")
+    return value if isinstance(value, str) else repr(value)
+
+
 def build_outputs(config: Config, names: Iterable[str] | None = None) -> dict:
     """Instantiate the configured outputs (all, or ``names``); nothing is opened yet."""
     wanted = config.outputs if names is None else names
@@ -502,13 +971,16 @@ def build_outputs(config: Config, names: Iterable[str] | None = None) -> dict:
 
 def run(config: Config, router: Router, paths: list[str], *, dead_letter_path: str | None = None,
         shutdown_timeout: float | None = None, progress: bool = False,
-        reloader=None) -> RunResult:
+        queue_path: str | None = None, durable: bool = False, keep_queue: bool = False,
+        resume: bool = False, reloader=None) -> RunResult:
     """Run the pipeline to the end of the source (or a signal); returns what happened.
 
     The source is the config's ``[source]`` (default: the files source reading ``paths``
     in order, ``"-"`` or nothing for stdin). ``progress``: show a live status line on
-    stderr (see :mod:`nwpipe.commands.progress`). ``reloader``: a
-    :class:`nwpipe.engine.reload.Reloader`, to reload the config on SIGHUP.
+    stderr (see :mod:`nwpipe.commands.progress`). ``queue_path`` overrides ``[queue]
+    path``; ``durable`` (or ``[queue] durable``) commits every event to the queue before
+    delivering it; ``keep_queue`` and ``resume``: see :class:`Pipeline`.
+    ``reloader``: a :class:`nwpipe.engine.reload.Reloader`, to reload the config on SIGHUP.
     """
     # spill: records the file cannot take (disk full) are printed on stderr, never lost
     dead_letter = DeadLetterFile(dead_letter_path or config.dead_letter, spill=True)
@@ -517,7 +989,10 @@ def run(config: Config, router: Router, paths: list[str], *, dead_letter_path: s
     tune_gc()
     try:
         pipeline = Pipeline(config, router, build_outputs(config), dead_letter=dead_letter,
-                            shutdown_timeout=shutdown_timeout, progress=make_progress(progress))
+                            shutdown_timeout=shutdown_timeout, progress=make_progress(progress),
+                            queue=make_queue(config, queue_path),
+                            durable=durable or config.queue.durable, keep_queue=keep_queue,
+                            resume=resume)
         pipeline.reloader = reloader
         result = event_loop_run(pipeline.run(source))
     finally:
@@ -525,6 +1000,16 @@ def run(config: Config, router: Router, paths: list[str], *, dead_letter_path: s
     result.dead_letters_on_stderr = dead_letter.spilled
     result.dead_letter_error = dead_letter.error
     return result
+
+
+def make_queue(config: Config, path: str | None = None) -> Queue:
+    """The configured queue (unopened); ``path`` overrides ``[queue] path``."""
+    from dataclasses import replace
+
+    from nwpipe.queue import create_queue
+
+    settings = config.queue if path is None else replace(config.queue, path=path)
+    return create_queue(settings)
 
 
 def make_progress(enabled: bool):

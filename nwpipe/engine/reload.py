@@ -253,7 +253,7 @@ def apply(pipeline: Pipeline, config: Config, router: Router, changes: Plan,
     """
     old = dict(pipeline.engines)
     settled = _settled_callback(pipeline)
-    keep_queued = any(getattr(e, "keep_queued", False) for e in old.values())
+    keep_queued = any(e.keep_queued for e in old.values())
     engines: dict[str, DeliveryEngine] = {}
     for name in config.outputs:
         engines[name] = old[name] if name in changes.unchanged else started[name]
@@ -266,6 +266,7 @@ def apply(pipeline: Pipeline, config: Config, router: Router, changes: Plan,
     pipeline.router = router
     pipeline._by_name = {route.name: route for route in router.routes}
     pipeline._routes = [route for route in router.routes if route.name in engines]
+    pipeline._first_output = next(iter(engines), None)
     for name in changes.changed:
         successor = engines[name]
         moved = old[name].hand_over(successor)  # the two engines share their counters
@@ -282,31 +283,17 @@ def apply(pipeline: Pipeline, config: Config, router: Router, changes: Plan,
 def _swap_feeds(pipeline: Pipeline, changes: Plan, engines: dict[str, DeliveryEngine]) -> None:
     """Queue mode: each output's feed reads the durable queue for the engine it now has.
 
-    A changed output's feed goes on from where it was, for the new engine. An added
-    output's feed starts where the furthest feed has read (it takes what no output had
-    read before the reload). A removed output's feed stops reading now; it keeps its
-    mark, so nothing it took leaves the queue before its old engine settled it, and is
-    dropped once that engine is done (see :meth:`Pipeline.retire`).
+    A changed output's feed goes on from where it was, for the new engine; an added
+    output gets a feed (see :meth:`Dispatcher.add_feed`). A removed output's feed is
+    stopped and dropped by :meth:`Pipeline.retire`, once its engine is done.
     """
-    dispatcher = getattr(pipeline, "dispatcher", None)
+    dispatcher = pipeline.dispatcher
     if dispatcher is None:
         return
-    from nwpipe.engine.dispatch import Feed
-
     for name in changes.changed:
         dispatcher.feeds[name].engine = engines[name]
-    for name in changes.removed:
-        feed = dispatcher.feeds.get(name)
-        if feed is not None:
-            feed.retired = True
     for name in changes.added:
-        feed = Feed(name, engines[name])
-        for shard in dispatcher.shards:
-            read = [f.cursor[shard] for f in dispatcher.feeds.values()
-                    if f.cursor.get(shard) is not None]
-            feed.start_at(shard, max(read) if read else None)
-        dispatcher.feeds[name] = feed
-        dispatcher.start_feed(feed)
+        dispatcher.add_feed(name, engines[name])
 
 
 def _settled_callback(pipeline: Pipeline):

@@ -26,7 +26,7 @@ import sys
 import zlib
 from dataclasses import dataclass
 from itertools import islice
-from typing import AsyncIterator, Callable, Iterable, Iterator
+from typing import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator
 
 import orjson
 
@@ -519,7 +519,9 @@ class Decoder:
                     long.escape = False
                     pos += 1
                     continue
-                stop = _STRING_BODY.match(buf, pos).end()
+                body = _STRING_BODY.match(buf, pos)
+                assert body is not None  # the pattern matches the empty string too
+                stop = body.end()
                 if stop < size and buf[stop] == _QUOTE:
                     long.in_string = False
                     pos = stop + 1
@@ -574,6 +576,7 @@ class Decoder:
                 pos += 1
             else:
                 token = _SCALAR.match(buf, pos)
+                assert token is not None  # a byte that is not space, "," or "]" starts one
                 if token.end() == size and not end:
                     start = pos  # the scalar may go on in the next piece
                     break
@@ -929,6 +932,7 @@ class Decoder:
                     return
                 continue
             match = _SCALAR.match(line, pos)
+            assert match is not None  # a byte that is not space, "," or "]" starts one
             token = match.group()
             try:
                 value = _loads(token)
@@ -1092,7 +1096,7 @@ def iter_chunks(path: str, chunk_size: int = 65536) -> Iterator[bytes]:
             close()
 
 
-async def _aiter_raw(path: str, chunk_size: int) -> AsyncIterator[bytes]:
+async def _aiter_raw(path: str, chunk_size: int) -> AsyncGenerator[bytes, None]:
     """Raw chunks of ``path`` without blocking the event loop on a slow pipe."""
     loop = asyncio.get_running_loop()
     # Opening a named pipe waits for its writer: do that off the loop.

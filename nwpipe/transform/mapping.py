@@ -73,9 +73,9 @@ import orjson
 
 from nwpipe import jsonio
 from nwpipe.errors import ConfigError, EventError
+from nwpipe.settings import Setting, did_you_mean, validate_settings
 from nwpipe.transform.jsonpaths import MISSING as _MISSING
 from nwpipe.transform.jsonpaths import compile_path
-from nwpipe.settings import Setting, did_you_mean, validate_settings
 from nwpipe.transform.templating import (
     UNDEFINED_MODES,
     compile_template_string,
@@ -206,7 +206,7 @@ class Mapping:
         return f"<Mapping {self.name!r}>"
 
     @classmethod
-    def identity(cls) -> "Mapping":
+    def identity(cls) -> Mapping:
         """The pass-through mapping: the body is the event itself."""
         return cls("(pass-through)", identity=True)
 
@@ -219,6 +219,7 @@ class Mapping:
                              f"{type(event).__name__}, not a JSON object")
         if self._body is not None:
             return self._apply_body(event)
+        assert self._apply_fields is not None  # set for every fields-mode mapping
         return self._apply_fields(event)
 
     # -- fields mode --
@@ -229,27 +230,32 @@ class Mapping:
             if len(parts) == 1:
                 out.pop(parts[0], None)
             else:
+                assert owned is not None  # a dotted path makes the mapping nested
                 _pop_path(out, parts, owned)
         for old, new, where in self._renames:
             if len(old) == 1:
                 value = out.pop(old[0], _MISSING)
             else:
+                assert owned is not None
                 value = _pop_path(out, old, owned)
             if value is _MISSING:
                 continue
             if len(new) == 1:
                 out[new[0]] = value
             else:
+                assert owned is not None
                 _set_path(out, new, value, owned, where)
 
     # -- body mode --
 
     def _apply_body(self, event: dict) -> Any:
+        render_event: Callable[[dict], str] | None
         template, render_event = self._body, self._body_render
         if self.template_name is not None and self._body_env is not None:
             customer = event.get("customer")
             if type(customer) is str and customer:
                 template, render_event = self._customer_body(customer)
+        assert template is not None and render_event is not None  # set in body mode
         try:
             text = render_event(event)
         except Exception as exc:
@@ -265,9 +271,12 @@ class Mapping:
                              f"{jsonio.MAX_DEPTH} levels")
         return body
 
-    def _customer_body(self, customer: str) -> tuple[jinja2.Template, Callable[[dict], str]]:
+    def _customer_body(self, customer: str
+                       ) -> tuple[jinja2.Template | None, Callable[[dict], str] | None]:
         found = self._by_customer.get(customer)
         if found is None:
+            # _apply_body checks both before it calls here
+            assert self._body_env is not None and self.template_name is not None
             try:
                 template = customer_template(self._body_env, self.template_name, customer)
                 if template is None:
@@ -638,7 +647,7 @@ class _Compiler:
             parent = {"fields": {}, "drop": {}, "rename": {}, "keep": None,
                       "omit_missing": None, "undefined": None, "template": None, "body": None,
                       "explicit": set(), "vars": {}}
-        merged = {
+        merged: dict[str, Any] = {
             "vars": {**parent["vars"], **self.vars(settings["vars"], f"{key}.vars")},
             "fields": dict(parent["fields"]),
             "drop": dict(parent["drop"]),

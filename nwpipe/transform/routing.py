@@ -64,8 +64,8 @@ class Router:
         needs_jinja = bool(config.mappings) or any(o.when for o in config.outputs.values())
         env = None
         if needs_jinja:
-            from nwpipe.transform.mapping import compile_mappings
             from nwpipe.transform.limits import RenderLimits
+            from nwpipe.transform.mapping import compile_mappings
             from nwpipe.transform.templating import compile_condition, make_environment
 
             limits = RenderLimits(config.template_time_limit, config.template_max_bytes)

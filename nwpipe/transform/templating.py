@@ -459,7 +459,7 @@ def _check_replace(text: Any, old: Any, new: Any, limits: RenderLimits) -> None:
         check_size(len(text) + count * (len(new) - len(old)), limits, "the replaced text")
 
 
-def _bounded_filters(filters: Mapping[str, Callable], env: "Sandbox") -> dict[str, Callable]:
+def _bounded_filters(filters: Mapping[str, Callable], env: Sandbox) -> dict[str, Callable]:
     """Jinja's filters whose arguments are output sizes, checked against the limits."""
     wrapped: dict[str, Callable] = {}
 
@@ -475,27 +475,26 @@ def _bounded_filters(filters: Mapping[str, Callable], env: "Sandbox") -> dict[st
             checked.jinja_pass_arg = original.jinja_pass_arg  # type: ignore[attr-defined]
         return checked
 
-    original_format = filters.get("format")
-    original_replace = filters.get("replace")
-
-    def formatting(value: Any, *args: Any, **kwargs: Any) -> Any:
-        if isinstance(value, str):
-            _check_format(value, env.limits)
-        return original_format(value, *args, **kwargs)
-
-    def replacing(*args: Any, **kwargs: Any) -> Any:
-        # Jinja's replace takes the evaluation context first
-        if len(args) >= 4:
-            _check_replace(args[1], args[2], args[3], env.limits)
-        return original_replace(*args, **kwargs)
-
     for name in ("center", "indent", "wordwrap"):
         if name in filters:
             wrapped[name] = sizes(name)
+    original_format = filters.get("format")
     if original_format is not None:
+        def formatting(value: Any, *args: Any, **kwargs: Any) -> Any:
+            if isinstance(value, str):
+                _check_format(value, env.limits)
+            return original_format(value, *args, **kwargs)
+
         wrapped["format"] = formatting
+    original_replace = filters.get("replace")
     if original_replace is not None:
-        replacing.jinja_pass_arg = original_replace.jinja_pass_arg  # type: ignore
+        def replacing(*args: Any, **kwargs: Any) -> Any:
+            # Jinja's replace takes the evaluation context first
+            if len(args) >= 4:
+                _check_replace(args[1], args[2], args[3], env.limits)
+            return original_replace(*args, **kwargs)
+
+        replacing.jinja_pass_arg = original_replace.jinja_pass_arg  # type: ignore[attr-defined]
         wrapped["replace"] = replacing
     return wrapped
 
@@ -747,8 +746,8 @@ def event_renderer(template: jinja2.Template, source: str | None = None,
 
     Gives exactly ``render(template, template_variables(event, globals_, vars_))``
     (``globals_`` defaults to the environment's; ``vars_`` must be among them, so that a
-    template naming one takes the general way below). ``source`` is the template's text; without it the
-    text is read through the environment's loader, for a template file.
+    template naming one takes the general way below). ``source`` is the template's text;
+    without it the text is read through the environment's loader, for a template file.
 
     Most templates name no Jinja global (``range``, ``namespace``, ...): those render
     with the event itself as the variables, plus ``event`` when they name it, instead
@@ -775,6 +774,7 @@ def event_renderer(template: jinja2.Template, source: str | None = None,
     name = template.name
     blocks = template.blocks
     context_class = env.context_class
+    assert source is not None  # only a template whose text is known gets here
     wants_event = "event" in {node.name for node in env.parse(source).find_all(nodes.Name)}
     limits = _limits_of(env)
 
@@ -782,7 +782,8 @@ def event_renderer(template: jinja2.Template, source: str | None = None,
         # The event is the context's read-only parent (templates run in the immutable
         # sandbox); `event` goes in the context's own variables, which win over the
         # parent, just as it wins over an event field of that name otherwise.
-        context = context_class(env, event, name, blocks)
+        # Jinja annotates the parent as a dict but only reads it as a mapping
+        context = context_class(env, event, name, blocks)  # type: ignore[arg-type]
         if wants_event:
             context.vars["event"] = event
         return guarded_join(root(context), limits)

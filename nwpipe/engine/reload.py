@@ -19,8 +19,12 @@ either wholly by the old config or wholly by the new one:
   read from now on;
 - mappings, ``customers`` and ``when`` apply to every event routed from now on.
 
-Settings of the process itself (``[source]``, ``dead_letter``, ``max_line_bytes``) take
-effect at the next start; a reload that changes them says so.
+In queue mode (:mod:`nwpipe.engine.dispatch`) events wait in the queue unmapped: each
+output's feed routes and maps them with the config in force when it reads them.
+
+Settings of the process itself (``[source]``, ``dead_letter``, ``max_line_bytes``,
+``[queue]``, ``shutdown_timeout``) take effect at the next start; a reload that changes
+them says so.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("nwpipe")
 
 #: top-level settings a running process keeps until its next start
-RESTART_ONLY = ("source", "dead_letter", "max_line_bytes")
+RESTART_ONLY = ("source", "dead_letter", "max_line_bytes", "queue", "shutdown_timeout")
 
 
 @dataclass

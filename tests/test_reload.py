@@ -283,8 +283,11 @@ version = "{{ 'VERSION' }}"
     run = await runs(tmp_path, "run", "-c", str(config), "--pid-file", str(pid_path))
     await run.send(events(0, 1))
     await wait_until(pid_path.exists, "the PID file")
-    await reload_to(config, body.replace("VERSION", "two"), run, pid_path)
+    await reload_to(config, 'dead_letter = "elsewhere.jsonl"\n' + body.replace("VERSION", "two"),
+                    run, pid_path)
     assert any("unchanged: out" in line for line in run.stderr), run.stderr
+    assert "nwpipe: reload: 'dead_letter' changed; it takes effect at the next start" \
+        in run.stderr
     await run.send(events(1, 1))
     assert await run.finish() == 0, "\n".join(run.stderr)
     lines = [json.loads(line) for line in run.stdout.splitlines()]

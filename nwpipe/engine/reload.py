@@ -195,9 +195,13 @@ class Reloader:
             config, router = self.load()
             where = config.file or "the built-in default config"
             changes = plan(pipeline.config, config)
+            # validated like `check` does, started only where this process delivers
             outputs = {name: config.outputs[name].create()
                        for name in (*changes.changed, *changes.added)}
             check_tests(config, router)
+            delivers = bool(pipeline.engines) or not pipeline.config.outputs
+            if not delivers:  # intake only (--no-deliver): the outputs are not started
+                outputs = {}
         except NwpipeError as exc:
             self.refused += 1
             for line in problem_lines(exc):
@@ -214,7 +218,10 @@ class Reloader:
                 await engine.close()
             log.warning("reload not applied: nwpipe is finishing")
             return False
-        apply(pipeline, config, router, changes, engines)
+        if delivers:
+            apply(pipeline, config, router, changes, engines)
+        else:
+            pipeline.router = router
         self.applied += 1
         for key in restart_only_changes(pipeline.config, config):
             log.warning("reload: '%s' changed; it takes effect at the next start", key)

@@ -408,3 +408,22 @@ async def test_sighup_as_soon_as_the_pid_file_exists_reloads(tmp_path, runs):
     await run.send(events(0, 1))
     assert await run.finish() == 0, "\n".join(run.stderr)
     assert len((tmp_path / "a.jsonl").read_text().splitlines()) == 3
+
+
+async def test_an_output_that_cannot_open_refuses_the_reload(tmp_path, runs):
+    """`check` passes, but the changed output cannot start: the reload is refused and
+    the old output goes on (nothing is half applied)."""
+    config = tmp_path / "nwpipe.toml"
+    config.write_text('[outputs.a]\ntype = "file"\npath = "a.jsonl"\n')
+    pid_path = tmp_path / "nwpipe.pid"
+    run = await runs(tmp_path, "run", "-c", str(config), "--pid-file", str(pid_path))
+    await wait_until(pid_path.exists, "the PID file")
+    await reload_to(config, '[outputs.a]\ntype = "file"\npath = "/dev/null/sub/a.jsonl"\n'
+                    '[outputs.b]\ntype = "file"\npath = "b.jsonl"\n', run, pid_path,
+                    outcome="reload refused")
+    assert "nwpipe: error: outputs.a: cannot start: NotADirectoryError: [Errno 20] Not a " \
+           "directory: '/dev/null/sub'" in run.stderr
+    await run.send(events(0, 1))
+    assert await run.finish() == 0, "\n".join(run.stderr)
+    assert len((tmp_path / "a.jsonl").read_text().splitlines()) == 3
+    assert not (tmp_path / "b.jsonl").exists()

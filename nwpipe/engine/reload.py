@@ -23,8 +23,8 @@ In queue mode (:mod:`nwpipe.engine.dispatch`) events wait in the queue unmapped:
 output's feed routes and maps them with the config in force when it reads them.
 
 Settings of the process itself (``[source]``, ``dead_letter``, ``max_line_bytes``,
-``[queue]``, ``shutdown_timeout``) take effect at the next start; a reload that changes
-them says so.
+``[queue]``, ``shutdown_timeout``, ``[serve]``) take effect at the next start; a reload
+that changes them says so.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("nwpipe")
 
 #: top-level settings a running process keeps until its next start
-RESTART_ONLY = ("source", "dead_letter", "max_line_bytes", "queue", "shutdown_timeout")
+RESTART_ONLY = ("source", "dead_letter", "max_line_bytes", "queue", "shutdown_timeout", "serve")
 
 
 @dataclass

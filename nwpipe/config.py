@@ -31,6 +31,7 @@ from nwpipe.queue.base import (
 )
 from nwpipe.settings import Setting, did_you_mean, validate_settings
 from nwpipe.sources.base import DEFAULT_SOURCE, Source
+from nwpipe.sources.serve_settings import ServeSettings, build_serve_settings
 
 #: where the config comes from when ``-c`` is not given
 ENV_CONFIG = "NWPIPE_CONFIG"
@@ -123,6 +124,7 @@ class Config:
     mappings: dict[str, dict] = field(default_factory=dict)
     templates: list[Path] = field(default_factory=list)
     dead_letter: str = DEFAULT_DEAD_LETTER
+    serve: ServeSettings = field(default_factory=ServeSettings)
     max_line_bytes: int = 1 << 20
     shutdown_timeout: float = 10.0
     tests: list[dict] = field(default_factory=list)
@@ -153,6 +155,7 @@ TOP_LEVEL = {
     "outputs": Setting(dict, default={}, help="where events go: [outputs.NAME] tables"),
     "mappings": Setting(dict, default={}, help="how events are reshaped: [mappings.NAME] tables"),
     "defaults": Setting(dict, default={}, help="settings shared by all outputs"),
+    "serve": Setting(dict, default=None, help="the HTTP intake of `nwpipe serve`: [serve] table"),
     "templates": Setting((list, str), default=[], help="folders searched for template files"),
     "dead_letter": Setting(str, default=None, help="the dead-letter file (JSON lines)"),
     "max_line_bytes": Setting(int, default=1 << 20, check=_positive,
@@ -324,6 +327,8 @@ def build_config(data: dict, output_types: dict[str, type[Output]], *, file: str
                               file=file)
         template_dirs.append(folder)
 
+    serve = build_serve_settings(top["serve"], file=file)
+
     mappings = top["mappings"]
     for name, table in mappings.items():
         if not isinstance(table, dict):
@@ -362,6 +367,7 @@ def build_config(data: dict, output_types: dict[str, type[Output]], *, file: str
         mappings=mappings,
         templates=template_dirs,
         dead_letter=dead_letter,
+        serve=serve,
         max_line_bytes=top["max_line_bytes"],
         shutdown_timeout=top["shutdown_timeout"],
         tests=tests,

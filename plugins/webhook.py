@@ -40,6 +40,7 @@ from yarl import URL
 
 from nwpipe import Delivered, Delivery, Failed, Output, Result, Setting, __version__, hookimpl
 from nwpipe.net.httputil import header_value_problem, printable
+from nwpipe.net.signature import check_signing_secret
 from nwpipe.net.tls import check_tls_files, client_context, tls_settings
 from nwpipe.settings import positive_seconds
 from nwpipe.webhook.checks import (
@@ -50,7 +51,6 @@ from nwpipe.webhook.checks import (
     check_no_line_break,
     check_path_segments,
     check_proxy,
-    check_signing_secret,
     check_url,
     check_username,
     parse_headers,

@@ -27,6 +27,17 @@ config: -c FILE, else $NWPIPE_CONFIG, else ./nwpipe.toml, else the built-in defa
 """
 
 
+SERVE_EPILOG = """\
+exit codes:
+  0    stopped by SIGTERM/SIGINT; every acknowledged event is delivered,
+       dead-lettered, or still in the queue for the next start
+  1    configuration or usage error, the address cannot be bound, or the queue
+       cannot be opened
+
+A 2xx answer means the events are committed to the durable queue.
+"""
+
+
 class _Parser(argparse.ArgumentParser):
     """Usage errors exit with 1, like every other error that reads nothing."""
 
@@ -97,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--shutdown-timeout", metavar="SECONDS", type=float,
                      help="on Ctrl-C/SIGTERM, seconds to finish in-flight deliveries "
                           "(default: the config's shutdown_timeout, else 10)")
+    run.add_argument("--metrics-listen", metavar="HOST:PORT",
+                     help="serve /healthz, /readyz and /metrics (Prometheus) on this address "
+                          "while the run lasts")
     _queue_option(run)
     run.add_argument("--durable", action="store_true",
                      help="commit every event read to the queue before delivering it: after a "
@@ -127,6 +141,34 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the PID file the running nwpipe was started with")
     _common(reload, suppress=True)
     reload.set_defaults(func=cmd_reload)
+
+    serve = sub.add_parser(
+        "serve", help="receive events over HTTP (Netography's webhook) and deliver them",
+        description="Listen for POSTed events (one JSON event as Netography sends it, a JSON "
+                    "array of events, or JSON lines), commit them to the durable queue, "
+                    "answer 2xx only then, and deliver them from the queue to every output "
+                    "whose filters match. Settings: the [serve] and [queue] tables. "
+                    "GET /healthz, /readyz and /metrics need no credentials. SIGTERM/SIGINT: "
+                    "new posts get 503, deliveries in flight get shutdown_timeout seconds, "
+                    "the rest stays queued for the next start; exit 0.",
+        epilog=SERVE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _config_option(serve)
+    serve.add_argument("--listen", metavar="HOST:PORT",
+                       help="address to listen on (default: [serve] listen, else 127.0.0.1:8080)")
+    serve.add_argument("--metrics-listen", metavar="HOST:PORT",
+                       help="serve /healthz, /readyz and /metrics on this address instead")
+    _queue_option(serve)
+    serve.add_argument("--dead-letter", metavar="PATH",
+                       help="dead-letter file (default: the config's dead_letter, else "
+                            "./nwpipe-dead-letter.jsonl)")
+    serve.add_argument("--shutdown-timeout", metavar="SECONDS", type=float,
+                       help="on SIGTERM/SIGINT, seconds to finish in-flight deliveries "
+                            "(default: the config's shutdown_timeout, else 10)")
+    serve.add_argument("--no-deliver", action="store_true",
+                       help="only receive and queue events; another process delivers them")
+    _pid_file_option(serve)
+    _common(serve, suppress=True)
+    serve.set_defaults(func=cmd_serve)
 
     replay = sub.add_parser(
         "replay", help="send the deliveries in a dead-letter file again",
@@ -169,6 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("path", nargs="?", default="nwpipe.toml", metavar="PATH",
                       help="file (or folder) to write (default: ./nwpipe.toml)")
     init.add_argument("--force", action="store_true", help="overwrite an existing file")
+    init.add_argument("--serve", action="store_true",
+                      help="also a [serve] section: receive Netography's webhook with "
+                           "`nwpipe serve` (and a [queue] with sync = \"full\")")
     _common(init, suppress=True)
     init.set_defaults(func=cmd_init)
 
@@ -376,6 +421,7 @@ def cmd_run(args) -> int:
     from nwpipe.commands.progress import wanted
     from nwpipe.engine.pipeline import run
     from nwpipe.sources.decode import check_inputs
+    from nwpipe.sources.serve_settings import check_listen
 
     plugins, config, router = load(args)
     source = config.source
@@ -383,13 +429,15 @@ def cmd_run(args) -> int:
         raise NwpipeError(f"source type '{source.type}' reads no files: remove the file "
                           f"arguments, or remove the [source] table to read files")
     check_inputs(args.files)
+    if args.metrics_listen is not None:
+        check_listen("--metrics-listen", args.metrics_listen)
     reloader = make_reloader(plugins, args)
     with pid_file(args.pid_file):
         result = run(config, router, args.files, dead_letter_path=args.dead_letter,
                      shutdown_timeout=args.shutdown_timeout,
                      progress=wanted(args.quiet, args.log_format), queue_path=args.queue,
                      durable=args.durable, keep_queue=args.keep_queue, resume=args.resume,
-                     reloader=reloader)
+                     metrics_listen=args.metrics_listen, reloader=reloader)
     log.info("%s", result.summary())
     return result.exit_code
 
@@ -411,6 +459,25 @@ def cmd_reload(args) -> int:
     log.info("sent SIGHUP to nwpipe (process %d): it reloads its config; its log says "
              "whether the new one was taken", pid)
     return 0
+
+
+def cmd_serve(args) -> int:
+    """Receive events over HTTP and deliver them."""
+    import dataclasses
+
+    from nwpipe.commands.pidfile import pid_file
+    from nwpipe.commands.serve import serve
+
+    plugins, config, router = load(args)
+    queue_settings = config.queue
+    if args.queue:
+        queue_settings = dataclasses.replace(queue_settings, path=args.queue)
+    reloader = make_reloader(plugins, args)
+    with pid_file(args.pid_file):
+        return serve(config, router, queue_settings, listen=args.listen,
+                     metrics_listen=args.metrics_listen, dead_letter_path=args.dead_letter,
+                     shutdown_timeout=args.shutdown_timeout, deliver=not args.no_deliver,
+                     reloader=reloader)
 
 
 def cmd_replay(args) -> int:
@@ -448,6 +515,8 @@ def cmd_check(args) -> int:
         if oc.when:
             parts.append(f"when {oc.when!r}")
         print(f"  {oc.name}: " + "; ".join(parts))
+    if config.serve.configured:
+        print(f"  [serve]: {config.serve.describe()}")
     if getattr(args, "probe", False):
         return probe(config, router)
     return 0
@@ -468,9 +537,12 @@ def cmd_init(args) -> int:
     """Write a starter config."""
     from nwpipe.commands.init import write_starter_config
 
-    path = write_starter_config(args.path, force=args.force)
+    path = write_starter_config(args.path, force=args.force, serve=args.serve)
     print(f"wrote {path}")
     print(f"next: set SOC_URL (or edit the url), then `nwpipe check --probe -c {path}`")
+    if args.serve:
+        print(f"then: set SERVE_PASSWORD, `nwpipe serve -c {path}`, and point the portal's "
+              "webhook at it")
     return 0
 
 

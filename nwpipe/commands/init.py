@@ -122,12 +122,51 @@ queue   = { value = "$SOC-L1" }
 '''
 
 
+#: written by ``nwpipe init --serve``, after the dead-letter line of STARTER_CONFIG
+SERVE_SECTION = '''
+# -----------------------------------------------------------------------------------
+# `nwpipe serve`: receive Netography's webhook directly. In the portal (Settings >
+# Response Integrations > Webhook) set URL to https://THIS-HOST:8443/netography and
+# Username/Password to the values below; nwpipe answers 2xx only once an event is in
+# the durable queue, and delivers it to the outputs below from there.
+# -----------------------------------------------------------------------------------
+[serve]
+listen = "0.0.0.0:8443"
+path   = "/netography"
+# The portal's Username and Password (authusername/authpassword work too). Set
+# SERVE_PASSWORD in the environment.
+username = "netography"
+password = "${SERVE_PASSWORD:-change-me}"
+# HTTPS: Netography posts over the internet, so give a certificate (PEM files).
+# tls_cert = "/etc/nwpipe/cert.pem"
+# tls_key  = "/etc/nwpipe/key.pem"
+# max_body_bytes = 1048576     # larger bodies get 413
+# metrics_listen = "127.0.0.1:9108"   # /healthz, /readyz, /metrics on their own port
+
+# The durable queue (a SQLite file). "full" makes every acknowledged event survive a
+# power cut too, not only a crash of nwpipe.
+[queue]
+path = "nwpipe-queue.db"
+sync = "full"
+'''
+
+
 class InitError(NwpipeError):
     """The starter config cannot be written where asked."""
 
 
-def write_starter_config(path: str | Path = DEFAULT_CONFIG_FILE, *, force: bool = False) -> Path:
-    """Write :data:`STARTER_CONFIG` to ``path`` and return where it went.
+def starter_config(serve: bool = False) -> str:
+    """The starter config; with ``serve``, with a ``[serve]`` and ``[queue]`` section."""
+    if not serve:
+        return STARTER_CONFIG
+    marker = 'dead_letter = "nwpipe-dead-letter.jsonl"\n'
+    return STARTER_CONFIG.replace(marker, marker + SERVE_SECTION, 1)
+
+
+def write_starter_config(path: str | Path = DEFAULT_CONFIG_FILE, *, force: bool = False,
+                         serve: bool = False) -> Path:
+    """Write :data:`STARTER_CONFIG` (with ``serve``: :func:`starter_config` for
+    ``nwpipe serve``) to ``path`` and return where it went.
 
     A folder gets ``nwpipe.toml`` inside it. An existing file is kept unless ``force``
     (InitError names it); a missing parent folder is an InitError too.
@@ -140,7 +179,7 @@ def write_starter_config(path: str | Path = DEFAULT_CONFIG_FILE, *, force: bool 
     try:
         # "x" refuses an existing file atomically: nothing is ever half-overwritten
         with open(target, "w" if force else "x", encoding="utf-8") as fh:
-            fh.write(STARTER_CONFIG)
+            fh.write(starter_config(serve))
     except FileExistsError:
         raise InitError(f"{target} already exists; use --force to overwrite it") from None
     except IsADirectoryError:

@@ -188,7 +188,8 @@ class _Replayer:
             where = 0
         pipeline = self.pipeline
 
-        if stage == "parse":
+        # an intake record is a piece of a request body that `nwpipe serve` refused
+        if stage in ("parse", "intake"):
             events = self._parse_again(record, source, where)
             if isinstance(events, str):
                 self._stay(line, number, f"still not a valid event: {events}")

@@ -103,12 +103,14 @@ def event_record(event: dict, *, stage: str, output: str | None, source: str, li
     }
 
 
-def raw_record(raw: str, *, source: str, line: int, reason: str) -> dict[str, Any]:
-    """A record for input that is not a usable event (the raw text is kept)."""
+def raw_record(raw: str, *, source: str, line: int, reason: str,
+               stage: str = "parse") -> dict[str, Any]:
+    """A record for input that is not a usable event (the raw text is kept); ``stage``
+    is ``intake`` for a piece of a request body that ``nwpipe serve`` refused."""
     return {
         "nwpipe_dead_letter": RECORD_VERSION,
         "time": utc_now(),
-        "stage": "parse",
+        "stage": stage,
         "output": None,
         "source": source,
         "line": line,

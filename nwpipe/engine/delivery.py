@@ -181,6 +181,8 @@ class DeliveryEngine:
         self._resume_at = settings.queue_size - max(1, settings.queue_size // 4)
         self._wake = asyncio.Event()  # set when the backoff waits should end (shutdown cut short)
         self._flush = asyncio.Event()  # set when no more input comes: send partial batches now
+        #: called with the seconds from a batch's first attempt to its delivery (metrics)
+        self.on_delivered: Callable[[float], None] | None = None
         # A config reload hands this engine's waiting deliveries to a successor: the
         # predecessor's batches still in flight hold back the lanes they share (see
         # hand_over), parked here until it is done with them.
@@ -432,6 +434,7 @@ class DeliveryEngine:
         loop = asyncio.get_running_loop()
         attempt = 0
         successes = self._successes
+        started = loop.time()
         while True:
             if self._spent:
                 # The budget is spent: what waits is dead-lettered, with one probe at
@@ -464,6 +467,8 @@ class DeliveryEngine:
                 if self._state.failing:
                     self._recovered(loop.time())
                 self.stats.delivered += len(batch)
+                if self.on_delivered is not None:
+                    self.on_delivered(loop.time() - started)
                 if self.on_settled is not None:
                     self.on_settled(batch, False)
                 return

@@ -247,6 +247,11 @@ class Pipeline:
         """True once reading should stop (a signal, or an output gone for good)."""
         return self._stop.is_set()
 
+    async def stopped(self) -> None:
+        """Return once reading should stop (a signal, or an output gone for good): for a
+        feed that takes events until then (``nwpipe serve``)."""
+        await self._stop.wait()
+
     def stop(self, signum: int | None = None) -> None:
         """Stop reading. With a signal, dead-letter what is not in flight yet; a second
         signal cuts the wait for the deliveries in flight short."""
@@ -972,7 +977,8 @@ def build_outputs(config: Config, names: Iterable[str] | None = None) -> dict:
 def run(config: Config, router: Router, paths: list[str], *, dead_letter_path: str | None = None,
         shutdown_timeout: float | None = None, progress: bool = False,
         queue_path: str | None = None, durable: bool = False, keep_queue: bool = False,
-        resume: bool = False, reloader=None) -> RunResult:
+        resume: bool = False, metrics_listen: str | None = None,
+        reloader=None) -> RunResult:
     """Run the pipeline to the end of the source (or a signal); returns what happened.
 
     The source is the config's ``[source]`` (default: the files source reading ``paths``
@@ -980,6 +986,7 @@ def run(config: Config, router: Router, paths: list[str], *, dead_letter_path: s
     stderr (see :mod:`nwpipe.commands.progress`). ``queue_path`` overrides ``[queue]
     path``; ``durable`` (or ``[queue] durable``) commits every event to the queue before
     delivering it; ``keep_queue`` and ``resume``: see :class:`Pipeline`.
+    ``metrics_listen``: ``HOST:PORT`` where /healthz, /readyz and /metrics answer meanwhile.
     ``reloader``: a :class:`nwpipe.engine.reload.Reloader`, to reload the config on SIGHUP.
     """
     # spill: records the file cannot take (disk full) are printed on stderr, never lost
@@ -994,12 +1001,29 @@ def run(config: Config, router: Router, paths: list[str], *, dead_letter_path: s
                             durable=durable or config.queue.durable, keep_queue=keep_queue,
                             resume=resume)
         pipeline.reloader = reloader
-        result = event_loop_run(pipeline.run(source))
+        if metrics_listen is None:
+            result = event_loop_run(pipeline.run(source))
+        else:
+            result = event_loop_run(with_metrics(pipeline, source, metrics_listen))
     finally:
         dead_letter.close()
     result.dead_letters_on_stderr = dead_letter.spilled
     result.dead_letter_error = dead_letter.error
     return result
+
+
+async def with_metrics(pipeline: Pipeline, source, listen: str) -> RunResult:
+    """Run ``pipeline`` on ``source`` with the operations endpoints on ``listen`` meanwhile."""
+    from nwpipe.engine.metrics import Metrics
+    from nwpipe.net.ops import start_ops_server
+
+    metrics = Metrics()
+    metrics.watch_pipeline(pipeline.result, pipeline.engines, pipeline.dead_letter)
+    runner = await start_ops_server(listen, metrics)
+    try:
+        return await pipeline.run(source)
+    finally:
+        await runner.cleanup()
 
 
 def make_queue(config: Config, path: str | None = None) -> Queue:

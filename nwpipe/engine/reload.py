@@ -281,6 +281,7 @@ def apply(pipeline: Pipeline, config: Config, router: Router, changes: Plan,
     for name in changes.changed:
         successor = engines[name]
         moved = old[name].hand_over(successor)  # the two engines share their counters
+        successor.on_delivered = old[name].on_delivered  # its latency metric goes on
         successor.take(_map_again(pipeline, moved, pipeline._by_name[name], successor))
     _swap_feeds(pipeline, changes, engines)
     for name in changes.changed:

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 from typing import Callable
 from urllib.parse import unquote
 
@@ -167,27 +165,6 @@ def check_proxy(value: str) -> str:
         raise ValueError("proxy is not a valid URL") from None
     if url.scheme not in ("http", "https") or not url.host:
         raise ValueError("proxy must be an http:// or https:// URL with a host")
-    return value
-
-
-def signing_key(secret: str) -> bytes:
-    """The HMAC key of a Standard Webhooks secret: base64 after an optional ``whsec_``."""
-    raw = secret.strip()
-    if raw.startswith("whsec_"):
-        raw = raw[len("whsec_"):]
-    raw += "=" * (-len(raw) % 4)
-    try:
-        key = base64.b64decode(raw, validate=True)
-    except (binascii.Error, ValueError):
-        raise ValueError("signing_secret must be 'whsec_' followed by base64") from None
-    if not key:
-        raise ValueError("signing_secret is empty")
-    return key
-
-
-def check_signing_secret(value: str) -> str:
-    """The ``signing_secret`` setting: see :func:`signing_key`."""
-    signing_key(value)
     return value
 
 

@@ -6,15 +6,15 @@ from __future__ import annotations
 import base64
 import gzip
 import hashlib
-import hmac
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 import jinja2
 
+from nwpipe.net.signature import sign, signing_key
 from nwpipe.outputs import Delivery
-from nwpipe.webhook.checks import parse_headers, signing_key
+from nwpipe.webhook.checks import parse_headers
 from nwpipe.webhook.redaction import CREDENTIAL_HEADER
 from nwpipe.webhook.templates import compile_template, is_template
 
@@ -127,10 +127,8 @@ class RequestBuilder:
             # Standard Webhooks: HMAC-SHA256 over "id.timestamp.body" (the body before
             # any Content-Encoding, as the receiver's framework hands it over)
             timestamp = str(int(time.time()))
-            digest = hmac.new(self._key, f"{message_id}.{timestamp}.".encode() + body,
-                              hashlib.sha256).digest()
             extra.append(("webhook-timestamp", timestamp))
-            extra.append(("webhook-signature", "v1," + base64.b64encode(digest).decode()))
+            extra.append(("webhook-signature", sign(self._key, message_id, timestamp, body)))
         if self._gzip:
             body = gzip.compress(body, compresslevel=6, mtime=0)
         return extra, body

@@ -17,8 +17,10 @@ import sys
 import time
 from pathlib import Path
 
+import aiohttp
 import pytest
 from aiohttp import web
+from serveproc import ServeProcess
 
 from nwpipe.commands.pidfile import pid_file, read_pid
 from nwpipe.errors import NwpipeError
@@ -86,6 +88,37 @@ class Journal:
                 self.entries.append(("answered", name, tag, e["id"], e["alerttype"]))
             return web.Response(status=200)
         return handle
+
+    def check_handed_over(self) -> None:
+        """The promise across the reload of the URL-change tests: 40 alerts' 120 events
+        answered once each; the old receiver got 12 (8 answered, 4 in flight at the
+        reload), the new one the rest, what waited included; order kept per alert."""
+        answered = self.answered()
+        keys = [(i, state) for _tag, i, state in answered]
+        assert len(keys) == 120 and len(set(keys)) == 120, sorted(keys)
+        # the old receiver got only the old output's deliveries, the new one the new one's
+        assert {tag for tag, _i, _s in self.answered("old")} == {"1"}
+        assert {tag for tag, _i, _s in self.answered("new")} == {"2"}
+        # what waited in the old output's queue went to the new one, not only later events
+        first_batch = {f"alert-{i}" for i in range(20)}
+        assert {i for _t, i, _s in self.answered("new")} & first_batch
+        assert len(self.answered("old")) == 12
+        # per alert: an event is sent only once the previous one was answered
+        answered_at: dict[tuple[str, str], int] = {}
+        for n, (what, _who, _tag, i, state) in enumerate(self.entries):
+            if what == "answered":
+                answered_at[(i, state)] = n
+        for n, (what, _who, _tag, i, state) in enumerate(self.entries):
+            if what == "arrived" and state != "start":
+                before = STATES[STATES.index(state) - 1]
+                assert answered_at[(i, before)] < n, f"{i} {state} overtook {before}"
+
+    def held_back(self) -> None:
+        """While the old receiver holds its 4 requests, the new receiver has all but
+        those alerts' later events (8): none of those overtook."""
+        held = {i for _what, _w, _t, i, _s in self.entries[16:20]}
+        assert not [e for e in self.entries if e[1] == "new" and e[3] in held], \
+            "an alert's later event overtook its earlier one still in flight on the old output"
 
     def answered(self, name: str | None = None) -> list[tuple[str, str, str]]:
         return [(tag, i, state) for what, who, tag, i, state in self.entries
@@ -207,33 +240,11 @@ async def test_url_change_under_load_delivers_each_event_once_in_order(tmp_path,
     # all but the 4 held alerts' later events (8) reach the new receiver meanwhile
     await wait_until(lambda: len(journal.answered("new")) >= 120 - 8 - 4 - 8,
                      "the new receiver's deliveries")
-    held = {i for what, _w, _t, i, _s in journal.entries[16:20]}
-    assert not [e for e in journal.entries if e[1] == "new" and e[3] in held], \
-        "an alert's later event overtook its earlier one still in flight on the old output"
+    journal.held_back()
     journal.release.set()
     assert await run.finish() == 0, "\n".join(run.stderr)
 
-    # every event answered exactly once, across the two receivers
-    answered = journal.answered()
-    keys = [(i, state) for _tag, i, state in answered]
-    assert len(keys) == 120 and len(set(keys)) == 120, sorted(keys)
-    # the old receiver got only the old output's deliveries, the new one the new one's
-    assert {tag for tag, _i, _s in journal.answered("old")} == {"1"}
-    assert {tag for tag, _i, _s in journal.answered("new")} == {"2"}
-    # what waited in the old output's queue went to the new one, not only later events
-    first_batch = {f"alert-{i}" for i in range(20)}
-    assert {i for _t, i, _s in journal.answered("new")} & first_batch
-    assert len(journal.answered("old")) == 12
-    # per alert: an event is sent only once the previous one was answered
-    answered_at: dict[tuple[str, str], int] = {}
-    for n, (what, _who, _tag, i, state) in enumerate(journal.entries):
-        if what == "answered":
-            answered_at[(i, state)] = n
-    for n, (what, _who, _tag, i, state) in enumerate(journal.entries):
-        if what == "arrived" and state != "start":
-            before = STATES[STATES.index(state) - 1]
-            assert answered_at[(i, before)] < n, f"{i} {state} overtook {before}"
-
+    journal.check_handed_over()
     assert any("config reloaded from" in line and "changed: soc" in line
                for line in run.stderr), run.stderr
     assert "soc: 120 delivered" in run.stderr[-1]
@@ -427,3 +438,46 @@ async def test_an_output_that_cannot_open_refuses_the_reload(tmp_path, runs):
     assert await run.finish() == 0, "\n".join(run.stderr)
     assert len((tmp_path / "a.jsonl").read_text().splitlines()) == 3
     assert not (tmp_path / "b.jsonl").exists()
+
+
+async def test_serve_url_change_under_load_delivers_each_event_once_in_order(tmp_path,
+                                                                              make_receiver):
+    """``nwpipe serve --pid-file``: events POSTed to it, its output's URL changed by a
+    reload while 4 requests are in flight and the rest waits."""
+    journal = Journal()
+    old = await make_receiver()
+    new = await make_receiver()
+    old.handler = journal.handler("old", hold_after=8)
+    new.handler = journal.handler("new")
+    pid_path = tmp_path / "nwpipe.pid"
+    serve = ServeProcess(tmp_path, "", "--pid-file", str(pid_path))
+    webhook_config(serve.config, old.url + "/in", "1")
+    try:
+        await asyncio.to_thread(serve.start)
+        async with aiohttp.ClientSession() as session:
+            async def post(body: bytes) -> None:
+                lines = [json.loads(line) for line in body.splitlines()]
+                async with session.post(serve.url, json=lines) as response:
+                    assert response.status == 200, await response.text()
+
+            await post(events(0, 20))
+            await wait_until(lambda: len(journal.answered("old")) == 8
+                             and len(journal.entries) == 8 * 2 + 4, "4 deliveries in flight")
+            assert read_pid(str(pid_path)) == serve.proc.pid
+            webhook_config(serve.config, new.url + "/in", "2")
+            code, err = await reload_command(tmp_path, pid_path)
+            assert code == 0, err
+            await wait_until(lambda: any("config reloaded" in x for x in serve.lines),
+                             "the reload")
+            await post(events(20, 20))
+        await wait_until(lambda: len(journal.answered("new")) >= 120 - 8 - 4 - 8,
+                         "the new receiver's deliveries")
+        journal.held_back()
+        journal.release.set()
+        await wait_until(lambda: len(journal.answered()) == 120, "every delivery")
+        assert await asyncio.to_thread(serve.stop) == 0, serve.stderr
+    finally:
+        await asyncio.to_thread(serve.kill)
+    journal.check_handed_over()
+    assert "Traceback" not in serve.stderr
+    assert not pid_path.exists(), "the PID file is removed at exit"

@@ -481,3 +481,24 @@ async def test_serve_url_change_under_load_delivers_each_event_once_in_order(tmp
     journal.check_handed_over()
     assert "Traceback" not in serve.stderr
     assert not pid_path.exists(), "the PID file is removed at exit"
+
+
+def test_serve_intake_only_checks_and_takes_a_new_config(tmp_path):
+    """``serve --no-deliver`` starts no outputs: a reload checks the config (a bad one is
+    refused) and takes a good one without starting any."""
+    pid_path = tmp_path / "nwpipe.pid"
+    serve = ServeProcess(tmp_path, "", "--no-deliver", "--pid-file", str(pid_path))
+    webhook_config(serve.config, "http://127.0.0.1:9/in", "1")
+    try:
+        serve.start()
+        serve.config.write_text(serve.config.read_text().replace("concurrency = 4",
+                                                                 "concurrency = 0"))
+        assert nwpipe("reload", "--pid-file", str(pid_path), cwd=tmp_path).returncode == 0
+        serve.wait_line("reload refused")
+        webhook_config(serve.config, "http://127.0.0.1:9/other", "2")
+        assert nwpipe("reload", "--pid-file", str(pid_path), cwd=tmp_path).returncode == 0
+        line = serve.wait_line("config reloaded")
+        assert line.endswith("this process starts no outputs (intake only)"), line
+        assert serve.stop() == 0, serve.stderr
+    finally:
+        serve.kill()

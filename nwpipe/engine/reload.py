@@ -226,7 +226,8 @@ class Reloader:
         for key in restart_only_changes(pipeline.config, config):
             log.warning("reload: '%s' changed; it takes effect at the next start", key)
         pipeline.config = config
-        log.info("config reloaded from %s: %s", where, changes.describe())
+        log.info("config reloaded from %s: %s", where, changes.describe() if delivers
+                 else "this process starts no outputs (intake only)")
         return True
 
     async def _start(self, pipeline: Pipeline, config: Config,

@@ -169,13 +169,16 @@ def run_child(argv: list[str], **kwargs) -> tuple[str, str, float, int, bool, fl
     started = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
     seen = {"uvloop": False, "hwm": 0}
+    # not proc.poll() in the watcher: it could reap the child before wait4 below, which
+    # then fails with ECHILD (seen under load)
+    ended = threading.Event()
 
     def watch_maps() -> None:
         # The event loop in use, from the shared objects the process has loaded, and its
         # peak resident set size (VmHWM; wait4's ru_maxrss would also count the memory
         # of this process, which the child shares until it execs).
         proc_dir = Path(f"/proc/{proc.pid}")
-        while proc.poll() is None:
+        while not ended.is_set():
             try:
                 if not seen["uvloop"]:
                     seen["uvloop"] = "uvloop" in (proc_dir / "maps").read_text()
@@ -196,6 +199,7 @@ def run_child(argv: list[str], **kwargs) -> tuple[str, str, float, int, bool, fl
         r.start()
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - started
+    ended.set()
     proc.returncode = os.waitstatus_to_exitcode(status)
     for r in readers:
         r.join()

@@ -25,17 +25,62 @@ from nwpipe import hookspecs
 from nwpipe.errors import NwpipeError
 from nwpipe.outputs import Output
 from nwpipe.settings import did_you_mean
-from nwpipe.sources.base import Source
+from nwpipe.sources.base import DEFAULT_SOURCE, Source
 
 log = logging.getLogger("nwpipe")
 
 #: entry-point group of the plugins that ship with nwpipe (always loaded)
 BUILTIN_GROUP = "nwpipe.builtin"
 
+#: The types each built-in plugin that provides types registers, by entry-point name.
+#: A run whose config names only these types imports just the plugins it uses (the
+#: webhook and syslog plugins cost a good part of start-up); tests/test_startup.py
+#: checks this table against what the modules register.
+BUILTIN_TYPES: dict[str, tuple[str, ...]] = {
+    "stdout": ("output:stdout",),
+    "file": ("output:file",),
+    "webhook": ("output:webhook",),
+    "syslog": ("output:syslog",),
+    "files": ("source:files",),
+    "http": ("source:http",),
+    # the Jinja filters: needed by any config that may render a template
+    "filters": ("jinja:filters",),
+}
+
+#: output types whose settings are never templates
+_UNTEMPLATED_OUTPUTS = {"output:stdout", "output:file"}
+
 #: comma-separated names of the installed (entry-point) plugins to load; "" loads none
 ENV_LOAD_PLUGINS = "NWPIPE_LOAD_PLUGINS"
 #: set to 1 to print every hook call on stderr (for debugging a plugin)
 ENV_TRACE_PLUGINS = "NWPIPE_TRACE_PLUGINS"
+
+
+def types_named(data: dict) -> set[str] | None:
+    """The types a parsed config names (``{"output:stdout", "source:files"}``) when
+    the built-in plugins provide all of them and nothing else may need another type's
+    settings; None otherwise (then every plugin is loaded, and a mistyped type gets
+    its "did you mean" from the full list)."""
+    if data.get("defaults"):
+        return None  # [defaults] keys are checked against every output type's settings
+    outputs = data.get("outputs")
+    if not isinstance(outputs, dict) or not outputs:
+        return None
+    named = set()
+    for table in outputs.values():
+        if not isinstance(table, dict) or not isinstance(table.get("type"), str):
+            return None
+        named.add(f"output:{table['type']}")
+    source = data.get("source", {"type": DEFAULT_SOURCE})
+    if not isinstance(source, dict) or not isinstance(source.get("type", DEFAULT_SOURCE), str):
+        return None
+    named.add(f"source:{source.get('type', DEFAULT_SOURCE)}")
+    outputs_named = {kind for kind in named if kind.startswith("output:")}
+    if (data.get("mappings") or any("when" in table for table in outputs.values())
+            or not outputs_named <= _UNTEMPLATED_OUTPUTS):
+        named.add("jinja:filters")
+    provided = {kind for kinds in BUILTIN_TYPES.values() for kind in kinds}
+    return named if named <= provided else None
 
 
 class PluginError(NwpipeError):
@@ -57,7 +102,10 @@ class PluginInfo:
 class Plugins:
     """Loaded plugins and what they registered."""
 
-    def __init__(self, plugins_dirs=(), *, load_entry_points: bool = True):
+    def __init__(self, plugins_dirs=(), *, load_entry_points: bool = True,
+                 only_types: set[str] | None = None):
+        """Load the plugins. ``only_types`` (see :func:`types_named`): skip the built-in
+        plugins that provide none of these types; None loads every one."""
         self.pm = pluggy.PluginManager("nwpipe")
         self.pm.add_hookspecs(hookspecs)
         self.origins: dict[str, str] = {}
@@ -69,7 +117,11 @@ class Plugins:
             raise PluginError("nwpipe's built-in plugins are not registered (its package "
                               "metadata is out of date): reinstall nwpipe, e.g. "
                               "pip install -e .")
+        self._no_templates = only_types is not None and "jinja:filters" not in only_types
         for ep in builtin:
+            provides = BUILTIN_TYPES.get(ep.name)
+            if only_types is not None and provides and only_types.isdisjoint(provides):
+                continue
             self._register_module(ep.value, "built-in")
         if load_entry_points:
             self._load_entry_points()
@@ -206,6 +258,8 @@ class Plugins:
         self._call_each("register_sources", type_register("source", Source, self.source_types,
                                                           self.source_plugins))
         self._call_each("register_jinja_filters", filter_register)
+        if self._no_templates and not self.jinja_filters:
+            return  # nothing will render a template: Jinja is not even imported
         # Every template environment made from now on (an output's URL and headers too)
         # gets these filters.
         from nwpipe.transform.templating import use_filters

@@ -312,3 +312,8 @@ def make_delivery(make_event) -> Callable[..., Delivery]:
             id = f"{event.get('id')}:{event.get('alerttype')}:{event.get('updatecount')}"
         return Delivery(id=id, body=body, event=event, output=output)
     return make
+
+
+# --- Redis (a real redis-server; see tests/redisserver.py) ------------------------------
+
+from redisserver import own_redis, redis_prefix, redis_server  # noqa: E402,F401 - fixtures

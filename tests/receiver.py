@@ -1,11 +1,13 @@
 """A webhook receiver run as its own process, for the fault-injection tests.
 
     python tests/receiver.py --log received.jsonl [--port N] [--delay S] [--fail-while FILE]
+                             [--header NAME]
 
 Prints the port it listens on (one line on stdout) once it accepts connections. Every
 request is appended to the log as one JSON line, *before* the answer is sent:
 ``{"status": 200, "webhook_id": ..., "events": [{"id": ..., "alerttype": ...,
-"updatecount": ...}, ...]}``.
+"updatecount": ...}, ...]}``, plus ``"header"``: the value of the request header NAME
+(``--header``), which tells the senders apart when several processes deliver.
 So a request that was logged with status 200 may still never have been answered (the
 process was killed, or the client gave up): the sender then retries or dead-letters it,
 and the receiver sees a duplicate, which at-least-once delivery allows.
@@ -32,6 +34,7 @@ def main() -> None:
     parser.add_argument("--log", required=True)
     parser.add_argument("--delay", type=float, default=0.0)
     parser.add_argument("--fail-while", metavar="FILE")
+    parser.add_argument("--header", metavar="NAME")
     args = parser.parse_args()
     log_fd = os.open(args.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
@@ -47,6 +50,8 @@ def main() -> None:
         entry = {"status": status, "webhook_id": request.headers.get("webhook-id"),
                  "events": [{"id": e.get("id"), "alerttype": e.get("alerttype"),
                              "updatecount": e.get("updatecount")} for e in events]}
+        if args.header:
+            entry["header"] = request.headers.get(args.header)
         os.write(log_fd, (json.dumps(entry) + "\n").encode())
         if failing:
             return web.Response(status=503, text="down for maintenance")

@@ -339,3 +339,26 @@ def test_backoff_is_full_jitter_and_capped():
     assert backoff_delay(4, 0.5, 30, rng=lambda: 1.0) == 4.0
     assert backoff_delay(20, 0.5, 30, rng=lambda: 1.0) == 30
     assert backoff_delay(3, 0.5, 30, rng=lambda: 0.0) == 0.0
+
+
+@pytest.mark.parametrize("concurrency,alerts", [(1, 7), (4, 1)])
+async def test_a_filling_batch_takes_new_events_of_its_own_lanes_at_once(dead, concurrency,
+                                                                         alerts):
+    # One lane being filled (concurrency = 1 puts every event in one lane; one alert
+    # id does too): events arriving for it must join the batch at once, not wait for
+    # max_wait while the batch holds the only worker that could take them.
+    out = Recorder()
+    cfg = settings(concurrency=concurrency,
+                   batch=BatchPolicy(max_events=50, max_wait=60.0))
+    engine = DeliveryEngine(out, cfg, dead)
+    await engine.start()
+    try:
+        for i in range(100):
+            await engine.submit(delivery(f"a{i % alerts}", i // alerts))
+            await asyncio.sleep(0)  # the reader yields between chunks, as `nwpipe run` does
+        # two full batches: sent long before max_wait (60 s) could end either
+        await until(lambda: len(out.delivered) == 100, timeout=20.0)
+        assert [len(b) for b in out.batches] == [50, 50]
+    finally:
+        await engine.drain()
+        await engine.close()

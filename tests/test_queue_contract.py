@@ -17,16 +17,23 @@ import pytest
 from nwpipe.queue import QueueFull, QueueSettings, create_queue, shard_of
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(params=["sqlite", "redis"])
 def engine(request):
     return request.param
 
 
 @pytest.fixture
-def make_queue(engine, tmp_path):
+def make_queue(engine, tmp_path, request):
     """A factory of unopened queues on one store of ``engine``."""
+    if engine == "redis":
+        # the session's redis-server, and a key prefix of this test's own
+        store = {"url": request.getfixturevalue("redis_server").url,
+                 "prefix": request.getfixturevalue("redis_prefix")}
+    else:
+        store = {"path": str(tmp_path / "queue.db")}
+
     def make(**overrides):
-        settings = {"path": str(tmp_path / "queue.db")}
+        settings = dict(store)
         settings.update(overrides)
         return create_queue(QueueSettings(**settings))
     return make

@@ -103,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("files", nargs="*", metavar="FILE",
                      help="event files to read in order; '-' is stdin (default: stdin)")
     run.add_argument("--dead-letter", metavar="PATH",
-                     help="dead-letter file (default: the config's dead_letter, else "
+                     help="dead-letter file (default: with a Redis queue its stream "
+                          "PREFIX:dead, else the config's dead_letter, else "
                           "./nwpipe-dead-letter.jsonl)")
     run.add_argument("--shutdown-timeout", metavar="SECONDS", type=float,
                      help="on Ctrl-C/SIGTERM, seconds to finish in-flight deliveries "
@@ -123,9 +124,33 @@ def build_parser() -> argparse.ArgumentParser:
                      help="when the input has ended and only failing outputs hold events, "
                           "leave them in the queue for the next run instead of waiting for "
                           "their retry budget (retry.max_elapsed)")
+    run.add_argument("--no-deliver", action="store_true",
+                     help="intake only: commit every event to the queue and deliver none "
+                          "(`nwpipe work` processes deliver them)")
     _pid_file_option(run)
     _common(run, suppress=True)
     run.set_defaults(func=cmd_run)
+
+    work = sub.add_parser(
+        "work", help="only deliver, from the queue that intake processes fill",
+        description="Deliver events from the queue ([queue] in the config) to the outputs, "
+                    "routed and mapped as `run` does, reading no input of its own. With a "
+                    "Redis queue ([queue] url) any number of workers on any number of "
+                    "machines share the shards, each shard delivered by one worker at a "
+                    "time. Runs until SIGTERM/SIGINT: what it did not deliver stays in the "
+                    "queue for the others; exit 0.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _config_option(work)
+    work.add_argument("--dead-letter", metavar="PATH",
+                      help="dead-letter file (default: with a Redis queue its stream "
+                           "PREFIX:dead, else the config's dead_letter)")
+    work.add_argument("--shutdown-timeout", metavar="SECONDS", type=float,
+                      help="on SIGTERM/SIGINT, seconds to finish in-flight deliveries "
+                           "(default: the config's shutdown_timeout, else 10)")
+    _queue_option(work)
+    _pid_file_option(work)
+    _common(work, suppress=True)
+    work.set_defaults(func=cmd_work)
 
     reload = sub.add_parser(
         "reload", help="make a running nwpipe re-read its config",
@@ -178,9 +203,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "decoded again. Delivery ids stay the same, so receivers can "
                     "deduplicate. What is delivered leaves the file, what fails again stays "
                     "(with the new reason); the file is replaced atomically, so a record is "
-                    "never lost, also on Ctrl-C.",
+                    "never lost, also on Ctrl-C. DEAD_LETTER may be a Redis URL "
+                    "(redis://host:6379/0): the records that workers sharing a Redis queue "
+                    "wrote to the stream PREFIX:dead (--queue: the config's [queue] url).",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    replay.add_argument("dead_letter", metavar="DEAD_LETTER", help="the dead-letter file")
+    replay.add_argument("dead_letter", metavar="DEAD_LETTER", nargs="?",
+                        help="the dead-letter file, or a Redis URL")
+    replay.add_argument("--queue", action="store_true",
+                        help="the dead letters of the config's Redis queue ([queue] url)")
     _config_option(replay)
     replay.add_argument("--output", metavar="NAME",
                         help="only the records of this output (the others stay unchanged)")
@@ -397,22 +427,22 @@ def setup_logging(verbose: bool, quiet: bool, log_format: str) -> None:
 # -- commands ---------------------------------------------------------------------
 
 
-def load(args):
-    """Plugins, the validated config and its compiled routes, from the command line."""
-    from nwpipe.plugins import Plugins
+def load(args, *, lean: bool = False):
+    """Plugins, the validated config and its compiled routes, from the command line.
 
-    plugins = Plugins(args.plugins_dir)
-    return (plugins, *load_config_with(plugins, args))
-
-
-def load_config_with(plugins, args):
-    """The validated config and its compiled routes, with plugins already loaded."""
-    from nwpipe.config import find_config_file, load_config
+    ``lean``: load only the built-in plugins whose types the config names (a faster
+    start for `run`; commands that list or probe plugins load them all)."""
+    from nwpipe.config import build_config, default_config, find_config_file, read_toml
+    from nwpipe.plugins import Plugins, types_named
     from nwpipe.transform.routing import Router
 
     path = find_config_file(getattr(args, "config", None))
-    config = load_config(path, plugins.output_types, source_types=plugins.source_types)
-    return config, Router(config, plugins.jinja_filters)
+    data = read_toml(path) if path else default_config()
+    plugins = Plugins(args.plugins_dir, only_types=types_named(data) if lean else None)
+    config = build_config(data, plugins.output_types, file=path,
+                          source_types=plugins.source_types)
+    router = Router(config, plugins.jinja_filters)
+    return plugins, config, router
 
 
 def cmd_run(args) -> int:
@@ -423,7 +453,7 @@ def cmd_run(args) -> int:
     from nwpipe.sources.decode import check_inputs
     from nwpipe.sources.serve_settings import check_listen
 
-    plugins, config, router = load(args)
+    _, config, router = load(args, lean=True)
     source = config.source
     if source.cls is not None and not source.cls.takes_inputs and args.files:
         raise NwpipeError(f"source type '{source.type}' reads no files: remove the file "
@@ -431,22 +461,24 @@ def cmd_run(args) -> int:
     check_inputs(args.files)
     if args.metrics_listen is not None:
         check_listen("--metrics-listen", args.metrics_listen)
-    reloader = make_reloader(plugins, args)
+    reloader = make_reloader(args)
     with pid_file(args.pid_file):
         result = run(config, router, args.files, dead_letter_path=args.dead_letter,
                      shutdown_timeout=args.shutdown_timeout,
                      progress=wanted(args.quiet, args.log_format), queue_path=args.queue,
                      durable=args.durable, keep_queue=args.keep_queue, resume=args.resume,
-                     metrics_listen=args.metrics_listen, reloader=reloader)
+                     deliver=not args.no_deliver, metrics_listen=args.metrics_listen,
+                     reloader=reloader)
     log.info("%s", result.summary())
     return result.exit_code
 
 
-def make_reloader(plugins, args):
-    """What reloads the config on SIGHUP: the same file, plugins and checks as at start."""
+def make_reloader(args):
+    """What reloads the config on SIGHUP: the same file, plugins and checks as at start
+    (plugins loaded for the types the new config names)."""
     from nwpipe.engine.reload import Reloader
 
-    reloader = Reloader(lambda: load_config_with(plugins, args))
+    reloader = Reloader(lambda: load(args, lean=True)[1:])
     reloader.before_start()
     return reloader
 
@@ -461,6 +493,23 @@ def cmd_reload(args) -> int:
     return 0
 
 
+def cmd_work(args) -> int:
+    """Deliver from the queue until a signal."""
+    from nwpipe.commands.pidfile import pid_file
+    from nwpipe.commands.progress import wanted
+    from nwpipe.commands.work import summary, work
+
+    _, config, router = load(args)
+    reloader = make_reloader(args)
+    with pid_file(args.pid_file):
+        result = work(config, router, dead_letter_path=args.dead_letter,
+                      shutdown_timeout=args.shutdown_timeout,
+                      progress=wanted(args.quiet, args.log_format), queue_path=args.queue,
+                      reloader=reloader)
+    log.info("%s", summary(result))
+    return 0  # SIGTERM/SIGINT is how a worker ends; what it left stays queued
+
+
 def cmd_serve(args) -> int:
     """Receive events over HTTP and deliver them."""
     import dataclasses
@@ -468,11 +517,11 @@ def cmd_serve(args) -> int:
     from nwpipe.commands.pidfile import pid_file
     from nwpipe.commands.serve import serve
 
-    plugins, config, router = load(args)
+    _, config, router = load(args)
     queue_settings = config.queue
     if args.queue:
         queue_settings = dataclasses.replace(queue_settings, path=args.queue)
-    reloader = make_reloader(plugins, args)
+    reloader = make_reloader(args)
     with pid_file(args.pid_file):
         return serve(config, router, queue_settings, listen=args.listen,
                      metrics_listen=args.metrics_listen, dead_letter_path=args.dead_letter,
@@ -486,11 +535,28 @@ def cmd_replay(args) -> int:
     from nwpipe.commands.replay import replay
 
     _, config, router = load(args)
-    result = replay(config, router, args.dead_letter, output=args.output,
+    result = replay(config, router, _replay_source(args, config), output=args.output,
                     shutdown_timeout=args.shutdown_timeout,
                     progress=wanted(args.quiet, args.log_format))
     log.info("%s", result.summary())
     return result.exit_code
+
+
+def _replay_source(args, config) -> str:
+    """The dead-letter file or Redis URL that ``nwpipe replay`` works on."""
+    if args.queue:
+        if args.dead_letter:
+            raise NwpipeError("replay: give either DEAD_LETTER or --queue, not both")
+        url = getattr(getattr(config, "queue", None), "url", None)
+        if not url:
+            raise NwpipeError("replay --queue: the config has no [queue] url; dead letters "
+                              "go to a Redis stream only with a Redis queue (otherwise: "
+                              "nwpipe replay DEAD_LETTER_FILE)")
+        return url
+    if not args.dead_letter:
+        raise NwpipeError("replay: which dead letters? give a dead-letter file, a Redis URL, "
+                          "or --queue")
+    return args.dead_letter
 
 
 def cmd_check(args) -> int:
@@ -530,7 +596,16 @@ def probe(config, router) -> int:
     results = run_probes(config, router)
     for result in results:
         print(f"  {result.line()}")
-    return 0 if all(r.ok for r in results) else 1
+    ok = all(r.ok for r in results)
+    if config.queue.url:
+        import asyncio
+
+        from nwpipe.queue.redis import probe as probe_redis
+
+        queue_ok, message = asyncio.run(probe_redis(config.queue))
+        print(f"  queue: {message}")
+        ok = ok and queue_ok
+    return 0 if ok else 1
 
 
 def cmd_init(args) -> int:

@@ -114,10 +114,18 @@ def status_report(config: Config, status: QueueStatus | None, location: str) -> 
             except (ValueError, KeyError, TypeError):
                 continue
     oldest = status.oldest_at
-    return {"queue": location, "exists": True, "events": status.depth, "bytes": status.bytes,
-            "max_bytes": status.max_bytes,
-            "oldest_age": None if oldest is None else round(now - oldest, 3),
-            "outputs": outputs, "inputs": inputs}
+    report = {"queue": location, "exists": True, "events": status.depth, "bytes": status.bytes,
+              "max_bytes": status.max_bytes,
+              "oldest_age": None if oldest is None else round(now - oldest, 3),
+              "outputs": outputs, "inputs": inputs}
+    if any(s.pending is not None for s in status.shards):
+        # a shared queue (Redis): who delivers each shard and how far behind it is
+        report["shards"] = [
+            {"shard": s.shard, "length": s.depth, "pending": s.pending, "owner": s.owner,
+             "lag": None if s.oldest_at is None else round(now - s.oldest_at, 3)}
+            for s in status.shards]
+        report["workers"] = status.notes.get("workers", "").split()
+    return report
 
 
 def status_command(config: Config, path: str | None, as_json: bool) -> int:
@@ -148,6 +156,15 @@ def status_command(config: Config, path: str | None, as_json: bool) -> int:
         print(text)
     for name, line_no in report["inputs"].items():
         print(f"  input {name}: committed up to line {line_no:,}")
+    if "shards" in report:
+        workers = report["workers"]
+        print(f"  {len(workers)} live worker{'s' if len(workers) != 1 else ''}"
+              + (": " + ", ".join(workers) if workers else ""))
+        print(f"  {'shard':>5}  {'length':>8}  {'pending':>8}  {'lag':>9}  owner")
+        for shard in report["shards"]:
+            lag = "-" if shard["lag"] is None else _age(shard["lag"])
+            print(f"  {shard['shard']:>5}  {shard['length']:>8,}  {shard['pending']:>8,}  "
+                  f"{lag:>9}  {shard['owner'] or '(none)'}")
     return 0
 
 
@@ -155,11 +172,11 @@ def drain_command(config: Config, router, output: str, *, path: str | None = Non
                   dead_letter: bool = False, dead_letter_path: str | None = None,
                   shutdown_timeout: float | None = None, progress: bool = False):
     """``nwpipe queue drain``: deliver (or dead-letter) what waits for ``output``."""
-    from nwpipe.engine.deadletter import DeadLetterFile
     from nwpipe.engine.pipeline import (
         Pipeline,
         build_outputs,
         event_loop_run,
+        make_dead_letters,
         make_progress,
         make_queue,
         tune_gc,
@@ -172,7 +189,7 @@ def drain_command(config: Config, router, output: str, *, path: str | None = Non
     queue = make_queue(config, path)
     if not queue.settings.url and not os.path.exists(queue.settings.path):
         raise QueueError(f"queue file {queue.settings.path} does not exist: nothing to drain")
-    dead = DeadLetterFile(dead_letter_path or config.dead_letter)
+    dead = make_dead_letters(config, dead_letter_path)
     dead.check()
     tune_gc()
     try:

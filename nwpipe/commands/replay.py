@@ -250,9 +250,25 @@ class _Replayer:
         return [item.data for item in items if isinstance(item, Event)]
 
 
+def _rewrite_for(config: Config, path: str):
+    """The dead-letter store at ``path``: a file, or a Redis URL (the stream
+    ``PREFIX:dead`` with the prefix and CA file of the config's ``[queue]``)."""
+    from nwpipe.queue.redisdead import RedisRewrite, is_redis_url
+
+    if not is_redis_url(path):
+        return Rewrite(path)
+    queue = getattr(config, "queue", None)
+    return RedisRewrite(path, getattr(queue, "prefix", None) or "nwpipe",
+                        ca_file=getattr(queue, "ca_file", None))
+
+
 def replay(config: Config, router: Router, path: str, *, output: str | None = None,
            shutdown_timeout: float | None = None, progress: bool = False) -> ReplayResult:
     """Replay the dead-letter file ``path`` through ``config`` (see the module docstring).
+
+    ``path`` may also be a Redis URL (``redis://host:6379/0``): the records of the
+    stream ``PREFIX:dead`` that workers sharing a Redis queue write are replayed the
+    same way (see :mod:`nwpipe.queue.redisdead`).
 
     ``output``: replay only the records of that output; the others stay unchanged.
     """
@@ -260,11 +276,11 @@ def replay(config: Config, router: Router, path: str, *, output: str | None = No
         known = ", ".join(config.outputs) or "none"
         raise NwpipeError(f"--output: no output named '{output}' in the config"
                           f"{did_you_mean(output, config.outputs)} (outputs: {known})")
-    rewrite = Rewrite(path)
+    rewrite = _rewrite_for(config, path)
     file = rewrite.open()
     remaining = rewrite.remaining
     assert remaining is not None  # made by open()
-    result = ReplayResult(path=str(path), output=output)
+    result = ReplayResult(path=str(rewrite.path), output=output)
     try:
         tune_gc()
         names = None if output is None else [output]

@@ -23,9 +23,8 @@ import signal
 import orjson
 
 from nwpipe.config import Config
-from nwpipe.engine.deadletter import DeadLetterFile
 from nwpipe.engine.metrics import Metrics
-from nwpipe.engine.pipeline import Pipeline, build_outputs
+from nwpipe.engine.pipeline import Pipeline, build_outputs, make_dead_letters
 from nwpipe.queue import QueueError, QueueFull, QueueSettings, create_queue
 from nwpipe.sources.decode import Event
 from nwpipe.sources.serve_settings import check_listen
@@ -105,7 +104,8 @@ class Service:
         self.config = config
         self.router = router
         self.settings = serve_settings(config, listen=listen, metrics_listen=metrics_listen)
-        self.dead_letter = DeadLetterFile(dead_letter_path or config.dead_letter, spill=True)
+        # with a Redis queue, the stream PREFIX:dead that the whole fleet shares
+        self.dead_letter = make_dead_letters(config, dead_letter_path)
         self.shutdown_timeout = (config.shutdown_timeout if shutdown_timeout is None
                                  else shutdown_timeout)
         self.metrics = Metrics()

@@ -62,6 +62,9 @@ class OutputStats:
     requests: int = 0
     #: not sent because the output closed for good on purpose (the reader of stdout left)
     not_sent: int = 0
+    #: not sent because another process took over their shard of a shared queue (which
+    #: then delivers them)
+    handed_over: int = 0
 
 
 @dataclass
@@ -163,12 +166,21 @@ class DeliveryEngine:
         #: deliveries that came from the durable queue are left there on a shutdown
         #: (dropped from memory, not dead-lettered): the next run delivers them
         self.keep_queued = False
+        #: set when several processes share the queue: true for a delivery whose shard
+        #: this process no longer holds; such a delivery is neither sent nor
+        #: dead-lettered (the shard's new owner delivers it), also after a freeze
+        self.revoked: Callable[[Delivery], bool] | None = None
         self._state = _State()
         # Hand-made wake-ups instead of asyncio.Queue/Condition: this is the per-event
         # path, and a bare future costs a fraction of a Condition round trip.
         self._key_waiters: deque[asyncio.Future] = deque()  # workers waiting for a key
         self._change_waiters: list[asyncio.Future] = []     # submit/drain waiting for room
         self._filling = asyncio.Lock()  # batching: one worker at a time gathers a batch
+        # The batch being gathered: its lanes and the filler's wake-up. A lane in it has
+        # no worker to be handed to (the filler holds it), so new events for it wake the
+        # filler directly; otherwise they would wait for max_wait (a stall with one lane).
+        self._fill_keys: set[str] = set()
+        self._fill_waiter: asyncio.Future | None = None
         self._workers: list[asyncio.Task] = []
         self._inflight: dict[int, list[Delivery]] = {}
         self._limiter = RateLimiter(settings.rate_limit) if settings.rate_limit else None
@@ -245,19 +257,9 @@ class DeliveryEngine:
         the delivery is taken (queued, or settled at once: dead-lettered behind an
         earlier event of its alert, or refused during a shutdown).
         """
+        if self.offer(delivery):
+            return True
         state = self._state
-        if self.closed:
-            self.stats.not_sent += 1
-            return True
-        if self._refused is not None:
-            self._refuse([delivery], self._refused)
-            return True
-        if (self._dead_keys and delivery.key in self._dead_keys
-                and (delivery.key if self._keyed else "") not in state.pending):
-            # behind a dead letter, and nothing of its lane is waiting or in flight (that
-            # would go first): straight to the dead-letter file
-            self._dead_letter([delivery], FOLLOWS_DEAD_LETTER, quiet=True)
-            return True
         if state.queued >= self.settings.queue_size:
             while not self.closed:
                 if self._refused is not None:
@@ -274,6 +276,28 @@ class DeliveryEngine:
         self._enqueue(delivery)
         return True
 
+    def offer(self, delivery: Delivery) -> bool:
+        """Take a delivery if that needs no waiting (see :meth:`submit`), without the
+        cost of a coroutine: True when taken (queued or settled at once), False when
+        the queue is full (then :meth:`submit` waits, or spills)."""
+        state = self._state
+        if self.closed:
+            self.stats.not_sent += 1
+            return True
+        if self._refused is not None:
+            self._refuse([delivery], self._refused)
+            return True
+        if (self._dead_keys and delivery.key in self._dead_keys
+                and (delivery.key if self._keyed else "") not in state.pending):
+            # behind a dead letter, and nothing of its lane is waiting or in flight (that
+            # would go first): straight to the dead-letter file
+            self._dead_letter([delivery], FOLLOWS_DEAD_LETTER, quiet=True)
+            return True
+        if state.queued >= self.settings.queue_size:
+            return False
+        self._enqueue(delivery)
+        return True
+
     def _enqueue(self, delivery: Delivery) -> None:
         state = self._state
         state.queued += 1
@@ -285,6 +309,9 @@ class DeliveryEngine:
             self._push_ready(key)
         else:
             waiting.append(delivery)
+            filler = self._fill_waiter
+            if filler is not None and key in self._fill_keys and not filler.done():
+                filler.set_result(key)
 
     # -- wake-ups --------------------------------------------------------------
 
@@ -403,30 +430,49 @@ class DeliveryEngine:
         """Add other ready alerts to the batch until it is full or max_wait has passed."""
         policy = self.settings.batch
         ready = self._state.ready
+        pending = self._state.pending
         loop = asyncio.get_running_loop()
         deadline = loop.time() + policy.max_wait
-        while len(batch) < policy.max_events and size < policy.max_bytes:
-            if ready:
-                key = ready.popleft()
-            else:
-                if loop.time() >= deadline or self.closed or self._flush.is_set():
+        own = self._fill_keys
+        own.update(keys)
+        woken_by_own = False
+        try:
+            while len(batch) < policy.max_events and size < policy.max_bytes:
+                key = None
+                if woken_by_own:
+                    # events came for the batch's own lanes while it waited (one wake-up
+                    # for several lanes): they go first, being older than later lanes
+                    key = next((k for k in keys if pending[k]), None)
+                    woken_by_own = key is not None
+                if key is None and ready:
+                    key = ready.popleft()
+                if key is None:
+                    if loop.time() >= deadline or self.closed or self._flush.is_set():
+                        break
+                    waiter = loop.create_future()
+                    self._key_waiters.append(waiter)
+                    self._fill_waiter = waiter
+                    timer = loop.call_at(deadline, _expire, waiter)
+                    try:
+                        key = await waiter
+                    finally:
+                        timer.cancel()
+                        self._fill_waiter = None
+                    if key is None:  # max_wait passed, or no more input is coming
+                        break
+                    woken_by_own = key in own
+                before = len(batch)
+                size = self._take(key, batch, size)
+                if len(batch) == before:
+                    if key not in own:
+                        # did not fit: ready again at once, not held while this batch is sent
+                        self._push_ready(key)
                     break
-                waiter = loop.create_future()
-                self._key_waiters.append(waiter)
-                timer = loop.call_at(deadline, _expire, waiter)
-                try:
-                    key = await waiter
-                finally:
-                    timer.cancel()
-                if key is None:  # max_wait passed, or no more input is coming
-                    break
-            before = len(batch)
-            size = self._take(key, batch, size)
-            if len(batch) == before:
-                # did not fit: ready again at once, not held while this batch is sent
-                self._push_ready(key)
-                break
-            keys.append(key)
+                if key not in own:
+                    own.add(key)
+                    keys.append(key)
+        finally:
+            own.clear()
         return size
 
     async def _deliver(self, batch: list[Delivery]) -> None:
@@ -436,6 +482,10 @@ class DeliveryEngine:
         successes = self._successes
         started = loop.time()
         while True:
+            if self.revoked is not None:
+                batch = self._unrevoked(batch)
+                if not batch:
+                    return
             if self._spent:
                 # The budget is spent: what waits is dead-lettered, with one probe at
                 # most every max_backoff seconds to notice that the receiver is back.
@@ -554,6 +604,15 @@ class DeliveryEngine:
         self._spent = False
         self.failing_since = None
 
+    def _unrevoked(self, batch: list[Delivery]) -> list[Delivery]:
+        """``batch`` without the deliveries of shards this process lost."""
+        revoked = self.revoked
+        assert revoked is not None  # only called when set
+        keep = [d for d in batch if not revoked(d)]
+        if len(keep) < len(batch):
+            self.stats.handed_over += len(batch) - len(keep)
+        return keep
+
     def _record(self, batch, number, outcome, reason, status=None, after=None) -> None:
         entry = _Attempt(number, utc_now(), outcome, reason, status, after).as_dict()
         for delivery in batch:
@@ -563,6 +622,10 @@ class DeliveryEngine:
                      response: str | None = None, quiet: bool | str = False) -> None:
         """Write dead-letter records for ``batch``; ``quiet``: only count them (under
         ``reason``, or the given summary text) and report the count once, in drain()."""
+        if self.revoked is not None:
+            batch = self._unrevoked(batch)
+            if not batch:
+                return
         self.dead_letter.write(delivery_record(d, stage="deliver", reason=reason, status=status,
                                                response=response) for d in batch)
         self.stats.dead_lettered += len(batch)

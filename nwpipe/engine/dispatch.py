@@ -13,6 +13,15 @@ acknowledged (removed from the queue) up to the lowest mark of all configured ou
 and only after the dead-letter file is on disk, so nothing leaves the queue before
 every output that takes it has settled it. Marks are saved with the queue, so that
 after a restart an output that was ahead does not send again what it settled.
+
+A shared queue (Redis: several processes deliver from it) gives this process some of
+its shards, and that set changes while it runs: the dispatcher looks every
+``OWNERSHIP_INTERVAL``. A shard it gains is read from its feeds' saved marks; a shard it
+loses (its fair share shrank, or its lease ran out) is dropped: its feeds' state is
+forgotten and the deliveries still held in memory are revoked, neither sent nor
+dead-lettered, since the shard's next owner delivers them. The engines also ask the
+queue just before each send (``Queue.holds``), so a process that was frozen past its
+lease sends nothing more of those shards when it wakes up.
 """
 
 from __future__ import annotations
@@ -25,7 +34,7 @@ from typing import TYPE_CHECKING, Callable
 import orjson
 
 from nwpipe.outputs import Delivery
-from nwpipe.queue.base import Entry, Pos, Queue, QueueError, wait_event
+from nwpipe.queue.base import Entry, Pos, Queue, QueueError, QueueUnavailable, wait_event
 
 if TYPE_CHECKING:  # pragma: no cover
     from nwpipe.engine.delivery import DeliveryEngine
@@ -36,6 +45,16 @@ log = logging.getLogger("nwpipe")
 READ_BATCH = 512
 #: seconds a feed waits for new entries before it looks again (a put wakes it sooner)
 IDLE_WAIT = 0.1
+#: a shared queue's ownership changes while it runs: looked at this often (seconds)
+OWNERSHIP_INTERVAL = 0.25
+#: a shared queue is acknowledged at most this often (seconds): each pass costs round
+#: trips to the store per shard, and settled deliveries come all the time
+SHARED_ACK_SPACING = 0.1
+#: seconds between tries while the queue's store cannot be reached (Redis down)
+UNAVAILABLE_WAIT = 0.5
+
+#: the ticket of a delivery whose shard this process lost (see Dispatcher.drop)
+REVOKED = "revoked"
 
 
 def split_origin(origin: str) -> tuple[str, int]:
@@ -140,26 +159,85 @@ class Dispatcher:
         self._moved = asyncio.Event()
         #: entries removed from the queue by this run
         self.acked = 0
+        #: shared queue: per owned shard, the ownership its feeds' state belongs to
+        self._epochs: dict[int, int] = {}
+        self._unavailable: str | None = None  # the store's error, said once per outage
 
     # -- setup ----------------------------------------------------------------------
 
     async def load(self, starts: dict[str, dict[int, Pos | None]] | None = None) -> None:
         """Take the owned shards and each feed's saved mark (or a given start)."""
-        self.shards = await self.queue.owned()
-        for shard in self.shards:
-            saved = await self.queue.load_marks(shard)
-            self._saved[shard] = dict(saved)
-            self._other_marks[shard] = {n: saved[n] for n in self.others if n in saved}
-            self._acked[shard] = None
-            for name, feed in self.feeds.items():
-                start = (starts or {}).get(name, {})
-                feed.start_at(shard, start[shard] if shard in start else saved.get(name))
+        self.shards = frozenset()
+        for shard in await self.queue.owned():
+            await self._take(shard, starts)
+
+    async def _take(self, shard: int, starts: dict | None = None) -> None:
+        """Start delivering ``shard``: each feed from its saved mark (or a given start)."""
+        self._epochs[shard] = self.queue.epoch(shard)
+        saved = await self.queue.load_marks(shard)
+        self._saved[shard] = dict(saved)
+        self._other_marks[shard] = {n: saved[n] for n in self.others if n in saved}
+        self._acked[shard] = None
+        for name, feed in self.feeds.items():
+            start = (starts or {}).get(name, {})
+            feed.start_at(shard, start[shard] if shard in start else saved.get(name))
+        self.shards = self.shards | {shard}
+
+    def _drop(self, shard: int) -> None:
+        """Stop delivering ``shard``: forget its state, revoke what the engines hold of it."""
+        self.shards = self.shards - {shard}
+        for feed in self.feeds.values():
+            for delivery in feed.engine.held():
+                ticket = delivery.ticket
+                if ticket.__class__ is tuple and ticket[0] == shard:
+                    delivery.ticket = REVOKED
+            feed.cursor.pop(shard, None)
+            feed.mark.pop(shard, None)
+            feed._slots.pop(shard, None)
+            for key in [k for k in feed._open if k[0] == shard]:
+                del feed._open[key]
+        for table in (self._acked, self._saved, self._other_marks, self._epochs):
+            table.pop(shard, None)
+
+    async def refresh(self) -> None:
+        """Shared queue: take the shards this process gained, drop the ones it lost."""
+        owned = await self.queue.owned()
+        renewed = {s for s in self.shards & owned if self.queue.epoch(s) != self._epochs.get(s)}
+        lost = (self.shards - owned) | renewed
+        for shard in sorted(lost):
+            self._drop(shard)
+            await self.queue.let_go(shard)
+        if lost:
+            log.info("stopped delivering shard%s %s (now another worker's)",
+                     "s" if len(lost) > 1 else "", ", ".join(map(str, sorted(lost))))
+        gained = sorted(owned - self.shards)
+        for shard in gained:
+            await self._take(shard)
+        if gained:
+            log.info("delivering shard%s %s of %s", "s" if len(gained) > 1 else "",
+                     ", ".join(map(str, gained)), getattr(self.queue, "location", "the queue"))
+
+    def _current(self, shard: int) -> bool:
+        """Whether ``shard`` is still delivered by this process, in the same ownership."""
+        return shard in self.shards and self.queue.epoch(shard) == self._epochs.get(shard)
+
+    def _revoked(self, delivery: Delivery) -> bool:
+        """The engines' check before each send (shared queue)."""
+        ticket = delivery.ticket
+        if ticket is REVOKED:
+            return True
+        if ticket.__class__ is not tuple:
+            return False
+        shard = ticket[0]
+        return not (self.queue.holds(shard) and self._current(shard))
 
     def start(self) -> None:
         """Start every feed and the acknowledgements (once)."""
         if self._acker is not None:
             return
         for feed in self.feeds.values():
+            if self.queue.shared:
+                feed.engine.revoked = self._revoked
             feed.task = asyncio.ensure_future(self._run(feed))
         self._acker = asyncio.ensure_future(self._ack_loop())
 
@@ -200,25 +278,46 @@ class Dispatcher:
     async def _run(self, feed: Feed) -> None:
         try:
             while not self._stopping and not feed.engine.closed:
-                progressed = False
-                ended = self._input_ended.is_set()  # looked at before reading: no race
-                for shard in sorted(self.shards):
-                    entries = await self.queue.read(shard, feed.cursor[shard], READ_BATCH)
-                    if not entries:
-                        continue
-                    progressed = True
-                    for entry in entries:
-                        if self._stopping:
+                try:
+                    progressed = False
+                    ended = self._input_ended.is_set()  # looked at before reading: no race
+                    # lost meanwhile, or taken anew: refresh() sorts those out
+                    shards = [s for s in sorted(self.shards) if self._current(s)]
+                    got = await self.queue.read_many([(s, feed.cursor[s]) for s in shards],
+                                                     READ_BATCH)
+                    for shard in shards:
+                        entries = got.get(shard)
+                        if not entries:
+                            continue
+                        progressed = True
+                        for entry in entries:
+                            if self._stopping:
+                                return
+                            if not self._current(shard):
+                                break
+                            await self._one(feed, entry)
+                    if not progressed:
+                        if ended:
                             return
-                        await self._one(feed, entry)
-                if not progressed:
-                    if ended:
-                        return
-                    await self.queue.wait(IDLE_WAIT)
+                        await self.queue.wait(IDLE_WAIT)
+                    self._reachable()
+                except QueueUnavailable as exc:
+                    self._unreachable(exc)
+                    await asyncio.sleep(UNAVAILABLE_WAIT)
         except QueueError as exc:
             log.error("error: %s: %s", feed.name, exc)
         finally:
             feed.done = True
+
+    def _unreachable(self, exc: QueueError) -> None:
+        if self._unavailable is None:
+            log.warning("%s; delivery from the queue waits for it", exc)
+        self._unavailable = str(exc)
+
+    def _reachable(self) -> None:
+        if self._unavailable is not None:
+            self._unavailable = None
+            log.info("the queue answers again; delivery from it goes on")
 
     async def _one(self, feed: Feed, entry: Entry) -> None:
         shard, pos = entry.shard, entry.pos
@@ -239,22 +338,39 @@ class Dispatcher:
         delivery.ticket = (shard, pos)
         feed.taken(shard, pos)
         await feed.engine.submit(delivery)
+        if self.queue.shared and not self._current(shard):
+            # the shard was lost while the engine made room: not this process's to send
+            # (no await between submit's return and this: no engine worker saw it yet)
+            delivery.ticket = REVOKED
 
     # -- acknowledgements ---------------------------------------------------------------
 
     async def _ack_loop(self) -> None:
+        shared = self.queue.shared
         while True:
-            await self._moved.wait()
+            if shared:  # also when nothing moves: shards come and go
+                await wait_event(self._moved, OWNERSHIP_INTERVAL)
+            else:
+                await self._moved.wait()
             self._moved.clear()
             try:
+                if shared and not self._stopping:
+                    await self.refresh()
                 await self.ack()
+                self._reachable()
+            except QueueUnavailable as exc:
+                self._unreachable(exc)
             except QueueError as exc:
                 log.error("error: %s", exc)
+            if shared:
+                await asyncio.sleep(SHARED_ACK_SPACING)
 
     async def ack(self) -> None:
         """Remove what every output settled; save the marks that moved."""
         flushed = False
         for shard in self.shards:
+            if not self._current(shard):
+                continue
             marks = {name: feed.mark[shard] for name, feed in self.feeds.items()}
             known = {n: m for n, m in marks.items() if m is not None}
             if known != {n: self._saved[shard].get(n) for n in known}:

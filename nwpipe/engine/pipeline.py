@@ -94,6 +94,8 @@ def output_summary(name: str, stats: OutputStats, seconds: float) -> str:
         text += f", {stats.dead_lettered} dead-lettered"
     if stats.not_sent:
         text += f", {stats.not_sent} not sent (the output was closed)"
+    if stats.handed_over:
+        text += f", {stats.handed_over} handed over (their shards went to another worker)"
     if seconds >= RATE_MIN_SECONDS and stats.delivered:
         text += f" ({stats.delivered / seconds:,.0f}/s)"
     return text
@@ -129,6 +131,8 @@ class RunResult:
     put: int = 0
     #: events left in the queue for the next run, at the end
     left_queued: int = 0
+    #: the queue is shared with other processes (Redis): its backlog is not this run's
+    shared: bool = False
     #: seconds reading waited for room in the queue (queue.max_bytes reached)
     waited_for_room: float = 0.0
     #: events skipped by --resume: an earlier durable run had committed them
@@ -160,7 +164,8 @@ class RunResult:
                 disk.append(f"{self.backlog_found} from an earlier run")
             if self.put:
                 disk.append(f"{self.put} put by this run")
-            disk.append(f"{self.left_queued} left for the next run")
+            if not self.shared:
+                disk.append(f"{self.left_queued} left for the next run")
             line += f"; queue {self.queue}: " + ", ".join(disk)
         if self.waited_for_room:
             line += (f"; reading waited {self.waited_for_room:.1f} s for room in the queue "
@@ -185,13 +190,16 @@ class Pipeline:
     def __init__(self, config: Config, router: Router, outputs: dict, *,
                  dead_letter: DeadLetterFile, shutdown_timeout: float | None = None,
                  progress=None, queue: Queue | None = None, durable: bool = False,
-                 keep_queue: bool = False, resume: bool = False, refuse: str | None = None):
+                 keep_queue: bool = False, resume: bool = False, refuse: str | None = None,
+                 deliver: bool = True):
         """``queue``: the durable queue (opened by the run when needed); ``durable``:
         commit every event before delivering it; ``keep_queue``: at the end, leave what
         only failing outputs hold in the queue instead of waiting for their retry
         budget; ``resume``: skip what an earlier durable run committed of each input
         file; ``refuse``: dead-letter everything with this reason instead of sending
-        (``nwpipe queue drain --dead-letter``)."""
+        (``nwpipe queue drain --dead-letter``); ``deliver=False`` (``--no-deliver``):
+        intake only, every event is committed to the queue and other processes
+        (``nwpipe work``) deliver it."""
         self.config = config
 
         self.router = router
@@ -221,6 +229,9 @@ class Pipeline:
         self.keep_queue = keep_queue
         self.resume = resume
         self._refuse_reason = refuse
+        self.deliver = deliver
+        #: --no-deliver: events go to the queue only (no dispatcher in this process)
+        self._intake_only = False
         #: set once the run delivers from the queue (queue mode)
         self.dispatcher: Dispatcher | None = None
         self._queue_open = False
@@ -234,6 +245,7 @@ class Pipeline:
             from nwpipe.queue import location
 
             self.result.queue = location(queue.settings)
+            self.result.shared = queue.shared
 
         #: reloads the config on SIGHUP (:mod:`nwpipe.engine.reload`), when given
         self.reloader: Reloader | None = None
@@ -424,11 +436,20 @@ class Pipeline:
             self._report_hidden()
         return self.result
 
+    async def work(self) -> RunResult:
+        """``nwpipe work``: deliver from the queue until a signal (no input of its own)."""
+
+        async def until_stopped() -> None:
+            await self._stop.wait()
+
+        return await self.execute(until_stopped)
+
     async def _handle(self, records: Sequence[Event | Reject]) -> None:
         result = self.result
         acks = self._acks
         skip = self._resume_skip
         queued: list[Event] = []  # queue mode: put together, one commit
+        routes, engines = self._routes, self.engines
         for record in records:
             if skip is not None and record.line <= skip[record.source]:
                 result.resumed += 1  # --resume: committed by an earlier durable run
@@ -444,9 +465,20 @@ class Pipeline:
                 if acks.source is not None:
                     acks.after_dead_letter(record)
                 continue
-            if self.dispatcher is None:
-                await self.route(record.data, record.source, record.line,
-                                 item=record if acks.source is not None else None, spill=True)
+            if self.dispatcher is None and not self._intake_only:
+                if acks.source is None:
+                    # The common case (one output takes it, and its queue has room)
+                    # without a coroutine per event; anything else takes the full path.
+                    outcomes = route_and_map(record.data, routes, record.source, record.line)
+                    if len(outcomes) == 1:
+                        outcome = outcomes[0]
+                        if type(outcome) is Delivery and engines[outcome.output].offer(outcome):
+                            continue
+                    await self._take(outcomes, record.data, record.source, record.line,
+                                     None, None, None, True)
+                    continue
+                await self.route(record.data, record.source, record.line, item=record,
+                                 spill=True)
                 continue
             problem = check_event(record.data)
             if problem:
@@ -458,7 +490,7 @@ class Pipeline:
             queued.append(record)
         if queued:
             await self._put_events(queued)
-        if self.dispatcher is not None and records:
+        if (self.dispatcher is not None or self._intake_only) and records:
             await self._note_progress(records)
 
     async def route(self, event: dict, source: str, line: int, *, attempts: list | None = None,
@@ -473,6 +505,12 @@ class Pipeline:
         """
         outcomes = route_and_map(event, self._routes, source, line, delivery_id=delivery_id,
                                  attempts=attempts)
+        await self._take(outcomes, event, source, line, attempts, delivery_id, item, spill)
+
+    async def _take(self, outcomes: list, event: dict, source: str, line: int,
+                    attempts: list | None, delivery_id: str | None, item: Event | None,
+                    spill: bool) -> None:
+        """Hand an event's outcomes to the engines (see :meth:`route`)."""
         ticket = None if item is None else _Ticket(item)
         spill = spill and self.queue is not None
         took: list[str] = []  # outputs that have this event already (taken, or recorded)
@@ -559,7 +597,7 @@ class Pipeline:
             return
         await self._ensure_open()
         status = await queue.status()
-        if status.depth:
+        if status.depth and not queue.shared:
             self.result.backlog_found = status.depth
             log.info("queue %s holds %d event%s left by an earlier run: delivering %s first",
                      self.result.queue, status.depth, "" if status.depth == 1 else "s",
@@ -581,9 +619,10 @@ class Pipeline:
         if self.dispatcher is not None:
             try:
                 await self.dispatcher.stop()
-                status = await self._queue.status()
-                self.result.left_queued = status.depth
-                await self._save_failing()
+                if not self._queue.shared:  # a shared queue's backlog is the fleet's
+                    status = await self._queue.status()
+                    self.result.left_queued = status.depth
+                    await self._save_failing()
             except QueueError as exc:
                 log.error("error: %s", exc)
         if self._queue_open:
@@ -633,6 +672,9 @@ class Pipeline:
         pass over it). ``then`` is an event to put after it, which the outputs it names
         already took in memory.
         """
+        if not self.deliver:
+            self._intake_only = True  # commit only: other processes deliver
+            return
         for engine in self.engines.values():
             # a shutdown leaves queued events in the queue (but `queue drain
             # --dead-letter` is there to move them to the dead-letter file)
@@ -977,29 +1019,30 @@ def build_outputs(config: Config, names: Iterable[str] | None = None) -> dict:
 def run(config: Config, router: Router, paths: list[str], *, dead_letter_path: str | None = None,
         shutdown_timeout: float | None = None, progress: bool = False,
         queue_path: str | None = None, durable: bool = False, keep_queue: bool = False,
-        resume: bool = False, metrics_listen: str | None = None,
-        reloader=None) -> RunResult:
+        resume: bool = False, deliver: bool = True,
+        metrics_listen: str | None = None, reloader=None) -> RunResult:
     """Run the pipeline to the end of the source (or a signal); returns what happened.
 
     The source is the config's ``[source]`` (default: the files source reading ``paths``
     in order, ``"-"`` or nothing for stdin). ``progress``: show a live status line on
     stderr (see :mod:`nwpipe.commands.progress`). ``queue_path`` overrides ``[queue]
     path``; ``durable`` (or ``[queue] durable``) commits every event to the queue before
-    delivering it; ``keep_queue`` and ``resume``: see :class:`Pipeline`.
+    delivering it; ``keep_queue`` and ``resume``: see :class:`Pipeline`; ``deliver=False``
+    (``--no-deliver``): commit every event to the queue and deliver none.
     ``metrics_listen``: ``HOST:PORT`` where /healthz, /readyz and /metrics answer meanwhile.
     ``reloader``: a :class:`nwpipe.engine.reload.Reloader`, to reload the config on SIGHUP.
     """
-    # spill: records the file cannot take (disk full) are printed on stderr, never lost
-    dead_letter = DeadLetterFile(dead_letter_path or config.dead_letter, spill=True)
+    dead_letter = make_dead_letters(config, dead_letter_path)
     dead_letter.check()  # a dead-letter file that cannot be written is found before reading
     source = config.source.create(list(paths), config.max_line_bytes)
     tune_gc()
     try:
-        pipeline = Pipeline(config, router, build_outputs(config), dead_letter=dead_letter,
+        pipeline = Pipeline(config, router, build_outputs(config) if deliver else {},
+                            dead_letter=dead_letter,
                             shutdown_timeout=shutdown_timeout, progress=make_progress(progress),
                             queue=make_queue(config, queue_path),
-                            durable=durable or config.queue.durable, keep_queue=keep_queue,
-                            resume=resume)
+                            durable=durable or config.queue.durable or not deliver,
+                            keep_queue=keep_queue, resume=resume, deliver=deliver)
         pipeline.reloader = reloader
         if metrics_listen is None:
             result = event_loop_run(pipeline.run(source))
@@ -1034,6 +1077,19 @@ def make_queue(config: Config, path: str | None = None) -> Queue:
 
     settings = config.queue if path is None else replace(config.queue, path=path)
     return create_queue(settings)
+
+
+def make_dead_letters(config: Config, path: str | None = None):
+    """Where dead letters go: ``path`` (``--dead-letter``) when given; with a Redis queue
+    the stream ``PREFIX:dead`` that every process of the fleet shares; else the config's
+    dead-letter file."""
+    if path is None and config.queue.url:
+        from nwpipe.queue.redisdead import RedisDeadLetters
+
+        return RedisDeadLetters(config.queue.url, config.queue.prefix,
+                                ca_file=config.queue.ca_file)
+    # spill: records the file cannot take (disk full) are printed on stderr, never lost
+    return DeadLetterFile(path or config.dead_letter, spill=True)
 
 
 def make_progress(enabled: bool):

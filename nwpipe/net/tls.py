@@ -47,6 +47,10 @@ def check_tls_files(config: dict[str, Any]) -> None:
     do not load (for ``Output.check_config``)."""
     if config.get("client_key") and not config.get("client_cert"):
         raise ValueError("client_key is set but client_cert is not")
+    if not (config.get("ca_file") or config.get("client_cert")):
+        # no file of the user's to load: building the context here would only load the
+        # system's CAs (milliseconds of start-up, for an http:// URL too)
+        return
     try:
         client_context(config)
     except (ssl.SSLError, OSError) as exc:

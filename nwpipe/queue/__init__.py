@@ -11,13 +11,16 @@ from nwpipe.queue.base import (
     QueueFull,
     QueueSettings,
     QueueStatus,
+    QueueUnavailable,
     ShardStatus,
+    public_url,
     shard_of,
 )
 
 __all__ = [
     "Entry", "OutputBacklog", "Pos", "Queue", "QueueError", "QueueFull", "QueueSettings",
-    "QueueStatus", "ShardStatus", "shard_of", "create_queue", "location",
+    "QueueStatus", "QueueUnavailable", "ShardStatus", "public_url", "shard_of", "create_queue",
+    "location",
 ]
 
 
@@ -36,12 +39,4 @@ def create_queue(settings: QueueSettings) -> Queue:
 
 def location(settings: QueueSettings) -> str:
     """Where the queue lives, for messages: the file, or the Redis URL without credentials."""
-    if not settings.url:
-        return settings.path
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(settings.url)
-    host = parts.hostname or ""
-    if parts.port:
-        host += f":{parts.port}"
-    return f"{parts.scheme}://{host}{parts.path}"
+    return public_url(settings.url) if settings.url else settings.path

@@ -29,6 +29,7 @@ import asyncio
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit, urlunsplit
 
 from nwpipe.errors import NwpipeError
 
@@ -55,6 +56,16 @@ async def wait_event(event: asyncio.Event, timeout: float) -> bool:
     finally:
         waiter.cancel()
     return event.is_set()
+
+
+def public_url(url: str) -> str:
+    """``url`` without its user and password, for messages and status."""
+    parts = urlsplit(url)
+    host = parts.hostname or "localhost"
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def shard_of(alert_id: str, shards: int) -> int:
@@ -85,6 +96,15 @@ class QueueFull(QueueError):
     """The queue is past ``max_bytes``: intake waits (``run``) or answers 503 (``serve``)."""
 
 
+class QueueUnavailable(QueueFull):
+    """The store cannot be reached for now (Redis down or restarting).
+
+    A kind of :class:`QueueFull` on purpose: intake handles both the same way, it waits
+    and tries again (``run``) or answers 503 with Retry-After (``serve``), and nothing
+    is acknowledged upstream meanwhile.
+    """
+
+
 @dataclass(frozen=True)
 class OutputBacklog:
     """What waits for one output: entries after its mark, their bytes, the oldest's time."""
@@ -101,7 +121,8 @@ class ShardStatus:
     ``depth``/``bytes``/``oldest_at`` cover every entry not yet acknowledged;
     ``outputs`` maps each output that saved a mark to what waits after that mark (an
     output without a mark has the whole shard waiting); ``owner`` is the process that
-    holds the shard (Redis leases; ``None`` for SQLite).
+    holds the shard (Redis leases; ``None`` for SQLite); ``pending`` how many entries a
+    worker has read and not yet acknowledged (Redis consumer group; ``None`` for SQLite).
     """
 
     shard: int
@@ -110,6 +131,7 @@ class ShardStatus:
     oldest_at: float | None
     outputs: dict[str, OutputBacklog] = field(default_factory=dict)
     owner: str | None = None
+    pending: int | None = None
 
 
 @dataclass(frozen=True)
@@ -160,6 +182,9 @@ class Queue(abc.ABC):
 
     #: how many ordered logs the queue has; fixed when the store is created
     shards: int
+    #: several processes deliver from this queue, so the shards a process owns change
+    #: while it runs (Redis); see :meth:`holds` and :meth:`epoch`
+    shared: bool = False
     #: the disk/memory budget in bytes; ``put`` raises QueueFull past it
     max_bytes: int
     #: what the queue was made from (``[queue]``)
@@ -196,6 +221,22 @@ class Queue(abc.ABC):
         leased shards. A shard that leaves the set must not be read from any more.
         """
 
+    def holds(self, shard: int) -> bool:
+        """Whether this process may still deliver what it read from ``shard``, checked
+        without waiting (just before each send): False once its claim may have lapsed,
+        so that a process that was frozen past its lease sends nothing more."""
+        return True
+
+    def epoch(self, shard: int) -> int:
+        """Changes each time this process takes ``shard`` anew: what it read before
+        belongs to an earlier ownership and is not sent any more."""
+        return 0
+
+    async def let_go(self, shard: int) -> None:
+        """This process dropped everything it held of ``shard`` (it left :meth:`owned`):
+        a shared queue may hand it to another process now."""
+        return None  # only a shared queue hands shards over
+
     @abc.abstractmethod
     async def read(self, shard: int, after: Pos | None, limit: int) -> list[Entry]:
         """Up to ``limit`` entries of ``shard`` strictly after ``after``, in order.
@@ -204,6 +245,12 @@ class Queue(abc.ABC):
         pending entries a previous owner read but did not ack come first, in stream
         order). Never blocks waiting for new entries: see :meth:`wait`.
         """
+
+    async def read_many(self, wanted: Sequence[tuple[int, Pos | None]],
+                        limit: int) -> dict[int, list[Entry]]:
+        """:meth:`read` for several ``(shard, after)`` at once, by shard; an engine on
+        the network (Redis) answers them in one round trip."""
+        return {shard: await self.read(shard, after, limit) for shard, after in wanted}
 
     @abc.abstractmethod
     async def wait(self, timeout: float) -> None:

@@ -47,7 +47,6 @@ def events(first: int, count: int) -> bytes:
 def webhook_config(path: Path, url: str, tag: str, *, extra: str = "") -> None:
     path.write_text(f"""
 shutdown_timeout = 10
-{extra}
 [outputs.soc]
 type = "webhook"
 url = "{url}"
@@ -57,6 +56,7 @@ timeout = 10
 [outputs.soc.retry]
 initial_backoff = 0.02
 max_backoff = 0.2
+{extra}
 """)
 
 
@@ -502,3 +502,44 @@ def test_serve_intake_only_checks_and_takes_a_new_config(tmp_path):
         assert serve.stop() == 0, serve.stderr
     finally:
         serve.kill()
+
+
+async def test_work_url_change_under_load_delivers_each_event_once_in_order(
+        tmp_path, make_receiver, runs, redis_server, redis_prefix):
+    """``nwpipe work --pid-file`` delivering from a Redis queue that ``nwpipe run
+    --no-deliver`` fills; the worker's output URL changes by a reload under load."""
+    journal = Journal()
+    old = await make_receiver()
+    new = await make_receiver()
+    old.handler = journal.handler("old", hold_after=8)
+    new.handler = journal.handler("new")
+    queue = f"""
+[queue]
+url = "{redis_server.url}"
+prefix = "{redis_prefix}"
+shards = 4
+"""
+    config = tmp_path / "nwpipe.toml"
+    webhook_config(config, old.url + "/in", "1", extra=queue)
+    pid_path = tmp_path / "work.pid"
+    worker = await runs(tmp_path, "work", "-c", str(config), "--pid-file", str(pid_path))
+    intake = await runs(tmp_path, "run", "--no-deliver", "-c", str(config), "-")
+    await intake.send(events(0, 20))
+    await wait_until(lambda: len(journal.answered("old")) == 8
+                     and len(journal.entries) == 8 * 2 + 4, "4 deliveries in flight")
+    assert read_pid(str(pid_path)) == worker.proc.pid
+    webhook_config(config, new.url + "/in", "2", extra=queue)
+    code, err = await reload_command(tmp_path, pid_path)
+    assert code == 0, err
+    await wait_until(lambda: worker.saw("config reloaded"), "the reload")
+    await intake.send(events(20, 20))
+    assert await intake.finish() == 0, "\n".join(intake.stderr)
+    await wait_until(lambda: len(journal.answered("new")) >= 120 - 8 - 4 - 8,
+                     "the new receiver's deliveries")
+    journal.held_back()
+    journal.release.set()
+    await wait_until(lambda: len(journal.answered()) == 120, "every delivery")
+    worker.proc.send_signal(signal.SIGTERM)
+    assert await worker.finish() == 0, "\n".join(worker.stderr)
+    journal.check_handed_over()
+    assert not pid_path.exists(), "the PID file is removed at exit"

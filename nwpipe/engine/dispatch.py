@@ -252,6 +252,8 @@ class Dispatcher:
             feed.start_at(shard, max(read) if read else None)
         self.feeds[name] = feed
         if self._acker is not None:  # started: so is this feed
+            if self.queue.shared:
+                engine.revoked = self._revoked
             feed.task = asyncio.ensure_future(self._run(feed))
         return feed
 

@@ -283,6 +283,7 @@ def apply(pipeline: Pipeline, config: Config, router: Router, changes: Plan,
         successor = engines[name]
         moved = old[name].hand_over(successor)  # the two engines share their counters
         successor.on_delivered = old[name].on_delivered  # its latency metric goes on
+        successor.revoked = old[name].revoked  # a shared queue's check before each send
         successor.take(_map_again(pipeline, moved, pipeline._by_name[name], successor))
     _swap_feeds(pipeline, changes, engines)
     for name in changes.changed:

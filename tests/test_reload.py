@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiohttp
 import pytest
@@ -24,6 +25,9 @@ from serveproc import ServeProcess
 
 from nwpipe.commands.pidfile import pid_file, read_pid
 from nwpipe.errors import NwpipeError
+
+if TYPE_CHECKING:
+    from conftest import Receiver
 
 STATES = ("start", "ongoing", "end")
 
@@ -113,9 +117,16 @@ class Journal:
                 before = STATES[STATES.index(state) - 1]
                 assert answered_at[(i, before)] < n, f"{i} {state} overtook {before}"
 
-    def held_back(self) -> None:
-        """While the old receiver holds its 4 requests, the new receiver has all but
+    async def until_in_flight(self) -> None:
+        """Until the old receiver answered 8 requests and holds the next 4."""
+        await wait_until(lambda: len(self.answered("old")) == 8
+                         and len(self.entries) == 8 * 2 + 4, "4 deliveries held in flight")
+
+    async def held_back(self) -> None:
+        """While the old receiver holds its 4 requests, the new receiver gets all but
         those alerts' later events (8): none of those overtook."""
+        await wait_until(lambda: len(self.answered("new")) >= 120 - 8 - 4 - 8,
+                         "the new receiver's deliveries")
         held = {i for _what, _w, _t, i, _s in self.entries[16:20]}
         assert not [e for e in self.entries if e[1] == "new" and e[3] in held], \
             "an alert's later event overtook its earlier one still in flight on the old output"
@@ -123,6 +134,18 @@ class Journal:
     def answered(self, name: str | None = None) -> list[tuple[str, str, str]]:
         return [(tag, i, state) for what, who, tag, i, state in self.entries
                 if what == "answered" and (name is None or who == name)]
+
+
+async def receivers(make_receiver) -> tuple[Journal, Receiver, Receiver]:
+    """The journal, and the old and new receivers of the URL-change tests: the old one
+    answers 8 requests, then holds the next 4 (the output's concurrency) until the test
+    releases them; those are in flight during the reload."""
+    journal = Journal()
+    old = await make_receiver()
+    new = await make_receiver()
+    old.handler = journal.handler("old", hold_after=8)
+    new.handler = journal.handler("new")
+    return journal, old, new
 
 
 async def wait_until(predicate, what: str, timeout: float = 60.0) -> None:
@@ -214,13 +237,7 @@ async def test_url_change_under_load_delivers_each_event_once_in_order(tmp_path,
                                                                         runs, mode):
     """``durable``: every event is committed to the queue file first and delivered from
     it by the output's feed, which then reads for the new engine."""
-    journal = Journal()
-    old = await make_receiver()
-    new = await make_receiver()
-    # the old receiver answers 8 requests, then holds the next 4 (the output's
-    # concurrency) until the test releases them: those are in flight during the reload
-    old.handler = journal.handler("old", hold_after=8)
-    new.handler = journal.handler("new")
+    journal, old, new = await receivers(make_receiver)
     config = tmp_path / "nwpipe.toml"
     webhook_config(config, old.url + "/in", "1")
     pid_path = tmp_path / "nwpipe.pid"
@@ -228,8 +245,7 @@ async def test_url_change_under_load_delivers_each_event_once_in_order(tmp_path,
     run = await runs(tmp_path, "run", "-c", str(config), "--pid-file", str(pid_path), *durable)
 
     await run.send(events(0, 20))  # 60 events
-    await wait_until(lambda: len(journal.answered("old")) == 8
-                     and len(journal.entries) == 8 * 2 + 4, "4 deliveries held in flight")
+    await journal.until_in_flight()
     assert read_pid(str(pid_path)) == run.proc.pid
     webhook_config(config, new.url + "/in", "2")
     code, err = await reload_command(tmp_path, pid_path)
@@ -238,9 +254,7 @@ async def test_url_change_under_load_delivers_each_event_once_in_order(tmp_path,
     await wait_until(lambda: run.saw("config reloaded"), "the reload")
     await run.send(events(20, 20))
     # all but the 4 held alerts' later events (8) reach the new receiver meanwhile
-    await wait_until(lambda: len(journal.answered("new")) >= 120 - 8 - 4 - 8,
-                     "the new receiver's deliveries")
-    journal.held_back()
+    await journal.held_back()
     journal.release.set()
     assert await run.finish() == 0, "\n".join(run.stderr)
 
@@ -444,11 +458,7 @@ async def test_serve_url_change_under_load_delivers_each_event_once_in_order(tmp
                                                                               make_receiver):
     """``nwpipe serve --pid-file``: events POSTed to it, its output's URL changed by a
     reload while 4 requests are in flight and the rest waits."""
-    journal = Journal()
-    old = await make_receiver()
-    new = await make_receiver()
-    old.handler = journal.handler("old", hold_after=8)
-    new.handler = journal.handler("new")
+    journal, old, new = await receivers(make_receiver)
     pid_path = tmp_path / "nwpipe.pid"
     serve = ServeProcess(tmp_path, "", "--pid-file", str(pid_path))
     webhook_config(serve.config, old.url + "/in", "1")
@@ -461,8 +471,7 @@ async def test_serve_url_change_under_load_delivers_each_event_once_in_order(tmp
                     assert response.status == 200, await response.text()
 
             await post(events(0, 20))
-            await wait_until(lambda: len(journal.answered("old")) == 8
-                             and len(journal.entries) == 8 * 2 + 4, "4 deliveries in flight")
+            await journal.until_in_flight()
             assert read_pid(str(pid_path)) == serve.proc.pid
             webhook_config(serve.config, new.url + "/in", "2")
             code, err = await reload_command(tmp_path, pid_path)
@@ -470,9 +479,7 @@ async def test_serve_url_change_under_load_delivers_each_event_once_in_order(tmp
             await wait_until(lambda: any("config reloaded" in x for x in serve.lines),
                              "the reload")
             await post(events(20, 20))
-        await wait_until(lambda: len(journal.answered("new")) >= 120 - 8 - 4 - 8,
-                         "the new receiver's deliveries")
-        journal.held_back()
+        await journal.held_back()
         journal.release.set()
         await wait_until(lambda: len(journal.answered()) == 120, "every delivery")
         assert await asyncio.to_thread(serve.stop) == 0, serve.stderr
@@ -508,11 +515,7 @@ async def test_work_url_change_under_load_delivers_each_event_once_in_order(
         tmp_path, make_receiver, runs, redis_server, redis_prefix):
     """``nwpipe work --pid-file`` delivering from a Redis queue that ``nwpipe run
     --no-deliver`` fills; the worker's output URL changes by a reload under load."""
-    journal = Journal()
-    old = await make_receiver()
-    new = await make_receiver()
-    old.handler = journal.handler("old", hold_after=8)
-    new.handler = journal.handler("new")
+    journal, old, new = await receivers(make_receiver)
     queue = f"""
 [queue]
 url = "{redis_server.url}"
@@ -525,8 +528,7 @@ shards = 4
     worker = await runs(tmp_path, "work", "-c", str(config), "--pid-file", str(pid_path))
     intake = await runs(tmp_path, "run", "--no-deliver", "-c", str(config), "-")
     await intake.send(events(0, 20))
-    await wait_until(lambda: len(journal.answered("old")) == 8
-                     and len(journal.entries) == 8 * 2 + 4, "4 deliveries in flight")
+    await journal.until_in_flight()
     assert read_pid(str(pid_path)) == worker.proc.pid
     webhook_config(config, new.url + "/in", "2", extra=queue)
     code, err = await reload_command(tmp_path, pid_path)
@@ -534,9 +536,7 @@ shards = 4
     await wait_until(lambda: worker.saw("config reloaded"), "the reload")
     await intake.send(events(20, 20))
     assert await intake.finish() == 0, "\n".join(intake.stderr)
-    await wait_until(lambda: len(journal.answered("new")) >= 120 - 8 - 4 - 8,
-                     "the new receiver's deliveries")
-    journal.held_back()
+    await journal.held_back()
     journal.release.set()
     await wait_until(lambda: len(journal.answered()) == 120, "every delivery")
     worker.proc.send_signal(signal.SIGTERM)

@@ -20,7 +20,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-from nwpipe.errors import ConfigError
+from nwpipe.errors import ConfigError, Problems
 from nwpipe.outputs import Output
 from nwpipe.queue.base import (
     DEFAULT_MAX_BYTES,
@@ -29,7 +29,7 @@ from nwpipe.queue.base import (
     SYNC_MODES,
     QueueSettings,
 )
-from nwpipe.settings import Setting, did_you_mean, validate_settings
+from nwpipe.settings import EnvText, Setting, did_you_mean, plain, validate_settings
 from nwpipe.sources.base import DEFAULT_SOURCE, Source
 from nwpipe.sources.serve_settings import ServeSettings, build_serve_settings
 
@@ -131,6 +131,8 @@ class Config:
     #: bounds on rendering one template for one event (nwpipe.transform.limits)
     template_time_limit: float = 2.0
     template_max_bytes: int = 1 << 20
+    #: events that match no output are dead-lettered (stage "route"), not only counted
+    strict_routing: bool = False
     queue: QueueSettings = field(default_factory=QueueSettings)
 
     @property
@@ -169,6 +171,8 @@ TOP_LEVEL = {
                                    help="seconds one template may take for one event"),
     "template_max_bytes": Setting(int, default=1 << 20, check=_positive,
                                   help="longest text one template may render for one event"),
+    "strict_routing": Setting(bool, default=False,
+                              help="dead-letter events that match no output (stage 'route')"),
 }
 
 
@@ -243,7 +247,9 @@ def expand_env(value: Any, key: str, file: str | None, environ=os.environ) -> An
     """Expand ``${VAR}`` and ``${VAR:-default}`` in every string of ``value``.
 
     ``$$`` stands for a literal ``$``. An unset variable without a default is a
-    ConfigError naming the key (never the value: it may be a secret).
+    ConfigError naming the key (never the value: it may be a secret). A value that is
+    one whole ``${VAR}`` comes back as :class:`nwpipe.settings.EnvText`, which
+    validation converts to the setting's type (int, float, bool, list of strings).
     """
     if isinstance(value, str):
         if "$" not in value:
@@ -260,7 +266,12 @@ def expand_env(value: Any, key: str, file: str | None, environ=os.environ) -> An
             raise ConfigError(f"environment variable {name} is not set "
                               f"(set it, or write ${{{name}:-default}})", key=key, file=file)
 
-        return _ENV_REF.sub(replace, value)
+        text = _ENV_REF.sub(replace, value)
+        whole = _ENV_REF.fullmatch(value)
+        if whole and whole.group(2):
+            # the whole value is one variable: it may still take the setting's type
+            return EnvText(text, whole.group(2))
+        return text
     if isinstance(value, dict):
         return {k: expand_env(v, f"{key}.{k}" if key else k, file, environ)
                 for k, v in value.items()}
@@ -309,53 +320,75 @@ def load_config(path: str | None, output_types: dict[str, type[Output]],
 def build_config(data: dict, output_types: dict[str, type[Output]], *, file: str | None = None,
                  environ=os.environ,
                  source_types: dict[str, type[Source]] | None = None) -> Config:
-    """Validate an already-parsed config table."""
+    """Validate an already-parsed config table: every problem found is reported at once
+    (a :class:`nwpipe.errors.ConfigErrors` when there are several)."""
+    problems = Problems()
     data = expand_env(data, "", file, environ)
-    top = validate_settings(data, TOP_LEVEL, key="", file=file)
+    known_top = {k: v for k, v in data.items() if k in TOP_LEVEL}
+    with problems.collect():
+        validate_settings(data, TOP_LEVEL, key="", file=file)
+    # go on with the known keys, so that the problems inside them are found too
+    try:
+        top = validate_settings(known_top, TOP_LEVEL, key="", file=file)
+    except ConfigError:
+        problems.raise_if_any()
+        raise
     templates = top["templates"]
     if isinstance(templates, str):
         templates = [templates]
-    for i, item in enumerate(templates):
-        if not isinstance(item, str):
-            raise ConfigError("must be a folder path (string)", key=f"templates[{i}]", file=file)
     base = Path(file).resolve().parent if file else Path.cwd()
     template_dirs = []
     for i, item in enumerate(templates):
-        folder = (base / item) if not Path(item).is_absolute() else Path(item)
-        if not folder.is_dir():
-            raise ConfigError(f"template folder {item!r} does not exist", key=f"templates[{i}]",
-                              file=file)
-        template_dirs.append(folder)
+        with problems.collect():
+            if not isinstance(item, str):
+                raise ConfigError("must be a folder path (string)", key=f"templates[{i}]",
+                                  file=file)
+            folder = (base / item) if not Path(item).is_absolute() else Path(item)
+            if not folder.is_dir():
+                raise ConfigError(f"template folder {item!r} does not exist",
+                                  key=f"templates[{i}]", file=file)
+            template_dirs.append(folder)
 
-    serve = build_serve_settings(top["serve"], file=file)
+    serve = ServeSettings()
+    with problems.collect():
+        serve = build_serve_settings(top["serve"], file=file)
 
-    mappings = top["mappings"]
+    mappings = plain(top["mappings"])
     for name, table in mappings.items():
-        if not isinstance(table, dict):
-            raise ConfigError("must be a table ([mappings.NAME])", key=f"mappings.{name}",
-                              file=file)
+        with problems.collect():
+            if not isinstance(table, dict):
+                raise ConfigError("must be a table ([mappings.NAME])", key=f"mappings.{name}",
+                                  file=file)
 
     defaults = top["defaults"]
     outputs: dict[str, OutputConfig] = {}
-    if not isinstance(top["outputs"], dict):
-        raise ConfigError("must be a table", key="outputs", file=file)
     if not top["outputs"] and file is not None:
-        raise ConfigError("no outputs configured: add an [outputs.NAME] table", key="outputs",
-                          file=file)
+        problems.errors.append(ConfigError("no outputs configured: add an [outputs.NAME] "
+                                           "table", key="outputs", file=file))
     for name, table in top["outputs"].items():
-        if not isinstance(table, dict):
-            raise ConfigError("must be a table ([outputs.NAME])", key=f"outputs.{name}", file=file)
-        outputs[name] = _build_output(name, table, defaults, output_types, mappings, file)
-    _check_defaults(defaults, output_types, outputs, file)
+        with problems.collect():
+            if not isinstance(table, dict):
+                raise ConfigError("must be a table ([outputs.NAME])", key=f"outputs.{name}",
+                                  file=file)
+            outputs[name] = _build_output(name, table, defaults, output_types, mappings, file)
+    with problems.collect():
+        _check_defaults(defaults, output_types, outputs, file)
 
-    tests = top["tests"]
+    tests = plain(top["tests"])
     for i, item in enumerate(tests):
-        if not isinstance(item, dict):
-            raise ConfigError("must be a table ([[tests]])", key=f"tests[{i}]", file=file)
+        with problems.collect():
+            if not isinstance(item, dict):
+                raise ConfigError("must be a table ([[tests]])", key=f"tests[{i}]", file=file)
 
-    if not isinstance(top["queue"], dict):
-        raise ConfigError("must be a table ([queue])", key="queue", file=file)
-    queue = QueueSettings(**validate_settings(top["queue"], QUEUE, key="queue", file=file))
+    source = SourceConfig()
+    with problems.collect():
+        source = _build_source(top["source"], source_types, file)
+    queue = QueueSettings()
+    with problems.collect():
+        if not isinstance(top["queue"], dict):
+            raise ConfigError("must be a table ([queue])", key="queue", file=file)
+        queue = QueueSettings(**validate_settings(top["queue"], QUEUE, key="queue", file=file))
+    problems.raise_if_any()
 
     dead_letter = top["dead_letter"]
     if dead_letter is None:
@@ -363,7 +396,7 @@ def build_config(data: dict, output_types: dict[str, type[Output]], *, file: str
     return Config(
         file=file,
         outputs=outputs,
-        source=_build_source(top["source"], source_types, file),
+        source=source,
         mappings=mappings,
         templates=template_dirs,
         dead_letter=dead_letter,
@@ -373,6 +406,7 @@ def build_config(data: dict, output_types: dict[str, type[Output]], *, file: str
         tests=tests,
         template_time_limit=top["template_time_limit"],
         template_max_bytes=top["template_max_bytes"],
+        strict_routing=top["strict_routing"],
         queue=queue,
     )
 
@@ -383,10 +417,13 @@ def _check_defaults(defaults: dict, output_types, outputs, file) -> None:
         for name, setting in cls.settings.items():
             known.add(name)
             known.update(setting.aliases)
+    problems = Problems()
     for key in defaults:
         if key not in known:
-            raise ConfigError(f"unknown setting '{key}'{did_you_mean(key, known)}",
-                              key=f"defaults.{key}", file=file)
+            problems.errors.append(ConfigError(f"unknown setting '{key}'"
+                                               f"{did_you_mean(key, known)}",
+                                               key=f"defaults.{key}", file=file))
+    problems.raise_if_any()
 
 
 def _build_output(name: str, table: dict, defaults: dict, output_types, mappings,
@@ -452,28 +489,36 @@ def _build_output(name: str, table: dict, defaults: dict, output_types, mappings
         retry=retry,
     )
 
-    settings = validate_settings(own_table, cls.settings, key=key, file=file)
-    try:
-        cls.check_config(settings)
-    except ValueError as exc:
-        raise ConfigError(str(exc), key=key, file=file) from None
-    except ConfigError as exc:
-        if exc.key is None:
-            exc.key = key
-        elif not exc.key.startswith("outputs."):
-            exc.key = f"{key}.{exc.key}"
-        exc.file = exc.file or file
-        raise
+    # the type's own settings and the mapping names are checked even when one fails,
+    # so that `nwpipe check` reports every problem of the output at once
+    problems = Problems()
+    settings: dict[str, Any] = {}
+    with problems.collect():
+        settings = validate_settings(own_table, cls.settings, key=key, file=file)
+        try:
+            cls.check_config(settings)
+        except ValueError as exc:
+            raise ConfigError(str(exc), key=key, file=file) from None
+        except ConfigError as exc:
+            if exc.key is None:
+                exc.key = key
+            elif not exc.key.startswith("outputs."):
+                exc.key = f"{key}.{exc.key}"
+            exc.file = exc.file or file
+            raise
 
     mapping = common["mapping"]
-    if isinstance(mapping, str):
-        _check_mapping_name(mapping, mappings, f"{key}.mapping", file)
-    elif isinstance(mapping, dict):
+    with problems.collect():
+        if isinstance(mapping, str):
+            _check_mapping_name(mapping, mappings, f"{key}.mapping", file)
+    if isinstance(mapping, dict):
         for customer, mapping_name in mapping.items():
-            if not isinstance(mapping_name, str):
-                raise ConfigError("must be a mapping name (string)",
-                                  key=f"{key}.mapping.{customer}", file=file)
-            _check_mapping_name(mapping_name, mappings, f"{key}.mapping.{customer}", file)
+            with problems.collect():
+                if not isinstance(mapping_name, str):
+                    raise ConfigError("must be a mapping name (string)",
+                                      key=f"{key}.mapping.{customer}", file=file)
+                _check_mapping_name(mapping_name, mappings, f"{key}.mapping.{customer}", file)
+    problems.raise_if_any()
     customers = common["customers"]
     if customers is not None:
         for i, c in enumerate(customers):
@@ -481,7 +526,8 @@ def _build_output(name: str, table: dict, defaults: dict, output_types, mappings
                 raise ConfigError("must be a customer name (string)", key=f"{key}.customers[{i}]",
                                   file=file)
         customers = frozenset(customers)
-    return OutputConfig(name=name, type=type_name, cls=cls, settings=settings, engine=engine,
+    return OutputConfig(name=name, type=type_name, cls=cls, settings=plain(settings),
+                        engine=engine,
                         mapping=mapping, customers=customers, when=common["when"])
 
 

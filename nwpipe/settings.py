@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from nwpipe.errors import ConfigError
+from nwpipe.errors import ConfigError, Problems
 
 _MISSING = object()
 
@@ -71,12 +71,70 @@ def did_you_mean(name: str, candidates) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+class EnvText(str):
+    """A setting's whole value taken from ``${VAR}`` / ``${VAR:-default}``: text that
+    may still become the setting's type (``port = "${SYSLOG_PORT:-514}"`` is an int)."""
+
+    variable: str
+
+    def __new__(cls, text: str, variable: str):
+        self = super().__new__(cls, text)
+        self.variable = variable
+        return self
+
+
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+
+
+def _from_env(value: EnvText, setting: Setting, where: str, file: str | None) -> Any:
+    """``value`` as the setting's type, or a ConfigError naming the variable."""
+    text = str(value)
+    if setting.accepts(text):
+        return text
+    types = setting.type if isinstance(setting.type, tuple) else (setting.type,)
+    word = text.strip()
+    for t in types:
+        try:
+            if t is bool:
+                if word.lower() in _TRUE | _FALSE:
+                    return word.lower() in _TRUE
+                continue
+            if t is int:
+                return int(word.replace("_", ""))
+            if t is float:
+                return float(word)
+            if t is list:
+                return [part.strip() for part in text.split(",") if part.strip()]
+        except ValueError:
+            continue
+    shown = "its value" if setting.secret else repr(text)
+    hint = " (true/false, yes/no, on/off or 1/0)" if bool in types else ""
+    if list in types:
+        hint = " (a comma-separated list)"
+    raise ConfigError(f"environment variable {value.variable} must be {setting.type_name()}"
+                      f"{hint}, got {shown}", key=where, file=file)
+
+
+def plain(value: Any) -> Any:
+    """``value`` with every :class:`EnvText` inside turned back into a plain ``str``."""
+    if isinstance(value, EnvText):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return value
+
+
 def validate_settings(table: dict, schema: dict[str, Setting], *, key: str,
                       file: str | None = None) -> dict[str, Any]:
     """Check ``table`` against ``schema``; return every setting with defaults filled in.
 
     Raises ConfigError naming ``key.<setting>`` for an unknown key, a wrong type, a value
-    outside ``choices``, or a missing required setting.
+    outside ``choices``, or a missing required setting; several problems at once are a
+    :class:`nwpipe.errors.ConfigErrors` listing each. A value that is a whole ``${VAR}``
+    (:class:`EnvText`) is converted to the setting's type first.
     """
     names = {}
     for name, setting in schema.items():
@@ -84,8 +142,14 @@ def validate_settings(table: dict, schema: dict[str, Setting], *, key: str,
         for alias in setting.aliases:
             names[alias] = name
     result: dict[str, Any] = {}
-    for given, value in table.items():
+    problems = Problems()
+    #: settings a misspelt key was taken for: not reported missing a second time
+    suggested: set[str] = set()
+
+    def one(given: str, value: Any) -> None:
         if given not in names:
+            close = difflib.get_close_matches(given, list(names), n=1, cutoff=0.6)
+            suggested.update(names[c] for c in close)
             raise ConfigError(f"unknown setting '{given}'{did_you_mean(given, names)}",
                               key=_join(key, given), file=file)
         name = names[given]
@@ -93,6 +157,8 @@ def validate_settings(table: dict, schema: dict[str, Setting], *, key: str,
             raise ConfigError(f"'{given}' and '{name}' set the same thing; keep one",
                               key=_join(key, given), file=file)
         setting = schema[name]
+        if isinstance(value, EnvText):
+            value = _from_env(value, setting, _join(key, given), file)
         if not setting.accepts(value):
             raise ConfigError(f"must be {setting.type_name()}, got {type(value).__name__}",
                               key=_join(key, given), file=file)
@@ -108,11 +174,18 @@ def validate_settings(table: dict, schema: dict[str, Setting], *, key: str,
             except ValueError as exc:
                 raise ConfigError(str(exc), key=_join(key, given), file=file) from None
         result[name] = value
+
+    for given, value in table.items():
+        with problems.collect():
+            one(given, value)
     for name, setting in schema.items():
         if name not in result:
-            if setting.required:
-                raise ConfigError("required setting is missing", key=_join(key, name), file=file)
+            if setting.required and name not in suggested \
+                    and not any(names.get(g) == name for g in table):
+                problems.errors.append(ConfigError("required setting is missing",
+                                                   key=_join(key, name), file=file))
             result[name] = setting.default
+    problems.raise_if_any()
     return result
 
 

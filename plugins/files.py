@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import stat
 from typing import Any, AsyncGenerator, AsyncIterator, cast
 
 from nwpipe import Source, hookimpl
@@ -28,6 +30,10 @@ class FilesSource(Source):
         super().__init__(config, **kwargs)
         if not self.inputs:
             self.inputs = ["-"]
+        #: bytes of the inputs when every one is a regular file (for a percentage and
+        #: an ETA on the progress line; .gz files count compressed), else None
+        self.bytes_total = _total_size(self.inputs)
+        self.bytes_read = 0
         self._fetch: asyncio.Future | None = None  # the read of the next input chunk
         self._fetch_cancelled = False
 
@@ -60,7 +66,7 @@ class FilesSource(Source):
 
     async def _read_one(self, path: str,
                         decoder: Decoder) -> AsyncIterator[list[Event | Reject]]:
-        chunks = cast(AsyncGenerator[bytes, None], aiter_chunks(path))
+        chunks = cast(AsyncGenerator[bytes, None], aiter_chunks(path, on_read=self._count))
         try:
             while not self.stopping:
                 # The read runs as its own task so that stop() can cancel it alone,
@@ -94,8 +100,24 @@ class FilesSource(Source):
                     if isinstance(r, Reject) else r for r in rest]
         return rest
 
+    def _count(self, size: int) -> None:
+        self.bytes_read += size
+
     def describe(self) -> str:
         return "files " + " ".join(self.inputs)
+
+
+def _total_size(paths: list[str]) -> int | None:
+    total = 0
+    for path in paths:
+        try:
+            info = os.stat(path) if path != "-" else None
+        except OSError:
+            return None
+        if info is None or not stat.S_ISREG(info.st_mode):
+            return None
+        total += info.st_size
+    return total
 
 
 @hookimpl

@@ -113,7 +113,17 @@ def _check_port(value: int) -> int:
     return value
 
 
+def facility_name(number: int) -> str:
+    """The name of a facility number (``16`` -> ``local0``), as users write it."""
+    for name, value in FACILITIES.items():
+        if value == number:
+            return name
+    return str(number)
+
+
 def _check_facility(value: str | int) -> int:
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)  # "${SYSLOG_FACILITY:-16}" from the environment
     if isinstance(value, str):
         name = value.strip().lower()
         if name not in FACILITIES:
@@ -456,8 +466,8 @@ class SyslogOutput(Output):
         return await probe_syslog(self, delivery)
 
     def describe(self) -> str:
-        """``syslog tls siem:6514 (cef, facility 16, octet-counting framing)``."""
-        details = [self._format, f"facility {self._facility}"]
+        """``syslog tls siem:6514 (cef, facility local0, octet-counting framing)``."""
+        details = [self._format, f"facility {facility_name(self._facility)}"]
         if self._protocol in ("tcp", "tls"):
             details.append(f"{self._framing} framing")
         if self._protocol == "relp":

@@ -120,9 +120,9 @@ def test_cli_run_with_the_dead_letter_disk_full(tmp_path, small_disk):
     raws = sorted(r["raw"] for r in in_file + on_stderr)
     assert raws == [bad_line(i) for i in range(10000)]  # each exactly once, whole
     summary = proc.stderr.strip().splitlines()[-1]
-    assert f"{len(on_stderr)} dead letters could not be written to {small_disk / 'dl.jsonl'} " \
+    assert f"{len(on_stderr):,} dead letters could not be written to {small_disk / 'dl.jsonl'} " \
            "(No space left on device) and are printed on stderr above" in summary
-    assert f"{len(in_file)} written there" in summary
+    assert f"{len(in_file):,} written there" in summary
     assert proc.stderr.count("cannot write the dead-letter file") == 1  # not once a try
 
 
@@ -163,7 +163,7 @@ def test_cli_signal_during_a_full_disk_ends_the_run_with_every_record(tmp_path, 
     assert proc.returncode == 128 + signum, "".join(err)[-2000:]
     text = "".join(err)
     assert "Traceback" not in text
-    read = int(text.rsplit("read ", 1)[1].split(" ", 1)[0])
+    read = int(text.rsplit("read ", 1)[1].split(" ", 1)[0].replace(",", ""))
     records = file_records(small_disk / "dl.jsonl") + stderr_records(text)
     raws = [r["raw"] for r in records]
     assert len(raws) == len(set(raws)) == read  # every line read: once, whole

@@ -142,9 +142,9 @@ def dead_letters(path: Path) -> list[dict]:
 
 
 def summary_count(stderr: str, pattern: str) -> int:
-    match = re.search(pattern, stderr)
+    match = re.search(pattern.replace(r"(\d+)", r"([\d,]+)"), stderr)
     assert match, stderr
-    return int(match.group(1))
+    return int(match.group(1).replace(",", ""))
 
 
 # (a) ----------------------------------------------------------------------------------
@@ -314,4 +314,4 @@ def test_corrupted_lines_of_every_kind(tmp_path, receivers):
     assert len(messages) == 50
     assert messages[0].startswith(f"nwpipe: events.jsonl:{min(bad)}: not valid JSON")
     assert f"... and {len(bad) - 50} more rejected events, all in dl.jsonl" in stderr
-    assert f"read {2000} events; rejected {len(bad)}; soc: {len(valid)} delivered" in stderr
+    assert f"read {2000:,} events; rejected {len(bad)}; soc: {len(valid):,} delivered" in stderr

@@ -288,7 +288,8 @@ def test_config_errors_name_the_key_path(tmp_path, tests, message):
 def test_no_tests_is_an_error(tmp_path):
     proc = run_tests(tmp_path, "")
     assert proc.returncode == 1
-    assert "no tests in c.toml: add [[tests]] tables" in proc.stdout
+    assert proc.stdout == ""
+    assert "nwpipe: error: no tests in c.toml: add [[tests]] tables" in proc.stderr
 
 
 def test_the_example_config_tests_pass(tmp_path):

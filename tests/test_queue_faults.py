@@ -185,7 +185,7 @@ def test_keep_queue_leaves_a_down_outputs_backlog_for_the_next_run(tmp_path, rec
     assert time.monotonic() - started < 60
     assert first.returncode == 0, first.stderr
     assert "--keep-queue: down failing" in first.stderr
-    assert "2000 left for the next run" in first.stderr
+    assert "2,000 left for the next run" in first.stderr
     assert not (tmp_path / "dl.jsonl").exists()
     assert {(a, n) for a, n, _ in arrivals(healthy)} == set(keys)
     status = queue_status(tmp_path)

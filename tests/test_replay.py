@@ -220,7 +220,7 @@ def test_missing_file_is_a_clear_error(tmp_path):
     assert proc.stderr.strip() == "nwpipe: error: nope.jsonl: no such dead-letter file"
     assert "replay" in nwpipe("--help", cwd=tmp_path).stdout
     text = nwpipe("replay", "--help", cwd=tmp_path).stdout
-    for word in ("DEAD_LETTER", "--output", "--config", "--shutdown-timeout", "atomically"):
+    for word in ("DEAD_LETTER", "--output", "-c FILE", "--shutdown-timeout", "atomically"):
         assert word in text
 
 

@@ -415,7 +415,7 @@ async def test_settings_for_another_protocol_are_ignored_with_a_warning(tls, cap
         await out.open()
     assert 'outputs.s: ca_file is ignored with protocol = "udp"' in caplog.text
     assert 'outputs.s: framing is ignored with protocol = "udp"' in caplog.text
-    assert out.describe() == "syslog udp h:514 (json, facility 1, ignored: ca_file, framing)"
+    assert out.describe() == "syslog udp h:514 (json, facility user, ignored: ca_file, framing)"
     await out.close()
     config = build_config({"defaults": {"ca_file": tls.ca_file},
                            "outputs": {"hook": {"type": "webhook", "url": "https://h/"},
@@ -425,9 +425,9 @@ async def test_settings_for_another_protocol_are_ignored_with_a_warning(tls, cap
 
 
 def test_defaults_and_describe():
-    assert make_output(host="siem").describe() == "syslog udp siem:514 (json, facility 1)"
+    assert make_output(host="siem").describe() == "syslog udp siem:514 (json, facility user)"
     assert make_output(host="siem", protocol="tls", format="cef", facility="local0").describe() \
-        == "syslog tls siem:6514 (cef, facility 16, octet-counting framing)"
+        == "syslog tls siem:6514 (cef, facility local0, octet-counting framing)"
 
 
 async def start_run(config: Path) -> asyncio.subprocess.Process:
@@ -584,7 +584,7 @@ async def test_rsyslog_takes_a_message_at_the_limit_as_one_message(rsyslog, make
 async def test_relp_every_message_acknowledged_by_rsyslog(rsyslog, make_event):
     out = make_output(host="127.0.0.1", port=rsyslog.relp_port, protocol="relp",
                       relp_window=16)
-    assert out.describe() == f"syslog relp 127.0.0.1:{rsyslog.relp_port} (json, facility 1, " \
+    assert out.describe() == f"syslog relp 127.0.0.1:{rsyslog.relp_port} (json, facility user, " \
                              "window 16)"
     await out.open()
     events = [make_event(id=f"relp-ack-{i}") for i in range(250)]

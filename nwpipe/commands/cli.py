@@ -5,11 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import re
+import shutil
 import sys
+import textwrap
 import time
 
 from nwpipe import __version__
-from nwpipe.errors import NwpipeError
+from nwpipe.errors import ConfigErrors, NwpipeError
+from nwpipe.settings import did_you_mean
 
 log = logging.getLogger("nwpipe")
 
@@ -27,6 +32,12 @@ config: -c FILE, else $NWPIPE_CONFIG, else ./nwpipe.toml, else the built-in defa
 """
 
 
+_INVALID_CHOICE = re.compile(r"argument (COMMAND|ACTION): invalid choice: '([^']*)'")
+
+#: said once at the end of every command's help, instead of repeating the options
+GLOBAL_NOTE = ("global options, before or after the command: -c FILE, -v, -q, "
+               "--log-format {text,json}, --plugins-dir DIR (see `nwpipe --help`)")
+
 SERVE_EPILOG = """\
 exit codes:
   0    stopped by SIGTERM/SIGINT; every acknowledged event is delivered,
@@ -39,26 +50,55 @@ A 2xx answer means the events are committed to the durable queue.
 
 
 class _Parser(argparse.ArgumentParser):
-    """Usage errors exit with 1, like every other error that reads nothing."""
+    """Usage errors exit with 1, like every other error that reads nothing.
+
+    The usage shown is the one of the command that was typed (``nwpipe run --bogus``
+    shows ``nwpipe run``'s); an unknown command gets a "did you mean".
+    """
 
     def error(self, message):
+        m = _INVALID_CHOICE.match(message)
+        if m:
+            commands = list(_subparsers(self))
+            what = m[1].lower()
+            message = (f"unknown {what} '{m[2]}'{did_you_mean(m[2], commands)}; "
+                       f"{what}s: {', '.join(commands)}")
         self.print_usage(sys.stderr)
         self.exit(1, f"nwpipe: error: {message}\n")
 
 
 def _common(parser: argparse.ArgumentParser, suppress: bool) -> None:
+    """The global options: on the top level described, on each command accepted quietly.
+
+    A command's copies default to SUPPRESS, so that an option given before the command
+    is not reset by the command's parser.
+    """
+    def described(text: str) -> str:
+        return argparse.SUPPRESS if suppress else text
+
+    if "--config" not in parser._option_string_actions:
+        _add_config(parser, suppress, described)
     parser.add_argument("--plugins-dir", metavar="DIR", action="append",
                         default=argparse.SUPPRESS if suppress else [],
-                        help="also load every *.py file in DIR as a plugin (repeatable)")
+                        help=described("also load every *.py file in DIR as a plugin "
+                                       "(repeatable)"))
     parser.add_argument("-v", "--verbose", action="store_true",
                         default=argparse.SUPPRESS if suppress else False,
-                        help="log more: each retry with its reason")
+                        help=described("log more: each retry with its reason"))
     parser.add_argument("-q", "--quiet", action="store_true",
                         default=argparse.SUPPRESS if suppress else False,
-                        help="only warnings and errors: no summary line")
+                        help=described("only warnings and errors: no summary line"))
     parser.add_argument("--log-format", choices=("text", "json"),
                         default=argparse.SUPPRESS if suppress else "text",
-                        help="format of messages on stderr (default: text)")
+                        help=described("format of messages on stderr (default: text)"))
+
+
+def _add_config(parser: argparse.ArgumentParser, suppress: bool, described) -> None:
+    parser.add_argument("-c", "--config", metavar="FILE",
+                        default=argparse.SUPPRESS if suppress else None,
+                        help=described("TOML config (default: $NWPIPE_CONFIG, else "
+                                       "./nwpipe.toml, else built-in: events unchanged "
+                                       "to stdout)"))
 
 
 def _queue_option(parser: argparse.ArgumentParser) -> None:
@@ -67,10 +107,35 @@ def _queue_option(parser: argparse.ArgumentParser) -> None:
                              "./nwpipe-queue.db)")
 
 
+def _strict_routing_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--strict-routing", action="store_true", default=None,
+                        help="an event that matches no output goes to the dead-letter file "
+                             "(stage 'route') instead of being counted and skipped; also the "
+                             "config's strict_routing = true")
+
+
 def _config_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-c", "--config", metavar="FILE",
-                        help="TOML config (default: $NWPIPE_CONFIG, else ./nwpipe.toml, "
-                             "else built-in: events unchanged to stdout)")
+    """``-c`` on a command's parser: the global option, accepted after the command too
+    (what :func:`_common` adds; a parser given both gets it once)."""
+    _add_config(parser, True, lambda text: argparse.SUPPRESS)
+
+
+def _command(sub, name: str, *, help: str, description: str, example: str,
+             epilog: str = "") -> argparse.ArgumentParser:
+    """A command's parser: its help ends with an example and the global-options note."""
+    text = f"example:\n  {example}\n\n{GLOBAL_NOTE}\n"
+    if epilog:
+        text += "\n" + epilog
+    description = textwrap.fill(description, width=min(shutil.get_terminal_size().columns, 100) - 2)
+    parser = sub.add_parser(name, help=help, description=description, epilog=text,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(parser, suppress=True)
+    return parser
+
+
+def command_names() -> list[str]:
+    """Every command, in the order ``nwpipe --help`` lists them."""
+    return list(_subparsers(build_parser()))
 
 
 def _pid_file_option(parser: argparse.ArgumentParser) -> None:
@@ -80,6 +145,7 @@ def _pid_file_option(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The whole command line: global options, then one sub-parser per command."""
     parser = _Parser(
         prog="nwpipe",
         description="Forward Netography Fusion alert events to webhooks and other outputs, "
@@ -87,19 +153,18 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"nwpipe {__version__}")
+    parser.add_argument("-V", "--version", action="version", version=f"nwpipe {__version__}")
     _common(parser, suppress=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    run = sub.add_parser(
-        "run", help="read events and deliver them to the configured outputs",
+    run = _command(
+        sub, "run", help="read events and deliver them to the configured outputs",
         description="Read events from FILEs (or stdin) and deliver each one, mapped, to every "
                     "output whose filters match it. Input: JSON lines, pretty-printed JSON "
                     "objects one after another, or JSON arrays; .gz files are decompressed. "
                     "Events that cannot be read, mapped or delivered go to the dead-letter "
                     "file with the reason.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _config_option(run)
+        example="nwpipe run -c nwpipe.toml events.jsonl.gz", epilog=EPILOG)
     run.add_argument("files", nargs="*", metavar="FILE",
                      help="event files to read in order; '-' is stdin (default: stdin)")
     run.add_argument("--dead-letter", metavar="PATH",
@@ -109,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--shutdown-timeout", metavar="SECONDS", type=float,
                      help="on Ctrl-C/SIGTERM, seconds to finish in-flight deliveries "
                           "(default: the config's shutdown_timeout, else 10)")
+    _strict_routing_option(run)
     run.add_argument("--metrics-listen", metavar="HOST:PORT",
                      help="serve /healthz, /readyz and /metrics (Prometheus) on this address "
                           "while the run lasts")
@@ -128,19 +194,18 @@ def build_parser() -> argparse.ArgumentParser:
                      help="intake only: commit every event to the queue and deliver none "
                           "(`nwpipe work` processes deliver them)")
     _pid_file_option(run)
-    _common(run, suppress=True)
     run.set_defaults(func=cmd_run)
 
-    work = sub.add_parser(
-        "work", help="only deliver, from the queue that intake processes fill",
+    work = _command(
+        sub, "work", help="only deliver, from the queue that intake processes fill",
         description="Deliver events from the queue ([queue] in the config) to the outputs, "
                     "routed and mapped as `run` does, reading no input of its own. With a "
                     "Redis queue ([queue] url) any number of workers on any number of "
                     "machines share the shards, each shard delivered by one worker at a "
                     "time. Runs until SIGTERM/SIGINT: what it did not deliver stays in the "
                     "queue for the others; exit 0.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _config_option(work)
+        example="nwpipe work -c nwpipe.toml   (with [queue] url = \"redis://...\")",
+        epilog=EPILOG)
     work.add_argument("--dead-letter", metavar="PATH",
                       help="dead-letter file (default: with a Redis queue its stream "
                            "PREFIX:dead, else the config's dead_letter)")
@@ -148,27 +213,25 @@ def build_parser() -> argparse.ArgumentParser:
                       help="on SIGTERM/SIGINT, seconds to finish in-flight deliveries "
                            "(default: the config's shutdown_timeout, else 10)")
     _queue_option(work)
+    _strict_routing_option(work)
     _pid_file_option(work)
-    _common(work, suppress=True)
     work.set_defaults(func=cmd_work)
 
-    reload = sub.add_parser(
-        "reload", help="make a running nwpipe re-read its config",
+    reload = _command(
+        sub, "reload", help="make a running nwpipe re-read its config",
         description="Send SIGHUP to the nwpipe process named in PATH (started with "
                     "--pid-file PATH): it re-reads its config file. A config that fails "
                     "`nwpipe check` is refused (its errors are in that process's log) and "
                     "the running one stays; a valid one replaces mappings and outputs "
                     "without losing or repeating an event. Exit 1 when the PID file is "
                     "missing or names no running nwpipe.",
-        epilog="example:\n  nwpipe reload --pid-file /run/nwpipe/nwpipe.pid",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        example="nwpipe reload --pid-file /run/nwpipe/nwpipe.pid")
     reload.add_argument("--pid-file", metavar="PATH", required=True,
                         help="the PID file the running nwpipe was started with")
-    _common(reload, suppress=True)
     reload.set_defaults(func=cmd_reload)
 
-    serve = sub.add_parser(
-        "serve", help="receive events over HTTP (Netography's webhook) and deliver them",
+    serve = _command(
+        sub, "serve", help="receive events over HTTP (Netography's webhook) and deliver them",
         description="Listen for POSTed events (one JSON event as Netography sends it, a JSON "
                     "array of events, or JSON lines), commit them to the durable queue, "
                     "answer 2xx only then, and deliver them from the queue to every output "
@@ -176,8 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "GET /healthz, /readyz and /metrics need no credentials. SIGTERM/SIGINT: "
                     "new posts get 503, deliveries in flight get shutdown_timeout seconds, "
                     "the rest stays queued for the next start; exit 0.",
-        epilog=SERVE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _config_option(serve)
+        example="nwpipe serve -c nwpipe.toml --listen 0.0.0.0:8443", epilog=SERVE_EPILOG)
     serve.add_argument("--listen", metavar="HOST:PORT",
                        help="address to listen on (default: [serve] listen, else 127.0.0.1:8080)")
     serve.add_argument("--metrics-listen", metavar="HOST:PORT",
@@ -189,14 +251,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--shutdown-timeout", metavar="SECONDS", type=float,
                        help="on SIGTERM/SIGINT, seconds to finish in-flight deliveries "
                             "(default: the config's shutdown_timeout, else 10)")
+    _strict_routing_option(serve)
     serve.add_argument("--no-deliver", action="store_true",
                        help="only receive and queue events; another process delivers them")
     _pid_file_option(serve)
-    _common(serve, suppress=True)
     serve.set_defaults(func=cmd_serve)
 
-    replay = sub.add_parser(
-        "replay", help="send the deliveries in a dead-letter file again",
+    replay = _command(
+        sub, "replay", help="send the deliveries in a dead-letter file again",
         description="Send the records of DEAD_LETTER again through the config: failed "
                     "deliveries are mapped again from the original event and sent to their "
                     "output; failed mappings are mapped again; input that did not parse is "
@@ -206,54 +268,57 @@ def build_parser() -> argparse.ArgumentParser:
                     "never lost, also on Ctrl-C. DEAD_LETTER may be a Redis URL "
                     "(redis://host:6379/0): the records that workers sharing a Redis queue "
                     "wrote to the stream PREFIX:dead (--queue: the config's [queue] url).",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        example="nwpipe replay -c nwpipe.toml nwpipe-dead-letter.jsonl --output soc",
+        epilog=EPILOG)
     replay.add_argument("dead_letter", metavar="DEAD_LETTER", nargs="?",
                         help="the dead-letter file, or a Redis URL")
     replay.add_argument("--queue", action="store_true",
                         help="the dead letters of the config's Redis queue ([queue] url)")
-    _config_option(replay)
     replay.add_argument("--output", metavar="NAME",
                         help="only the records of this output (the others stay unchanged)")
     replay.add_argument("--shutdown-timeout", metavar="SECONDS", type=float,
                         help="on Ctrl-C/SIGTERM, seconds to finish in-flight deliveries "
                              "(default: the config's shutdown_timeout, else 10)")
-    _common(replay, suppress=True)
     replay.set_defaults(func=cmd_replay)
 
-    check = sub.add_parser(
-        "check", help="validate the config without reading any event",
+    check = _command(
+        sub, "check", help="validate the config without reading any event",
         description="Load and validate the config: every key, type, output type, mapping, "
-                    "jsonpath and template. Prints one line per output; exit 0 when valid, "
-                    "1 with a message naming the file, key and problem when not.")
-    _config_option(check)
+                    "jsonpath and template. Prints one line per output; exit 0 when valid. "
+                    "When not, every problem found is printed on stderr, one line each "
+                    "naming the file, key and problem, and the exit code is 1. Template "
+                    "variables that are neither vars, Jinja names nor fields of "
+                    "Netography's event are warnings.",
+        example="nwpipe check -c nwpipe.toml --probe")
     check.add_argument("--probe", action="store_true",
                        help="also send one test event to each webhook and syslog output and "
                             "report reachability, TLS and authentication problems; exit 1 if "
                             "any fails")
-    _common(check, suppress=True)
     check.set_defaults(func=cmd_check)
 
-    init = sub.add_parser(
-        "init", help="write a commented starter nwpipe.toml",
+    init = _command(
+        sub, "init", help="write a commented starter nwpipe.toml",
         description="Write a commented starter config: a webhook output with the Netography "
                     "portal's fields and a mapping showing each kind of field. It passes "
-                    "`nwpipe check` as written. An existing file is kept unless --force.")
+                    "`nwpipe check` as written. An existing file is kept unless --force.",
+        example="nwpipe init deploy/   (writes deploy/nwpipe.toml)")
     init.add_argument("path", nargs="?", default="nwpipe.toml", metavar="PATH",
-                      help="file (or folder) to write (default: ./nwpipe.toml)")
+                      help="file to write, or a folder (an existing one, or a new one written "
+                           "with a trailing /) to write nwpipe.toml in (default: "
+                           "./nwpipe.toml)")
     init.add_argument("--force", action="store_true", help="overwrite an existing file")
     init.add_argument("--serve", action="store_true",
                       help="also a [serve] section: receive Netography's webhook with "
                            "`nwpipe serve` (and a [queue] with sync = \"full\")")
-    _common(init, suppress=True)
     init.set_defaults(func=cmd_init)
 
-    plugins = sub.add_parser(
-        "plugins", help="list loaded plugins and the output and source types they register",
+    plugins = _command(
+        sub, "plugins", help="list loaded plugins and the output and source types they register",
         description="List every loaded plugin (built-in, installed through the 'nwpipe' "
                     "entry-point group, or from --plugins-dir), where it came from, the hooks "
-                    "it implements and the output and source types it registers.")
+                    "it implements and the output and source types it registers.",
+        example="nwpipe plugins --plugins-dir ./my-plugins --json")
     plugins.add_argument("--json", action="store_true", help="print JSON instead of text")
-    _common(plugins, suppress=True)
     plugins.set_defaults(func=cmd_plugins)
     _add_render_and_test(sub)
     _add_queue(sub)
@@ -264,35 +329,39 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_queue(sub) -> None:
-    queue = sub.add_parser(
-        "queue", help="show or act on the durable queue's backlog (status, drain, recover)",
+    queue = _command(
+        sub, "queue", help="show or act on the durable queue's backlog (status, drain, recover)",
         description="The durable queue holds what outputs could not take yet (an outage "
                     "waits there) and, with --durable, every event read. See the README's "
-                    "durability section.")
-    _common(queue, suppress=True)
+                    "durability section.",
+        example="nwpipe queue status -c nwpipe.toml")
     actions = queue.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
-    queue.set_defaults(func=lambda args: (queue.print_help(), 1)[1])
 
-    status = actions.add_parser(
-        "status", help="events waiting per output, their bytes and age, failing outputs",
+    def show_help(args) -> int:
+        queue.print_help()
+        return 1
+
+    queue.set_defaults(func=show_help)
+
+    status = _command(
+        actions, "status", help="events waiting per output, their bytes and age, failing outputs",
         description="Per output: the events waiting in the queue, their bytes, the oldest "
                     "one's age and since when the output is failing; per input file, how far "
-                    "a durable run committed it. Works while a run delivers from the queue.")
-    _config_option(status)
+                    "a durable run committed it. Works while a run delivers from the queue.",
+        example="nwpipe queue status -c nwpipe.toml --json")
     _queue_option(status)
     status.add_argument("--json", action="store_true", help="print JSON, for scripts")
-    _common(status, suppress=True)
     status.set_defaults(func=cmd_queue_status)
 
-    drain = actions.add_parser(
-        "drain", help="deliver one output's backlog now, or move it to the dead-letter file",
+    drain = _command(
+        actions, "drain",
+        help="deliver one output's backlog now, or move it to the dead-letter file",
         description="Deliver what waits in the queue for one output now (its retry budget "
                     "applies), or with --dead-letter move it to the dead-letter file without "
                     "sending it (replay it later with `nwpipe replay`). Other outputs' "
                     "backlogs stay as they are. Exit 0 when everything was delivered, 3 when "
-                    "something was dead-lettered.", epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    _config_option(drain)
+                    "something was dead-lettered.",
+        example="nwpipe queue drain -c nwpipe.toml --output soc --dead-letter", epilog=EPILOG)
     _queue_option(drain)
     drain.add_argument("--output", metavar="NAME", required=True, help="the output to drain")
     drain.add_argument("--dead-letter", action="store_true",
@@ -302,18 +371,16 @@ def _add_queue(sub) -> None:
                             "./nwpipe-dead-letter.jsonl)")
     drain.add_argument("--shutdown-timeout", metavar="SECONDS", type=float,
                        help="on Ctrl-C/SIGTERM, seconds to finish in-flight deliveries")
-    _common(drain, suppress=True)
     drain.set_defaults(func=cmd_queue_drain)
 
-    recover = actions.add_parser(
-        "recover", help="rebuild a damaged queue file from the entries that can be read",
+    recover = _command(
+        actions, "recover", help="rebuild a damaged queue file from the entries that can be read",
         description="When `nwpipe run` reports the queue file damaged: copy every entry, "
                     "mark and note that can still be read into a new file at the same path "
                     "and keep the damaged file beside it (PATH.damaged-TIME). Exit 0 when "
-                    "nothing was unreadable, 3 when some entries were lost.")
-    _config_option(recover)
+                    "nothing was unreadable, 3 when some entries were lost.",
+        example="nwpipe queue recover -c nwpipe.toml")
     _queue_option(recover)
-    _common(recover, suppress=True)
     recover.set_defaults(func=cmd_queue_recover)
 
 
@@ -351,14 +418,14 @@ def cmd_queue_recover(args) -> int:
 
 
 def _add_render_and_test(sub) -> None:
-    render = sub.add_parser(
-        "render", help="show the body each output would receive for each event; send nothing",
+    render = _command(
+        sub, "render", help="show the body each output would receive for each event; send nothing",
         description="Read events from FILEs (or stdin) and print, per event and output, the "
                     "exact body that output would receive: the same routing (customers, when) "
                     "and the mapping chosen for the event's customer. Nothing is sent and "
                     "nothing is dead-lettered. An event that fails prints its error in place "
-                    "and the others go on; exit 3 if any failed, 0 if none.")
-    _config_option(render)
+                    "and the others go on; exit 3 if any failed, 0 if none.",
+        example="nwpipe render -c nwpipe.toml examples/events.jsonl --output soc")
     render.add_argument("files", nargs="*", metavar="FILE",
                         help="event files to read in order; '-' is stdin (default: stdin)")
     render.add_argument("--output", metavar="NAME", help="only this output")
@@ -367,18 +434,16 @@ def _add_render_and_test(sub) -> None:
     render.add_argument("--json", action="store_true",
                         help="one JSON object per line: {source, line, output, mapping, body} "
                              "or {..., error}")
-    _common(render, suppress=True)
     render.set_defaults(func=cmd_render)
 
-    test = sub.add_parser(
-        "test", help="run the mapping tests ([[tests]]) of the config",
+    test = _command(
+        sub, "test", help="run the mapping tests ([[tests]]) of the config",
         description="Run every [[tests]] table of the config: map its event with its output "
                     "or mapping and compare the body with 'expect' (the whole body) or "
                     "'expect_subset' (only the keys given). Prints one line per test and a "
                     "diff for each failure; exit 1 if any failed (or none is defined), 0 if "
-                    "all passed.")
-    _config_option(test)
-    _common(test, suppress=True)
+                    "all passed.",
+        example="nwpipe test -c nwpipe.toml")
     test.set_defaults(func=cmd_test)
 
 
@@ -435,6 +500,7 @@ def load(args, *, lean: bool = False):
     from nwpipe.config import build_config, default_config, find_config_file, read_toml
     from nwpipe.plugins import Plugins, types_named
     from nwpipe.transform.routing import Router
+    from nwpipe.transform.template_vars import check_required_vars
 
     path = find_config_file(getattr(args, "config", None))
     data = read_toml(path) if path else default_config()
@@ -442,6 +508,7 @@ def load(args, *, lean: bool = False):
     config = build_config(data, plugins.output_types, file=path,
                           source_types=plugins.source_types)
     router = Router(config, plugins.jinja_filters)
+    check_required_vars(config, router)
     return plugins, config, router
 
 
@@ -461,6 +528,9 @@ def cmd_run(args) -> int:
     check_inputs(args.files)
     if args.metrics_listen is not None:
         check_listen("--metrics-listen", args.metrics_listen)
+    if (source.cls is None or source.cls.takes_inputs) and "-" in (args.files or ["-"]) \
+            and sys.stdin.isatty():
+        log.warning("reading events from the terminal (end with Ctrl-D)")
     reloader = make_reloader(args)
     with pid_file(args.pid_file):
         result = run(config, router, args.files, dead_letter_path=args.dead_letter,
@@ -468,7 +538,7 @@ def cmd_run(args) -> int:
                      progress=wanted(args.quiet, args.log_format), queue_path=args.queue,
                      durable=args.durable, keep_queue=args.keep_queue, resume=args.resume,
                      deliver=not args.no_deliver, metrics_listen=args.metrics_listen,
-                     reloader=reloader)
+                     strict_routing=args.strict_routing, reloader=reloader)
     log.info("%s", result.summary())
     return result.exit_code
 
@@ -500,6 +570,8 @@ def cmd_work(args) -> int:
     from nwpipe.commands.work import summary, work
 
     _, config, router = load(args)
+    if args.strict_routing:
+        config.strict_routing = True
     reloader = make_reloader(args)
     with pid_file(args.pid_file):
         result = work(config, router, dead_letter_path=args.dead_letter,
@@ -518,6 +590,8 @@ def cmd_serve(args) -> int:
     from nwpipe.commands.serve import serve
 
     _, config, router = load(args)
+    if args.strict_routing:
+        config.strict_routing = True
     queue_settings = config.queue
     if args.queue:
         queue_settings = dataclasses.replace(queue_settings, path=args.queue)
@@ -562,10 +636,13 @@ def _replay_source(args, config) -> str:
 def cmd_check(args) -> int:
     """Validate the config and describe it."""
     from nwpipe.commands.mappingtests import check_tests
+    from nwpipe.transform.template_vars import unknown_variables
 
     _, config, router = load(args)
     outputs = {name: oc.create() for name, oc in config.outputs.items()}
     tests = check_tests(config, router)
+    for unknown in unknown_variables(config, router):
+        log.warning("warning: %s", unknown.line(config.file))
     where = config.file or "built-in default config"
     print(f"{where}: OK, {len(outputs)} output{'s' if len(outputs) != 1 else ''}, "
           f"{len(config.mappings)} mapping{'s' if len(config.mappings) != 1 else ''}, "
@@ -573,11 +650,14 @@ def cmd_check(args) -> int:
     for route in router.routes:
         oc = route.output
         parts = [f"type {oc.type}", outputs[oc.name].describe()]
-        if oc.mapping:
-            shown = oc.mapping if isinstance(oc.mapping, str) else dict(oc.mapping)
-            parts.append(f"mapping {shown}")
+        if isinstance(oc.mapping, str):
+            parts.append(f"mapping {oc.mapping}")
+        elif oc.mapping:
+            # per customer: "mapping acme -> siem-acme, default -> siem"
+            pairs = sorted(oc.mapping.items(), key=lambda kv: (kv[0] == "default", kv[0]))
+            parts.append("mapping " + ", ".join(f"{c} -> {m}" for c, m in pairs))
         if oc.customers:
-            parts.append(f"customers {sorted(oc.customers)}")
+            parts.append(f"customers {', '.join(sorted(oc.customers))}")
         if oc.when:
             parts.append(f"when {oc.when!r}")
         print(f"  {oc.name}: " + "; ".join(parts))
@@ -642,17 +722,99 @@ def cmd_plugins(args) -> int:
     return 0
 
 
+class _TolerantStdout:
+    """stdout for report commands: when the reader goes away (``nwpipe test | head -1``),
+    the rest of the report is dropped quietly and the command still ends with its own
+    exit code, instead of a BrokenPipeError traceback."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self._closed = False
+
+    def write(self, text: str) -> int:
+        if not self._closed:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                self._gone()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self._closed:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._gone()
+
+    def _gone(self) -> None:
+        self._closed = True
+        silence_stdout()
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def silence_stdout() -> None:
+    """Point file descriptor 1 at /dev/null, so that Python's flush at exit cannot print
+    a second BrokenPipeError once the reader has gone."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def _typed(parser: argparse.ArgumentParser, args) -> argparse.ArgumentParser:
+    """The parser of the (sub-)command the user typed (``nwpipe queue status``'s)."""
+    while True:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                chosen = action.choices.get(getattr(args, action.dest, None) or "")
+                if chosen is not None:
+                    parser = chosen
+                    break
+        else:
+            return parser
+
+
+#: commands that write events to stdout themselves and handle a closed pipe there
+_STREAMING = {"run", "render"}
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``nwpipe`` command; returns the exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # the usage shown is the one of the command typed, not the top level's
+        _typed(parser, args).error(f"unrecognized arguments: {' '.join(extra)}")
     setup_logging(args.verbose, args.quiet, args.log_format)
     if args.command is None:
-        parser.print_help()
+        # no command is a usage error: the help goes where errors go
+        parser.print_help(sys.stderr)
         return 1
+    if args.command not in _STREAMING:
+        sys.stdout = _TolerantStdout(sys.stdout)
     try:
         return args.func(args)
+    except ConfigErrors as exc:
+        for problem in exc.problems:
+            log.error("error: %s", problem)
+        log.error("%d problems in the config", len(exc.problems))
+        return 1
     except NwpipeError as exc:
         log.error("error: %s", exc)
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        silence_stdout()
+        return 0

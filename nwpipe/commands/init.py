@@ -7,6 +7,7 @@ until they are needed.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from nwpipe.config import DEFAULT_CONFIG_FILE
@@ -168,10 +169,17 @@ def write_starter_config(path: str | Path = DEFAULT_CONFIG_FILE, *, force: bool 
     """Write :data:`STARTER_CONFIG` (with ``serve``: :func:`starter_config` for
     ``nwpipe serve``) to ``path`` and return where it went.
 
-    A folder gets ``nwpipe.toml`` inside it. An existing file is kept unless ``force``
+    A folder gets ``nwpipe.toml`` inside it; a path ending in ``/`` is a folder, created
+    when missing. An existing file is kept unless ``force``
     (InitError names it); a missing parent folder is an InitError too.
     """
     target = Path(path)
+    if str(path).endswith(("/", os.sep)) and not target.exists():
+        # `nwpipe init deploy/`: the trailing slash says a folder is meant
+        try:
+            target.mkdir(parents=True)
+        except OSError as exc:
+            raise InitError(f"{path}: cannot create the folder ({exc.strerror})") from None
     if target.is_dir():
         target = target / DEFAULT_CONFIG_FILE
     if not target.parent.is_dir():

@@ -41,6 +41,7 @@ from __future__ import annotations
 import datetime as _dt
 import difflib
 import json
+import logging
 import math
 import re
 import sys
@@ -58,6 +59,8 @@ from nwpipe.sources.decode import Reject, read_events
 from nwpipe.transform.mapping import json_kind
 from nwpipe.transform.route_map import MapFailed, route_and_map
 from nwpipe.transform.routing import Route, Router
+
+log = logging.getLogger("nwpipe")
 
 __all__ = ["MappingTest", "TestResult", "TEST_SETTINGS", "load_tests", "run_test",
            "compare", "unified_diff", "format_result", "run_tests"]
@@ -409,7 +412,8 @@ def run_tests(config: Config, router: Router, stream: TextIO | None = None) -> i
     stream = stream if stream is not None else sys.stdout
     where = config.file or "the built-in default config"
     if not config.tests:
-        stream.write(f"no tests in {where}: add [[tests]] tables (see the README)\n")
+        # the hint is an error of the user's: stderr, with the prefix every error has
+        log.error("error: no tests in %s: add [[tests]] tables (see the README)", where)
         return 1
     routes, mappings = _compiled(router)
     tests = load_tests(config, routes, mappings)

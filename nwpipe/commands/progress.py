@@ -1,8 +1,11 @@
 """A live progress line on stderr while events flow, for a person watching a terminal.
 
-Shown only when stderr is a terminal (never in a pipe or a log file), not with
-``--quiet`` or ``--log-format json``. It is redrawn in place (``\\r``) at most four times
-a second and cleared at the end, before the summary. Log messages that arrive while it
+Shown only when stderr is a terminal (never in a pipe or a log file) that is not also
+where stdout goes (event lines would be mixed into it), not with ``--quiet`` or
+``--log-format json``. When every input is a regular file (.gz too: compressed bytes
+read), it shows how far through they are and an estimate of the time left. It is
+redrawn in place (``\\r``) at most four times a second and cleared at the end, before
+the summary. Log messages that arrive while it
 is shown clear it first, so they never get mixed into it.
 """
 
@@ -15,6 +18,8 @@ import sys
 import time
 from typing import Any, TextIO
 
+from nwpipe.numbers import count, rate
+
 log = logging.getLogger("nwpipe")
 
 #: seconds between redraws
@@ -23,15 +28,50 @@ INTERVAL = 0.25
 _CLEAR = "\r\x1b[K"
 
 
-def wanted(quiet: bool, log_format: str, stream: TextIO | None = None) -> bool:
-    """Whether to show the line: stderr is a terminal, and neither quiet nor JSON logs."""
+def wanted(quiet: bool, log_format: str, stream: TextIO | None = None,
+           out: TextIO | None = None) -> bool:
+    """Whether to show the line: stderr is a terminal that stdout is not written to,
+    and neither quiet nor JSON logs."""
     stream = sys.stderr if stream is None else stream
+    out = sys.stdout if out is None else out
     if quiet or log_format != "text":
         return False
     try:
-        return stream.isatty()
+        return stream.isatty() and not _same_terminal(stream, out)
     except (AttributeError, ValueError):
         return False
+
+
+def _same_terminal(a: TextIO, b: TextIO) -> bool:
+    try:
+        if not b.isatty():
+            return False
+        first, second = os.fstat(a.fileno()), os.fstat(b.fileno())
+    except (AttributeError, ValueError, OSError):
+        return False
+    return (first.st_dev, first.st_ino, first.st_rdev) == \
+        (second.st_dev, second.st_ino, second.st_rdev)
+
+
+def _clock(seconds: float) -> str:
+    """``0:42``, ``1:02:03``."""
+    seconds = int(seconds + 0.5)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02}:{secs:02}" if hours else f"{minutes}:{secs:02}"
+
+
+def position(source: Any, elapsed: float) -> str | None:
+    """``42% ETA 0:13`` when the source knows its size in bytes, else None."""
+    total = getattr(source, "bytes_total", None)
+    done = getattr(source, "bytes_read", None)
+    if not total or done is None:
+        return None
+    fraction = min(done / total, 1.0)
+    text = f"{fraction * 100:.0f}%"
+    if 0 < fraction < 1 and elapsed > 0:
+        text += f" ETA {_clock(elapsed * (1 - fraction) / fraction)}"
+    return text
 
 
 class Progress:
@@ -79,13 +119,16 @@ class Progress:
         pipeline = self._pipeline
         result = pipeline.result
         elapsed = time.monotonic() - self._started
-        parts = [f"read {result.read:,}"]
+        parts = [f"read {count(result.read)}"]
         if elapsed > 0:
-            parts[0] += f" ({result.read / elapsed:,.0f}/s)"
+            parts[0] += f" ({rate(result.read / elapsed)})"
+        where = position(pipeline.source, elapsed)
+        if where:
+            parts[0] += f", {where}"
         for name, engine in pipeline.engines.items():
-            text = f"{name}: {engine.stats.delivered:,} delivered"
+            text = f"{name}: {count(engine.stats.delivered)} delivered"
             if engine.backlog:
-                text += f", {engine.backlog:,} queued"
+                text += f", {count(engine.backlog)} queued"
             if engine.failing:
                 text += ", FAILING"
             parts.append(text)
@@ -95,7 +138,7 @@ class Progress:
                 parts.append(f"{depth:,} in the queue file")
         dead = pipeline.dead_letter.count
         if dead:
-            parts.append(f"{dead:,} dead-lettered")
+            parts.append(f"{count(dead)} dead-lettered")
         if pipeline.stopping and result.signal is not None:
             parts.append("shutting down")
         return " | ".join(parts)

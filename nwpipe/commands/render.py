@@ -25,7 +25,6 @@ Two formats:
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from dataclasses import dataclass
 from typing import Any, Iterator, TextIO
@@ -36,6 +35,7 @@ from nwpipe import jsonio
 from nwpipe.config import Config
 from nwpipe.engine.pipeline import EXIT_DEAD_LETTERED, EXIT_OK
 from nwpipe.errors import ConfigError
+from nwpipe.numbers import plural
 from nwpipe.outputs import Delivery
 from nwpipe.settings import did_you_mean
 from nwpipe.sources.decode import Event, Reject, read_events
@@ -187,19 +187,10 @@ def render_command(config: Config, router: Router, paths: list[str], *,
         stream.flush()
     except BrokenPipeError:
         # The reader went away (`nwpipe render ... | head`): stop quietly, like a filter.
-        _silence_stdout()
+        from nwpipe.commands.cli import silence_stdout
+
+        silence_stdout()
         return EXIT_DEAD_LETTERED if errors else EXIT_OK
-    log.info("rendered %d event%s: %d bod%s, %d error%s", events, "" if events == 1 else "s",
-             bodies, "y" if bodies == 1 else "ies", errors, "" if errors == 1 else "s")
+    log.info("rendered %s: %s, %s", plural(events, "event"), plural(bodies, "body", "bodies"),
+             plural(errors, "error"))
     return EXIT_DEAD_LETTERED if errors else EXIT_OK
-
-
-def _silence_stdout() -> None:
-    # Python flushes stdout again at exit; pointing it at /dev/null keeps that flush
-    # from printing a second BrokenPipeError.
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except (OSError, ValueError):
-        pass

@@ -43,6 +43,7 @@ from nwpipe.engine.pipeline import (
     tune_gc,
 )
 from nwpipe.errors import NwpipeError
+from nwpipe.numbers import count, plural
 from nwpipe.settings import did_you_mean
 from nwpipe.sources.decode import Decoder, Event, Reject
 from nwpipe.transform.route_map import check_event
@@ -93,21 +94,21 @@ class ReplayResult:
 
     def summary(self) -> str:
         run = self.run
-        parts = [f"replayed {self.replayed} of {self.records} record"
-                 f"{'s' if self.records != 1 else ''} from {self.path}"]
+        parts = [f"replayed {count(self.replayed)} of {plural(self.records, 'record')} "
+                 f"from {self.path}"]
         parts.extend(output_summary(name, stats, run.seconds)
                      for name, stats in run.outputs.items())
         if run.map_failed:
-            parts.append(f"mapping failed {run.map_failed}")
+            parts.append(f"mapping failed {count(run.map_failed)}")
         if self.skipped:
-            parts.append(f"{self.skipped} kept (not for output '{self.output}')")
+            parts.append(f"{count(self.skipped)} kept (not for output '{self.output}')")
         if self.stuck:
-            parts.append(f"{self.stuck} cannot be replayed")
+            parts.append(f"{count(self.stuck)} cannot be replayed")
         if self.unprocessed:
-            parts.append(f"{self.unprocessed} not reached")
+            parts.append(f"{count(self.unprocessed)} not reached")
         remaining = self.remaining
         if remaining:
-            parts.append(f"{remaining} record{' remains' if remaining == 1 else 's remain'} "
+            parts.append(f"{count(remaining)} record{' remains' if remaining == 1 else 's remain'} "
                          f"in {self.path}")
         elif not self.unchanged:
             parts.append(f"{self.path} removed: nothing remains")
@@ -145,11 +146,11 @@ class _Replayer:
             await self._one(number, line)
             if result.records % 256 == 0:
                 await asyncio.sleep(0)  # let signals and deliveries in on a long file
-        for name, count in self._unknown_outputs.items():
+        for name, kept in self._unknown_outputs.items():
             known = ", ".join(self.config.outputs) or "none"
             log.warning("output '%s' is not in the config%s (outputs: %s): its %d record%s "
                         "stay in %s", name, did_you_mean(name, self.config.outputs), known,
-                        count, "" if count == 1 else "s", result.path)
+                        kept, "" if kept == 1 else "s", result.path)
 
     def _stay(self, line: bytes, number: int, why: str | None) -> None:
         """Keep a record unchanged; say why when it could not be replayed."""
@@ -199,7 +200,7 @@ class _Replayer:
                 await pipeline.route(decoded, source, where)
             return
 
-        if stage not in ("map", "deliver"):
+        if stage not in ("map", "deliver", "route"):
             self._stay(line, number, f"unknown stage {stage!r}")
             return
         event = record.get("event")
@@ -276,6 +277,7 @@ def replay(config: Config, router: Router, path: str, *, output: str | None = No
         known = ", ".join(config.outputs) or "none"
         raise NwpipeError(f"--output: no output named '{output}' in the config"
                           f"{did_you_mean(output, config.outputs)} (outputs: {known})")
+    _check_holds_records(path)  # a Redis URL is no file: not checked here
     rewrite = _rewrite_for(config, path)
     file = rewrite.open()
     remaining = rewrite.remaining
@@ -286,7 +288,9 @@ def replay(config: Config, router: Router, path: str, *, output: str | None = No
         names = None if output is None else [output]
         pipeline = Pipeline(config, router, build_outputs(config, names),
                             dead_letter=remaining, shutdown_timeout=shutdown_timeout,
-                            progress=make_progress(progress))
+                            progress=make_progress(progress),
+                            # a record that still matches no output stays in the file
+                            strict_routing=True)
         result.run = pipeline.result
         replayer = _Replayer(pipeline, config, file, rewrite, result)
         event_loop_run(pipeline.execute(replayer.feed))
@@ -310,3 +314,29 @@ def replay(config: Config, router: Router, path: str, *, output: str | None = No
     result.run.dead_lettered = result.remaining
     result.run.dead_letter_path = str(path)
     return result
+
+
+def _is_record(line: bytes) -> bool:
+    try:
+        record = jsonio.loads(line)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(record, dict) and "nwpipe_dead_letter" in record
+
+
+def _check_holds_records(path: str) -> None:
+    """A file with lines but not one dead-letter record (an events file given by mistake)
+    is one clear error, before anything is sent or rewritten."""
+    try:
+        with open(path, "rb") as file:
+            lines = 0
+            for _, line in iter_lines(file):
+                if _is_record(line):
+                    return
+                lines += 1
+    except OSError:
+        return  # Rewrite.open() names the problem
+    if lines:
+        raise NwpipeError(f"{path}: holds no dead-letter record ({lines:,} line"
+                          f"{'s' if lines != 1 else ''} of something else); a dead-letter file "
+                          f"is written by `nwpipe run`; to send events, use `nwpipe run {path}`")

@@ -46,12 +46,13 @@ from nwpipe.engine.deadletter import DeadLetterFile, event_record, raw_record
 from nwpipe.engine.delivery import DeliveryEngine, OutputStats
 from nwpipe.engine.dispatch import Dispatcher, Feed
 from nwpipe.errors import NwpipeError
+from nwpipe.numbers import count, plural, rate
 from nwpipe.outputs import Delivery
 from nwpipe.outputs import delivery_id as make_delivery_id
 from nwpipe.queue.base import Entry, Pos, Queue, QueueError, QueueFull, shard_of
 from nwpipe.sources.base import Source
 from nwpipe.sources.decode import Event, Reject
-from nwpipe.transform.route_map import MapFailed, check_event, map_for, route_and_map
+from nwpipe.transform.route_map import MapFailed, NotRouted, check_event, map_for, route_and_map
 from nwpipe.transform.routing import Router
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -72,6 +73,9 @@ MAX_REPORTED_REJECTS = 50
 #: below this run time a per-output rate says nothing and is left out of the summary
 RATE_MIN_SECONDS = 1.0
 
+#: customers named in the summary's "matched no output"
+UNROUTED_NAMED = 3
+
 #: seconds between looks at the dead-letter file while acknowledgements wait for it
 ACK_RETRY = 0.05
 
@@ -87,17 +91,18 @@ def exit_code_for(signum: int | None, failures: int) -> int:
 
 def output_summary(name: str, stats: OutputStats, seconds: float) -> str:
     """``name: 40 delivered, 3 retried, 2 dead-lettered (812/s)`` for a summary line."""
-    text = f"{name}: {stats.delivered} delivered"
+    text = f"{name}: {count(stats.delivered)} delivered"
     if stats.retried:
-        text += f", {stats.retried} retried"
+        text += f", {count(stats.retried)} retried"
     if stats.dead_lettered:
-        text += f", {stats.dead_lettered} dead-lettered"
+        text += f", {count(stats.dead_lettered)} dead-lettered"
     if stats.not_sent:
-        text += f", {stats.not_sent} not sent (the output was closed)"
+        text += f", {count(stats.not_sent)} not sent (the output was closed)"
     if stats.handed_over:
-        text += f", {stats.handed_over} handed over (their shards went to another worker)"
+        text += (f", {count(stats.handed_over)} handed over (their shards went to another "
+                 "worker)")
     if seconds >= RATE_MIN_SECONDS and stats.delivered:
-        text += f" ({stats.delivered / seconds:,.0f}/s)"
+        text += f" ({rate(stats.delivered / seconds)})"
     return text
 
 
@@ -123,6 +128,30 @@ class RunResult:
     #: dead-letter records the file could not take (disk full...): printed on stderr
     dead_letters_on_stderr: int = 0
     dead_letter_error: str | None = None
+    #: events that matched no output (dead-lettered too with strict routing)
+    unrouted: int = 0
+    #: the first few customers of those events, with how many each
+    unrouted_customers: dict[str, int] = field(default_factory=dict)
+    strict_routing: bool = False
+
+    def not_routed(self, event: dict) -> None:
+        """Count an event that matched no output, and remember its customer."""
+        self.unrouted += 1
+        customer = str(event.get("customer"))
+        if customer in self.unrouted_customers or len(self.unrouted_customers) < UNROUTED_NAMED:
+            self.unrouted_customers[customer] = self.unrouted_customers.get(customer, 0) + 1
+
+    def unrouted_summary(self) -> str:
+        """``3 matched no output (customers acme-typo 2, globex 1)``."""
+        named = ", ".join(f"{name} {count(n)}" for name, n in self.unrouted_customers.items())
+        more = self.unrouted - sum(self.unrouted_customers.values())
+        if more:
+            named += f", {count(more)} of other customers"
+        customers = "customer" if len(self.unrouted_customers) == 1 else "customers"
+        text = f"{count(self.unrouted)} matched no output ({customers} {named})"
+        if self.strict_routing:
+            text += ", dead-lettered"
+        return text
 
     #: the queue file (or URL), when the run used it
     queue: str | None = None
@@ -145,38 +174,39 @@ class RunResult:
         return exit_code_for(self.signal, self.dead_lettered or self.rejected or self.unreadable)
 
     def summary(self) -> str:
-        rate = self.read / self.seconds if self.seconds > 0 else 0.0
-        parts = [f"read {self.read} event{'s' if self.read != 1 else ''}",
-                 f"rejected {self.rejected}"]
+        per_second = self.read / self.seconds if self.seconds > 0 else 0.0
+        parts = [f"read {plural(self.read, 'event')}", f"rejected {count(self.rejected)}"]
         if self.resumed:
-            parts.insert(0, f"skipped {self.resumed} committed by an earlier run (--resume)")
+            parts.insert(0, f"skipped {count(self.resumed)} committed by an earlier run "
+                            "(--resume)")
         if self.map_failed:
-            parts.append(f"mapping failed {self.map_failed}")
+            parts.append(f"mapping failed {count(self.map_failed)}")
+        if self.unrouted:
+            parts.append(self.unrouted_summary())
         if self.unreadable:
-            parts.append(f"{self.unreadable} input{'s' if self.unreadable != 1 else ''} "
-                         "not read to the end")
+            parts.append(f"{plural(self.unreadable, 'input')} not read to the end")
         parts.extend(output_summary(name, stats, self.seconds)
                      for name, stats in self.outputs.items())
-        line = "; ".join(parts) + f" ({self.seconds:.2f} s, {rate:,.0f} events/s)"
+        line = "; ".join(parts) + f" ({self.seconds:.2f} s, {rate(per_second, ' events/s')})"
         if self.queue is not None and (self.put or self.backlog_found or self.left_queued):
             disk = []
             if self.backlog_found:
-                disk.append(f"{self.backlog_found} from an earlier run")
+                disk.append(f"{count(self.backlog_found)} from an earlier run")
             if self.put:
-                disk.append(f"{self.put} put by this run")
+                disk.append(f"{count(self.put)} put by this run")
             if not self.shared:
-                disk.append(f"{self.left_queued} left for the next run")
+                disk.append(f"{count(self.left_queued)} left for the next run")
             line += f"; queue {self.queue}: " + ", ".join(disk)
         if self.waited_for_room:
             line += (f"; reading waited {self.waited_for_room:.1f} s for room in the queue "
                      f"(queue.max_bytes)")
         if self.dead_letters_on_stderr:
             written = self.dead_lettered - self.dead_letters_on_stderr
-            line += (f"; {self.dead_letters_on_stderr} dead letter"
+            line += (f"; {count(self.dead_letters_on_stderr)} dead letter"
                      f"{'s' if self.dead_letters_on_stderr != 1 else ''} could not be written "
                      f"to {self.dead_letter_path} ({self.dead_letter_error}) and "
                      f"{'are' if self.dead_letters_on_stderr != 1 else 'is'} printed on "
-                     f"stderr above; {written} written there")
+                     f"stderr above; {count(written)} written there")
         elif self.dead_lettered:
             line += f"; dead letters in {self.dead_letter_path}"
         if self.signal is not None:
@@ -191,7 +221,7 @@ class Pipeline:
                  dead_letter: DeadLetterFile, shutdown_timeout: float | None = None,
                  progress=None, queue: Queue | None = None, durable: bool = False,
                  keep_queue: bool = False, resume: bool = False, refuse: str | None = None,
-                 deliver: bool = True):
+                 deliver: bool = True, strict_routing: bool | None = None):
         """``queue``: the durable queue (opened by the run when needed); ``durable``:
         commit every event before delivering it; ``keep_queue``: at the end, leave what
         only failing outputs hold in the queue instead of waiting for their retry
@@ -199,15 +229,19 @@ class Pipeline:
         file; ``refuse``: dead-letter everything with this reason instead of sending
         (``nwpipe queue drain --dead-letter``); ``deliver=False`` (``--no-deliver``):
         intake only, every event is committed to the queue and other processes
-        (``nwpipe work``) deliver it."""
+        (``nwpipe work``) deliver it; ``strict_routing``: an event that matches no output
+        is dead-lettered (stage "route"), not only counted (default: the config's
+        ``strict_routing``)."""
         self.config = config
-
+        self.strict_routing = (config.strict_routing if strict_routing is None
+                               else strict_routing)
         self.router = router
         self.dead_letter = dead_letter
         self.shutdown_timeout = (config.shutdown_timeout if shutdown_timeout is None
                                  else shutdown_timeout)
         self.progress = progress
-        self.result = RunResult(dead_letter_path=str(dead_letter.path))
+        self.result = RunResult(dead_letter_path=str(dead_letter.path),
+                                strict_routing=self.strict_routing)
         self._stop = asyncio.Event()
         self._abort = asyncio.Event()
         #: the source being read (run); None when events are fed directly (replay)
@@ -535,7 +569,10 @@ class Pipeline:
                 self._map_failed(outcome, event, source, line, delivery_id, attempts)
                 if ticket is not None:
                     ticket.dead = True
-            # NotRouted: no output takes it, and nothing is recorded
+            elif isinstance(outcome, NotRouted):
+                if self._not_routed(outcome, event, source, line, delivery_id, attempts) \
+                        and ticket is not None:
+                    ticket.dead = True
             if outcome.output is not None:
                 took.append(outcome.output)
         if ticket is not None:
@@ -550,6 +587,19 @@ class Pipeline:
             self._map_failed(outcome, event, source, line, delivery_id, attempts)
         else:
             await self.engines[output].submit(outcome)
+
+    def _not_routed(self, outcome: NotRouted, event: dict, source: str, line: int,
+                    delivery_id: str | None, attempts: list | None) -> bool:
+        """Count an event that matched no output; with strict routing dead-letter it
+        (stage "route") and return True."""
+        self.result.not_routed(event)
+        if not self.strict_routing:
+            return False
+        reason = f"matched no output: {outcome.reason}"
+        self._reject(source, line, reason,
+                     event_record(event, stage="route", output=None, source=source, line=line,
+                                  reason=reason, delivery_id=delivery_id, attempts=attempts))
+        return True
 
     def _map_failed(self, failed: MapFailed, event: dict, source: str, line: int,
                     delivery_id: str | None, attempts: list | None) -> None:
@@ -803,6 +853,10 @@ class Pipeline:
                     line: int) -> Delivery | None:
         """Route and map a queued event for one output (the dispatcher's step)."""
         for outcome in route_and_map(event, self._routes, source, line):
+            if isinstance(outcome, NotRouted):
+                if feed.name == self._first_output:  # counted once, not once per output
+                    self._not_routed(outcome, event, source, line, None, None)
+                return None
             if isinstance(outcome, MapFailed) and (outcome.whole_event or outcome.output is None):
                 if feed.name == self._first_output:  # one record for the event, not one each
                     self._map_failed(outcome, event, source, line, None, None)
@@ -1020,7 +1074,8 @@ def run(config: Config, router: Router, paths: list[str], *, dead_letter_path: s
         shutdown_timeout: float | None = None, progress: bool = False,
         queue_path: str | None = None, durable: bool = False, keep_queue: bool = False,
         resume: bool = False, deliver: bool = True,
-        metrics_listen: str | None = None, reloader=None) -> RunResult:
+        metrics_listen: str | None = None, strict_routing: bool | None = None,
+        reloader=None) -> RunResult:
     """Run the pipeline to the end of the source (or a signal); returns what happened.
 
     The source is the config's ``[source]`` (default: the files source reading ``paths``
@@ -1030,6 +1085,8 @@ def run(config: Config, router: Router, paths: list[str], *, dead_letter_path: s
     delivering it; ``keep_queue`` and ``resume``: see :class:`Pipeline`; ``deliver=False``
     (``--no-deliver``): commit every event to the queue and deliver none.
     ``metrics_listen``: ``HOST:PORT`` where /healthz, /readyz and /metrics answer meanwhile.
+    ``strict_routing``: dead-letter events that match no output (default: the config's
+    ``strict_routing``).
     ``reloader``: a :class:`nwpipe.engine.reload.Reloader`, to reload the config on SIGHUP.
     """
     dead_letter = make_dead_letters(config, dead_letter_path)
@@ -1042,7 +1099,8 @@ def run(config: Config, router: Router, paths: list[str], *, dead_letter_path: s
                             shutdown_timeout=shutdown_timeout, progress=make_progress(progress),
                             queue=make_queue(config, queue_path),
                             durable=durable or config.queue.durable or not deliver,
-                            keep_queue=keep_queue, resume=resume, deliver=deliver)
+                            keep_queue=keep_queue, resume=resume, deliver=deliver,
+                            strict_routing=strict_routing)
         pipeline.reloader = reloader
         if metrics_listen is None:
             result = event_loop_run(pipeline.run(source))

@@ -1096,8 +1096,13 @@ def iter_chunks(path: str, chunk_size: int = 65536) -> Iterator[bytes]:
             close()
 
 
-async def _aiter_raw(path: str, chunk_size: int) -> AsyncGenerator[bytes, None]:
-    """Raw chunks of ``path`` without blocking the event loop on a slow pipe."""
+async def _aiter_raw(path: str, chunk_size: int,
+                     on_read: Callable[[int], None] | None = None
+                     ) -> AsyncGenerator[bytes, None]:
+    """Raw chunks of ``path`` without blocking the event loop on a slow pipe.
+
+    ``on_read`` is told the size of each chunk of a regular file as read (before any
+    gunzipping): how far through the file the run is, for the progress line."""
     loop = asyncio.get_running_loop()
     # Opening a named pipe waits for its writer: do that off the loop.
     file = _open(path) if path == "-" else await loop.run_in_executor(None, _open, path)
@@ -1160,15 +1165,19 @@ async def _aiter_raw(path: str, chunk_size: int) -> AsyncGenerator[bytes, None]:
                 raise _read_error(path, exc) from None
             if not chunk:
                 return
+            if on_read is not None:
+                on_read(len(chunk))
             yield chunk
     finally:
         if transport is None:
             file.close()
 
 
-async def aiter_chunks(path: str, chunk_size: int = 65536) -> AsyncIterator[bytes]:
-    """Async version of :func:`iter_chunks` that never blocks the loop on a slow pipe."""
-    raw = _aiter_raw(path, chunk_size)
+async def aiter_chunks(path: str, chunk_size: int = 65536,
+                       on_read: Callable[[int], None] | None = None) -> AsyncIterator[bytes]:
+    """Async version of :func:`iter_chunks` that never blocks the loop on a slow pipe;
+    ``on_read`` counts the bytes read from a regular file (compressed ones for .gz)."""
+    raw = _aiter_raw(path, chunk_size, on_read)
     try:
         first = b""
         async for chunk in raw:

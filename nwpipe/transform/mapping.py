@@ -72,7 +72,7 @@ import jinja2
 import orjson
 
 from nwpipe import jsonio
-from nwpipe.errors import ConfigError, EventError
+from nwpipe.errors import ConfigError, EventError, Problems
 from nwpipe.settings import Setting, did_you_mean, validate_settings
 from nwpipe.transform.jsonpaths import MISSING as _MISSING
 from nwpipe.transform.jsonpaths import compile_path
@@ -861,4 +861,11 @@ def compile_mappings(tables: dict[str, dict], env: jinja2.Environment, *,
         raise ConfigError(f"must be a table, got {type(tables).__name__}", key="mappings",
                           file=file)
     compiler = _Compiler(tables, env, file)
-    return {name: compiler.compile(name) for name in tables}
+    # every mapping is compiled even when one fails: `nwpipe check` reports them all
+    problems = Problems()
+    compiled = {}
+    for name in tables:
+        with problems.collect():
+            compiled[name] = compiler.compile(name)
+    problems.raise_if_any()
+    return compiled

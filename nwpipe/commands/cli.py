@@ -138,6 +138,12 @@ def command_names() -> list[str]:
     return list(_subparsers(build_parser()))
 
 
+def _pid_file_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pid-file", metavar="PATH",
+                        help="write the process id to PATH while running (removed at exit), "
+                             "for `nwpipe reload --pid-file PATH`; SIGHUP reloads the config")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line: global options, then one sub-parser per command."""
     parser = _Parser(
@@ -187,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-deliver", action="store_true",
                      help="intake only: commit every event to the queue and deliver none "
                           "(`nwpipe work` processes deliver them)")
+    _pid_file_option(run)
     run.set_defaults(func=cmd_run)
 
     work = _command(
@@ -207,7 +214,21 @@ def build_parser() -> argparse.ArgumentParser:
                            "(default: the config's shutdown_timeout, else 10)")
     _queue_option(work)
     _strict_routing_option(work)
+    _pid_file_option(work)
     work.set_defaults(func=cmd_work)
+
+    reload = _command(
+        sub, "reload", help="make a running nwpipe re-read its config",
+        description="Send SIGHUP to the nwpipe process named in PATH (started with "
+                    "--pid-file PATH): it re-reads its config file. A config that fails "
+                    "`nwpipe check` is refused (its errors are in that process's log) and "
+                    "the running one stays; a valid one replaces mappings and outputs "
+                    "without losing or repeating an event. Exit 1 when the PID file is "
+                    "missing or names no running nwpipe.",
+        example="nwpipe reload --pid-file /run/nwpipe/nwpipe.pid")
+    reload.add_argument("--pid-file", metavar="PATH", required=True,
+                        help="the PID file the running nwpipe was started with")
+    reload.set_defaults(func=cmd_reload)
 
     serve = _command(
         sub, "serve", help="receive events over HTTP (Netography's webhook) and deliver them",
@@ -233,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     _strict_routing_option(serve)
     serve.add_argument("--no-deliver", action="store_true",
                        help="only receive and queue events; another process delivers them")
+    _pid_file_option(serve)
     serve.set_defaults(func=cmd_serve)
 
     replay = _command(
@@ -492,6 +514,7 @@ def load(args, *, lean: bool = False):
 
 def cmd_run(args) -> int:
     """Read events and deliver them."""
+    from nwpipe.commands.pidfile import pid_file
     from nwpipe.commands.progress import wanted
     from nwpipe.engine.pipeline import run
     from nwpipe.sources.decode import check_inputs
@@ -508,27 +531,53 @@ def cmd_run(args) -> int:
     if (source.cls is None or source.cls.takes_inputs) and "-" in (args.files or ["-"]) \
             and sys.stdin.isatty():
         log.warning("reading events from the terminal (end with Ctrl-D)")
-    result = run(config, router, args.files, dead_letter_path=args.dead_letter,
-                 shutdown_timeout=args.shutdown_timeout,
-                 progress=wanted(args.quiet, args.log_format), queue_path=args.queue,
-                 durable=args.durable, keep_queue=args.keep_queue, resume=args.resume,
-                 deliver=not args.no_deliver, metrics_listen=args.metrics_listen,
-                 strict_routing=args.strict_routing)
+    reloader = make_reloader(args)
+    with pid_file(args.pid_file):
+        result = run(config, router, args.files, dead_letter_path=args.dead_letter,
+                     shutdown_timeout=args.shutdown_timeout,
+                     progress=wanted(args.quiet, args.log_format), queue_path=args.queue,
+                     durable=args.durable, keep_queue=args.keep_queue, resume=args.resume,
+                     deliver=not args.no_deliver, metrics_listen=args.metrics_listen,
+                     strict_routing=args.strict_routing, reloader=reloader)
     log.info("%s", result.summary())
     return result.exit_code
 
 
+def make_reloader(args):
+    """What reloads the config on SIGHUP: the same file, plugins and checks as at start
+    (plugins loaded for the types the new config names)."""
+    from nwpipe.engine.reload import Reloader
+
+    reloader = Reloader(lambda: load(args, lean=True)[1:])
+    reloader.before_start()
+    return reloader
+
+
+def cmd_reload(args) -> int:
+    """Signal a running nwpipe to reload its config."""
+    from nwpipe.commands.pidfile import signal_reload
+
+    pid = signal_reload(args.pid_file)
+    log.info("sent SIGHUP to nwpipe (process %d): it reloads its config; its log says "
+             "whether the new one was taken", pid)
+    return 0
+
+
 def cmd_work(args) -> int:
     """Deliver from the queue until a signal."""
+    from nwpipe.commands.pidfile import pid_file
     from nwpipe.commands.progress import wanted
     from nwpipe.commands.work import summary, work
 
     _, config, router = load(args)
     if args.strict_routing:
         config.strict_routing = True
-    result = work(config, router, dead_letter_path=args.dead_letter,
-                  shutdown_timeout=args.shutdown_timeout,
-                  progress=wanted(args.quiet, args.log_format), queue_path=args.queue)
+    reloader = make_reloader(args)
+    with pid_file(args.pid_file):
+        result = work(config, router, dead_letter_path=args.dead_letter,
+                      shutdown_timeout=args.shutdown_timeout,
+                      progress=wanted(args.quiet, args.log_format), queue_path=args.queue,
+                      reloader=reloader)
     log.info("%s", summary(result))
     return 0  # SIGTERM/SIGINT is how a worker ends; what it left stays queued
 
@@ -537,6 +586,7 @@ def cmd_serve(args) -> int:
     """Receive events over HTTP and deliver them."""
     import dataclasses
 
+    from nwpipe.commands.pidfile import pid_file
     from nwpipe.commands.serve import serve
 
     _, config, router = load(args)
@@ -545,9 +595,12 @@ def cmd_serve(args) -> int:
     queue_settings = config.queue
     if args.queue:
         queue_settings = dataclasses.replace(queue_settings, path=args.queue)
-    return serve(config, router, queue_settings, listen=args.listen,
-                 metrics_listen=args.metrics_listen, dead_letter_path=args.dead_letter,
-                 shutdown_timeout=args.shutdown_timeout, deliver=not args.no_deliver)
+    reloader = make_reloader(args)
+    with pid_file(args.pid_file):
+        return serve(config, router, queue_settings, listen=args.listen,
+                     metrics_listen=args.metrics_listen, dead_letter_path=args.dead_letter,
+                     shutdown_timeout=args.shutdown_timeout, deliver=not args.no_deliver,
+                     reloader=reloader)
 
 
 def cmd_replay(args) -> int:

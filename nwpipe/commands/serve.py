@@ -98,7 +98,9 @@ class Service:
     def __init__(self, config: Config, router: Router, queue_settings: QueueSettings, *,
                  listen: str | None = None, metrics_listen: str | None = None,
                  dead_letter_path: str | None = None, shutdown_timeout: float | None = None,
-                 deliver: bool = True):
+                 deliver: bool = True, reloader=None):
+        """``reloader``: a :class:`nwpipe.engine.reload.Reloader`, to reload the config on
+        SIGHUP."""
         self.config = config
         self.router = router
         self.settings = serve_settings(config, listen=listen, metrics_listen=metrics_listen)
@@ -113,6 +115,7 @@ class Service:
         self.pipeline = Pipeline(config, router, outputs, dead_letter=self.dead_letter,
                                  shutdown_timeout=self.shutdown_timeout, queue=self.queue,
                                  durable=True)
+        self.pipeline.reloader = reloader
         self._store_error: str | None = None
         self._full = False  # the last put was refused: the queue is at max_bytes
         self._full_bytes: int | None = None  # what it held then

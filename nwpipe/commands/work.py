@@ -30,8 +30,11 @@ from nwpipe.transform.routing import Router
 
 def work(config: Config, router: Router, *, dead_letter_path: str | None = None,
          shutdown_timeout: float | None = None, progress: bool = False,
-         queue_path: str | None = None) -> RunResult:
-    """Deliver from the configured queue until a signal; returns what happened."""
+         queue_path: str | None = None, reloader=None) -> RunResult:
+    """Deliver from the configured queue until a signal; returns what happened.
+
+    ``reloader``: a :class:`nwpipe.engine.reload.Reloader`, to reload the config on SIGHUP.
+    """
     dead_letter = make_dead_letters(config, dead_letter_path)
     dead_letter.check()
     tune_gc()
@@ -39,6 +42,7 @@ def work(config: Config, router: Router, *, dead_letter_path: str | None = None,
         pipeline = Pipeline(config, router, build_outputs(config), dead_letter=dead_letter,
                             shutdown_timeout=shutdown_timeout, progress=make_progress(progress),
                             queue=make_queue(config, queue_path), durable=True)
+        pipeline.reloader = reloader
         return event_loop_run(pipeline.work())
     finally:
         dead_letter.close()

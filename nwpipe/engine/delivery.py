@@ -195,6 +195,12 @@ class DeliveryEngine:
         self._flush = asyncio.Event()  # set when no more input comes: send partial batches now
         #: called with the seconds from a batch's first attempt to its delivery (metrics)
         self.on_delivered: Callable[[float], None] | None = None
+        # A config reload hands this engine's waiting deliveries to a successor: the
+        # predecessor's batches still in flight hold back the lanes they share (see
+        # hand_over), parked here until it is done with them.
+        self._predecessor: DeliveryEngine | None = None
+        self._successor: DeliveryEngine | None = None
+        self._parked: set[str] = set()
 
     @property
     def failing(self) -> bool:
@@ -311,6 +317,9 @@ class DeliveryEngine:
 
     def _push_ready(self, key: str) -> None:
         """``key`` has deliveries and none in flight: give it to a waiting worker."""
+        if self._predecessor is not None and self._predecessor._busy_with(key, self._keyed):
+            self._parked.add(key)  # its earlier deliveries are still on the old output
+            return
         waiters = self._key_waiters
         while waiters:
             waiter = waiters.popleft()
@@ -390,6 +399,8 @@ class DeliveryEngine:
             state.queued -= len(batch)
             if self._change_waiters and state.queued <= self._resume_at:
                 self._notify()
+            if self._successor is not None:
+                self._successor._unpark()
 
     def _follow_dead_letters(self, batch: list[Delivery], number: int) -> list[Delivery]:
         """Dead-letter the deliveries of alerts dead-lettered earlier; send the rest."""
@@ -663,19 +674,25 @@ class DeliveryEngine:
         backoff waits end now), so a receiver that is down does not hold up the exit."""
         self._refused = reason
         self._wake.set()
-        state = self._state
-        leftovers: list[Delivery] = []
-        # Keys in the ready queue are not being sent: drop them with their deliveries.
-        while state.ready:
-            leftovers.extend(state.pending.pop(state.ready.popleft(), ()))
-        # The other keys are busy in a worker, which removes them when its batch ends.
-        for waiting in state.pending.values():
-            leftovers.extend(waiting)
-            waiting.clear()
+        leftovers = self._take_waiting()
         if leftovers:
-            state.queued -= len(leftovers)
             self._refuse(leftovers, reason, quiet=False)
         self._notify()
+
+    def _take_waiting(self) -> list[Delivery]:
+        """Remove and return every delivery that waits (is not in flight), each alert's
+        in order."""
+        state = self._state
+        taken: list[Delivery] = []
+        # Keys in the ready queue are not being sent: they go with their deliveries.
+        while state.ready:
+            taken.extend(state.pending.pop(state.ready.popleft(), ()))
+        # The other keys are busy in a worker, which removes them when its batch ends.
+        for waiting in state.pending.values():
+            taken.extend(waiting)
+            waiting.clear()
+        state.queued -= len(taken)
+        return taken
 
     async def drain(self, timeout: float | None = None, abort: asyncio.Event | None = None) -> None:
         """Wait until every accepted delivery is delivered or dead-lettered.
@@ -724,9 +741,12 @@ class DeliveryEngine:
         self._state.pending.clear()
         self._state.ready.clear()
         self._key_waiters.clear()
+        self._parked.clear()
         if leftovers:
             self._refuse(leftovers, reason, quiet=False)
         self._state.queued = 0
+        if self._successor is not None:
+            self._successor._unpark()
         self._notify()
 
     async def close(self) -> None:
@@ -740,3 +760,59 @@ class DeliveryEngine:
             self.stats.not_sent += self._state.queued
             self._state.queued = 0
         await self.output.close()
+
+    # -- config reload: hand over to a successor ---------------------------------
+
+    def hand_over(self, successor: DeliveryEngine) -> list[Delivery]:
+        """A config reload changed this output: ``successor`` (its engine built from the
+        new config, started) takes over.
+
+        Returns the deliveries that wait here and are not in flight, each alert's in
+        order, removed from this engine: the caller maps them again for the successor
+        and gives them to it with :meth:`take`. The batches in flight finish here (this
+        engine is then drained and closed); until they have, the successor holds back
+        the alerts they belong to (every alert while either engine keeps one lane for
+        all), so an alert's events still reach the receivers in order. The two engines
+        share one set of counters.
+        """
+        moved = self._take_waiting()
+        successor.stats = self.stats
+        # an alert dead-lettered here: its later events follow it there too
+        successor._dead_keys.update(self._dead_keys)
+        successor._predecessor = self
+        self._successor = successor
+        self._notify()
+        return moved
+
+    def take(self, deliveries: list[Delivery]) -> None:
+        """Queue ``deliveries`` handed over by a predecessor, at once and in their order
+        (past ``queue_size`` if need be: they were already accepted once)."""
+        for delivery in deliveries:
+            self._enqueue(delivery)
+
+    def _busy_with(self, key: str, keyed: bool) -> bool:
+        """Whether this engine still holds deliveries of the lane ``key`` of a successor
+        (``keyed``: whether the successor has one lane per alert)."""
+        if keyed and self._keyed:
+            return key in self._state.pending
+        return self._state.queued > 0
+
+    def _unpark(self) -> None:
+        """The predecessor finished a batch: release the lanes it no longer holds."""
+        before = self._predecessor
+        if before is None or not self._parked:
+            return
+        self._dead_keys.update(before._dead_keys)  # a batch it just dead-lettered
+        free = [key for key in self._parked if not before._busy_with(key, self._keyed)]
+        for key in free:
+            self._parked.discard(key)
+            self._push_ready(key)
+
+    def release_predecessor(self) -> None:
+        """The predecessor is drained and closed: every lane it held back is free."""
+        before, self._predecessor = self._predecessor, None
+        if before is not None:
+            self._dead_keys.update(before._dead_keys)
+        parked, self._parked = self._parked, set()
+        for key in parked:
+            self._push_ready(key)

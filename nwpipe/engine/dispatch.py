@@ -241,6 +241,30 @@ class Dispatcher:
             feed.task = asyncio.ensure_future(self._run(feed))
         self._acker = asyncio.ensure_future(self._ack_loop())
 
+    def add_feed(self, name: str, engine: DeliveryEngine) -> Feed:
+        """A config reload added output ``name``: it reads each shard from where the
+        furthest feed has read (it takes what no output had read before the reload),
+        the entries before counting as settled for it."""
+        feed = Feed(name, engine)
+        for shard in self.shards:
+            read: list[Pos] = [c for f in self.feeds.values()
+                               if (c := f.cursor.get(shard)) is not None]
+            feed.start_at(shard, max(read) if read else None)
+        self.feeds[name] = feed
+        if self._acker is not None:  # started: so is this feed
+            if self.queue.shared:
+                engine.revoked = self._revoked
+            feed.task = asyncio.ensure_future(self._run(feed))
+        return feed
+
+    def drop_feed(self, name: str, engine: DeliveryEngine) -> None:
+        """A config reload removed output ``name`` and its engine has settled what it
+        took: its mark no longer holds back the acknowledgement."""
+        feed = self.feeds.get(name)
+        if feed is not None and feed.engine is engine:
+            del self.feeds[name]
+            self._moved.set()
+
     def settled(self, batch: list[Delivery]) -> None:
         """Engine callback: these deliveries are delivered or dead-lettered."""
         for delivery in batch:
@@ -403,8 +427,9 @@ class Dispatcher:
 
     async def stop_feeds(self) -> None:
         """Stop every feed now."""
-        for name in self.feeds:
-            await self.stop_feed(name)
+        for name in list(self.feeds):  # a config reload may drop one meanwhile
+            if name in self.feeds:
+                await self.stop_feed(name)
 
     async def stop(self) -> None:
         """Stop reading (entries not handed over stay in the queue); final acknowledgement."""

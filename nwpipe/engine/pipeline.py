@@ -37,7 +37,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Awaitable, Callable, Iterable, Sequence
 
 import orjson
 
@@ -54,6 +54,9 @@ from nwpipe.sources.base import Source
 from nwpipe.sources.decode import Event, Reject
 from nwpipe.transform.route_map import MapFailed, NotRouted, check_event, map_for, route_and_map
 from nwpipe.transform.routing import Router
+
+if TYPE_CHECKING:  # pragma: no cover
+    from nwpipe.engine.reload import Reloader
 
 log = logging.getLogger("nwpipe")
 
@@ -278,6 +281,10 @@ class Pipeline:
             self.result.queue = location(queue.settings)
             self.result.shared = queue.shared
 
+        #: reloads the config on SIGHUP (:mod:`nwpipe.engine.reload`), when given
+        self.reloader: Reloader | None = None
+        #: engines a config reload replaced or removed, finishing what they hold
+        self.retiring: dict[DeliveryEngine, asyncio.Task] = {}
 
     # -- control ---------------------------------------------------------------
 
@@ -319,8 +326,27 @@ class Pipeline:
             self.dispatcher.stopping()
 
     async def _refuse_all(self, why: str) -> None:
-        for engine in self.engines.values():
+        for engine in [*self.engines.values(), *self.retiring]:
             await engine.refuse(why)
+
+    def retire(self, engine: DeliveryEngine, successor: DeliveryEngine | None) -> None:
+        """A config reload replaced (``successor``) or removed ``engine``'s output: it
+        finishes what it holds in the background, then closes."""
+        self.retiring[engine] = asyncio.ensure_future(self._retire(engine, successor))
+
+    async def _retire(self, engine: DeliveryEngine, successor: DeliveryEngine | None) -> None:
+        # a removed output's feed (queue mode) reads nothing more for it
+        dispatcher = self.dispatcher if successor is None else None
+        try:
+            if dispatcher is not None and engine.name in dispatcher.feeds:
+                await dispatcher.stop_feed(engine.name)
+            await engine.drain(None, self._abort)
+        finally:
+            await engine.close()
+            if successor is not None:
+                successor.release_predecessor()
+            if dispatcher is not None:
+                dispatcher.drop_feed(engine.name, engine)
 
     def _output_closed(self, reason: str) -> None:
         log.debug("%s; stopping", reason)
@@ -383,6 +409,7 @@ class Pipeline:
                 installed.append(signum)
             except (NotImplementedError, RuntimeError):  # not the main thread, or Windows
                 pass
+        reloading = False
         try:
             await self._open_queue()
             for engine in self.engines.values():
@@ -392,25 +419,35 @@ class Pipeline:
             self._engines_started = True
             if self.dispatcher is not None:
                 self.dispatcher.start()
+            # SIGHUP reloads once the outputs run (one that came earlier is done now)
+            reloading = self.reloader is not None and self.reloader.install(self, loop)
             if self.progress is not None:
                 self.progress.start(self)
             try:
                 await feed()
             except BaseException as exc:
                 # Stopped by something unforeseen: what was read is still accounted for.
-                for engine in self.engines.values():
+                for engine in [*self.engines.values(), *self.retiring]:
                     await engine.abandon(f"not delivered: nwpipe stopped on "
                                          f"{type(exc).__name__}: {exc}")
                 raise
+            if self.reloader is not None:
+                await self.reloader.close()  # the outputs are final from here on
             await self._input_ended()
             if self._refusing is not None:
                 await self._refusing
             # Without a signal this waits for every delivery (retries included); after
             # one, _abort is set at the deadline and drain dead-letters the rest.
-            await asyncio.gather(*(e.drain(None, self._abort) for e in self.engines.values()))
+            await asyncio.gather(*(e.drain(None, self._abort) for e in self.engines.values()),
+                                 *self.retiring.values())
         finally:
             if self.progress is not None:
                 await self.progress.stop()
+            if self.reloader is not None:
+                await self.reloader.close()
+            for task in self.retiring.values():
+                task.cancel()  # only when stopped by something unforeseen: closes the output
+            await asyncio.gather(*self.retiring.values(), return_exceptions=True)
             try:
                 await self._close_queue()
             finally:
@@ -426,6 +463,8 @@ class Pipeline:
             self._acks.release()
             for signum in installed:
                 loop.remove_signal_handler(signum)
+            if reloading and self.reloader is not None:
+                self.reloader.uninstall(loop)
             self.result.seconds = time.perf_counter() - started
             self.result.dead_lettered = self.dead_letter.count
             self._report_hidden()
@@ -1035,7 +1074,8 @@ def run(config: Config, router: Router, paths: list[str], *, dead_letter_path: s
         shutdown_timeout: float | None = None, progress: bool = False,
         queue_path: str | None = None, durable: bool = False, keep_queue: bool = False,
         resume: bool = False, deliver: bool = True,
-        metrics_listen: str | None = None, strict_routing: bool | None = None) -> RunResult:
+        metrics_listen: str | None = None, strict_routing: bool | None = None,
+        reloader=None) -> RunResult:
     """Run the pipeline to the end of the source (or a signal); returns what happened.
 
     The source is the config's ``[source]`` (default: the files source reading ``paths``
@@ -1047,6 +1087,7 @@ def run(config: Config, router: Router, paths: list[str], *, dead_letter_path: s
     ``metrics_listen``: ``HOST:PORT`` where /healthz, /readyz and /metrics answer meanwhile.
     ``strict_routing``: dead-letter events that match no output (default: the config's
     ``strict_routing``).
+    ``reloader``: a :class:`nwpipe.engine.reload.Reloader`, to reload the config on SIGHUP.
     """
     dead_letter = make_dead_letters(config, dead_letter_path)
     dead_letter.check()  # a dead-letter file that cannot be written is found before reading
@@ -1060,6 +1101,7 @@ def run(config: Config, router: Router, paths: list[str], *, dead_letter_path: s
                             durable=durable or config.queue.durable or not deliver,
                             keep_queue=keep_queue, resume=resume, deliver=deliver,
                             strict_routing=strict_routing)
+        pipeline.reloader = reloader
         if metrics_listen is None:
             result = event_loop_run(pipeline.run(source))
         else:

@@ -140,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     work.add_argument("--shutdown-timeout", metavar="SECONDS", type=float,
                       help="on SIGTERM/SIGINT, seconds to finish in-flight deliveries "
                            "(default: the config's shutdown_timeout, else 10)")
+    work.add_argument("--metrics-listen", metavar="HOST:PORT",
+                      help="serve /healthz, /readyz and /metrics (Prometheus, with per-shard "
+                           "queue depth, lag and ownership) on this address")
     _queue_option(work)
     _common(work, suppress=True)
     work.set_defaults(func=cmd_work)
@@ -449,11 +452,15 @@ def cmd_work(args) -> int:
     """Deliver from the queue until a signal."""
     from nwpipe.commands.progress import wanted
     from nwpipe.commands.work import summary, work
+    from nwpipe.sources.serve_settings import check_listen
 
     _, config, router = load(args)
+    if args.metrics_listen is not None:
+        check_listen("--metrics-listen", args.metrics_listen)
     result = work(config, router, dead_letter_path=args.dead_letter,
                   shutdown_timeout=args.shutdown_timeout,
-                  progress=wanted(args.quiet, args.log_format), queue_path=args.queue)
+                  progress=wanted(args.quiet, args.log_format), queue_path=args.queue,
+                  metrics_listen=args.metrics_listen)
     log.info("%s", summary(result))
     return 0  # SIGTERM/SIGINT is how a worker ends; what it left stays queued
 

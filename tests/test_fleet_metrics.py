@@ -13,11 +13,11 @@ import subprocess
 import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
-from test_fleet import (  # noqa: F401 - fleet is a fixture
+from test_fleet import (
     Fleet,
     all_delivered,
     check_every_event_in_order,
-    fleet,
+    fleet,  # noqa: F401 - a fixture, used as a parameter
     lifecycle,
     queue_empty,
     wait_until,
@@ -51,7 +51,7 @@ def owned(page: dict) -> set[int]:
     return {shard for shard, v in per_shard(page, "nwpipe_queue_shard_owned").items() if v == 1}
 
 
-def test_shard_depth_lag_pending_and_ownership_on_run_and_work(fleet):
+def test_shard_depth_lag_pending_and_ownership_on_run_and_work(fleet):  # noqa: F811
     f = fleet(receiver_delay=0.3, shards=SHARDS)
     intake = f._start(["run", "--no-deliver", "--metrics-listen", "127.0.0.1:0", "-"], "intake",
                       stdin=subprocess.PIPE)

@@ -7,12 +7,16 @@ with ``prometheus_client.parser``, the reference parser.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import subprocess
+import time
 import urllib.request
 
+import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
+from serveproc import ServeProcess
 from test_fleet import (
     Fleet,
     all_delivered,
@@ -34,13 +38,17 @@ def metrics_url(f: Fleet, name: str, proc) -> str:
     return wait_until(found, f"{name} to listen for metrics", procs=[proc])
 
 
-def scrape(url: str) -> dict:
+def samples(text: str) -> dict:
     """{(name, shard label or None): value} of one /metrics page."""
-    with urllib.request.urlopen(url, timeout=30) as response:
-        assert response.status == 200
-        text = response.read().decode()
     return {(s.name, s.labels.get("shard")): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def scrape(url: str) -> dict:
+    """:func:`samples` of the page at ``url``."""
+    with urllib.request.urlopen(url, timeout=30) as response:
+        assert response.status == 200
+        return samples(response.read().decode())
 
 
 def per_shard(page: dict, name: str) -> dict[int, float]:
@@ -116,3 +124,39 @@ def test_shard_depth_lag_pending_and_ownership_on_run_and_work(fleet):  # noqa: 
     check_every_event_in_order(f.receiver, events)
     intake.stdin.close()
     assert intake.wait(60) == 0, f.log("intake")
+
+
+async def test_serve_with_a_redis_queue_shows_its_shards_on_metrics(tmp_path, receiver,
+                                                                     redis_server, redis_prefix):
+    serve = ServeProcess(tmp_path, f"""
+[queue]
+url = "{redis_server.url}"
+prefix = "{redis_prefix}"
+shards = {SHARDS}
+[outputs.soc]
+type = "webhook"
+url = "{receiver.url}/in"
+""").start()
+    try:
+        body = "".join(json.dumps({"id": f"a-{n}", "customer": "acme"}) + "\n" for n in range(20))
+        async with aiohttp.ClientSession() as session:
+            async with session.post(serve.url + "/", data=body) as r:
+                assert r.status in (200, 202), await r.text()
+        # polled without blocking: the receiver answers on this test's event loop
+        deadline = time.monotonic() + 60
+        while True:
+            async with aiohttp.ClientSession() as session:
+                async with session.get(serve.metrics_url + "/metrics") as r:
+                    assert r.status == 200
+                    page = samples(await r.text())
+            if (owned(page) == set(range(SHARDS))
+                    and not any(per_shard(page, "nwpipe_queue_shard_depth").values())
+                    and len(receiver.requests) >= 1):
+                break
+            assert time.monotonic() < deadline, (page, serve.lines)
+            await asyncio.sleep(0.05)
+        assert page[("nwpipe_queue_shards", None)] == SHARDS
+        assert page[("nwpipe_queue_workers", None)] == 1
+        assert per_shard(page, "nwpipe_queue_shard_pending") == dict.fromkeys(range(SHARDS), 0)
+    finally:
+        assert serve.stop() == 0

@@ -114,8 +114,12 @@ async def test_the_queue_status_is_read_at_most_once_a_second_and_redis_down_sti
             ShardStatus(1, depth=0, bytes=0, oldest_at=None, owner="other", pending=0)),
             notes={"workers": "me other"})
 
+    class Shared:  # what Metrics asks of a Redis queue: shared, and this worker's name
+        shared = True
+        name = "me"
+
     metrics = Metrics()
-    metrics.watch_queue(status, me="me")
+    metrics.watch_queue(status, Shared())
     started = time.monotonic()
     pages = [samples((await metrics.render())[0].decode()) for _ in range(5)]
     if time.monotonic() - started < STATUS_MAX_AGE:  # on a very slow machine, skip this

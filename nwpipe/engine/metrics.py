@@ -6,8 +6,8 @@ delivered / retried / dead-lettered counts) are read when Prometheus scrapes, no
 updated twice per event; the intake's counters and the delivery latency histogram are
 updated where they happen. Each :class:`Metrics` has its own registry, so two in one
 process (tests) do not collide. The queue's state (per shard with Redis) is read with
-``Queue.status()`` at most once per :data:`STATUS_MAX_AGE` seconds: a scrape every
-second from several Prometheus servers costs the queue one status read.
+``Queue.status()``; a Redis queue's at most once per :data:`STATUS_MAX_AGE` seconds,
+so scrapes from several Prometheus servers cost Redis one status read a second.
 """
 
 from __future__ import annotations
@@ -161,6 +161,7 @@ class Metrics:
         self._shards = _ShardCollector()
         r.register(self._shards)
         self._status_at = float("-inf")  # monotonic time of the last status read
+        self._status_max_age = 0.0
 
     def watch_pipeline(self, result, engines: dict, dead_letter) -> None:
         """Expose a pipeline's counters (``RunResult``, the dead-letter file's count) and
@@ -171,16 +172,20 @@ class Metrics:
         for name, engine in engines.items():
             engine.on_delivered = self.latency.labels(name).observe
 
-    def watch_queue(self, status: Callable[[], Awaitable], me: str | None = None) -> None:
+    def watch_queue(self, status: Callable[[], Awaitable], queue=None) -> None:
         """Fill the queue gauges from ``await status()`` (a QueueStatus, or None while the
-        queue is not open) at scrapes, at most once per :data:`STATUS_MAX_AGE` seconds.
-        ``me``: this process's worker name in a Redis queue (for ``nwpipe_queue_shard_owned``)."""
+        queue is not open) at scrapes. ``queue``: the Queue itself; a shared (Redis) one,
+        whose status costs round trips for every shard, is read at most once per
+        :data:`STATUS_MAX_AGE` seconds, and its worker name marks the shards this process
+        owns (``nwpipe_queue_shard_owned``)."""
         self._queue_status = status
-        self._shards.me = me
+        self._shards.me = getattr(queue, "name", None)
+        self._status_max_age = STATUS_MAX_AGE if getattr(queue, "shared", False) else 0.0
 
     async def _read_queue(self) -> None:
         """Refresh the queue gauges when the last status is older than STATUS_MAX_AGE."""
-        if self._queue_status is None or time.monotonic() - self._status_at < STATUS_MAX_AGE:
+        if (self._queue_status is None
+                or time.monotonic() - self._status_at < self._status_max_age):
             return
         self._status_at = time.monotonic()
         try:

@@ -1029,7 +1029,7 @@ async def with_metrics(pipeline: Pipeline, source, listen: str) -> RunResult:
 
     metrics = Metrics()
     metrics.watch_pipeline(pipeline.result, pipeline.engines, pipeline.dead_letter)
-    metrics.watch_queue(pipeline.queue_status, getattr(pipeline.queue, "name", None))
+    metrics.watch_queue(pipeline.queue_status, pipeline.queue)
     runner = await start_ops_server(listen, metrics)
     try:
         return await (pipeline.work() if source is None else pipeline.run(source))

@@ -203,7 +203,8 @@ def test_output_that_cannot_open_is_named_before_reading(tmp_path):
     (tmp_path / "c.toml").write_text('[outputs.archive]\ntype = "file"\npath = "blocker/x.jsonl"\n')
     proc = nwpipe("run", "-c", "c.toml", input=jsonl([event(1)]), cwd=tmp_path)
     assert proc.returncode == 1
-    assert "outputs.archive: cannot start:" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stderr == ("nwpipe: error: outputs.archive: cannot start: "
+                           "blocker: File exists\n"), proc.stderr
 
 
 def test_check_describes_without_secrets(tmp_path):

@@ -5,6 +5,7 @@ Each scrape is parsed with ``prometheus_client.parser``, the reference parser.""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import subprocess
@@ -96,3 +97,49 @@ async def test_serve_metrics_listen_moves_the_ops_endpoints(tmp_path):
         assert got[("nwpipe_queue_depth", ())] == 1
     finally:
         assert proc.stop() == 0
+
+
+async def test_the_queue_status_is_read_at_most_once_a_second_and_redis_down_still_answers():
+    from nwpipe.engine.metrics import STATUS_MAX_AGE, Metrics
+    from nwpipe.queue import QueueStatus, QueueUnavailable, ShardStatus
+
+    reads = []
+
+    async def status():
+        reads.append(time.monotonic())
+        if len(reads) > 1:
+            raise QueueUnavailable("Redis at redis://127.0.0.1:1/0 does not answer")
+        return QueueStatus(location="redis://127.0.0.1:1/0", max_bytes=1 << 20, shards=(
+            ShardStatus(0, depth=3, bytes=30, oldest_at=time.time() - 5, owner="me", pending=2),
+            ShardStatus(1, depth=0, bytes=0, oldest_at=None, owner="other", pending=0)),
+            notes={"workers": "me other"})
+
+    class Shared:  # what Metrics asks of a Redis queue: shared, and this worker's name
+        shared = True
+        name = "me"
+
+    metrics = Metrics()
+    metrics.watch_queue(status, Shared())
+    started = time.monotonic()
+    pages = [samples((await metrics.render())[0].decode()) for _ in range(5)]
+    if time.monotonic() - started < STATUS_MAX_AGE:  # on a very slow machine, skip this
+        assert len(reads) == 1
+    got = pages[-1]
+    assert got[("nwpipe_queue_shard_depth", (("shard", "0"),))] == 3
+    assert got[("nwpipe_queue_shard_pending", (("shard", "0"),))] == 2
+    assert got[("nwpipe_queue_shard_owned", (("shard", "0"),))] == 1
+    assert got[("nwpipe_queue_shard_owned", (("shard", "1"),))] == 0
+    assert got[("nwpipe_queue_shard_oldest_age_seconds", (("shard", "0"),))] >= 5
+    assert got[("nwpipe_queue_shard_oldest_age_seconds", (("shard", "1"),))] == 0
+    assert got[("nwpipe_queue_workers", ())] == 2
+    assert got[("nwpipe_queue_depth", ())] == 3
+
+    # once the status is stale it is read again; Redis down: the page answers without shards
+    deadline = time.monotonic() + 30
+    while len(reads) < 2:
+        assert time.monotonic() < deadline
+        got = samples((await metrics.render())[0].decode())
+        await asyncio.sleep(0.05)
+    got = samples((await metrics.render())[0].decode())
+    assert not [key for key in got if key[0].startswith("nwpipe_queue_shard")]
+    assert ("process_resident_memory_bytes", ()) in got

@@ -74,3 +74,52 @@ def test_init_serve_writes_a_config_that_checks(tmp_path):
     assert "  [serve]: http://0.0.0.0:8443/netography; Basic Auth; max_body_bytes 1048576\n" \
         in proc.stdout
     assert "change-me" not in proc.stdout
+
+
+@pytest.fixture
+def pem_files(tmp_path):
+    """A certificate, its key, its key with a pass phrase, and another certificate's key."""
+    import trustme
+    from cryptography.hazmat.primitives import serialization
+    ca = trustme.CA()
+    cert, other = ca.issue_cert("127.0.0.1"), ca.issue_cert("localhost")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    other.private_key_pem.write_to_path(str(tmp_path / "other-key.pem"))
+    key = serialization.load_pem_private_key(cert.private_key_pem.bytes(), None)
+    (tmp_path / "encrypted-key.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"pass phrase")))
+    return tmp_path
+
+
+@pytest.mark.parametrize("cert, key, message", [
+    ("cert.pem", "encrypted-key.pem", "serve.tls_key: the private key in encrypted-key.pem is "
+                                      "encrypted (has a pass phrase), which nwpipe cannot ask for"),
+    ("cert.pem", "other-key.pem", "serve.tls_key: the key in other-key.pem does not belong to "
+                                  "the certificate in cert.pem"),
+    ("cert.pem", None, "serve.tls_cert: cert.pem holds no PEM private key (set tls_key to the "
+                       "key's file)"),
+    ("key.pem", "cert.pem", "serve.tls_cert: key.pem holds no PEM certificate"),
+])
+def test_a_certificate_that_does_not_load_is_named_with_the_reason(pem_files, cert, key, message):
+    # a session of its own: no terminal OpenSSL could ask a pass phrase on
+    key_line = f'tls_key = "{key}"\n' if key else ""
+    (pem_files / "nwpipe.toml").write_text(f'[serve]\ntls_cert = "{cert}"\n{key_line}{OUTPUT}')
+    proc = subprocess.run([sys.executable, "-m", "nwpipe", "check"], cwd=pem_files, env=env(),
+                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+                          start_new_session=True)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith(f"nwpipe: error: nwpipe.toml: {message}"), proc.stderr
+    assert proc.stderr.count("\n") == 1 and "pass phrase:" not in proc.stderr
+
+
+def test_an_outputs_encrypted_client_key_is_named(pem_files):
+    (pem_files / "nwpipe.toml").write_text(
+        '[outputs.soc]\ntype = "webhook"\nurl = "https://127.0.0.1:1/"\n'
+        'client_cert = "cert.pem"\nclient_key = "encrypted-key.pem"\n')
+    proc = nwpipe("check", cwd=pem_files)
+    assert proc.returncode == 1
+    assert "outputs.soc: client_key: the private key in encrypted-key.pem is encrypted" \
+        in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -150,6 +150,16 @@ async def test_a_single_bad_event_gets_400_and_is_dead_lettered(basic, payload, 
         assert records[-1]["source"] == "serve 127.0.0.1"
 
 
+async def test_the_log_line_of_a_refusal_names_its_reason_once(basic):
+    await post(basic.url + "/", b'{"customer": "acme", "alerttype": "start"}')
+    line = basic.wait_line("400 to 127.0.0.1 POST: event has no 'id' field")
+    assert line.count("event has no 'id' field") == 1, line
+    assert line.endswith("(dead-lettered)"), line
+    await post(basic.url + "/", orjson.dumps([event(20), {"id": "a-21"}]))
+    line = basic.wait_line("1 of 2 events refused")
+    assert line.endswith(": first: event has no 'customer' field (dead-lettered)"), line
+
+
 async def test_good_events_of_a_mixed_request_are_accepted_and_the_bad_ones_listed(basic):
     before = await queue_depth(basic)
     mixed = [event(10), 7, {"id": "a-11"}, event(12)]

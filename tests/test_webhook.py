@@ -502,7 +502,7 @@ def test_unloadable_tls_files_are_rejected_at_load(tmp_path, tls):
     junk = tmp_path / "junk.pem"
     junk.write_text("not a certificate\n")
     assert "cannot load ca_file" in load_error(url="https://127.0.0.1/x", ca_file=str(junk))
-    assert "cannot load client_cert" in load_error(
+    assert f"client_key: {junk} holds no PEM private key" in load_error(
         url="https://127.0.0.1/x", client_cert=tls.client_cert_file, client_key=str(junk))
     assert "client_cert is not" in load_error(
         url="https://127.0.0.1/x", client_key=tls.client_key_file)

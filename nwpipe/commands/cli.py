@@ -212,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     work.add_argument("--shutdown-timeout", metavar="SECONDS", type=float,
                       help="on SIGTERM/SIGINT, seconds to finish in-flight deliveries "
                            "(default: the config's shutdown_timeout, else 10)")
+    work.add_argument("--metrics-listen", metavar="HOST:PORT",
+                      help="serve /healthz, /readyz and /metrics (Prometheus, with per-shard "
+                           "queue depth, lag and ownership) on this address")
     _queue_option(work)
     _strict_routing_option(work)
     _pid_file_option(work)
@@ -568,16 +571,19 @@ def cmd_work(args) -> int:
     from nwpipe.commands.pidfile import pid_file
     from nwpipe.commands.progress import wanted
     from nwpipe.commands.work import summary, work
+    from nwpipe.sources.serve_settings import check_listen
 
     _, config, router = load(args)
     if args.strict_routing:
         config.strict_routing = True
+    if args.metrics_listen is not None:
+        check_listen("--metrics-listen", args.metrics_listen)
     reloader = make_reloader(args)
     with pid_file(args.pid_file):
         result = work(config, router, dead_letter_path=args.dead_letter,
                       shutdown_timeout=args.shutdown_timeout,
                       progress=wanted(args.quiet, args.log_format), queue_path=args.queue,
-                      reloader=reloader)
+                      reloader=reloader, metrics_listen=args.metrics_listen)
     log.info("%s", summary(result))
     return 0  # SIGTERM/SIGINT is how a worker ends; what it left stays queued
 

@@ -186,7 +186,7 @@ class Service:
                               DeadLetterRefusals(self.dead_letter), self.metrics,
                               ready=self.ready, result=pipeline.result)
         self.metrics.watch_pipeline(pipeline.result, pipeline.engines, self.dead_letter)
-        self.metrics.watch_queue(self.queue.status)
+        self.metrics.watch_queue(self.queue.status, self.queue)
 
         async def take_posts() -> None:
             # The pipeline has opened the queue and started delivering from it.

@@ -24,16 +24,20 @@ from nwpipe.engine.pipeline import (
     make_queue,
     output_summary,
     tune_gc,
+    with_metrics,
 )
 from nwpipe.transform.routing import Router
 
 
 def work(config: Config, router: Router, *, dead_letter_path: str | None = None,
          shutdown_timeout: float | None = None, progress: bool = False,
-         queue_path: str | None = None, reloader=None) -> RunResult:
+         queue_path: str | None = None, reloader=None,
+         metrics_listen: str | None = None) -> RunResult:
     """Deliver from the configured queue until a signal; returns what happened.
 
     ``reloader``: a :class:`nwpipe.engine.reload.Reloader`, to reload the config on SIGHUP.
+    ``metrics_listen``: ``HOST:PORT`` where /healthz, /readyz and /metrics (with the
+    queue's per-shard depth, lag and which shards this worker owns) answer meanwhile.
     """
     dead_letter = make_dead_letters(config, dead_letter_path)
     dead_letter.check()
@@ -43,7 +47,9 @@ def work(config: Config, router: Router, *, dead_letter_path: str | None = None,
                             shutdown_timeout=shutdown_timeout, progress=make_progress(progress),
                             queue=make_queue(config, queue_path), durable=True)
         pipeline.reloader = reloader
-        return event_loop_run(pipeline.work())
+        if metrics_listen is None:
+            return event_loop_run(pipeline.work())
+        return event_loop_run(with_metrics(pipeline, None, metrics_listen))
     finally:
         dead_letter.close()
 

@@ -216,6 +216,11 @@ class DeliveryEngine:
         """Open the output and start the workers."""
         try:
             await self.output.open()
+        except OSError as exc:
+            # the system's own words and the file, not "FileNotFoundError: [Errno 2] ..."
+            where = f"{exc.filename}: " if exc.filename else ""
+            problem = exc.strerror or f"{type(exc).__name__}: {exc}"
+            raise NwpipeError(f"outputs.{self.name}: cannot start: {where}{problem}") from None
         except Exception as exc:
             raise NwpipeError(f"outputs.{self.name}: cannot start: "
                               f"{type(exc).__name__}: {exc}") from None

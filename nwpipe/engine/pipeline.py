@@ -660,6 +660,13 @@ class Pipeline:
         if self.durable or status.depth or self._refuse_reason is not None:
             await self._enter_queue_mode()
 
+    async def queue_status(self):
+        """The queue's :class:`~nwpipe.queue.QueueStatus` for metrics, or ``None`` while
+        the run has no open queue (in memory, or not yet opened)."""
+        if self.queue is None or not self._queue_open:
+            return None
+        return await self.queue.status()
+
     async def _ensure_open(self) -> None:
         if not self._queue_open:
             await self._queue.open()
@@ -1114,15 +1121,17 @@ def run(config: Config, router: Router, paths: list[str], *, dead_letter_path: s
 
 
 async def with_metrics(pipeline: Pipeline, source, listen: str) -> RunResult:
-    """Run ``pipeline`` on ``source`` with the operations endpoints on ``listen`` meanwhile."""
+    """Run ``pipeline`` on ``source`` (``None``: :meth:`Pipeline.work`) with the operations
+    endpoints on ``listen`` meanwhile."""
     from nwpipe.engine.metrics import Metrics
     from nwpipe.net.ops import start_ops_server
 
     metrics = Metrics()
     metrics.watch_pipeline(pipeline.result, pipeline.engines, pipeline.dead_letter)
+    metrics.watch_queue(pipeline.queue_status, pipeline.queue)
     runner = await start_ops_server(listen, metrics)
     try:
-        return await pipeline.run(source)
+        return await (pipeline.work() if source is None else pipeline.run(source))
     finally:
         await runner.cleanup()
 

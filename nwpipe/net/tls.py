@@ -22,8 +22,68 @@ def client_context(config: dict[str, Any]) -> ssl.SSLContext:
     else:
         context = ssl.create_default_context(cafile=config.get("ca_file"))
     if config.get("client_cert"):
-        context.load_cert_chain(config["client_cert"], config.get("client_key"))
+        load_cert_chain(context, config["client_cert"], config.get("client_key"),
+                        names=("client_cert", "client_key"))
     return context
+
+
+class CertificateError(ValueError):
+    """A certificate or key that does not load; ``key`` is the setting to fix."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"{key}: {message}")
+        self.key = key
+        self.message = message
+
+
+class _PassPhraseAsked(Exception):
+    """OpenSSL wanted a pass phrase for the key."""
+
+
+def _no_prompt() -> bytes:
+    # without a password callback OpenSSL asks on the terminal ("Enter PEM pass
+    # phrase:"), which blocks a service or a check; an encrypted key is a config error
+    raise _PassPhraseAsked
+
+
+def load_cert_chain(context: ssl.SSLContext, cert: str, key: str | None, *,
+                    names: tuple[str, str]) -> None:
+    """Load a PEM certificate (chain) and its key into ``context``, never asking for a
+    pass phrase. CertificateError says which setting (``names``: the certificate's and the
+    key's) to fix and why: no certificate, no key, an encrypted key, a key that does
+    not belong to the certificate."""
+    cert_name, key_name = names
+    key_file = key or cert
+    key_where = key_name if key else cert_name
+    try:
+        context.load_cert_chain(cert, key, password=_no_prompt)
+        return
+    except _PassPhraseAsked:
+        raise CertificateError(key_where, f"the private key in {key_file} is encrypted "
+                               "(has a pass phrase), which nwpipe cannot ask for; write it "
+                               "without one (openssl pkey -in KEY -out PLAIN_KEY) and keep "
+                               "that file readable by nwpipe only") from None
+    except OSError as exc:  # ssl.SSLError is an OSError too
+        problem = exc
+    texts = {}
+    for path in {cert, key_file}:
+        try:
+            with open(path, "rb") as f:
+                texts[path] = f.read()
+        except OSError as exc:
+            raise CertificateError(key_where if path == key_file else cert_name,
+                                   f"cannot read {path}: {exc.strerror or exc}") from None
+    if b"-----BEGIN CERTIFICATE-----" not in texts[cert]:
+        raise CertificateError(cert_name, f"{cert} holds no PEM certificate "
+                                          "(-----BEGIN CERTIFICATE-----)")
+    if b"PRIVATE KEY-----" not in texts[key_file]:
+        hint = "" if key else f" (set {key_name} to the key's file)"
+        raise CertificateError(key_where, f"{key_file} holds no PEM private key{hint}")
+    if "KEY_VALUES_MISMATCH" in str(problem):
+        raise CertificateError(key_where, f"the key in {key_file} does not belong to the "
+                                          f"certificate in {cert}")
+    reason = getattr(problem, "reason", None) or problem.strerror or problem
+    raise CertificateError(cert_name, f"cannot load {cert} with the key in {key_file}: {reason}")
 
 
 def tls_settings(peer: str, prefix: str = "") -> dict[str, Setting]:
@@ -53,6 +113,8 @@ def check_tls_files(config: dict[str, Any]) -> None:
         return
     try:
         client_context(config)
+    except CertificateError:
+        raise  # it names the setting and the problem
     except (ssl.SSLError, OSError) as exc:
         which = "client_cert/client_key" if config.get("client_cert") else "ca_file"
         raise ValueError(f"cannot load {which}: {exc.strerror or exc}") from None

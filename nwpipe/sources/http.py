@@ -420,7 +420,9 @@ class IntakeServer:
             error = (refused[0][2] if len(refused) == 1
                      else f"all {len(refused)} events refused")
         answer = {"error": error, "accepted": accepted, "refused": listed}
-        self._log(request, 400, f"{error}: first: {refused[0][2]} (dead-lettered)")
+        # one refusal is its own summary: name its reason once, not twice
+        first = "" if error == refused[0][2] else f": first: {refused[0][2]}"
+        self._log(request, 400, f"{error}{first} (dead-lettered)")
         self.metrics.requests.labels("400").inc()
         return _json(400, answer)
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from nwpipe.errors import ConfigError, NwpipeError
 from nwpipe.net.signature import check_signing_secret
+from nwpipe.net.tls import CertificateError, load_cert_chain
 from nwpipe.settings import Setting, existing_file, positive_seconds, validate_settings
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
@@ -144,7 +145,7 @@ class ServeSettings:
         if not self.tls_cert:
             return None
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(self.tls_cert, self.tls_key)
+        load_cert_chain(context, self.tls_cert, self.tls_key, names=("tls_cert", "tls_key"))
         return context
 
 
@@ -171,6 +172,8 @@ def settings_from(values: dict[str, Any]) -> ServeSettings:
     settings = ServeSettings(**values, configured=True)
     try:
         settings.ssl_context()
+    except CertificateError as exc:
+        raise SettingProblem(exc.key, exc.message) from None
     except (ssl.SSLError, OSError) as exc:
         raise SettingProblem("tls_cert", f"cannot load tls_cert/tls_key: "
                                          f"{exc.strerror or exc}") from None

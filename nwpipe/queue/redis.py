@@ -625,17 +625,13 @@ class RedisQueue(Queue):
         newest = newest.decode() if isinstance(newest, bytes) else newest
         self._claimed.add(shard)
         entries = []
-        append = entries.append
         for sid, fields in rows:
-            ms, _, seq = (sid.decode() if isinstance(sid, bytes) else sid).partition("-")
-            pos = (int(ms), int(seq or 0))
-            if len(fields) == 4 and fields[0] == b"d" and fields[2] == b"o":
-                # the layout the put script writes: no dict per entry
-                data, origin = fields[1], fields[3]
-            else:
-                f = dict(zip(fields[::2], fields[1::2]))
-                data, origin = f.get(b"d", b""), f.get(b"o", b"")
-            append(Entry(shard, pos, data, origin.decode("utf-8", "replace"), pos[0] / 1000))
+            sid = sid.decode() if isinstance(sid, bytes) else sid
+            pos = _id_parts(sid)
+            f = dict(zip(fields[::2], fields[1::2]))
+            origin = f.get(b"o", b"").decode("utf-8", "replace")
+            entries.append(Entry(shard, pos, f.get(b"d", b""), origin,
+                                 pos[0] / 1000))
         if entries and self._read_upto.get(shard, (0, 0)) < entries[-1].pos:
             self._read_upto[shard] = entries[-1].pos
         seen = _id_parts(self._last_seen.get(shard, "0-0"))

@@ -297,7 +297,17 @@ class Dispatcher:
                                 return
                             if not self._current(shard):
                                 break
-                            await self._one(feed, entry)
+                            waiting = self._one(feed, entry)
+                            if waiting is None:
+                                continue
+                            # the engine's queue is full: wait for room (the only await
+                            # per entry, and only then)
+                            await feed.engine.submit(waiting)
+                            if self.queue.shared and not self._current(shard):
+                                # the shard was lost while the engine made room: not this
+                                # process's to send (no await between submit's return and
+                                # this: no engine worker saw it yet)
+                                waiting.ticket = REVOKED
                     if not progressed:
                         if ended:
                             return
@@ -321,7 +331,12 @@ class Dispatcher:
             self._unavailable = None
             log.info("the queue answers again; delivery from it goes on")
 
-    async def _one(self, feed: Feed, entry: Entry) -> None:
+    def _one(self, feed: Feed, entry: Entry) -> Delivery | None:
+        """Hand one entry to ``feed``'s engine without a coroutine per entry.
+
+        Returns the delivery when the engine's queue is full (the caller then waits in
+        ``engine.submit``); None when it was taken or the entry is settled without one.
+        """
         shard, pos = entry.shard, entry.pos
         feed.cursor[shard] = pos
         try:
@@ -330,20 +345,17 @@ class Dispatcher:
             log.error("error: %s: queue entry %s of shard %d is not JSON; skipped", feed.name,
                       pos, shard)
             feed.passed(shard, pos)
-            return
+            return None
         source, line = split_origin(entry.origin)
         delivery = self.handle(feed, entry, event, source, line)
         if delivery is None:
             feed.passed(shard, pos)
             self._moved.set()
-            return
+            return None
         delivery.ticket = (shard, pos)
         feed.taken(shard, pos)
-        await feed.engine.submit(delivery)
-        if self.queue.shared and not self._current(shard):
-            # the shard was lost while the engine made room: not this process's to send
-            # (no await between submit's return and this: no engine worker saw it yet)
-            delivery.ticket = REVOKED
+        # no await since the caller checked the shard is current: offering keeps it so
+        return None if feed.engine.offer(delivery) else delivery
 
     # -- acknowledgements ---------------------------------------------------------------
 

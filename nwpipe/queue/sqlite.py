@@ -343,6 +343,19 @@ class SqliteQueue(Queue):
         """Up to ``limit`` entries of ``shard`` after ``after`` (or from the oldest)."""
         return await self._read(self._read_rows, shard, after[0] if after else 0, limit)
 
+    async def read_many(self, wanted: Sequence[tuple[int, Pos | None]],
+                        limit: int) -> dict[int, list[Entry]]:
+        """:meth:`read` of several shards in one trip to the reader thread (a trip per
+        shard costs more than the rows when a feed keeps up with the puts)."""
+        if not wanted:
+            return {}
+        return await self._read(self._read_many_rows, list(wanted), limit)
+
+    def _read_many_rows(self, wanted: list[tuple[int, Pos | None]],
+                        limit: int) -> dict[int, list[Entry]]:
+        return {shard: self._read_rows(shard, after[0] if after else 0, limit)
+                for shard, after in wanted}
+
     @property
     def _reader_conn(self) -> sqlite3.Connection:
         if self._rconn is None:

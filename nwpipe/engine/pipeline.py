@@ -904,10 +904,12 @@ class Pipeline:
     async def _until_only_failing_hold_events(self) -> None:
         """--keep-queue: wait until every output is done or failing; then leave what the
         failing ones hold in the queue."""
-        if self.dispatcher is not None:
-            self.dispatcher.input_ended()
         failing: list[str] = []
         while not self._stop.is_set():
+            # Queue mode may start only now (an output fills up after the input ended):
+            # every dispatcher must learn that no more puts come, or its feeds wait on.
+            if self.dispatcher is not None:
+                self.dispatcher.input_ended()
             busy = False
             failing = []
             for name, engine in self.engines.items():

@@ -37,6 +37,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from bench_webhook import CONFIG, Receiver  # noqa: E402 - the same receiver and mapping
+
 from events import generate  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -189,7 +190,7 @@ def main() -> None:
                 ("b sqlite (--durable)", base, ["--durable", "--queue", "q.db"], 0),
                 ("c redis, 1 worker", redis_config, ["--no-deliver"], 1),
                 ("d redis, 2 workers", redis_config, ["--no-deliver"], 2)):
-            (workdir / "bench.toml").write_text(f'dead_letter = "dead.jsonl"\n' + config)
+            (workdir / "bench.toml").write_text('dead_letter = "dead.jsonl"\n' + config)
             if workers:
                 redis.flush()
             for stale in workdir.glob("q.db*"):

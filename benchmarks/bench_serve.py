@@ -241,6 +241,7 @@ def main() -> None:
         return client_main(args.url, args.bodies, args.concurrency)
 
     import orjson
+
     from events import generate
 
     count = args.events

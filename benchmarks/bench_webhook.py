@@ -327,6 +327,7 @@ def main() -> None:
     sys.path.insert(0, str(HERE))
     sys.path.insert(0, str(ROOT))
     import orjson
+
     from events import generate
 
     count = args.events

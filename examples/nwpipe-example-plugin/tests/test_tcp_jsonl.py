@@ -10,8 +10,9 @@ import subprocess
 import sys
 import threading
 
-from nwpipe import Delivered, Delivery, Failed, Retry
 from nwpipe_example_plugin import TcpJsonlOutput, defang
+
+from nwpipe import Delivered, Delivery, Failed, Retry
 
 
 def nwpipe(*args, input=None, cwd=None):

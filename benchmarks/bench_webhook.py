@@ -211,7 +211,7 @@ def run_child(argv: list[str], **kwargs) -> tuple[str, str, float, int, bool, fl
             seen["hwm"], seen["uvloop"], usage.ru_utime + usage.ru_stime)
 
 
-SUMMARY = re.compile(r"bench: (\d+) delivered.*?\(([\d.]+) s,")
+SUMMARY = re.compile(r"bench: ([\d,]+) delivered.*?\(([\d.]+) s,")
 
 
 def run_nwpipe(workdir: Path, receiver: Receiver, events_path: Path, concurrency: int,
@@ -232,7 +232,7 @@ def run_nwpipe(workdir: Path, receiver: Receiver, events_path: Path, concurrency
          str(workdir / "dead.jsonl"), "--queue", str(queue), *flags, str(events_path)],
         env=env, cwd=workdir)
     match = SUMMARY.search(err)
-    if not match or int(match.group(1)) != count:
+    if not match or int(match.group(1).replace(",", "")) != count:
         raise SystemExit(f"unexpected nwpipe summary:\n{err}")
     after = receiver.counts() if url is None else {"bodies": 0, "events": 0}
     seconds = float(match.group(2))

@@ -303,6 +303,45 @@ class DeliveryEngine:
         self._enqueue(delivery)
         return True
 
+    def offer_many(self, deliveries: list[Delivery]) -> int:
+        """:meth:`offer` for a chunk, in order: how many of ``deliveries``, from the
+        front, were taken. The rest (the queue filled up) go to :meth:`submit`."""
+        state = self._state
+        if self.closed or self._refused is not None or self._dead_keys:
+            # the rare states: one by one, as offer() decides
+            taken = 0
+            for delivery in deliveries:
+                if not self.offer(delivery):
+                    break
+                taken += 1
+            return taken
+        room = self.settings.queue_size - state.queued
+        if room <= 0:
+            return 0
+        if room < len(deliveries):
+            deliveries = deliveries[:room]
+        pending = state.pending
+        keyed = self._keyed
+        filler = self._fill_waiter
+        fill_keys = self._fill_keys
+        push_ready = self._push_ready
+        key: str = ""
+        for delivery in deliveries:
+            if keyed:
+                # Delivery.key, inline: this runs once per event
+                alert = delivery.event.get("id")
+                key = alert if alert.__class__ is str else repr(alert)
+            waiting = pending.get(key)
+            if waiting is None:
+                pending[key] = deque((delivery,))
+                push_ready(key)
+            else:
+                waiting.append(delivery)
+                if filler is not None and key in fill_keys and not filler.done():
+                    filler.set_result(key)
+        state.queued += len(deliveries)
+        return len(deliveries)
+
     def _enqueue(self, delivery: Delivery) -> None:
         state = self._state
         state.queued += 1
@@ -424,7 +463,8 @@ class DeliveryEngine:
         waiting = self._state.pending[key]
         while waiting and len(batch) < policy.max_events:
             if policy.max_events > 1:
-                length = len(waiting[0].body_json()) + 1
+                first = waiting[0]
+                length = len(first._json or first.body_json()) + 1
                 if batch and size + length > policy.max_bytes:
                     break
                 size += length

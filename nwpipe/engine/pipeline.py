@@ -37,7 +37,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Awaitable, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Awaitable, Callable, Iterable, Sequence, cast
 
 import orjson
 
@@ -52,7 +52,14 @@ from nwpipe.outputs import delivery_id as make_delivery_id
 from nwpipe.queue.base import Entry, Pos, Queue, QueueError, QueueFull, shard_of
 from nwpipe.sources.base import Source
 from nwpipe.sources.decode import Event, Reject
-from nwpipe.transform.route_map import MapFailed, NotRouted, check_event, map_for, route_and_map
+from nwpipe.transform.route_map import (
+    MapFailed,
+    NotRouted,
+    check_event,
+    map_for,
+    route_and_map,
+    route_and_map_many,
+)
 from nwpipe.transform.routing import Router
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -482,8 +489,11 @@ class Pipeline:
         result = self.result
         acks = self._acks
         skip = self._resume_skip
+        if (skip is None and acks.source is None and self.dispatcher is None
+                and not self._intake_only):
+            await self._handle_chunk(records)
+            return
         queued: list[Event] = []  # queue mode: put together, one commit
-        routes, engines = self._routes, self.engines
         for record in records:
             if skip is not None and record.line <= skip[record.source]:
                 result.resumed += 1  # --resume: committed by an earlier durable run
@@ -500,17 +510,6 @@ class Pipeline:
                     acks.after_dead_letter(record)
                 continue
             if self.dispatcher is None and not self._intake_only:
-                if acks.source is None:
-                    # The common case (one output takes it, and its queue has room)
-                    # without a coroutine per event; anything else takes the full path.
-                    outcomes = route_and_map(record.data, routes, record.source, record.line)
-                    if len(outcomes) == 1:
-                        outcome = outcomes[0]
-                        if type(outcome) is Delivery and engines[outcome.output].offer(outcome):
-                            continue
-                    await self._take(outcomes, record.data, record.source, record.line,
-                                     None, None, None, True)
-                    continue
                 await self.route(record.data, record.source, record.line, item=record,
                                  spill=True)
                 continue
@@ -526,6 +525,67 @@ class Pipeline:
             await self._put_events(queued)
         if (self.dispatcher is not None or self._intake_only) and records:
             await self._note_progress(records)
+
+    async def _handle_chunk(self, records: Sequence[Event | Reject]) -> None:
+        """The hot path (memory mode, a source that does not confirm): route and map the
+        chunk at once, and hand each output its deliveries as one list, without a
+        coroutine per event. Whatever is not plain (a rejected line, a failed mapping, an
+        event for several outputs, a full queue) goes the general way, in input order."""
+        result = self.result
+        start = 0
+        total = len(records)
+        while start < total:
+            # a run of decoded events up to the next rejected piece of input
+            end = start
+            while end < total and records[end].__class__ is Event:
+                end += 1
+            if end > start:
+                events = cast("Sequence[Event]", records[start:end])  # all Events, above
+                await self._hand_over(events, route_and_map_many(events, self._routes))
+            if end < total:
+                record = records[end]
+                assert isinstance(record, Reject)
+                result.read += 1
+                result.rejected += 1
+                self._reject(record.source, record.line, record.reason,
+                             raw_record(record.raw, source=record.source, line=record.line,
+                                        reason=record.reason))
+                end += 1
+            start = end
+
+    async def _hand_over(self, records: Sequence, mapped: list) -> None:
+        """Give each engine its runs of deliveries (``mapped``: route_and_map_many's
+        outcomes of ``records``)."""
+        self.result.read += len(mapped)
+        engines = self.engines
+        run: list[Delivery] = []
+        output = ""
+        for record, item in zip(records, mapped):
+            if item.__class__ is Delivery:
+                if item.output == output:
+                    run.append(item)
+                    continue
+                if run:
+                    await self._offer_run(engines[output], run)
+                run = [item]
+                output = item.output
+                continue
+            # not one plain delivery: what came before goes first (a failed mapping
+            # marks its alert dead for the later events of the chunk)
+            if run:
+                await self._offer_run(engines[output], run)
+                run = []
+                output = ""
+            await self._take(item, record.data, record.source, record.line, None, None, None,
+                             True)
+        if run:
+            await self._offer_run(engines[output], run)
+
+    async def _offer_run(self, engine: DeliveryEngine, run: list[Delivery]) -> None:
+        taken = engine.offer_many(run)
+        for delivery in run[taken:]:  # the queue is full: wait for room, or spill
+            await self._take([delivery], delivery.event, delivery.source, delivery.line,
+                             None, None, None, True)
 
     async def route(self, event: dict, source: str, line: int, *, attempts: list | None = None,
                     delivery_id: str | None = None, item: Event | None = None,

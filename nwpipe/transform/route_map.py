@@ -104,7 +104,7 @@ def route_and_map(event: dict, routes: Sequence[Route], source: str = "<event>",
 
 
 def route_and_map_many(records: Sequence[Event], routes: Sequence[Route]
-                       ) -> list[Outcome | list[Outcome]]:
+                       ) -> list[Delivery | list[Outcome]]:
     """:func:`route_and_map` for a chunk of decoded events (``nwpipe run``'s hot path).
 
     ``records`` are :class:`~nwpipe.sources.decode.Event` s (``data``, ``source``,
@@ -112,7 +112,7 @@ def route_and_map_many(records: Sequence[Event], routes: Sequence[Route]
     is the whole outcome (the common case), else its list of outcomes. With one output and no
     ``when``, an ordinary event is mapped without the general routing steps.
     """
-    out: list[Outcome | list[Outcome]] = []
+    out: list[Delivery | list[Outcome]] = []
     append = out.append
     if len(routes) == 1 and routes[0].condition is None:
         route = routes[0]
@@ -124,7 +124,8 @@ def route_and_map_many(records: Sequence[Event], routes: Sequence[Route]
                 customer = event.get("customer")
                 if (alert.__class__ is str and alert and customer.__class__ is str and customer
                         and (customers is None or customer in customers)):
-                    append(_map(route, event, record.source, record.line, None, None, True))
+                    outcome = _map(route, event, record.source, record.line, None, None, True)
+                    append(outcome if type(outcome) is Delivery else [outcome])
                     continue
             outcomes = route_and_map(event, routes, record.source, record.line)
             append(outcomes[0] if len(outcomes) == 1 and type(outcomes[0]) is Delivery

@@ -490,7 +490,10 @@ class DeliveryEngine:
                     key = next((k for k in keys if pending[k]), None)
                     woken_by_own = key is not None
                 if key is None and ready:
-                    key = ready.popleft()
+                    size, room = self._take_ready(batch, keys, size, ready, pending, policy)
+                    if room:
+                        continue
+                    break
                 if key is None:
                     if loop.time() >= deadline or self.closed or self._flush.is_set():
                         break
@@ -519,6 +522,36 @@ class DeliveryEngine:
         finally:
             own.clear()
         return size
+
+    def _take_ready(self, batch: list[Delivery], keys: list[str], size: int, ready: deque,
+                    pending: dict[str, deque], policy) -> tuple[int, bool]:
+        """Move the deliveries of ready alerts into ``batch``, many alerts in one loop (the
+        common case on a busy output: one or two events per alert). Returns the batch's
+        byte size, and whether it has room for more (False: full, or nothing fitted)."""
+        max_events = policy.max_events
+        max_bytes = policy.max_bytes
+        own = self._fill_keys
+        while ready:
+            key = ready.popleft()
+            waiting = pending[key]
+            took = False
+            while waiting and len(batch) < max_events:
+                first = waiting[0]
+                length = len(first._json or first.body_json()) + 1
+                if batch and size + length > max_bytes:
+                    break
+                size += length
+                batch.append(waiting.popleft())
+                took = True
+            if not took:
+                # did not fit: ready again at once, not held while this batch is sent
+                self._push_ready(key)
+                return size, False
+            own.add(key)
+            keys.append(key)
+            if len(batch) >= max_events or size >= max_bytes:
+                return size, False
+        return size, True
 
     async def _deliver(self, batch: list[Delivery]) -> None:
         retry = self.settings.retry

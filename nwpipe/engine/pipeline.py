@@ -535,13 +535,22 @@ class Pipeline:
         start = 0
         total = len(records)
         while start < total:
+            if self.dispatcher is not None or self._intake_only:
+                # queue mode began (an output failing with a full queue): the rest of
+                # the chunk goes to the queue
+                await self._handle(records[start:])
+                return
             # a run of decoded events up to the next rejected piece of input
             end = start
             while end < total and records[end].__class__ is Event:
                 end += 1
             if end > start:
                 events = cast("Sequence[Event]", records[start:end])  # all Events, above
-                await self._hand_over(events, route_and_map_many(events, self._routes))
+                done = await self._hand_over(events, route_and_map_many(events, self._routes))
+                result.read += done
+                if start + done < end:
+                    start += done
+                    continue
             if end < total:
                 record = records[end]
                 assert isinstance(record, Reject)
@@ -553,39 +562,59 @@ class Pipeline:
                 end += 1
             start = end
 
-    async def _hand_over(self, records: Sequence, mapped: list) -> None:
+    def _queue_mode(self) -> bool:
+        return self.dispatcher is not None or self._intake_only
+
+    async def _hand_over(self, records: Sequence[Event], mapped: list) -> int:
         """Give each engine its runs of deliveries (``mapped``: route_and_map_many's
-        outcomes of ``records``)."""
-        self.result.read += len(mapped)
+        outcomes of ``records``). Returns how many records were handled: fewer than all
+        when queue mode began meanwhile (the caller queues the rest)."""
         engines = self.engines
         run: list[Delivery] = []
         output = ""
-        for record, item in zip(records, mapped):
+        start = 0  # the record of run[0]: a run holds consecutive records
+        for index, item in enumerate(mapped):
             if item.__class__ is Delivery:
                 if item.output == output:
                     run.append(item)
                     continue
                 if run:
-                    await self._offer_run(engines[output], run)
+                    done = await self._offer_run(engines[output], run)
+                    if done < len(run):
+                        return start + done
                 run = [item]
                 output = item.output
+                start = index
                 continue
             # not one plain delivery: what came before goes first (a failed mapping
             # marks its alert dead for the later events of the chunk)
             if run:
-                await self._offer_run(engines[output], run)
+                done = await self._offer_run(engines[output], run)
+                if done < len(run):
+                    return start + done
                 run = []
                 output = ""
+            if self._queue_mode():
+                return index
+            record = records[index]
             await self._take(item, record.data, record.source, record.line, None, None, None,
                              True)
         if run:
-            await self._offer_run(engines[output], run)
+            done = await self._offer_run(engines[output], run)
+            if done < len(run):
+                return start + done
+        return len(mapped)
 
-    async def _offer_run(self, engine: DeliveryEngine, run: list[Delivery]) -> None:
+    async def _offer_run(self, engine: DeliveryEngine, run: list[Delivery]) -> int:
+        """Hand ``run`` to ``engine``; how many it took before queue mode began."""
         taken = engine.offer_many(run)
-        for delivery in run[taken:]:  # the queue is full: wait for room, or spill
+        for index in range(taken, len(run)):  # the queue is full: wait for room, or spill
+            if self._queue_mode():
+                return index
+            delivery = run[index]
             await self._take([delivery], delivery.event, delivery.source, delivery.line,
                              None, None, None, True)
+        return len(run)
 
     async def route(self, event: dict, source: str, line: int, *, attempts: list | None = None,
                     delivery_id: str | None = None, item: Event | None = None,

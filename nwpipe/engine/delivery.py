@@ -325,6 +325,11 @@ class DeliveryEngine:
         filler = self._fill_waiter
         fill_keys = self._fill_keys
         push_ready = self._push_ready
+        ready = state.ready
+        waiters = self._key_waiters
+        # no predecessor to wait for (a reload): a new lane without a waiting worker
+        # simply joins the ready queue, as _push_ready would put it
+        plain = self._predecessor is None
         key: str = ""
         for delivery in deliveries:
             if keyed:
@@ -334,7 +339,10 @@ class DeliveryEngine:
             waiting = pending.get(key)
             if waiting is None:
                 pending[key] = deque((delivery,))
-                push_ready(key)
+                if plain and not waiters:
+                    ready.append(key)
+                else:
+                    push_ready(key)
             else:
                 waiting.append(delivery)
                 if filler is not None and key in fill_keys and not filler.done():

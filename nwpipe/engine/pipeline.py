@@ -535,7 +535,7 @@ class Pipeline:
         start = 0
         total = len(records)
         while start < total:
-            if self.dispatcher is not None or self._intake_only:
+            if self._queue_mode():
                 # queue mode began (an output failing with a full queue): the rest of
                 # the chunk goes to the queue
                 await self._handle(records[start:])
@@ -563,6 +563,7 @@ class Pipeline:
             start = end
 
     def _queue_mode(self) -> bool:
+        """True once events go through the durable queue (see :meth:`_enter_queue_mode`)."""
         return self.dispatcher is not None or self._intake_only
 
     async def _hand_over(self, records: Sequence[Event], mapped: list) -> int:
@@ -599,6 +600,8 @@ class Pipeline:
             record = records[index]
             await self._take(item, record.data, record.source, record.line, None, None, None,
                              True)
+            if self._queue_mode():  # it spilled: this event is queued, the rest follows it
+                return index + 1
         if run:
             done = await self._offer_run(engines[output], run)
             if done < len(run):
@@ -607,6 +610,8 @@ class Pipeline:
 
     async def _offer_run(self, engine: DeliveryEngine, run: list[Delivery]) -> int:
         """Hand ``run`` to ``engine``; how many it took before queue mode began."""
+        if self._queue_mode():
+            return 0
         taken = engine.offer_many(run)
         for index in range(taken, len(run)):  # the queue is full: wait for room, or spill
             if self._queue_mode():

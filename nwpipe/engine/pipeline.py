@@ -280,6 +280,8 @@ class Pipeline:
         self._first_output = next(iter(self.engines), None)
         self._full_logged = False
         self._moving: dict[int, object] = {}  # original tickets of deliveries being moved
+        #: the routes the chunk being handed over was mapped with (see _chunk_stale)
+        self._chunk_routes = self._routes
         #: --resume: per input, the line up to which an earlier durable run committed it
         self._resume_skip: _ResumeLines | None = None
         if queue is not None:
@@ -546,6 +548,7 @@ class Pipeline:
                 end += 1
             if end > start:
                 events = cast("Sequence[Event]", records[start:end])  # all Events, above
+                self._chunk_routes = self._routes
                 done = await self._hand_over(events, route_and_map_many(events, self._routes))
                 result.read += done
                 if start + done < end:
@@ -566,10 +569,16 @@ class Pipeline:
         """True once events go through the durable queue (see :meth:`_enter_queue_mode`)."""
         return self.dispatcher is not None or self._intake_only
 
+    def _chunk_stale(self) -> bool:
+        """While a chunk was handed over (waiting for room), queue mode began or a config
+        reload swapped the outputs: the rest of it must be routed and mapped again."""
+        return self._queue_mode() or self._routes is not self._chunk_routes
+
     async def _hand_over(self, records: Sequence[Event], mapped: list) -> int:
         """Give each engine its runs of deliveries (``mapped``: route_and_map_many's
         outcomes of ``records``). Returns how many records were handled: fewer than all
-        when queue mode began meanwhile (the caller queues the rest)."""
+        when the chunk went stale meanwhile (see :meth:`_chunk_stale`): the caller routes
+        the rest again, or queues it."""
         engines = self.engines
         run: list[Delivery] = []
         output = ""
@@ -595,12 +604,12 @@ class Pipeline:
                     return start + done
                 run = []
                 output = ""
-            if self._queue_mode():
+            if self._chunk_stale():
                 return index
             record = records[index]
             await self._take(item, record.data, record.source, record.line, None, None, None,
                              True)
-            if self._queue_mode():  # it spilled: this event is queued, the rest follows it
+            if self._chunk_stale():  # it spilled: this event is queued, the rest follows it
                 return index + 1
         if run:
             done = await self._offer_run(engines[output], run)
@@ -609,12 +618,12 @@ class Pipeline:
         return len(mapped)
 
     async def _offer_run(self, engine: DeliveryEngine, run: list[Delivery]) -> int:
-        """Hand ``run`` to ``engine``; how many it took before queue mode began."""
-        if self._queue_mode():
+        """Hand ``run`` to ``engine``; how many it took before the chunk went stale."""
+        if self._chunk_stale():
             return 0
         taken = engine.offer_many(run)
         for index in range(taken, len(run)):  # the queue is full: wait for room, or spill
-            if self._queue_mode():
+            if self._chunk_stale():
                 return index
             delivery = run[index]
             await self._take([delivery], delivery.event, delivery.source, delivery.line,

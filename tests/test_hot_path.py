@@ -253,3 +253,62 @@ concurrency = 4
             assert sent[e["id"]] == delivery_id(e)
     [record] = [json.loads(line) for line in (tmp_path / "dl.jsonl").read_text().splitlines()]
     assert record["stage"] == "map" and record["delivery_id"] == delivery_id(events[10])
+
+
+async def test_a_reload_while_a_chunk_waits_for_room_maps_the_rest_again(tmp_path, receiver):
+    """The reader waits mid-chunk for room in output a (its receiver holds a request);
+    meanwhile a reload removes output b. The rest of the chunk, already mapped for the old
+    outputs, is routed again with the new ones: nothing goes to the removed output, and
+    every event is accounted for."""
+    from test_reload import Run, reload_to, wait_until
+
+    release = asyncio.Event()
+
+    async def hold(request, record):
+        await release.wait()
+        return None  # then the default answer, 200
+
+    receiver.handler = hold
+    both = f"""
+shutdown_timeout = 10
+[outputs.a]
+type = "webhook"
+url = "{receiver.url}/a"
+customers = ["acme"]
+concurrency = 1
+queue_size = 2
+
+[outputs.b]
+type = "file"
+path = "b.jsonl"
+customers = ["globex"]
+"""
+    config = tmp_path / "nwpipe.toml"
+    config.write_text(both)
+    pid_path = tmp_path / "nwpipe.pid"
+    run = await Run(tmp_path, "run", "-c", str(config), "--pid-file", str(pid_path),
+                    "--dead-letter", "dl.jsonl").start()
+    try:
+        events = [event(f"alert-{i}", 1, customer="acme" if i % 2 == 0 else "globex")
+                  for i in range(40)]
+        await run.send("".join(json.dumps(e) + "\n" for e in events).encode())  # one chunk
+        b_file = tmp_path / "b.jsonl"
+        # a holds alert-0 in flight and alert-2 waits: the reader waits at alert-4, after
+        # handing b alert-1 and alert-3
+        await wait_until(lambda: b_file.exists() and len(b_file.read_text().splitlines()) == 2,
+                         "b's first events")
+        await wait_until(lambda: len(receiver.requests) == 1, "a's request in flight")
+        await wait_until(pid_path.exists, "the PID file")
+        await reload_to(config, both.split("[outputs.b]")[0], run, pid_path)
+        release.set()
+        code = await run.finish()
+    finally:
+        run.kill()
+    assert code == 0, "\n".join(run.stderr)
+    assert not any("stopped" in line or "Traceback" in line for line in run.stderr), run.stderr
+    sent = [r.json()["id"] for r in receiver.requests]
+    assert sent == [f"alert-{i}" for i in range(0, 40, 2)]  # every acme event, in order
+    assert [json.loads(line)["id"] for line in b_file.read_text().splitlines()] == \
+        ["alert-1", "alert-3"]
+    summary = run.stderr[-1]
+    assert "read 40 events" in summary and "18 matched no output" in summary, summary

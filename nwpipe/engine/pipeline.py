@@ -579,7 +579,6 @@ class Pipeline:
         outcomes of ``records``). Returns how many records were handled: fewer than all
         when the chunk went stale meanwhile (see :meth:`_chunk_stale`): the caller routes
         the rest again, or queues it."""
-        engines = self.engines
         run: list[Delivery] = []
         output = ""
         start = 0  # the record of run[0]: a run holds consecutive records
@@ -589,7 +588,7 @@ class Pipeline:
                     run.append(item)
                     continue
                 if run:
-                    done = await self._offer_run(engines[output], run)
+                    done = await self._offer_run(output, run)
                     if done < len(run):
                         return start + done
                 run = [item]
@@ -599,7 +598,7 @@ class Pipeline:
             # not one plain delivery: what came before goes first (a failed mapping
             # marks its alert dead for the later events of the chunk)
             if run:
-                done = await self._offer_run(engines[output], run)
+                done = await self._offer_run(output, run)
                 if done < len(run):
                     return start + done
                 run = []
@@ -609,18 +608,18 @@ class Pipeline:
             record = records[index]
             await self._take(item, record.data, record.source, record.line, None, None, None,
                              True)
-            if self._chunk_stale():  # it spilled: this event is queued, the rest follows it
-                return index + 1
         if run:
-            done = await self._offer_run(engines[output], run)
+            done = await self._offer_run(output, run)
             if done < len(run):
                 return start + done
         return len(mapped)
 
-    async def _offer_run(self, engine: DeliveryEngine, run: list[Delivery]) -> int:
-        """Hand ``run`` to ``engine``; how many it took before the chunk went stale."""
+    async def _offer_run(self, output: str, run: list[Delivery]) -> int:
+        """Hand ``run`` to ``output``'s engine; how many it took before the chunk went
+        stale (every await below may let a reload or queue mode in)."""
         if self._chunk_stale():
             return 0
+        engine = self.engines[output]
         taken = engine.offer_many(run)
         for index in range(taken, len(run)):  # the queue is full: wait for room, or spill
             if self._chunk_stale():

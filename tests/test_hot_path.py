@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
@@ -222,14 +219,9 @@ def test_a_chunk_has_the_outcomes_of_its_events_one_by_one(text):
 # -- the real command: ids in single sends and in dead letters ---------------------------------
 
 
-def nwpipe(*args, cwd, input=None, timeout=60):
-    env = {k: v for k, v in os.environ.items() if k != "NWPIPE_CONFIG"}
-    env["NWPIPE_LOAD_PLUGINS"] = ""
-    return subprocess.run([sys.executable, "-m", "nwpipe", *args], input=input, cwd=cwd,
-                          env=env, capture_output=True, text=True, timeout=timeout)
-
-
 async def test_single_sends_and_dead_letters_carry_the_eager_ids(receiver, tmp_path):
+    from test_replay import nwpipe  # the real CLI as a subprocess
+
     (tmp_path / "c.toml").write_text(f"""
 [mappings.m.fields]
 title = "{{{{ extra.name }}}}"

@@ -126,8 +126,10 @@ class Delivery:
 
     @property
     def seed(self) -> str:
-        """What the id is made from, without hashing: the id when one was given, else the
-        event's ``id``, ``alerttype`` and ``updatecount`` (a batch id hashes these)."""
+        """What the id is made from, without hashing: the event's ``id``, ``alerttype``
+        and ``updatecount`` (a batch id hashes these). An id nwpipe made (``nwp_...``,
+        worked out here or carried over by a replay) stands for exactly that; any other
+        given id stands for itself."""
         if self._id is not None and not self._id.startswith("nwp_"):
             return self._id
         return id_seed(self.event)

@@ -81,6 +81,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedEnvironment
 
 from nwpipe import jsonio
 from nwpipe.errors import ConfigError, EventError
+from nwpipe.transform.fasttemplates import compile_simple
 from nwpipe.transform.limits import (
     DEFAULT_LIMITS,
     RenderLimits,
@@ -749,9 +750,11 @@ def event_renderer(template: jinja2.Template, source: str | None = None,
     template naming one takes the general way below). ``source`` is the template's text;
     without it the text is read through the environment's loader, for a template file.
 
-    Most templates name no Jinja global (``range``, ``namespace``, ...): those render
-    with the event itself as the variables, plus ``event`` when they name it, instead
-    of a merged copy of globals and the event's fields built for every event.
+    A simple template (text and expressions, no statements: see
+    :mod:`nwpipe.transform.fasttemplates`) runs as one plain Python function. Other
+    templates that name no Jinja global (``range``, ``namespace``, ...) render with the
+    event itself as the variables, plus ``event`` when they name it, instead of a merged
+    copy of globals and the event's fields built for every event.
     """
     env = template.environment
     if globals_ is None:
@@ -762,8 +765,12 @@ def event_renderer(template: jinja2.Template, source: str | None = None,
             source = env.loader.get_source(env, template.name)[0]
         except Exception:  # e.g. the file is gone since: keep the general way
             source = None
-    if source is not None and _needs_full_variables(env, source) is False:
-        full = False
+    if source is not None:
+        simple = compile_simple(template, source, globals_, vars_ or {}, _limits_of(env))
+        if simple is not None:
+            return simple
+        if _needs_full_variables(env, source) is False:
+            full = False
     if full:
         def render_full(event: Mapping) -> str:
             return render(template, template_variables(event, globals_, vars_))

@@ -258,8 +258,7 @@ def _build(template: jinja2.Template, env: SandboxedEnvironment, children: list[
     namespace: dict[str, Any] = {
         "_missing": missing, "_undefined": env.undefined, "_getattr": env.getattr,
         "_getitem": env.getitem, "_env": env, "_str_join": str_join, "_fresh": _fresh,
-        "_EvalContext": EvalContext, "_name": template.name, "_begin": begin, "_end": end,
-        "_limits": limits, "_LimitError": TemplateLimitError,
+        "_EvalContext": EvalContext, "_name": template.name,
     }
     names: dict[str, str] = {}
     writer = _Writer(env, namespace, names)
@@ -279,7 +278,7 @@ def _build(template: jinja2.Template, env: SandboxedEnvironment, children: list[
         optimized = Optimizer(env).visit(child, eval_ctx) if env.optimized else child
         pieces.append((f"str{finalize}{writer.expr(optimized)}))", child.lineno))
 
-    lines = ["def render(event):"]
+    lines = ["def evaluate(event):"]
     for name, local in names.items():
         if name == "event":
             lines.append(f"    {local} = event")
@@ -292,29 +291,41 @@ def _build(template: jinja2.Template, env: SandboxedEnvironment, children: list[
             lines.append(f"    {local} = event.get({writer.constant(name)}, _missing)")
     if writer.eval_ctx:
         lines.append("    eval_ctx = _EvalContext(_env, _name)")
-    lines += ["    token = _begin(_limits)", "    try:"]
     template_lines: dict[int, int] = {}
     results = []
     for n, (expression, line) in enumerate(pieces):
         if line:
             template_lines[len(lines) + 1] = line
-            lines.append(f"        p{n} = {expression}")
+            lines.append(f"    p{n} = {expression}")
             results.append(f"p{n}")
         else:
             results.append(expression)
-    if not template_lines:
-        lines.append("        pass")  # text only
-    lines += ["    finally:", "        _end(token)"]
     if len(results) == 1:
-        lines.append(f"    text = {results[0]}")
+        lines.append(f"    return {results[0]}")
     else:
-        lines.append(f"    text = ''.join(({', '.join(results)}))")
-    namespace["_max_bytes"] = limits.max_bytes
-    namespace["_too_long"] = (f"rendered text longer than template_max_bytes "
-                              f"({limits.max_bytes})")
-    lines += ["    if len(text) > _max_bytes:", "        raise _LimitError(_too_long)",
-              "    return text"]
+        lines.append(f"    return ''.join(({', '.join(results)}))")
     namespace["__jinja_template__"] = _Lines(template.name, template_lines)
     code = compile("\n".join(lines), f"<nwpipe template {template.name or 'string'}>", "exec")
     exec(code, namespace)  # noqa: S102 - names and values are passed as constants
-    return namespace["render"]
+    return _guarded(namespace["evaluate"], limits)
+
+
+def _guarded(evaluate: Callable[[Mapping], str], limits: RenderLimits,
+             ) -> Callable[[Mapping], str]:
+    """``evaluate`` within the time and size limits, as ``limits.guarded_join`` does."""
+    max_bytes = limits.max_bytes
+    too_long = f"rendered text longer than template_max_bytes ({max_bytes})"
+
+    # The size is checked here, outside the generated function: as with Jinja's own
+    # rendering, that error names no template line.
+    def render(event: Mapping) -> str:
+        token = begin(limits)
+        try:
+            text = evaluate(event)
+        finally:
+            end(token)
+        if len(text) > max_bytes:
+            raise TemplateLimitError(too_long)
+        return text
+
+    return render

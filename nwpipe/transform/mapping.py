@@ -222,30 +222,6 @@ class Mapping:
         assert self._apply_fields is not None  # set for every fields-mode mapping
         return self._apply_fields(event)
 
-    # -- fields mode --
-
-    def _prepare(self, out: dict, owned: set[int] | None) -> None:
-        """Steps 2 and 3 on the new body: drop, then rename."""
-        for parts in self._drops:
-            if len(parts) == 1:
-                out.pop(parts[0], None)
-            else:
-                assert owned is not None  # a dotted path makes the mapping nested
-                _pop_path(out, parts, owned)
-        for old, new, where in self._renames:
-            if len(old) == 1:
-                value = out.pop(old[0], _MISSING)
-            else:
-                assert owned is not None
-                value = _pop_path(out, old, owned)
-            if value is _MISSING:
-                continue
-            if len(new) == 1:
-                out[new[0]] = value
-            else:
-                assert owned is not None
-                _set_path(out, new, value, owned, where)
-
     # -- body mode --
 
     def _apply_body(self, event: dict) -> Any:
@@ -314,19 +290,34 @@ def _generate(mapping: Mapping) -> Callable[[dict], dict]:
     namespace: dict[str, Any] = {
         "_M": _MISSING, "_seq": (list, tuple), "_set_path": _set_path,
         "_EventError": EventError, "_describe": describe_render_error,
-        "_prepare": mapping._prepare,
     }
     lines = ["def apply_fields(event):"]
     add = lines.append
     add("    out = dict(event)" if mapping.keep else "    out = {}")
     add("    owned = {id(out)}" if mapping._nested else "    owned = None")
-    if mapping._drops or mapping._renames:
-        add("    _prepare(out, owned)")
 
     def const(prefix: str, i: int, value: Any) -> str:
         name = f"{prefix}{i}"
         namespace[name] = value
         return name
+
+    for i, parts in enumerate(mapping._drops):
+        if len(parts) == 1:
+            add(f"    out.pop({const('dk', i, parts[0])}, None)")
+        else:
+            _write_nested_pop(add, const, f"d{i}_", parts, None)
+    for i, (old, new, where) in enumerate(mapping._renames):
+        if len(old) == 1:
+            add(f"    v = out.pop({const(f'r{i}_', 0, old[0])}, _M)")
+        else:
+            add("    v = _M")
+            _write_nested_pop(add, const, f"r{i}_", old, "v")
+        if len(new) == 1:
+            add(f"    if v is not _M: out[{const('rn', i, new[0])}] = v")
+        else:
+            add("    if v is not _M:")
+            add(f"        _set_path(out, {const('rp', i, new)}, v, owned, "
+                f"{const('rw', i, where)})")
 
     for i, (field, step) in enumerate(zip(mapping._fields, mapping._steps)):
         kind, name, parts, get, default, omit, convert, where = step
@@ -393,6 +384,37 @@ def _generate(mapping: Mapping) -> Callable[[dict], dict]:
     return namespace["apply_fields"]
 
 
+def _write_nested_pop(add: Callable[[str], None], const: Callable[[str, int, Any], str],
+                      prefix: str, parts: tuple[str, ...], target: str | None) -> None:
+    """Generated code that removes a dotted path of ``out`` (into ``target`` if given).
+
+    The path is looked up first, so a path that is not there copies nothing; then each object on the way that the body does not own yet is copied
+    (copy on write) and the copy put in its place, so the event never changes.
+    """
+    keys = [const(prefix, j, part) for j, part in enumerate(parts)]
+    indent = "    "
+    parent = "out"
+    for j, key in enumerate(keys[:-1]):
+        node = f"node{j}"
+        add(f"{indent}{node} = {parent}.get({key}, _M)")
+        if j < len(keys) - 2:
+            add(f"{indent}if isinstance({node}, dict):")
+        else:
+            add(f"{indent}if isinstance({node}, dict) and {keys[-1]} in {node}:")
+        indent += "    "
+        parent = node
+    parent = "out"
+    for j, key in enumerate(keys[:-1]):
+        node = f"node{j}"
+        add(f"{indent}if id({node}) not in owned:")
+        add(f"{indent}    {node} = dict({node}); owned.add(id({node})); {parent}[{key}] = {node}")
+        parent = node
+    if target is None:
+        add(f"{indent}del {parent}[{keys[-1]}]")
+    else:
+        add(f"{indent}{target} = {parent}.pop({keys[-1]})")
+
+
 def _describe_json_error(template: jinja2.Template, text: str,
                          exc: orjson.JSONDecodeError) -> str:
     name = f"template '{template.name}'" if template.name else "the body template"
@@ -417,22 +439,6 @@ def _owned_child(node: dict, part: str, child: dict, owned: set[int]) -> dict:
         owned.add(id(child))
         node[part] = child
     return child
-
-
-def _pop_path(out: dict, parts: tuple[str, ...], owned: set[int]) -> Any:
-    """Remove and return the value at a dotted path of ``out``, or _MISSING."""
-    # Look first, so that a path that is not there copies nothing.
-    node: Any = out
-    for part in parts[:-1]:
-        node = node.get(part, _MISSING)
-        if not isinstance(node, dict):
-            return _MISSING
-    if parts[-1] not in node:
-        return _MISSING
-    node = out
-    for part in parts[:-1]:
-        node = _owned_child(node, part, node[part], owned)
-    return node.pop(parts[-1])
 
 
 def _set_path(out: dict, parts: tuple[str, ...], value: Any, owned: set[int],

@@ -388,8 +388,9 @@ def _write_nested_pop(add: Callable[[str], None], const: Callable[[str, int, Any
                       prefix: str, parts: tuple[str, ...], target: str | None) -> None:
     """Generated code that removes a dotted path of ``out`` (into ``target`` if given).
 
-    The path is looked up first, so a path that is not there copies nothing; then each object on the way that the body does not own yet is copied
-    (copy on write) and the copy put in its place, so the event never changes.
+    The path is looked up first, so a path that is not there copies nothing; then each
+    object on the way that the body does not own yet is copied (copy on write) and the
+    copy put in its place, so the event never changes.
     """
     keys = [const(prefix, j, part) for j, part in enumerate(parts)]
     indent = "    "

@@ -252,3 +252,49 @@ def test_drop_and_rename_code_matches_a_plain_reference(seed):
                 if key not in touched and isinstance(value, dict):
                     assert value is event[key]
         assert event == before, "the mapping changed the event"
+
+
+def test_first_failing_field_is_reported_whatever_the_layout():
+    # keep = false puts the leading fields into one dict display, computing the fields
+    # that can fail first: the first of them in field order is still the one reported.
+    tables = {"m": {"keep": False, "fields": {
+        "a": "{{ x | upper }}", "b": "$.b", "c": {"template": "{{ y }}", "type": "int"},
+        "d": "$.list[*]", "e": "{{ z }}",
+    }}}
+    mapping = compile_mappings(tables, make_environment())["m"]
+    with pytest.raises(EventError, match=r"^mappings\.m\.fields\.a: 'x' is undefined"):
+        mapping.apply({})
+    with pytest.raises(EventError, match=r"^mappings\.m\.fields\.c: 'y' is undefined"):
+        mapping.apply({"x": "1"})
+    with pytest.raises(EventError, match=r"^mappings\.m\.fields\.c: cannot convert 'q'"):
+        mapping.apply({"x": "1", "y": "q"})
+    with pytest.raises(EventError, match=r"^mappings\.m\.fields\.e: 'z' is undefined"):
+        mapping.apply({"x": "1", "y": "2"})
+    assert mapping.apply({"x": "a", "y": "2", "z": 3, "list": [1, 2]}) == {
+        "a": "A", "b": None, "c": 2, "d": [1, 2], "e": "3"}
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_field_order_with_left_out_and_nested_fields(keep):
+    tables = {"m": {"keep": keep, "fields": {
+        "a": "$.a", "b": {"path": "$.b", "omit_missing": True}, "c": {"value": [1]},
+        "n.x": "$.a", "d": "{{ a }}", "n.y": {"path": "$.none", "omit_missing": True},
+    }}}
+    mapping = compile_mappings(tables, make_environment())["m"]
+    event = {"a": 1, "n": {"keep": True}}
+    body = mapping.apply(event)
+    expected = {"a": 1, "c": [1], "n": {"x": 1}, "d": "1"}
+    if keep:
+        expected = {"a": 1, "n": {"keep": True, "x": 1}, "c": [1], "d": "1"}
+    assert body == expected and list(body) == list(expected)
+    assert event == {"a": 1, "n": {"keep": True}}
+    body = mapping.apply({"a": 1, "b": 2})
+    assert list(body) == ["a", "b", "c", "n", "d"]
+
+
+def test_an_event_that_is_not_an_object_is_refused_by_the_generated_code():
+    mapping = compile_mappings({"m": {"fields": {"a": "$.a"}}}, make_environment())["m"]
+    for event in ([1], "text", None, 5):
+        with pytest.raises(EventError, match=f"^mapping 'm': the event is a "
+                                             f"{type(event).__name__}, not a JSON object$"):
+            mapping.apply(event)

@@ -201,6 +201,10 @@ class Mapping:
         self._body_render = (event_renderer(body, body_source, self._globals, self._vars)
                              if body is not None else None)
         self._apply_fields = _generate(self) if body is None and not identity else None
+        if self._apply_fields is not None:
+            # The generated function checks the event itself: callers that take
+            # `mapping.apply` call it directly, without the dispatch below.
+            self.apply = self._apply_fields  # type: ignore[method-assign]
 
     def __repr__(self) -> str:
         return f"<Mapping {self.name!r}>"
@@ -280,27 +284,44 @@ class Mapping:
 def _generate(mapping: Mapping) -> Callable[[dict], dict]:
     """The fields-mode body function of ``mapping``, as straight-line generated code.
 
-    Every field becomes a few lines in field order, with no loop and no dispatch on the
-    kind of field; a plain path that matches at most one value (``$.a.b``, ``$.a[0]``)
-    is written out as its dictionary and list lookups, with jsonpath-ng's rules (members
-    of objects only, indexes of arrays only, ``-len <= i < len``). Names, keys, defaults
-    and functions are passed in as constants, never pasted into the source, so nothing
-    from a configuration can inject code.
+    It checks that the event is an object, then runs drop, rename and every field in
+    order, with no loop and no dispatch on the kind of field; a plain path that matches
+    at most one value (``$.a.b``, ``$.a[0]``) is written out as its dictionary and list
+    lookups, with jsonpath-ng's rules (members of objects only, indexes of arrays only,
+    ``-len <= i < len``). With ``keep = false`` the leading fields that are always set
+    and not nested make one dict display: fields that can fail (templates, general
+    paths) are computed first, in order, so the first failure is still the one reported.
+    Names, keys, defaults and functions are passed in as constants, never pasted into
+    the source, so nothing from a configuration can inject code.
     """
     namespace: dict[str, Any] = {
         "_M": _MISSING, "_seq": (list, tuple), "_set_path": _set_path,
         "_EventError": EventError, "_describe": describe_render_error,
+        "_not_object": f"mapping '{mapping.name}': the event is a {{}}, not a JSON object",
     }
-    lines = ["def apply_fields(event):"]
+    lines = ["def apply_fields(event):",
+             "    if not isinstance(event, dict):",
+             "        raise _EventError(_not_object.format(type(event).__name__))"]
     add = lines.append
-    add("    out = dict(event)" if mapping.keep else "    out = {}")
-    add("    owned = {id(out)}" if mapping._nested else "    owned = None")
 
     def const(prefix: str, i: int, value: Any) -> str:
         name = f"{prefix}{i}"
         namespace[name] = value
         return name
 
+    fields = []
+    for i, (field, step) in enumerate(zip(mapping._fields, mapping._steps)):
+        fields.append(_field_code(i, field, step, const, mapping))
+    # keep = false: the leading fields that are always set, flat, make one dict display
+    display = 0
+    if not mapping.keep:
+        while display < len(fields) and fields[display][1] is not None \
+                and mapping._steps[display][2] is None:
+            display += 1
+    if mapping.keep or not display:
+        add("    out = dict(event)" if mapping.keep else "    out = {}")
+        if mapping._nested:
+            add("    owned = {id(out)}")  # the objects this body may change in place
     for i, parts in enumerate(mapping._drops):
         if len(parts) == 1:
             add(f"    out.pop({const('dk', i, parts[0])}, None)")
@@ -318,70 +339,93 @@ def _generate(mapping: Mapping) -> Callable[[dict], dict]:
             add("    if v is not _M:")
             add(f"        _set_path(out, {const('rp', i, new)}, v, owned, "
                 f"{const('rw', i, where)})")
-
-    for i, (field, step) in enumerate(zip(mapping._fields, mapping._steps)):
-        kind, name, parts, get, default, omit, convert, where = step
-        n = const("n", i, name)
-        w = const("w", i, where)
-        if parts is None:
-            store = f"out[{n}] = v"
-        else:
-            store = f"_set_path(out, {const('p', i, parts)}, v, owned, {w})"
-        if kind is _VALUE:
-            add(f"    v = {const('c', i, get)}")
-            add(f"    {store}")
-        elif kind is _ONE:
-            lookups = getattr(field.get, "lookups", None)
-            if lookups is None:
-                add(f"    v = {const('g', i, get)}(event)")
-            else:
-                if not lookups:
-                    add("    v = event")  # "$": the whole event
-                for j, (step_kind, key) in enumerate(lookups):
-                    k = const(f"k{i}_", j, key)
-                    # MISSING is neither an object nor an array, so a miss carries on
-                    # through the later steps without a test of its own.
-                    if step_kind == "field" and j == 0:
-                        add(f"    v = event.get({k}, _M)")  # apply() checked: an object
-                    elif step_kind == "field":
-                        add(f"    v = v.get({k}, _M) if isinstance(v, dict) else _M")
-                    else:
-                        bound = f"{k} < len(v)" if key >= 0 else f"-{k} <= len(v)"
-                        add(f"    v = v[{k}] if isinstance(v, _seq) and {bound} else _M")
-            if omit:
-                add(f"    if v is not _M: {store}")
-            else:
-                add(f"    if v is _M: v = {const('d', i, default)}")
-                add(f"    {store}")
-        elif kind is _TEMPLATE:
-            render_event = event_renderer(get, field.source, mapping._globals, mapping._vars)
-            add("    try:")
-            add(f"        v = {const('t', i, render_event)}(event)")
-            if convert is not None:
-                add(f"        v = {const('cv', i, convert)}(v)")
-            add("    except Exception as exc:")
-            add(f"        raise _EventError({w} + ': ' + _describe(exc)) from None")
-            add(f"    {store}")
-        else:
-            add("    try:")
-            add(f"        m = {const('g', i, get)}(event)")
-            add("    except Exception as exc:")
-            add(f"        raise _EventError(f'{{{w}}}: jsonpath failed on this event: "
-                f"{{type(exc).__name__}}: {{exc}}') from None")
-            add("    if m:")
-            add("        v = m" if kind is _LIST else "        v = m[0] if len(m) == 1 else m")
-            add(f"        {store}")
-            if not omit:
-                add("    else:")
-                if default is not None or kind is not _LIST:
-                    add(f"        v = {const('d', i, default)}")
-                else:
-                    add("        v = m")
-                add(f"        {store}")
+    if display:
+        for before, _value, _store in fields[:display]:
+            lines.extend(before)
+        items = ", ".join(f"n{i}: {value}" for i, (_b, value, _s) in
+                          enumerate(fields[:display]))
+        add(f"    out = {{{items}}}")
+        if mapping._nested:
+            add("    owned = {id(out)}")
+    for before, value, store in fields[display:]:
+        lines.extend(before)
+        lines.extend(store)
     add("    return out")
-    code = compile("\n".join(lines), f"<nwpipe mapping {mapping.name!r}>", "exec")
+    code = compile("\n".join(lines),
+                   f"<nwpipe mapping {mapping.name!r}>", "exec")
     exec(code, namespace)  # noqa: S102 - only constants by name, see the docstring
     return namespace["apply_fields"]
+
+
+def _field_code(i: int, field: _Field, step: tuple, const: Callable[[str, int, Any], str],
+                mapping: Mapping) -> tuple[list[str], str | None, list[str]]:
+    """The generated code of field ``i``: statements to run first (those that can fail),
+    the expression of its value (None when the field may be left out), and the
+    statements that compute and set it."""
+    kind, name, parts, get, default, omit, convert, where = step
+    n = const("n", i, name)
+    w = const("w", i, where)
+    before: list[str] = []
+    value: str | None
+
+    def store(expression: str) -> str:
+        if parts is None:
+            return f"out[{n}] = {expression}"
+        return f"_set_path(out, {const('p', i, parts)}, {expression}, owned, {w})"
+
+    if kind is _VALUE:
+        value = const("c", i, get)
+    elif kind is _ONE:
+        missing = "_M" if omit else const("d", i, default)
+        lookups = getattr(field.get, "lookups", None)
+        if lookups is None:
+            value = f"(v if (v := {const('g', i, get)}(event)) is not _M else {missing})"
+        else:
+            value = _lookup_expression(lookups, missing, lambda j, key: const(f"k{i}_", j, key))
+        if omit:
+            return [], None, [f"    v = {value}", f"    if v is not _M: {store('v')}"]
+    elif kind is _TEMPLATE:
+        render_event = event_renderer(get, field.source, mapping._globals, mapping._vars)
+        before += ["    try:", f"        res{i} = {const('t', i, render_event)}(event)"]
+        if convert is not None:
+            before.append(f"        res{i} = {const('cv', i, convert)}(res{i})")
+        before += ["    except Exception as exc:",
+                   f"        raise _EventError({w} + ': ' + _describe(exc)) from None"]
+        value = f"res{i}"
+    else:
+        before += ["    try:", f"        mat{i} = {const('g', i, get)}(event)",
+                   "    except Exception as exc:",
+                   f"        raise _EventError(f'{{{w}}}: jsonpath failed on this event: "
+                   f"{{type(exc).__name__}}: {{exc}}') from None"]
+        found = f"mat{i}" if kind is _LIST else f"(mat{i}[0] if len(mat{i}) == 1 else mat{i})"
+        if omit:
+            return before, None, [f"    if mat{i}: {store(found)}"]
+        if kind is _LIST and default is None:
+            value = f"mat{i}"  # no match: the empty list
+        else:
+            value = f"({found} if mat{i} else {const('d', i, default)})"
+    return before, value, [f"    {store(value)}"]
+
+
+def _lookup_expression(lookups: tuple, missing: str, key_name: Callable[[int, Any], str]) -> str:
+    """One expression for a singular path's lookups: the value, or ``missing``.
+
+    Each step tests the kind of the value before it (members of objects only, indexes
+    of arrays only, in range); the event itself is known to be an object.
+    """
+    expression = "event"
+    last = len(lookups) - 1
+    for j, (step_kind, key) in enumerate(lookups):
+        k = key_name(j, key)
+        miss = missing if j == last else "_M"
+        if step_kind == "field" and j == 0:
+            expression = f"event.get({k}, {miss})"
+        elif step_kind == "field":
+            expression = f"(v.get({k}, {miss}) if isinstance(v := {expression}, dict) else {miss})"
+        else:
+            bound = f"{k} < len(v)" if key >= 0 else f"-{k} <= len(v)"
+            expression = f"(v[{k}] if isinstance(v := {expression}, _seq) and {bound} else {miss})"
+    return expression
 
 
 def _write_nested_pop(add: Callable[[str], None], const: Callable[[str, int, Any], str],

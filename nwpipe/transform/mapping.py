@@ -347,7 +347,7 @@ def _generate(mapping: Mapping) -> Callable[[dict], dict]:
         add(f"    out = {{{items}}}")
         if mapping._nested:
             add("    owned = {id(out)}")
-    for before, value, store in fields[display:]:
+    for before, _value, store in fields[display:]:
         lines.extend(before)
         lines.extend(store)
     add("    return out")

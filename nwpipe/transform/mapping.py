@@ -204,7 +204,7 @@ class Mapping:
         if self._apply_fields is not None:
             # The generated function checks the event itself: callers that take
             # `mapping.apply` call it directly, without the dispatch below.
-            self.apply = self._apply_fields  # type: ignore[method-assign]
+            self.apply = self._apply_fields  # type: ignore[method-assign,assignment]
 
     def __repr__(self) -> str:
         return f"<Mapping {self.name!r}>"

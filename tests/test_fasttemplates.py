@@ -8,6 +8,7 @@ the text, or the exception's type and the one-line message a user sees, must be 
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -205,3 +206,23 @@ def test_unsafe_attribute_is_an_error_not_a_blank():
         with pytest.raises(EventError, match="access to attribute '__class__' of 'str' "
                                              "object is unsafe"):
             mapping.apply({"algorithm": "a"})
+
+
+def test_compiled_template_on_another_thread_keeps_the_size_limit():
+    # Only the main thread can be interrupted; elsewhere the size check still applies.
+    env = make_environment(limits=RenderLimits(max_bytes=10))
+    mapping = compile_mappings({"m": {"fields": {"t": "{{ s | upper }}"}}}, env)["m"]
+    results: list = []
+
+    def work():
+        results.append(mapping.apply({"s": "short"})["t"])
+        try:
+            mapping.apply({"s": "much too long"})
+        except EventError as exc:
+            results.append(str(exc))
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join(60)
+    assert results == ["SHORT", "mappings.m.fields.t: rendered text longer than "
+                                "template_max_bytes (10)"]

@@ -37,7 +37,7 @@ from jinja2.runtime import missing, str_join
 from jinja2.sandbox import SandboxedEnvironment
 from jinja2.utils import _PassArg
 
-from nwpipe.transform.limits import RenderLimits, TemplateLimitError, begin, end
+from nwpipe.transform.limits import RenderLimits, guarded_render
 
 __all__ = ["compile_simple"]
 
@@ -307,25 +307,6 @@ def _build(template: jinja2.Template, env: SandboxedEnvironment, children: list[
     namespace["__jinja_template__"] = _Lines(template.name, template_lines)
     code = compile("\n".join(lines), f"<nwpipe template {template.name or 'string'}>", "exec")
     exec(code, namespace)  # noqa: S102 - names and values are passed as constants
-    return _guarded(namespace["evaluate"], limits)
-
-
-def _guarded(evaluate: Callable[[Mapping], str], limits: RenderLimits,
-             ) -> Callable[[Mapping], str]:
-    """``evaluate`` within the time and size limits, as ``limits.guarded_join`` does."""
-    max_bytes = limits.max_bytes
-    too_long = f"rendered text longer than template_max_bytes ({max_bytes})"
-
-    # The size is checked here, outside the generated function: as with Jinja's own
-    # rendering, that error names no template line.
-    def render(event: Mapping) -> str:
-        token = begin(limits)
-        try:
-            text = evaluate(event)
-        finally:
-            end(token)
-        if len(text) > max_bytes:
-            raise TemplateLimitError(too_long)
-        return text
-
-    return render
+    # the size is checked outside the generated function: as with Jinja's own
+    # rendering, that error names no template line
+    return guarded_render(namespace["evaluate"], limits)

@@ -318,15 +318,25 @@ def _generate(mapping: Mapping) -> Callable[[dict], dict]:
         while display < len(fields) and fields[display][1] is not None \
                 and mapping._steps[display][2] is None:
             display += 1
+    # Only dotted renames and fields need to know, at run time, which nested objects
+    # the body has copied already (drops are grouped, and copy each object once).
+    owned = (any(len(o) > 1 or len(n) > 1 for o, n, _ in mapping._renames)
+             or any(len(f.parts) > 1 for f in mapping._fields))
     if mapping.keep or not display:
         add("    out = dict(event)" if mapping.keep else "    out = {}")
-        if mapping._nested:
+        if owned:
             add("    owned = {id(out)}")  # the objects this body may change in place
-    for i, parts in enumerate(mapping._drops):
-        if len(parts) == 1:
-            add(f"    out.pop({const('dk', i, parts[0])}, None)")
+    tree: dict = {}
+    for parts in mapping._drops:
+        node = tree
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if node is None:
+                break  # a shorter drop path takes all of it
         else:
-            _write_nested_pop(add, const, f"d{i}_", parts, None)
+            node[parts[-1]] = None
+    _write_drops(add, lambda value: const("dk", len(namespace), value), tree, "out",
+                 "    ", 0, owned)
     for i, (old, new, where) in enumerate(mapping._renames):
         if len(old) == 1:
             add(f"    v = out.pop({const(f'r{i}_', 0, old[0])}, _M)")
@@ -345,7 +355,7 @@ def _generate(mapping: Mapping) -> Callable[[dict], dict]:
         items = ", ".join(f"n{i}: {value}" for i, (_b, value, _s) in
                           enumerate(fields[:display]))
         add(f"    out = {{{items}}}")
-        if mapping._nested:
+        if owned:
             add("    owned = {id(out)}")
     for before, _value, store in fields[display:]:
         lines.extend(before)
@@ -426,6 +436,43 @@ def _lookup_expression(lookups: tuple, missing: str, key_name: Callable[[int, An
             bound = f"{k} < len(v)" if key >= 0 else f"-{k} <= len(v)"
             expression = f"(v[{k}] if isinstance(v := {expression}, _seq) and {bound} else {miss})"
     return expression
+
+
+def _write_drops(add: Callable[[str], None], const: Callable[[Any], str], tree: dict,
+                 parent: str, indent: str, depth: int, owned: bool) -> None:
+    """Generated code for the drops under ``parent``: ``tree`` maps a key to None (drop
+    it) or to the drops inside it.
+
+    A nested object is copied (copy on write), once, and only when one of the paths
+    to drop inside it is there; what no drop reaches stays shared with the event.
+    """
+    for key, subtree in tree.items():
+        k = const(key)
+        if subtree is None:
+            add(f"{indent}{parent}.pop({k}, None)")
+            continue
+        node = f"node{depth}"
+        add(f"{indent}{node} = {parent}.get({k}, _M)")
+        add(f"{indent}if isinstance({node}, dict) and {_any_present(const, subtree, node, depth)}:")
+        inner = indent + "    "
+        add(f"{inner}{node} = dict({node}); {parent}[{k}] = {node}")
+        if owned:
+            add(f"{inner}owned.add(id({node}))")
+        _write_drops(add, const, subtree, node, inner, depth + 1, owned)
+
+
+def _any_present(const: Callable[[Any], str], tree: dict, node: str, depth: int) -> str:
+    """An expression: is any path of ``tree`` there in the object ``node``?"""
+    tests = []
+    for key, subtree in tree.items():
+        k = const(key)
+        if subtree is None:
+            tests.append(f"{k} in {node}")
+        else:
+            child = f"seen{depth}"
+            tests.append(f"(isinstance({child} := {node}.get({k}), dict) and "
+                         f"{_any_present(const, subtree, child, depth + 1)})")
+    return "(" + " or ".join(tests) + ")"
 
 
 def _write_nested_pop(add: Callable[[str], None], const: Callable[[str, int, Any], str],

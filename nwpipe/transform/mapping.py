@@ -192,10 +192,6 @@ class Mapping:
         self._body_env = body_env
         self._globals = globals_ or {}
         self._vars = vars_ or {}  # also in _globals; they win over event fields
-        # Only dotted paths need copy-on-write of nested objects.
-        self._nested = (any(len(p) > 1 for p in drops)
-                        or any(len(o) > 1 or len(n) > 1 for o, n, _ in renames)
-                        or any(len(f.parts) > 1 for f in fields))
         self._steps = tuple(_step(f) for f in fields)
         self._by_customer: dict[str, Any] = {}
         self._body_render = (event_renderer(body, body_source, self._globals, self._vars)

@@ -14,10 +14,11 @@ import time
 import pytest
 
 from nwpipe.errors import EventError
-from nwpipe.transform.fasttemplates import compile_simple
+from nwpipe.transform.fasttemplates import compile_simple, compile_simple_expression
 from nwpipe.transform.limits import RenderLimits
 from nwpipe.transform.mapping import compile_mappings
 from nwpipe.transform.templating import (
+    compile_condition,
     compile_template_string,
     derive_environment,
     describe_render_error,
@@ -226,3 +227,68 @@ def test_compiled_template_on_another_thread_keeps_the_size_limit():
     thread.join(60)
     assert results == ["SHORT", "mappings.m.fields.t: rendered text longer than "
                                 "template_max_bytes (10)"]
+
+
+# -- `when` conditions: simple expressions compiled the same way -------------------------
+
+CONDITIONS = [
+    "severity == 'high'",
+    "severity in ['high', 'medium'] and alerttype != 'ongoing'",
+    "event['odd-key'] == 1",
+    "nothing",
+    "nothing is defined",
+    "not nothing",
+    "nothing.attr",
+    "srcip | length > 1",
+    "metrics.bits.max > 5",
+    "algorithm.__class__",
+    "customer ~ 'x' == 'acmex'",
+    "big > 10",
+    "'a' in tags",
+    "tags",
+    "severity | lower == 'high'",
+    "severity if flag else nothing",
+    "range",
+    "1 == 1",
+    "[1, 2]",
+    "(severity == 'high') or nul",
+    "severity | lookup({'high': True}, False)",
+]
+
+
+@pytest.mark.parametrize("undefined", ["strict", "lenient"])
+@pytest.mark.parametrize("expr", CONDITIONS)
+def test_compiled_condition_matches_jinja(expr, undefined):
+    env = make_environment()
+    variant = derive_environment(env, undefined=undefined)
+    assert compile_simple_expression(variant, expr, env.limits) is not None
+    test = compile_condition(env, expr, key="outputs.o.when", undefined=undefined)
+    jinja = variant.compile_expression(expr, undefined_to_none=False)
+
+    def reference(event):
+        try:
+            return bool(jinja(template_variables(event)))
+        except Exception as exc:
+            raise EventError(f"outputs.o.when: {describe_render_error(exc)}") from None
+
+    for event in EVENTS:
+        assert outcome(test, event) == outcome(reference, event), event
+
+
+@pytest.mark.parametrize("expr", ["range(3) | list", "algorithm.upper()", "big * 2",
+                                  "srcip | map('upper') | list", "severity ==", "a b"])
+def test_other_conditions_keep_jinja(expr):
+    env = make_environment()
+    assert compile_simple_expression(env, expr, env.limits) is None
+
+
+def test_time_limit_stops_a_slow_filter_in_a_compiled_condition():
+    def slow(value):
+        while True:
+            pass
+
+    env = make_environment(filters={"slow": slow}, limits=RenderLimits(time_limit=0.3))
+    test = compile_condition(env, "severity | slow", key="outputs.o.when")
+    with pytest.raises(EventError, match=r"^outputs\.o\.when: rendering took longer than "
+                                         r"template_time_limit \(0\.3 s\)"):
+        test({"severity": "high"})

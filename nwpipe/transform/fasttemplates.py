@@ -33,13 +33,14 @@ from jinja2.compiler import operators as _OPERATORS
 from jinja2.exceptions import TemplateSyntaxError
 from jinja2.nodes import EvalContext
 from jinja2.optimizer import Optimizer
+from jinja2.parser import Parser
 from jinja2.runtime import missing, str_join
 from jinja2.sandbox import SandboxedEnvironment
 from jinja2.utils import _PassArg
 
 from nwpipe.transform.limits import RenderLimits, guarded_render
 
-__all__ = ["compile_simple"]
+__all__ = ["compile_simple", "compile_simple_expression"]
 
 # guarded_join counts pieces of output one by one from this many on (see limits.py):
 # a template with that many pieces keeps Jinja's way, so a size error is raised at the
@@ -252,13 +253,51 @@ def compile_simple(template: jinja2.Template, source: str, globals_: Mapping,
         return None
 
 
+def compile_simple_expression(env: jinja2.Environment, source: str,
+                              limits: RenderLimits) -> Callable[[Mapping], Any] | None:
+    """``evaluate(event) -> value`` for a simple Jinja expression (``severity == 'high'
+    and alerttype != 'ongoing'``), giving exactly what
+    ``env.compile_expression(source, undefined_to_none=False)(template_variables(event))``
+    gives (value or exception), within ``limits`` (time and signals); None when the
+    expression is not simple or does not parse (the caller then reports the error).
+    """
+    if not isinstance(env, SandboxedEnvironment) or env.is_async \
+            or env.autoescape is not False:
+        return None
+    try:  # as Environment.compile_expression parses it
+        parser = Parser(env, source, state="variable")
+        expr = parser.parse_expression()
+        if not parser.stream.eos:
+            return None
+        expr.set_environment(env)
+    except TemplateSyntaxError:
+        return None
+    try:
+        # Jinja's expression template assigns the value on its line 1
+        evaluate = _assemble(env, None, [expr], env.globals, {}, expression=True)
+    except _NotSimple:
+        return None
+    return guarded_render(evaluate, limits, sized=False)
+
+
 def _build(template: jinja2.Template, env: SandboxedEnvironment, children: list[nodes.Expr],
            globals_: Mapping, vars_: Mapping, limits: RenderLimits) -> Callable[[Mapping], str]:
-    eval_ctx = EvalContext(env, template.name)
+    evaluate = _assemble(env, template.name, children, globals_, vars_)
+    # the size is checked outside the generated function: as with Jinja's own
+    # rendering, that error names no template line
+    return guarded_render(evaluate, limits)
+
+
+def _assemble(env: SandboxedEnvironment, template_name: str | None,
+              children: list[nodes.Expr], globals_: Mapping, vars_: Mapping,
+              expression: bool = False) -> Callable[[Mapping], Any]:
+    """The generated ``evaluate(event)``: the text of the output nodes ``children``, or
+    with ``expression`` the value of the one expression in ``children``."""
+    eval_ctx = EvalContext(env, template_name)
     namespace: dict[str, Any] = {
         "_missing": missing, "_undefined": env.undefined, "_getattr": env.getattr,
         "_getitem": env.getitem, "_env": env, "_str_join": str_join, "_fresh": _fresh,
-        "_EvalContext": EvalContext, "_name": template.name,
+        "_EvalContext": EvalContext, "_name": template_name,
     }
     names: dict[str, str] = {}
     writer = _Writer(env, namespace, names)
@@ -269,14 +308,18 @@ def _build(template: jinja2.Template, env: SandboxedEnvironment, children: list[
         if isinstance(child, nodes.TemplateData):
             pieces.append((writer.constant(child.data), 0))
             continue
-        try:
-            child.as_const(eval_ctx)
-        except Exception:  # Impossible, or an error Jinja leaves to the rendering
-            pass
-        else:
-            raise _NotSimple("constant output")  # Jinja folds it in at compile time
+        if not expression:
+            try:
+                child.as_const(eval_ctx)
+            except Exception:  # Impossible, or an error Jinja leaves to the rendering
+                pass
+            else:
+                raise _NotSimple("constant output")  # Jinja folds it in at compile time
         optimized = Optimizer(env).visit(child, eval_ctx) if env.optimized else child
-        pieces.append((f"str{finalize}{writer.expr(optimized)}))", child.lineno))
+        if expression:
+            pieces.append((writer.expr(optimized), 1))
+        else:
+            pieces.append((f"str{finalize}{writer.expr(optimized)}))", child.lineno))
 
     lines = ["def evaluate(event):"]
     for name, local in names.items():
@@ -293,20 +336,18 @@ def _build(template: jinja2.Template, env: SandboxedEnvironment, children: list[
         lines.append("    eval_ctx = _EvalContext(_env, _name)")
     template_lines: dict[int, int] = {}
     results = []
-    for n, (expression, line) in enumerate(pieces):
+    for n, (code_text, line) in enumerate(pieces):
         if line:
             template_lines[len(lines) + 1] = line
-            lines.append(f"    p{n} = {expression}")
+            lines.append(f"    p{n} = {code_text}")
             results.append(f"p{n}")
         else:
-            results.append(expression)
+            results.append(code_text)
     if len(results) == 1:
         lines.append(f"    return {results[0]}")
     else:
         lines.append(f"    return ''.join(({', '.join(results)}))")
-    namespace["__jinja_template__"] = _Lines(template.name, template_lines)
-    code = compile("\n".join(lines), f"<nwpipe template {template.name or 'string'}>", "exec")
+    namespace["__jinja_template__"] = _Lines(template_name, template_lines)
+    code = compile("\n".join(lines), f"<nwpipe template {template_name or 'string'}>", "exec")
     exec(code, namespace)  # noqa: S102 - names and values are passed as constants
-    # the size is checked outside the generated function: as with Jinja's own
-    # rendering, that error names no template line
-    return guarded_render(namespace["evaluate"], limits)
+    return namespace["evaluate"]

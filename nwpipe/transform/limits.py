@@ -146,11 +146,12 @@ def end(token: int) -> None:
         _active = 0
 
 
-def guarded_render(evaluate: Callable[[Any], str], limits: RenderLimits,
-                   ) -> Callable[[Any], str]:
+def guarded_render(evaluate: Callable[[Any], Any], limits: RenderLimits,
+                   sized: bool = True) -> Callable[[Any], Any]:
     """``render(arg)``: ``evaluate(arg)``, a function that renders a whole template at
     once, within ``limits``: guarded as by :func:`begin`/:func:`end`, its text refused
-    past ``max_bytes`` (:class:`TemplateLimitError`).
+    past ``max_bytes`` (:class:`TemplateLimitError`) unless ``sized`` is false (for a
+    value that is not text, such as a condition's).
 
     The same guard as ``begin`` and ``end``, written out in one function: a rendering
     of a simple template takes well under a microsecond, so two calls more per
@@ -160,7 +161,7 @@ def guarded_render(evaluate: Callable[[Any], str], limits: RenderLimits,
     time_limit = limits.time_limit
     too_long = f"rendered text longer than template_max_bytes ({max_bytes})"
 
-    def render(arg: Any) -> str:
+    def render(arg: Any) -> Any:
         global _active, _count, _deadline, _limits
         if _active or _get_ident() != _main_ident:
             text = evaluate(arg)  # inside a guarded rendering, or not on the main thread
@@ -177,7 +178,7 @@ def guarded_render(evaluate: Callable[[Any], str], limits: RenderLimits,
             finally:
                 if _active == token:
                     _active = 0
-        if len(text) > max_bytes:
+        if sized and len(text) > max_bytes:
             raise TemplateLimitError(too_long)
         return text
 

@@ -81,7 +81,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedEnvironment
 
 from nwpipe import jsonio
 from nwpipe.errors import ConfigError, EventError
-from nwpipe.transform.fasttemplates import compile_simple
+from nwpipe.transform.fasttemplates import compile_simple, compile_simple_expression
 from nwpipe.transform.limits import (
     DEFAULT_LIMITS,
     RenderLimits,
@@ -634,6 +634,16 @@ def compile_condition(env: jinja2.Environment, expr: str, *, key: str,
         raise ConfigError(f"invalid expression: {exc.message}", key=key, file=file) from None
 
     limits = _limits_of(env)
+    simple = compile_simple_expression(variant, expr, limits)
+    if simple is not None:
+        def test_simple(event: dict) -> bool:
+            try:
+                return bool(simple(event))
+            except Exception as exc:
+                raise EventError(f"{key}: {describe_render_error(exc)}") from None
+
+        test_simple.expr = expr  # type: ignore[attr-defined]
+        return test_simple
 
     def test(event: dict) -> bool:
         token = begin(limits)

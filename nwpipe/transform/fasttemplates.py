@@ -179,10 +179,17 @@ class _Writer:
         return f"_str_join(({''.join(self.expr(n) + ', ' for n in node.nodes)}))"
 
     def _Compare(self, node: nodes.Compare) -> str:
-        text = self.expr(node.expr)
+        text = self.operand(node.expr)
         for op in node.ops:
-            text += f" {_OPERATORS[op.op]} {self.expr(op.expr)}"
+            text += f" {_OPERATORS[op.op]} {self.operand(op.expr)}"
         return f"({text})"
+
+    def operand(self, node: nodes.Node) -> str:
+        # A constant compared with (`severity in ['high', 'low']`) is only read by the
+        # comparison and never reaches other code: no new copy is needed.
+        if type(node) is nodes.Const and _plain_constant(node.value):
+            return self.constant(node.value)
+        return self.expr(node)
 
     def _Not(self, node: nodes.Not) -> str:
         if "not" in self.env.intercepted_unops:

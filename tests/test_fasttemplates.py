@@ -35,6 +35,8 @@ SIMPLE = [
     "{{ metrics.bits.max }}",
     "{{ metrics['bits']['max'] }}",
     "{{ metrics.items }}",
+    "{{ metrics.keys }} {{ metrics['items'] }} {{ event[0] }} {{ metrics.bits['max'] }}",
+    "{{ metrics.bits.max.real }} {{ metrics.items.__self__ }}",
     "{{ srcip[0] }} {{ srcip[-1] }} {{ srcip[5] }}",
     "{{ event['odd-key'] }} {{ event.algorithm }}",
     "{{ event }}",
@@ -104,6 +106,7 @@ EVENTS = [
     {"algorithm": 5, "customer": ["a", "b"], "srcip": "10.0.0.1", "metrics": [1, 2],
      "severity": {"k": "v"}, "start": "2023-07-15T03:18:51Z", "flag": 0, "summary": 17,
      "tags": "abc", "big": 2**64, "ratio": 1e300},
+    {"metrics": {"items": 5, "bits": {"max": None}}, "odd-key": {"a": 1}},
     {},
 ]
 

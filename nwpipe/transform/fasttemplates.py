@@ -107,6 +107,10 @@ class _Writer:
         self.namespace = namespace
         self.names = names          # template variable -> local name in the function
         self.eval_ctx = False       # whether the function needs an EvalContext
+        self.temporaries = 0
+        # getattr/getitem may be written out only when they are the sandbox's own
+        self.plain_sandbox = (type(env).getattr is SandboxedEnvironment.getattr
+                              and type(env).getitem is SandboxedEnvironment.getitem)
 
     def constant(self, value: Any) -> str:
         name = f"c{len(self.namespace)}"
@@ -134,15 +138,35 @@ class _Writer:
             return self.constant(value)
         return f"_fresh({self.constant(value)})"
 
+    def temporary(self) -> str:
+        self.temporaries += 1
+        return f"a{self.temporaries}"
+
     def _Getattr(self, node: nodes.Getattr) -> str:
         if node.ctx != "load":
             raise _NotSimple("assignment")
-        return f"_getattr({self.expr(node.node)}, {self.constant(node.attr)})"
+        value, attr = self.expr(node.node), self.constant(node.attr)
+        if self.plain_sandbox and not hasattr(dict, node.attr):
+            # The sandbox's getattr of an exact dict, written out: a dict has no such
+            # attribute, so getattr() fails and the item is looked up (a miss gives
+            # getattr's undefined). Spares an AttributeError per `.name` of an object.
+            o = self.temporary()
+            return (f"(({o}[{attr}] if {attr} in {o} else _getattr({o}, {attr})) "
+                    f"if type({o} := {value}) is dict else _getattr({o}, {attr}))")
+        return f"_getattr({value}, {attr})"
 
     def _Getitem(self, node: nodes.Getitem) -> str:
         if node.ctx != "load" or isinstance(node.arg, nodes.Slice):
             raise _NotSimple("slice")
-        return f"_getitem({self.expr(node.node)}, {self.expr(node.arg)})"
+        value = self.expr(node.node)
+        if self.plain_sandbox and type(node.arg) is nodes.Const \
+                and type(node.arg.value) in (str, int):
+            # The sandbox's getitem tries the item first: for a dict that has it, that
+            # is the answer.
+            o, key = self.temporary(), self.constant(node.arg.value)
+            return f"({o}[{key}] if type({o} := {value}) is dict and {key} in {o} " \
+                   f"else _getitem({o}, {key}))"
+        return f"_getitem({value}, {self.expr(node.arg)})"
 
     def _call(self, node: nodes.Filter | nodes.Test, table: dict) -> str:
         func = table.get(node.name)

@@ -295,3 +295,16 @@ def test_time_limit_stops_a_slow_filter_in_a_compiled_condition():
     with pytest.raises(EventError, match=r"^outputs\.o\.when: rendering took longer than "
                                          r"template_time_limit \(0\.3 s\)"):
         test({"severity": "high"})
+
+
+def test_template_file_errors_name_the_file_and_line(tmp_path):
+    (tmp_path / "body.j2").write_text('{"a": {{ algorithm }},\n "b": {{ nothing.x }}}\n')
+    env = derive_environment(make_environment([tmp_path]), json_body=True)
+    template = env.get_template("body.j2")
+    source = (tmp_path / "body.j2").read_text()
+    fast = compile_simple(template, source, env.globals, {}, env.limits)
+    assert fast is not None
+    event = {"algorithm": "a"}
+    expected = outcome(lambda e: render(template, template_variables(e, env.globals)), event)
+    assert expected == ("UndefinedError", "'nothing' is undefined (template 'body.j2' line 2)")
+    assert outcome(fast, event) == expected

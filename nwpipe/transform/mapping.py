@@ -293,11 +293,12 @@ def _generate(mapping: Mapping) -> Callable[[dict], dict]:
     namespace: dict[str, Any] = {
         "_M": _MISSING, "_seq": (list, tuple), "_set_path": _set_path,
         "_EventError": EventError, "_describe": describe_render_error,
-        "_not_object": f"mapping '{mapping.name}': the event is a {{}}, not a JSON object",
+        "_not_object": f"mapping '{mapping.name}': the event is a ",
     }
     lines = ["def apply_fields(event):",
              "    if not isinstance(event, dict):",
-             "        raise _EventError(_not_object.format(type(event).__name__))"]
+             "        raise _EventError(_not_object + type(event).__name__ + "
+             "', not a JSON object')"]
     add = lines.append
 
     def const(prefix: str, i: int, value: Any) -> str:

@@ -29,7 +29,14 @@ from nwpipe.queue.base import (
     SYNC_MODES,
     QueueSettings,
 )
-from nwpipe.settings import EnvText, Setting, did_you_mean, plain, validate_settings
+from nwpipe.settings import (
+    EnvText,
+    Setting,
+    Substituted,
+    did_you_mean,
+    plain,
+    validate_settings,
+)
 from nwpipe.sources.base import DEFAULT_SOURCE, Source
 from nwpipe.sources.serve_settings import ServeSettings, build_serve_settings
 
@@ -243,40 +250,64 @@ def find_config_file(explicit: str | None) -> str | None:
     return None
 
 
-def expand_env(value: Any, key: str, file: str | None, environ=os.environ) -> Any:
+def expand_env(value: Any, key: str, file: str | None, environ=os.environ,
+               missing: list[ConfigError] | None = None) -> Any:
     """Expand ``${VAR}`` and ``${VAR:-default}`` in every string of ``value``.
 
     ``$$`` stands for a literal ``$``. An unset variable without a default is a
     ConfigError naming the key (never the value: it may be a secret). A value that is
     one whole ``${VAR}`` comes back as :class:`nwpipe.settings.EnvText`, which
-    validation converts to the setting's type (int, float, bool, list of strings).
+    validation converts to the setting's type (int, float, bool, list of strings); a
+    value with some ``${VAR}`` in it comes back as :class:`nwpipe.settings.Substituted`,
+    which knows which parts were substituted. With ``missing``, an unset variable is
+    noted there and taken as empty instead of raising.
     """
     if isinstance(value, str):
         if "$" not in value:
             return value
 
-        def replace(match: re.Match) -> str:
+        pieces: list[str] = []
+        spans: list[tuple[int, int]] = []
+        size = done = 0
+        for match in _ENV_REF.finditer(value):
+            literal = value[done:match.start()]
+            pieces.append(literal)
+            size += len(literal)
+            done = match.end()
             if match.group(1):
-                return "$"
+                pieces.append("$")
+                size += 1
+                continue
             name, default = match.group(2), match.group(3)
             if name in environ:
-                return environ[name]
-            if default is not None:
-                return default
-            raise ConfigError(f"environment variable {name} is not set "
-                              f"(set it, or write ${{{name}:-default}})", key=key, file=file)
-
-        text = _ENV_REF.sub(replace, value)
+                piece = environ[name]
+            elif default is not None:
+                piece = default
+            else:
+                problem = ConfigError(f"environment variable {name} is not set "
+                                      f"(set it, or write ${{{name}:-default}})",
+                                      key=key, file=file)
+                if missing is None:
+                    raise problem
+                missing.append(problem)
+                piece = ""
+            pieces.append(piece)
+            # remembered, so that what came from the environment is never shown
+            spans.append((size, size + len(piece)))
+            size += len(piece)
+        pieces.append(value[done:])
+        text = "".join(pieces)
         whole = _ENV_REF.fullmatch(value)
         if whole and whole.group(2):
             # the whole value is one variable: it may still take the setting's type
             return EnvText(text, whole.group(2))
-        return text
+        return Substituted(text, tuple(spans)) if spans else text
     if isinstance(value, dict):
-        return {k: expand_env(v, f"{key}.{k}" if key else k, file, environ)
+        return {k: expand_env(v, f"{key}.{k}" if key else k, file, environ, missing)
                 for k, v in value.items()}
     if isinstance(value, list):
-        return [expand_env(v, f"{key}[{i}]", file, environ) for i, v in enumerate(value)]
+        return [expand_env(v, f"{key}[{i}]", file, environ, missing)
+                for i, v in enumerate(value)]
     return value
 
 

@@ -487,3 +487,26 @@ retry = {{ max_backoff = 1.0 }}
     # recover reads only the queue file too
     recovered = queue_cmd("recover")
     assert recovered.returncode == 0, recovered.stderr
+
+
+def test_work_stopped_with_a_backlog_names_work_as_what_delivers_it_next(tmp_path, receivers):
+    _healthy, _port, keys = backlog_of_a_down_output(tmp_path, receivers)
+    proc = nwpipe("work", "-c", "c.toml", "--dead-letter", "dl.jsonl", cwd=tmp_path)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
+    reader.start()
+    try:
+        wait_until(lambda: any("delivering them first" in line for line in lines),
+                   what="work to take the backlog")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0, "".join(lines)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    reader.join(10)
+    stderr = "".join(lines)
+    assert f"{len(keys)} events wait in the queue nwpipe-queue.db: the next `nwpipe work` " \
+        "with it delivers them first" in stderr, stderr
+    assert "`nwpipe run`" not in stderr
+    assert queue_status(tmp_path)["outputs"]["down"]["events"] == len(keys)

@@ -218,7 +218,8 @@ async def test_sigterm_refuses_new_posts_finishes_in_flight_and_keeps_the_rest(
     [closing] = [line for line in proc.stderr.splitlines() if "queued for the next" in line]
     assert "serve: stopped; interrupted by SIGTERM" in closing
     assert closing.endswith(": 15 received, 14 events stay queued for the next start"), closing
-    assert "by this run" not in proc.stderr and "next run" not in proc.stderr
+    assert "by this run" not in proc.stderr and "nwpipe run" not in proc.stderr
+    assert "wait in the queue" not in proc.stderr
 
     proc = servers(tmp_path, config(receiver.url)).start()
     got = wait_delivered(receiver, set(poster.acked))

@@ -122,6 +122,7 @@ class Service:
                                  shutdown_timeout=self.shutdown_timeout, queue=self.queue,
                                  durable=True)
         self.pipeline.reloader = reloader
+        self.pipeline.command = None  # what stays queued is said once, in the closing line
         self._store_error: str | None = None
         self._full = False  # the last put was refused: the queue is at max_bytes
         self._full_bytes: int | None = None  # what it held then
@@ -214,7 +215,9 @@ class Service:
         finally:
             await intake.close()
             self.dead_letter.close()
-        log.info("serve: stopped; %s", summary(result))
+        # a warning when events stay queued, so that --quiet still says so
+        log.log(logging.WARNING if result.left_queued else logging.INFO, "serve: stopped; %s",
+                summary(result))
         # stopped by a signal as documented: nothing acknowledged is lost, so 0
         return EXIT_OK if result.signal is not None else result.exit_code
 

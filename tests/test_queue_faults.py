@@ -458,15 +458,17 @@ retry = {{ max_backoff = 1.0 }}
                               cwd=tmp_path, env={**env(), **given}, stdin=subprocess.DEVNULL,
                               capture_output=True, text=True, timeout=120)
 
+    # the backlog of both outputs: a run that only commits the events to the queue
     first = subprocess.run([sys.executable, "-m", "nwpipe", "run", "-c", "c.toml",
-                            "events.jsonl", "--keep-queue", "--dead-letter", "dl.jsonl"],
+                            "events.jsonl", "--no-deliver", "--dead-letter", "dl.jsonl"],
                            cwd=tmp_path, env={**env(), **secrets}, stdin=subprocess.DEVNULL,
                            capture_output=True, text=True, timeout=120)
     assert first.returncode == 0, first.stderr
     # status: no secret at all
     status = queue_cmd("status", "--json")
     assert status.returncode == 0, status.stderr
-    assert json.loads(status.stdout)["outputs"]["down"]["events"] == len(keys)
+    backlog = json.loads(status.stdout)["outputs"]
+    assert backlog["down"]["events"] == backlog["healthy"]["events"] == len(keys)
     # drain of "down" without its token: one clear message naming the variable and the
     # output; nothing moves
     refused = queue_cmd("drain", "--output", "down")
@@ -482,15 +484,20 @@ retry = {{ max_backoff = 1.0 }}
     assert drained.returncode == 0, drained.stderr
     got = arrivals(back)
     assert {(a, n) for a, n, _ in got} == set(keys)
-    assert json.loads(queue_cmd("status", "--json").stdout)["events"] == 0
-    assert len(arrivals(healthy)) == len(keys)
+    backlog = json.loads(queue_cmd("status", "--json").stdout)["outputs"]
+    assert backlog["down"]["events"] == 0
+    assert backlog["healthy"]["events"] == len(keys)  # the other output's stays
+    assert arrivals(healthy) == []
     # recover reads only the queue file too
     recovered = queue_cmd("recover")
     assert recovered.returncode == 0, recovered.stderr
 
 
-def test_work_stopped_with_a_backlog_names_work_as_what_delivers_it_next(tmp_path, receivers):
-    _healthy, _port, keys = backlog_of_a_down_output(tmp_path, receivers)
+def test_work_stopped_with_a_backlog_names_work_as_what_delivers_it_next(tmp_path):
+    keys = write_alerts(tmp_path / "events.jsonl", alerts=20)
+    config(tmp_path / "c.toml", {"down": f"http://127.0.0.1:{free_port()}/in"})
+    first = run("run", "-c", "c.toml", "events.jsonl", "--no-deliver", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
     proc = nwpipe("work", "-c", "c.toml", "--dead-letter", "dl.jsonl", cwd=tmp_path)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)

@@ -508,6 +508,11 @@ def _spare(missing: list[ConfigError], data: dict, deliver_to: set[str],
         for name in mappings:
             if key.startswith(f"mappings.{name}.") and name not in used:
                 spare = f"mappings.{name}"
+        if key.startswith("defaults.") and not deliver_to:
+            # shared by every output, and none is delivered to
+            for name in outputs:
+                spared.setdefault(f"outputs.{name}", problem)
+            continue
         if spare is None:
             problems.errors.append(problem)
         else:

@@ -146,3 +146,15 @@ def test_queue_status_still_needs_the_queues_own_variables(tmp_path):
     assert proc.returncode == 1
     assert "queue.url: environment variable REDIS_URL is not set" in proc.stderr
     assert "outputs.soc" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_queue_status_needs_no_variable_of_the_outputs_defaults(tmp_path):
+    (tmp_path / "c.toml").write_text('[defaults]\nusername = "u"\npassword = "${PW}"\n\n'
+                                     '[outputs.soc]\ntype = "webhook"\n'
+                                     'url = "https://soc.example.com/in"\n')
+    proc = nwpipe("queue", "status", "-c", "c.toml", cwd=tmp_path, env={})
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert "nothing is queued" in proc.stdout
+    drain = nwpipe("queue", "drain", "-c", "c.toml", "--output", "soc", cwd=tmp_path, env={})
+    assert drain.returncode == 1
+    assert "defaults.password: environment variable PW is not set" in drain.stderr

@@ -264,7 +264,8 @@ def expand_env(value: Any, key: str, file: str | None, environ=os.environ,
     one whole ``${VAR}`` comes back as :class:`nwpipe.settings.EnvText`, which
     validation converts to the setting's type (int, float, bool, list of strings); a
     value with some ``${VAR}`` in it comes back as :class:`nwpipe.settings.Substituted`,
-    which knows which parts were substituted. With ``missing``, an unset variable is
+    which knows which parts came from the environment (a default is in the file for
+    anyone to read, so it is not among them). With ``missing``, an unset variable is
     noted there and taken as empty instead of raising.
     """
     if isinstance(value, str):
@@ -284,9 +285,12 @@ def expand_env(value: Any, key: str, file: str | None, environ=os.environ,
                 size += 1
                 continue
             name, default = match.group(2), match.group(3)
+            secret = False
             if name in environ:
                 piece = environ[name]
+                secret = True
             elif default is not None:
+                # written in the file for anyone to read: not a secret
                 piece = default
             else:
                 problem = ConfigError(f"environment variable {name} is not set "
@@ -297,15 +301,16 @@ def expand_env(value: Any, key: str, file: str | None, environ=os.environ,
                 missing.append(problem)
                 piece = ""
             pieces.append(piece)
-            # remembered, so that what came from the environment is never shown
-            spans.append((size, size + len(piece)))
+            if secret:
+                # remembered, so that what came from the environment is never shown
+                spans.append((size, size + len(piece)))
             size += len(piece)
         pieces.append(value[done:])
         text = "".join(pieces)
         whole = _ENV_REF.fullmatch(value)
         if whole and whole.group(2):
             # the whole value is one variable: it may still take the setting's type
-            return EnvText(text, whole.group(2))
+            return EnvText(text, whole.group(2), tuple(spans))
         return Substituted(text, tuple(spans)) if spans else text
     if isinstance(value, dict):
         return {k: expand_env(v, f"{key}.{k}" if key else k, file, environ, missing)

@@ -73,9 +73,8 @@ def did_you_mean(name: str, candidates) -> str:
 
 class Substituted(str):
     """Text of the config with ``${VAR}`` substitutions in it: ``spans`` are the
-    ``(start, end)`` of each substituted text, so that what came from the environment
-    (a token in a URL's path) can be hidden wherever the text is shown, whatever its
-    length."""
+    ``(start, end)`` of each text taken from the environment, so that it (a token in a
+    URL's path) can be hidden wherever the text is shown, whatever its length."""
 
     spans: tuple[tuple[int, int], ...] = ()
 
@@ -90,8 +89,8 @@ class Substituted(str):
 
 
 def substituted_parts(value: Any) -> list[str]:
-    """The texts of ``value`` (a string, or a table or list of them) that came from
-    ``${VAR}`` substitutions; none for text written in the config itself."""
+    """The texts of ``value`` (a string, or a table or list of them) that came from the
+    environment through ``${VAR}``; none for text written in the config itself."""
     if isinstance(value, Substituted):
         return value.parts()
     if isinstance(value, dict):

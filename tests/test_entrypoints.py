@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import zipfile
@@ -41,7 +42,7 @@ def dist(site, folder: str, name: str, version: str, entry_points: str) -> None:
 
 
 def compare(*sites, groups=("nwpipe", "nwpipe.builtin", "console_scripts")):
-    env = {"PYTHONPATH": ":".join(str(s) for s in sites), "PATH": ""}
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(str(s) for s in sites))
     run = subprocess.run([sys.executable, "-c", COMPARE, *groups], capture_output=True,
                          text=True, timeout=60, env=env)
     assert run.returncode == 0, run.stderr

@@ -23,13 +23,14 @@ import asyncio
 import fcntl
 import os
 import queue as thread_queue
-import sqlite3
 import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from nwpipe.lazymodule import LazyModule
 from nwpipe.queue.base import (
     SYNC_MODES,
     Entry,
@@ -44,6 +45,13 @@ from nwpipe.queue.base import (
     shard_of,
     wait_event,
 )
+
+if TYPE_CHECKING:
+    import sqlite3
+else:
+    # imported when a queue is first opened: a run that never opens one (nothing
+    # durable, nothing to spill) starts without it
+    sqlite3 = LazyModule("sqlite3")
 
 SCHEMA_VERSION = "1"
 #: SQLite keeps one ordered log: every alert shares the rowid order, which is the

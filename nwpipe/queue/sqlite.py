@@ -271,6 +271,8 @@ class SqliteQueue(Queue):
 
     async def open(self) -> None:
         """Create the file or check it (version, integrity); take the delivery lock."""
+        import sqlite3  # noqa: F401  # the first import here, not in a worker thread
+
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="nwpipe-queue-reader")
         try:
             await self._read(self._open_sync)

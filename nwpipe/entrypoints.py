@@ -21,7 +21,8 @@ from importlib import import_module
 from typing import Any, Iterable
 
 # importlib.metadata's grammar of an entry point's value: module[:attr.attr] [extras]
-_VALUE = re.compile(r"(?P<module>[\w.]+)\s*(:\s*(?P<attr>[\w.]+)\s*)?((?P<extras>\[.*\])\s*)?$")
+# (compiled at the first load, by re's own cache)
+_VALUE = r"(?P<module>[\w.]+)\s*(:\s*(?P<attr>[\w.]+)\s*)?((?P<extras>\[.*\])\s*)?$"
 _INFO_SUFFIXES = (".dist-info", ".egg-info")
 
 
@@ -60,7 +61,7 @@ class EntryPoint:
 
     def load(self) -> Any:
         """Import the module the value names and return the object it points to."""
-        match = _VALUE.match(self.value)
+        match = re.match(_VALUE, self.value)
         if match is None:
             raise ValueError(f"entry point {self.name} = {self.value!r} is malformed")
         module = import_module(match.group("module"))
@@ -71,7 +72,7 @@ class EntryPoint:
 def entry_points(groups: Iterable[str]) -> dict[str, list]:
     """The entry points of each of ``groups``, as importlib.metadata would list them:
     ``{group: [EntryPoint, ...]}`` (every group is a key, empty when none)."""
-    wanted = {group: [] for group in groups}  # type: dict[str, list]
+    wanted: dict[str, list] = {group: [] for group in groups}
     folders = _info_folders()
     if folders is None:
         return _from_importlib(wanted)

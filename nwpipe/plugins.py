@@ -3,9 +3,8 @@
 Built-in plugins are ordinary plugin modules, listed as entry points of the
 ``nwpipe.builtin`` group in nwpipe's own package metadata and registered exactly like
 third-party ones (the core imports none of them by name); :mod:`nwpipe.entrypoints` reads
-both groups in one pass. A plugin that fails to import
-gives one warning naming it; a hook implementation whose name or arguments match no hook
-is an error.
+both groups in one pass. A plugin that fails to import gives one warning naming it; a
+hook implementation whose name or arguments match no hook is an error.
 """
 
 from __future__ import annotations

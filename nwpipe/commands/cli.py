@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import re
@@ -476,6 +475,8 @@ def cmd_test(args) -> int:
 
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
+        import json  # imported by the run anyway; --version and the like skip it
+
         return json.dumps({
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.created)),
             "level": record.levelname.lower(),
@@ -718,6 +719,8 @@ def cmd_plugins(args) -> int:
     plugins = Plugins(args.plugins_dir)
     infos = plugins.info()
     if args.json:
+        import json
+
         print(json.dumps([vars(i) for i in infos], indent=2))
         return 0
     for info in infos:

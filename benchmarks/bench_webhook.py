@@ -11,7 +11,8 @@ each in its own process against that one receiver:
 2. ``nwpipe``: the real CLI, ``nwpipe run -c bench.toml events.jsonl``: read, map with a
                small SIEM mapping (drop, rename, jsonpath and Jinja fields), deliver one
                request per event with ``concurrency = 64``;
-3. ``nwpipe batch``: the same with ``batch = { max_events = 100 }``;
+3. ``nwpipe batch``: the same with ``batch = { max_events = 100 }``; and that again with
+               ``--workers 2`` (two processes, each with its own connections);
 4. ``--durable``: both again with every event committed to the queue file (SQLite)
                before it is delivered;
 5. ``receiver down 5 s``: one request per event, but the receiver starts 5 seconds after
@@ -349,6 +350,9 @@ def main() -> None:
                 workdir, receiver, events_path, args.concurrency, batch, count),
             "  the same without the mapping": lambda: run_nwpipe(
                 workdir, receiver, events_path, args.concurrency, batch, count, mapped=False),
+            f"nwpipe run --workers 2, batch {args.batch}": lambda: run_nwpipe(
+                workdir, receiver, events_path, args.concurrency, batch, count,
+                flags=("--workers", "2")),
             "nwpipe run --durable": lambda: run_nwpipe(
                 workdir, receiver, events_path, args.concurrency, "", count,
                 flags=("--durable",)),

@@ -42,7 +42,7 @@ import time
 import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generator, cast
 
 import orjson
 
@@ -81,7 +81,7 @@ log = logging.getLogger("nwpipe")
 EXIT_WORKER_LOST = 5
 
 #: input read per chunk by the reader (bytes)
-CHUNK_BYTES = 1 << 20
+CHUNK_BYTES = 1 << 17
 
 #: seconds between a worker's reports of its counts (for the accounting of a worker
 #: that dies)
@@ -262,9 +262,16 @@ class Reader:
             self._read(sharder)
             if self.signal is not None:
                 stop = HEADER.pack(STOP, self.signal, 0)
-                self._send([stop] * self.n)
+                self._send([[stop] for _ in range(self.n)])
             self._close_pipes()
             self._wait_workers()
+            if os.environ.get("NWPIPE_DEBUG_CPU"):
+                import resource
+                me = resource.getrusage(resource.RUSAGE_SELF)
+                kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+                log.info("cpu reader %.2f s (user %.2f), workers %.2f s (user %.2f)",
+                         me.ru_utime + me.ru_stime, me.ru_utime, kids.ru_utime + kids.ru_stime,
+                         kids.ru_utime)
             return self._result(sharder, time.perf_counter() - started)
         finally:
             for worker in self.workers:
@@ -323,7 +330,7 @@ class Reader:
                 break
             name = source_name(path)
             self._send(sharder.start(source_id, name))
-            chunks = iter_chunks(path, CHUNK_BYTES)
+            chunks = cast(Generator[bytes, None, None], iter_chunks(path, CHUNK_BYTES))
             try:
                 while not self._stopping():
                     # A signal (or a worker's end) while the input keeps us waiting ends
@@ -357,15 +364,12 @@ class Reader:
                     self._reap(worker, block=False)
         return self.signal is not None or any(not w.alive for w in self.workers)
 
-    def _send(self, frames: list[bytes]) -> None:
-        for worker, frame in zip(self.workers, frames):
-            if not frame or not worker.alive:
+    def _send(self, frames: list[list[bytes]]) -> None:
+        for worker, parts in zip(self.workers, frames):
+            if not parts or not worker.alive:
                 continue
-            view = memoryview(frame)
             try:
-                while view:
-                    written = os.write(worker.pipe, view)
-                    view = view[written:]
+                _write_all(worker.pipe, parts)
             except BrokenPipeError:
                 self._reap(worker, block=True)
 
@@ -420,6 +424,18 @@ class Reader:
         result.signal = self.signal
         result.unreadable += self.unreadable
         return result
+
+
+def _write_all(fd: int, parts: list[bytes]) -> None:
+    """Write ``parts`` in order, whole (a pipe may take less than asked at a time)."""
+    views = [memoryview(part) for part in parts if part]
+    while views:
+        written = os.writev(fd, views)
+        while views and written >= len(views[0]):
+            written -= len(views[0])
+            views.pop(0)
+        if written:
+            views[0] = views[0][written:]
 
 
 def _add(total: RunResult, report: dict) -> None:
@@ -559,7 +575,8 @@ class PipeSource(Source):
                 kind, arg, size = HEADER.unpack(head)
                 payload = await reader.readexactly(size) if size else b""
                 if kind == LINES:
-                    yield decode_lines(payload, names[arg], max_line_bytes)
+                    for items in decode_lines(payload, names[arg], max_line_bytes):
+                        yield items
                 elif kind == REJECTS:
                     yield decode_rejects(payload, names[arg])
                 elif kind == SOURCE:
@@ -659,7 +676,14 @@ def _worker_main(index: int, fd: int, ready: int, reader: Reader) -> int:
                             strict_routing=reader.strict_routing)
         _once_per_signal(pipeline)
         source = PipeSource(fd, ready, pipeline, config.max_line_bytes)
+        if os.environ.get("NWPIPE_PROFILE_WORKER"):
+            import cProfile
+            prof = cProfile.Profile()
+            prof.enable()
         result = event_loop_run(_reporting(pipeline, source, reader.tmp / f"report.{index}"))
+        if os.environ.get("NWPIPE_PROFILE_WORKER"):
+            prof.disable()
+            prof.dump_stats(f"/tmp/wprof.{index}")
         dead_letter.close()
         _write_report(reader.tmp / f"result.{index}", _counts(result, dead_letter))
     except NwpipeError as exc:

@@ -253,6 +253,8 @@ class Reader:
         signal.signal(signal.SIGHUP, self._on_hangup)
         try:
             self._start_workers()
+            log.debug("%d worker processes: %s", self.n,
+                      " ".join(str(worker.pid) for worker in self.workers))
             errors = self._wait_ready()
             if errors:
                 self._close_pipes()
@@ -354,7 +356,12 @@ class Reader:
                 self._waiting_for_input = False
                 chunks.close()
             # a partial event at the end (or where a signal stopped reading) is reported
-            self._send(sharder.finish())
+            cut_short = None
+            if self.signal is not None:
+                cut_short = f"input cut short by {signal.Signals(self.signal).name}"
+            elif any(not worker.alive for worker in self.workers):
+                cut_short = "input cut short: a worker process died"
+            self._send(sharder.finish(cut_short))
 
     def _stopping(self) -> bool:
         if self._child_exited:

@@ -113,6 +113,7 @@ class Sharder:
         self._numbers: list[array] = [array("I") for _ in range(workers)]
         self._rejects: list[list] = [[] for _ in range(workers)]
         self._next_reject = 0
+        self._cut_short: str | None = None
 
     def start(self, source: int, name: str) -> list[list[bytes]]:
         """Begin input ``name`` (numbered ``source``): every worker learns its name."""
@@ -172,8 +173,13 @@ class Sharder:
             self._feed_decoder(partial, whole=True)
         return self._frames()
 
-    def finish(self) -> list[list[bytes]]:
-        """The input has ended: its last line (without a newline) and what is pending."""
+    def finish(self, cut_short: str | None = None) -> list[list[bytes]]:
+        """The input has ended: its last line (without a newline) and what is pending.
+
+        ``cut_short``: reading stopped on a signal ("input cut short by SIGTERM"): a
+        partial event is rejected with that reason first, as the files source does.
+        """
+        self._cut_short = cut_short
         if self._partial:
             partial, self._partial = self._partial, b""
             if self._decoder is None:
@@ -184,6 +190,7 @@ class Sharder:
         if self._decoder is not None:
             self._decoded(self._decoder.finish())
             self._decoder = None
+        self._cut_short = None
         return self._frames()
 
     def flush(self) -> list[list[bytes]]:
@@ -209,11 +216,13 @@ class Sharder:
             self._decoded(decoder.feed(data))
         else:
             cut = data.rfind(b"\n") + 1
-            complete = data[:cut]
-            if self._partial:
-                complete = self._partial + complete
-            self._partial = data[cut:]
-            if complete:
+            if not cut:  # no line ends in it
+                self._partial += data
+            else:
+                complete = data[:cut]
+                if self._partial:
+                    complete = self._partial + complete
+                self._partial = data[cut:]
                 self._decoded(decoder.feed(complete))
             if len(self._partial) > self.max_line_bytes:
                 partial, self._partial = self._partial, b""
@@ -251,7 +260,10 @@ class Sharder:
                 w = self._next_reject
                 self._next_reject = (w + 1) % workers
                 assert isinstance(item, Reject)
-                self._rejects[w].append((item.line, item.raw, item.reason))
+                reason = item.reason
+                if self._cut_short is not None:
+                    reason = f"{self._cut_short}: {reason}"
+                self._rejects[w].append((item.line, item.raw, reason))
             self.sent[w] += 1
 
     def _frames(self) -> list[list[bytes]]:

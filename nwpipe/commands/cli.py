@@ -24,6 +24,8 @@ exit codes:
   1    configuration or usage error; nothing was read
   3    finished, but some events were rejected or dead-lettered, or an input
        could not be read to the end
+  5    --workers: a worker process died; the summary says what it may not have
+       delivered
   130  interrupted by Ctrl-C (SIGINT), after the dead-letter file is complete
   143  terminated by SIGTERM, after the dead-letter file is complete
 

@@ -553,6 +553,58 @@ def _locked_writes(output: Any, lock: WriteLock) -> None:
     output.send = locked_send
 
 
+class _FrameReader:
+    """The frames on a pipe, read as they come, many per ``read``."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        os.set_blocking(fd, False)
+        self._buf = b""
+        self._pos = 0
+        self._eof = False
+
+    async def _more(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                data = os.read(self.fd, _PIPE_BYTES)
+            except BlockingIOError:
+                ready = loop.create_future()
+                loop.add_reader(self.fd, ready.set_result, None)
+                try:
+                    await ready
+                finally:
+                    loop.remove_reader(self.fd)
+                continue
+            if not data:
+                self._eof = True
+            else:
+                # what is left of the last read is at most one frame's beginning
+                self._buf = self._buf[self._pos:] + data if self._pos < len(self._buf) \
+                    else data
+                self._pos = 0
+            return
+
+    async def next(self) -> tuple[int, int, bytes] | None:
+        """The next frame (kind, argument, payload); None at the end of the pipe."""
+        while len(self._buf) - self._pos < HEADER.size:
+            if self._eof:
+                return None
+            await self._more()
+        kind, arg, size = HEADER.unpack_from(self._buf, self._pos)
+        start = self._pos + HEADER.size
+        while len(self._buf) - self._pos < HEADER.size + size:
+            if self._eof:
+                return None  # a frame cut short: the reader died while writing it
+            await self._more()
+            start = self._pos + HEADER.size
+        self._pos = start + size
+        return kind, arg, self._buf[start:start + size]
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
 class PipeSource(Source):
     """A worker's source: the frames the reader sends down its pipe."""
 
@@ -565,22 +617,17 @@ class PipeSource(Source):
     async def read(self):
         # Reading starts once the outputs run: the reader may start sending now.
         os.write(self.ready, b"R")
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=_PIPE_BYTES)
-        transport, _ = await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(self.fd, "rb", 0))
+        frames = _FrameReader(self.fd)
         names: dict[int, str] = {}
         max_line_bytes = self.max_line_bytes
         try:
             # After a stop the reader still sends what it had read: read to the end
             # (the pipeline dead-letters what it cannot deliver any more).
             while True:
-                try:
-                    head = await reader.readexactly(HEADER.size)
-                except asyncio.IncompleteReadError:
+                frame = await frames.next()
+                if frame is None:
                     return
-                kind, arg, size = HEADER.unpack(head)
-                payload = await reader.readexactly(size) if size else b""
+                kind, arg, payload = frame
                 if kind == LINES:
                     for items in decode_lines(payload, names[arg], max_line_bytes):
                         yield items
@@ -591,7 +638,7 @@ class PipeSource(Source):
                 elif kind == STOP and self.pipeline.result.signal is None:
                     self.pipeline.stop(arg)
         finally:
-            transport.close()
+            frames.close()
 
     def describe(self) -> str:
         return "the reader's pipe"

@@ -467,3 +467,14 @@ def test_options_that_need_one_process_are_refused(tmp_path, option, shown):
     assert f"error: {shown} cannot be combined with --workers 2 (more than one process): run " \
            f"with --workers 1 (or workers = 1 in the config), or without {shown}" in err, err
     assert not (tmp_path / "nwpipe-queue.db").exists()
+
+
+def test_an_output_that_cannot_open_is_one_error_before_reading(tmp_path):
+    (tmp_path / "c.toml").write_text('[outputs.out]\ntype = "file"\n'
+                                     'path = "/proc/none/x.jsonl"\nmkdir = false\n')
+    (tmp_path / "events.jsonl").write_text(json.dumps(event(1, 1)) + "\n")
+    code, out, err = run("run", "--workers", "3", "-c", "c.toml", "events.jsonl",
+                         cwd=tmp_path)
+    assert code == 1 and out == b""
+    assert err == ("nwpipe: error: outputs.out: cannot start: /proc/none/x.jsonl: "
+                   "No such file or directory\n")

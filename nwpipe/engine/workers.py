@@ -36,6 +36,7 @@ import logging
 import os
 import shutil
 import signal
+import struct
 import sys
 import tempfile
 import time
@@ -267,13 +268,6 @@ class Reader:
                 self._send([[stop] for _ in range(self.n)])
             self._close_pipes()
             self._wait_workers()
-            if os.environ.get("NWPIPE_DEBUG_CPU"):
-                import resource
-                me = resource.getrusage(resource.RUSAGE_SELF)
-                kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-                log.info("cpu reader %.2f s (user %.2f), workers %.2f s (user %.2f)",
-                         me.ru_utime + me.ru_stime, me.ru_utime, kids.ru_utime + kids.ru_stime,
-                         kids.ru_utime)
             return self._result(sharder, time.perf_counter() - started)
         finally:
             for worker in self.workers:
@@ -406,10 +400,14 @@ class Reader:
             os.close(worker.ready)
 
     def _report(self, index: int) -> dict:
-        for name in (f"result.{index}", f"report.{index}"):
+        """What worker ``index`` reported: its result, else its last counts, else the
+        error it stopped on."""
+        for name in (f"result.{index}", f"counts.{index}", f"error.{index}"):
             try:
-                return orjson.loads((self.tmp / name).read_bytes())
-            except (OSError, orjson.JSONDecodeError):
+                path = self.tmp / name
+                return _Counts.read(path) if name.startswith("counts") else \
+                    orjson.loads(path.read_bytes())
+            except (OSError, ValueError, struct.error):
                 continue
         return {}
 
@@ -683,12 +681,36 @@ def _write_report(path: Path, data: dict) -> None:
     os.replace(temporary, path)
 
 
+class _Counts:
+    """A worker's running counts in a file of its own, overwritten in place (no new file
+    or rename each time: that could block the event loop on a busy disk). The reader
+    reads it only after the worker died, so a write is never read half done."""
+
+    def __init__(self, path: Path):
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+
+    def write(self, data: dict) -> None:
+        blob = orjson.dumps(data)
+        os.pwrite(self.fd, _LENGTH.pack(len(blob)) + blob, 0)
+
+    @staticmethod
+    def read(path: Path) -> dict:
+        data = path.read_bytes()
+        (size,) = _LENGTH.unpack_from(data)
+        return orjson.loads(data[_LENGTH.size:_LENGTH.size + size])
+
+
+_LENGTH = struct.Struct("<I")
+
+
 async def _reporting(pipeline: Pipeline, source: PipeSource, path: Path) -> Any:
     """Run the pipeline, writing its counts to ``path`` meanwhile."""
+    counts = _Counts(path)
+
     async def report() -> None:
         while True:
             await asyncio.sleep(REPORT_EVERY)
-            _write_report(path, _counts(pipeline.result, pipeline.dead_letter))
+            counts.write(_counts(pipeline.result, pipeline.dead_letter))
 
     task = asyncio.ensure_future(report())
     try:
@@ -730,20 +752,13 @@ def _worker_main(index: int, fd: int, ready: int, reader: Reader) -> int:
                             strict_routing=reader.strict_routing)
         _once_per_signal(pipeline)
         source = PipeSource(fd, ready, pipeline, config.max_line_bytes)
-        if os.environ.get("NWPIPE_PROFILE_WORKER"):
-            import cProfile
-            prof = cProfile.Profile()
-            prof.enable()
-        result = event_loop_run(_reporting(pipeline, source, reader.tmp / f"report.{index}"))
-        if os.environ.get("NWPIPE_PROFILE_WORKER"):
-            prof.disable()
-            prof.dump_stats(f"/tmp/wprof.{index}")
+        result = event_loop_run(_reporting(pipeline, source, reader.tmp / f"counts.{index}"))
         dead_letter.close()
         _write_report(reader.tmp / f"result.{index}", _counts(result, dead_letter))
     except NwpipeError as exc:
         code = 1
         try:
-            _write_report(reader.tmp / f"report.{index}", {"error": str(exc)})
+            _write_report(reader.tmp / f"error.{index}", {"error": str(exc)})
         except OSError:
             log.error("error: %s", exc)
     except KeyboardInterrupt:

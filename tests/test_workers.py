@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
+from test_deadletter_faults import small_disk  # noqa: F401 - a fixture
 from test_faults import ReceiverProcess, env
 
 from nwpipe.sources.decode import Decoder, Event
@@ -478,3 +479,30 @@ def test_an_output_that_cannot_open_is_one_error_before_reading(tmp_path):
     assert code == 1 and out == b""
     assert err == ("nwpipe: error: outputs.out: cannot start: /proc/none/x.jsonl: "
                    "No such file or directory\n")
+
+
+def test_dead_letter_disk_full_with_three_workers(tmp_path, small_disk):  # noqa: F811
+    """Three workers fill a 256 KiB dead-letter disk: each record is in the file whole
+    or printed on stderr, exactly once; the run says so with exit code 4."""
+    (tmp_path / "c.toml").write_text(f'dead_letter = "{small_disk / "dl.jsonl"}"\n'
+                                     '[outputs.f]\ntype = "file"\npath = "out.jsonl"\n')
+    lines = []
+    for i in range(6000):
+        lines.append(json.dumps({"id": f"alert-{i}", "customer": "acme", "n": i}))
+        lines.append(f"not json {i:06d} " + "x" * 200)
+    (tmp_path / "events.jsonl").write_text("\n".join(lines) + "\n")
+    code, _, err = run("run", "--workers", "3", "-c", "c.toml", "events.jsonl", cwd=tmp_path,
+                       timeout=240)
+    assert code == 4, err[-2000:]
+    assert "Traceback" not in err
+    delivered = [json.loads(x)["n"] for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert sorted(delivered) == list(range(6000))
+    data = (small_disk / "dl.jsonl").read_bytes()
+    assert data.endswith(b"\n")
+    in_file = [json.loads(line) for line in data.splitlines()]  # every line whole
+    on_stderr = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    assert in_file and on_stderr
+    raws = sorted(r["raw"] for r in in_file + on_stderr)
+    assert raws == sorted(f"not json {i:06d} " + "x" * 200 for i in range(6000))
+    summary = [line for line in err.splitlines() if "events/s)" in line][0]
+    assert f"{len(on_stderr):,} dead letters could not be written" in summary

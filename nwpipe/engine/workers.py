@@ -498,13 +498,18 @@ class WriteLock:
 
     def __init__(self, path: Path):
         self.fd = os.open(path, os.O_RDWR)
+        self._depth = 0  # held by this process: a nested use must not let go early
 
     def __enter__(self) -> WriteLock:
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        if not self._depth:
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+        self._depth += 1
         return self
 
     def __exit__(self, *_exc: object) -> None:
-        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        self._depth -= 1
+        if not self._depth:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
 
 
 class SharedDeadLetterFile(DeadLetterFile):
@@ -537,6 +542,19 @@ class SharedDeadLetterFile(DeadLetterFile):
     def _spill_pending(self) -> None:
         with self._shared:
             super()._spill_pending()
+
+
+def _locked_messages(lock: WriteLock) -> None:
+    """Each message on stderr holds ``lock``: a dead-letter record printed there (disk
+    full) is long, and another worker's message must not land inside it."""
+    for handler in log.handlers:
+        emit = handler.emit
+
+        def locked_emit(record: logging.LogRecord, emit=emit) -> None:
+            with lock:
+                emit(record)
+
+        handler.emit = locked_emit  # type: ignore[method-assign]
 
 
 def _locked_writes(output: Any, lock: WriteLock) -> None:
@@ -739,6 +757,7 @@ def _worker_main(index: int, fd: int, ready: int, reader: Reader) -> int:
         os.open(os.devnull, os.O_RDONLY)
         config = reader.config
         lock = WriteLock(reader.tmp / "write.lock")
+        _locked_messages(lock)
         dead_letter = make_dead_letters(config, reader.dead_letter_path)
         if type(dead_letter) is DeadLetterFile:
             dead_letter = SharedDeadLetterFile(dead_letter.path, lock)

@@ -213,6 +213,7 @@ class Reader:
         self._waiting_for_input = False
         self._child_exited = False
         self.tmp = Path(tempfile.mkdtemp(prefix="nwpipe-workers-"))
+        self.pid = os.getpid()
         self.unreadable = 0
 
     # signals -------------------------------------------------------------------------
@@ -640,6 +641,8 @@ class PipeSource(Source):
             # After a stop the reader still sends what it had read: read to the end
             # (the pipeline dead-letters what it cannot deliver any more).
             while True:
+                if self.stopping and self.stop_reason is None:
+                    return  # an output's reader went away (`| head`): read no more
                 frame = await frames.next()
                 if frame is None:
                     return
@@ -747,7 +750,7 @@ def _worker_main(index: int, fd: int, ready: int, reader: Reader) -> int:
             libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
         except (OSError, AttributeError):  # pragma: no cover - not Linux
             pass
-        if os.getppid() == 1:  # the reader died before the line above
+        if os.getppid() != reader.pid:  # the reader died before the line above
             return 1
         for signum in (signal.SIGCHLD, signal.SIGTERM):
             signal.signal(signum, signal.SIG_DFL)

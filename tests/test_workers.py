@@ -506,3 +506,19 @@ def test_dead_letter_disk_full_with_three_workers(tmp_path, small_disk):  # noqa
     assert raws == sorted(f"not json {i:06d} " + "x" * 200 for i in range(6000))
     summary = [line for line in err.splitlines() if "events/s)" in line][0]
     assert f"{len(on_stderr):,} dead letters could not be written" in summary
+
+
+def test_stdout_reader_going_away_stops_the_run(tmp_path):
+    (tmp_path / "events.jsonl").write_text("".join(json.dumps(event(a % 50, a)) + "\n"
+                                                   for a in range(200_000)))
+    (tmp_path / "c.toml").write_text('[outputs.out]\ntype = "stdout"\n')
+    proc = nwpipe("run", "--workers", "2", "-c", "c.toml", "events.jsonl", cwd=tmp_path)
+    for _ in range(3):
+        json.loads(proc.stdout.readline())
+    proc.stdout.close()  # like `| head -3`
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=DEADLINE) == 0, stderr
+    assert "not sent (the output was closed)" in stderr
+    assert "Traceback" not in stderr and "error" not in stderr
+    read = summary_number(stderr, r"read ([\d,]+) events")
+    assert read < 200_000  # reading stopped

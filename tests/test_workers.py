@@ -22,26 +22,13 @@ import time
 from pathlib import Path
 
 import pytest
-from test_deadletter_faults import small_disk  # noqa: F401 - a fixture
-from test_faults import ReceiverProcess, env
+from test_deadletter_faults import small_disk  # noqa: F401 (a fixture)
+from test_faults import ReceiverProcess, config, env, receivers  # noqa: F401 (a fixture)
 
 from nwpipe.sources.decode import Decoder, Event
 from nwpipe.sources.shard import HEADER, LINES, REJECTS, Sharder, decode_lines, decode_rejects
 
 DEADLINE = 60
-
-
-@pytest.fixture
-def receivers():
-    started: list[ReceiverProcess] = []
-
-    def make(log: Path, **kw) -> ReceiverProcess:
-        receiver = ReceiverProcess(log, **kw)
-        started.append(receiver)
-        return receiver
-    yield make
-    for receiver in started:
-        receiver.kill()
 
 
 def nwpipe(*args, cwd, stdin=subprocess.DEVNULL, **kw) -> subprocess.Popen:
@@ -64,23 +51,12 @@ def event(alert: int, update: int, pad: int = 0) -> dict:
     return e
 
 
-def webhook_config(path: Path, url: str, *, concurrency=4, batch=0, shutdown_timeout=10,
-                   workers: str | None = None, queue_size: int = 10000) -> None:
-    top = f"workers = {workers}\n" if workers is not None else ""
-    batch_line = f"batch = {{ max_events = {batch}, max_wait = 0.05 }}" if batch else ""
-    path.write_text(f"""{top}shutdown_timeout = {shutdown_timeout}
-[outputs.soc]
-type = "webhook"
-url = "{url}"
-concurrency = {concurrency}
-queue_size = {queue_size}
-timeout = 5
-{batch_line}
-[outputs.soc.retry]
-max_attempts = 5
-initial_backoff = 0.02
-max_backoff = 0.2
-""")
+def webhook_config(path: Path, url: str, *, concurrency=4, batch=0,
+                   queue_size: int = 10000) -> None:
+    config(path, url, concurrency=concurrency, queue_size=queue_size)
+    if batch:
+        with path.open("a") as fh:
+            fh.write(f"[outputs.soc.batch]\nmax_events = {batch}\nmax_wait = 0.05\n")
 
 
 def dead_letters(path: Path) -> list[dict]:
@@ -481,7 +457,7 @@ def test_an_output_that_cannot_open_is_one_error_before_reading(tmp_path):
                    "No such file or directory\n")
 
 
-def test_dead_letter_disk_full_with_three_workers(tmp_path, small_disk):  # noqa: F811
+def test_dead_letter_disk_full_with_three_workers(tmp_path, small_disk):
     """Three workers fill a 256 KiB dead-letter disk: each record is in the file whole
     or printed on stderr, exactly once; the run says so with exit code 4."""
     (tmp_path / "c.toml").write_text(f'dead_letter = "{small_disk / "dl.jsonl"}"\n'

@@ -279,6 +279,11 @@ class Reader:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
     def _start_workers(self) -> None:
+        try:
+            import uvloop  # noqa: F401 - loaded once here, shared by every worker
+        except ImportError:
+            pass
+        tune_gc()  # what is loaded now is frozen: the collector never copies its pages
         sys.stdout.flush()
         sys.stderr.flush()
         lock = self.tmp / "write.lock"

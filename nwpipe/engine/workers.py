@@ -96,13 +96,6 @@ _F_SETPIPE_SZ = 1031
 _PIPE_BYTES = 1 << 20
 
 
-def resolve(value: int | str) -> int:
-    """The number of processes for a ``workers`` value (``"auto"``: the CPUs)."""
-    if value == "auto":
-        return os.cpu_count() or 1
-    return int(value)
-
-
 def refusal(*, durable: bool, resume: bool, keep_queue: bool, deliver: bool,
             metrics_listen: str | None, queue_path: str | None, config: Config,
             workers: int) -> str | None:
@@ -805,4 +798,4 @@ def _worker_main(index: int, fd: int, ready: int, reader: Reader) -> int:
     return code
 
 
-__all__ = ["EXIT_WORKER_LOST", "Reader", "WorkersResult", "refusal", "resolve", "run_workers"]
+__all__ = ["EXIT_WORKER_LOST", "Reader", "WorkersResult", "refusal", "run_workers"]

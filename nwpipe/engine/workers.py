@@ -15,10 +15,14 @@ What the processes share, and how:
   before it lets go (:class:`SharedDeadLetterFile`), so records never interleave;
 * standard output and ``file`` outputs: each batch is written under the same lock, so
   lines never interleave either (a pipe splits writes longer than ``PIPE_BUF``);
-* signals: the reader stops reading, sends every worker what it read and a stop frame
-  carrying the signal; each worker then stops exactly as one process would (what is not
-  handed to an output yet is dead-lettered, batches in flight get ``shutdown_timeout``).
-  A second signal is passed on, and cuts that wait short;
+* stderr: each message (and each dead-letter record printed there) is written under
+  the same lock;
+* signals: the reader passes each signal on to every worker (they have a process group
+  of their own, so a terminal's Ctrl-C reaches them only that way), stops reading, and
+  sends every worker what it read, then a stop frame; each worker stops exactly as one
+  process would (what is not handed to an output yet is dead-lettered, batches in
+  flight get ``shutdown_timeout``), reading its pipe to the end. A second signal cuts
+  that wait short;
 * a worker that dies (``kill -9``): the reader says so, stops reading and lets the other
   workers finish; the summary reports how many of the events sent to the dead worker
   may not have been delivered (each worker reports its counts every

@@ -169,8 +169,12 @@ def test_rejects_dead_letters_and_output_match_one_process(tmp_path):
 
 
 def test_sharder_gives_the_decoders_items_however_the_input_is_cut():
-    text = ("\n".join(MIXED) + "\n").encode() * 3 + b'\xef\xbb\xbf{"id":"after-bom"}\n'
-    text = b'\xef\xbb\xbf' + text + b'{"id":"x","customer":"acme","pad":"' + b"y" * 3000 + b'"}'
+    mixed = ("\n".join(MIXED) + "\n").encode()
+    long_line = b'{"id":"x","customer":"acme","pad":"' + b"y" * 3000 + b'"}'
+    long_array = b"[" + b",".join(b'{"id":"e%d","customer":"acme"}' % i for i in range(200)) \
+        + b"]\n"
+    text = (b"\xef\xbb\xbf" + mixed + long_line + b"\n" + mixed + long_array + mixed
+            + b'\xef\xbb\xbf{"id":"after-bom"}\n' + long_line)
     decoder = Decoder("in", max_line_bytes=2000)
     want = decoder.feed(text) + decoder.finish()
     rng = random.Random(7)

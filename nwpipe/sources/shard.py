@@ -129,7 +129,9 @@ class Sharder:
     def feed(self, chunk: bytes) -> list[list[bytes]]:
         """Shard the complete lines of ``chunk`` (the rest waits for the next one)."""
         if self._decoder is not None:
-            self._feed_decoder(chunk)
+            rest = self._feed_decoder(chunk)
+            if rest:  # the decoder is done with what it held: line by line again
+                return self.feed(rest)
             return self._frames()
         lines = chunk.split(b"\n")
         if self._partial:
@@ -205,15 +207,29 @@ class Sharder:
         decoder._lineno = self._lineno
         self._decoder = decoder
 
-    def _feed_decoder(self, data: bytes, whole: bool = False) -> None:
+    def _feed_decoder(self, data: bytes, whole: bool = False) -> bytes:
         """Decode ``data`` here. At the end of complete lines, once the decoder holds no
         unfinished value, the next chunk is sharded line by line again: a broken line
-        or one pretty-printed object does not cost the rest of a large input."""
+        or one pretty-printed object does not cost the rest of a large input.
+
+        Returns what is left of ``data`` when the decoder finished an over-long line in
+        it and then held nothing more: that goes line by line at once."""
         decoder = self._decoder
         assert decoder is not None
-        if whole or decoder._pieces or decoder._long is not None or decoder._skipping:
-            # in the middle of a line: the decoder takes everything
+        rest = b""
+        if whole:
             self._decoded(decoder.feed(data))
+        elif decoder._pieces or decoder._long is not None or decoder._skipping:
+            # in the middle of a (long) line: the decoder takes it to its end
+            newline = data.find(b"\n")
+            if newline < 0:
+                self._decoded(decoder.feed(data))
+            else:
+                self._decoded(decoder.feed(data[:newline + 1]))
+                rest = data[newline + 1:]
+                if not self._idle(decoder):
+                    self._decoded(decoder.feed(rest))
+                    rest = b""
         else:
             cut = data.rfind(b"\n") + 1
             if not cut:  # no line ends in it
@@ -227,10 +243,16 @@ class Sharder:
             if len(self._partial) > self.max_line_bytes:
                 partial, self._partial = self._partial, b""
                 self._decoded(decoder.feed(partial))
-        if (not decoder._stack and decoder._state == _TOP and not decoder._pieces
-                and decoder._long is None and not decoder._skipping):
+        if self._idle(decoder):
             self._lineno = decoder._lineno
             self._decoder = None
+        return rest
+
+    @staticmethod
+    def _idle(decoder: Decoder) -> bool:
+        """The decoder holds nothing: no value, line or array left open."""
+        return (not decoder._stack and decoder._state == _TOP and not decoder._pieces
+                and decoder._long is None and not decoder._skipping)
 
     def _parsed_shard(self, line: bytes, n: int) -> int:
         """The worker of a line whose id a byte search cannot find safely; -1 when the

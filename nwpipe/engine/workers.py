@@ -666,7 +666,7 @@ class PipeSource(Source):
 
 
 #: seconds within which the same signal twice counts once (see _once_per_signal)
-SAME_SIGNAL = 0.5
+SAME_SIGNAL = 0.2
 
 
 def _once_per_signal(pipeline: Pipeline) -> None:

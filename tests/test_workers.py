@@ -311,17 +311,18 @@ def dead_pairs(path: Path, order: list[tuple[str, int]]) -> set[tuple[str, int]]
     return pairs
 
 
-def slow_run(tmp_path: Path, receivers, count: int = 6000) -> tuple:
+def slow_run(tmp_path: Path, receivers, count: int = 6000, delay: float = 0.02,
+             requests: int = 60) -> tuple:
     """A run of 3 workers against a slow receiver, once 60 requests arrived. The input
     (12 MB) is larger than what the pipes (1 MiB each) and the small memory queues
     hold, so reading is still going on."""
-    receiver = receivers(tmp_path / "received.jsonl", delay=0.02).start()
+    receiver = receivers(tmp_path / "received.jsonl", delay=delay).start()
     events = [event(a, u, pad=2000) for u in range(1, count // 100 + 1) for a in range(100)]
     (tmp_path / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
     webhook_config(tmp_path / "c.toml", receiver.url, concurrency=2, queue_size=100)
     proc = nwpipe("run", "-v", "--workers", "3", "-c", "c.toml", "--dead-letter", "dl.jsonl",
                   "events.jsonl", cwd=tmp_path)
-    receiver.wait_for(60)
+    receiver.wait_for(requests)
     return receiver, events, proc
 
 
@@ -502,3 +503,24 @@ def test_stdout_reader_going_away_stops_the_run(tmp_path):
     assert "Traceback" not in stderr and "error" not in stderr
     read = summary_number(stderr, r"read ([\d,]+) events")
     assert read < 200_000  # reading stopped
+
+
+def test_sigterm_to_every_process_at_once_is_one_signal(tmp_path, receivers):
+    """systemd's default KillMode signals every process of the service at once: each
+    worker gets SIGTERM from it and from the reader, and counts it once (a second
+    signal would cut the wait for the requests in flight short)."""
+    # each request takes 1 s: some are in flight when the signal comes
+    receiver, events, proc = slow_run(tmp_path, receivers, delay=1.0, requests=6)
+    workers = children(proc.pid)
+    assert len(workers) == 3
+    for pid in [proc.pid, *workers]:
+        os.kill(pid, signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=DEADLINE)
+    stderr = stderr.decode()
+    assert proc.returncode == 143, stderr
+    reasons = {r["reason"] for r in dead_letters(tmp_path / "dl.jsonl")}
+    assert "not delivered before the shutdown deadline" not in reasons
+    assert "interrupted by SIGTERM before delivery" in reasons
+    read = summary_number(stderr, r"read ([\d,]+) events")
+    done = received_pairs(receiver) | dead_pairs(tmp_path / "dl.jsonl", file_order(events))
+    assert done == set(file_order(events)[:read])

@@ -524,3 +524,18 @@ def test_sigterm_to_every_process_at_once_is_one_signal(tmp_path, receivers):
     read = summary_number(stderr, r"read ([\d,]+) events")
     done = received_pairs(receiver) | dead_pairs(tmp_path / "dl.jsonl", file_order(events))
     assert done == set(file_order(events)[:read])
+
+
+def test_sigint_to_the_reader_exits_130(tmp_path, receivers):
+    receiver, events, proc = slow_run(tmp_path, receivers)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=DEADLINE)
+    stderr = stderr.decode()
+    assert proc.returncode == 130, stderr
+    assert "nwpipe: interrupted by SIGINT: read " in stderr
+    read = summary_number(stderr, r"read ([\d,]+) events")
+    order = file_order(events)
+    done = received_pairs(receiver) | {
+        (r["event"]["id"], r["event"]["updatecount"]) if "event" in r else order[r["line"] - 1]
+        for r in dead_letters(tmp_path / "dl.jsonl")}
+    assert done == set(order[:read])

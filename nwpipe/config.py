@@ -13,7 +13,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -29,7 +29,14 @@ from nwpipe.queue.base import (
     SYNC_MODES,
     QueueSettings,
 )
-from nwpipe.settings import EnvText, Setting, did_you_mean, plain, validate_settings
+from nwpipe.settings import (
+    EnvText,
+    Setting,
+    Substituted,
+    did_you_mean,
+    plain,
+    validate_settings,
+)
 from nwpipe.sources.base import DEFAULT_SOURCE, Source
 from nwpipe.sources.serve_settings import ServeSettings, build_serve_settings
 
@@ -88,9 +95,14 @@ class OutputConfig:
     mapping: str | dict[str, str] | None = None
     customers: frozenset[str] | None = None
     when: str | None = None
+    #: why this output cannot be created: a ``${VAR}`` of its settings is unset, which
+    #: a command that does not deliver to it allows (see ``build_config(deliver_to=)``)
+    unavailable: ConfigError | None = None
 
     def create(self) -> Output:
         """A new, unopened instance of this output."""
+        if self.unavailable is not None:
+            raise self.unavailable
         output = self.cls(self.name, self.settings)
         # the output may size its connection pool from this
         output.concurrency = self.engine.concurrency
@@ -263,40 +275,69 @@ def find_config_file(explicit: str | None) -> str | None:
     return None
 
 
-def expand_env(value: Any, key: str, file: str | None, environ=os.environ) -> Any:
+def expand_env(value: Any, key: str, file: str | None, environ=os.environ,
+               missing: list[ConfigError] | None = None) -> Any:
     """Expand ``${VAR}`` and ``${VAR:-default}`` in every string of ``value``.
 
     ``$$`` stands for a literal ``$``. An unset variable without a default is a
     ConfigError naming the key (never the value: it may be a secret). A value that is
     one whole ``${VAR}`` comes back as :class:`nwpipe.settings.EnvText`, which
-    validation converts to the setting's type (int, float, bool, list of strings).
+    validation converts to the setting's type (int, float, bool, list of strings); a
+    value with some ``${VAR}`` in it comes back as :class:`nwpipe.settings.Substituted`,
+    which knows which parts came from the environment (a default is in the file for
+    anyone to read, so it is not among them). With ``missing``, an unset variable is
+    noted there and taken as empty instead of raising.
     """
     if isinstance(value, str):
         if "$" not in value:
             return value
 
-        def replace(match: re.Match) -> str:
+        pieces: list[str] = []
+        spans: list[tuple[int, int]] = []
+        size = done = 0
+        for match in _ENV_REF.finditer(value):
+            literal = value[done:match.start()]
+            pieces.append(literal)
+            size += len(literal)
+            done = match.end()
             if match.group(1):
-                return "$"
+                pieces.append("$")
+                size += 1
+                continue
             name, default = match.group(2), match.group(3)
+            secret = False
             if name in environ:
-                return environ[name]
-            if default is not None:
-                return default
-            raise ConfigError(f"environment variable {name} is not set "
-                              f"(set it, or write ${{{name}:-default}})", key=key, file=file)
-
-        text = _ENV_REF.sub(replace, value)
+                piece = environ[name]
+                secret = True
+            elif default is not None:
+                # written in the file for anyone to read: not a secret
+                piece = default
+            else:
+                problem = ConfigError(f"environment variable {name} is not set "
+                                      f"(set it, or write ${{{name}:-default}})",
+                                      key=key, file=file)
+                if missing is None:
+                    raise problem
+                missing.append(problem)
+                piece = ""
+            pieces.append(piece)
+            if secret:
+                # remembered, so that what came from the environment is never shown
+                spans.append((size, size + len(piece)))
+            size += len(piece)
+        pieces.append(value[done:])
+        text = "".join(pieces)
         whole = _ENV_REF.fullmatch(value)
         if whole and whole.group(2):
             # the whole value is one variable: it may still take the setting's type
-            return EnvText(text, whole.group(2))
-        return text
+            return EnvText(text, whole.group(2), tuple(spans))
+        return Substituted(text, tuple(spans)) if spans else text
     if isinstance(value, dict):
-        return {k: expand_env(v, f"{key}.{k}" if key else k, file, environ)
+        return {k: expand_env(v, f"{key}.{k}" if key else k, file, environ, missing)
                 for k, v in value.items()}
     if isinstance(value, list):
-        return [expand_env(v, f"{key}[{i}]", file, environ) for i, v in enumerate(value)]
+        return [expand_env(v, f"{key}[{i}]", file, environ, missing)
+                for i, v in enumerate(value)]
     return value
 
 
@@ -339,11 +380,24 @@ def load_config(path: str | None, output_types: dict[str, type[Output]],
 
 def build_config(data: dict, output_types: dict[str, type[Output]], *, file: str | None = None,
                  environ=os.environ,
-                 source_types: dict[str, type[Source]] | None = None) -> Config:
+                 source_types: dict[str, type[Source]] | None = None,
+                 deliver_to: Collection[str] | None = None) -> Config:
     """Validate an already-parsed config table: every problem found is reported at once
-    (a :class:`nwpipe.errors.ConfigErrors` when there are several)."""
+    (a :class:`nwpipe.errors.ConfigErrors` when there are several).
+
+    ``deliver_to``: the only outputs the command delivers to (``nwpipe queue drain``);
+    None for all. An unset ``${VAR}`` in another output's own settings, in a mapping
+    none of these outputs uses, or in ``[serve]`` is then no error: such an output keeps
+    its name and routing and refuses to be created (``OutputConfig.unavailable``).
+    """
     problems = Problems()
-    data = expand_env(data, "", file, environ)
+    missing: list[ConfigError] | None = None if deliver_to is None else []
+    data = expand_env(data, "", file, environ, missing)
+    spared: dict[str, ConfigError] = {}
+    if missing:
+        spared = _spare(missing, data, set(deliver_to or ()), problems)
+        if "serve" in spared:
+            data = {k: v for k, v in data.items() if k != "serve"}
     known_top = {k: v for k, v in data.items() if k in TOP_LEVEL}
     with problems.collect():
         validate_settings(data, TOP_LEVEL, key="", file=file)
@@ -390,7 +444,8 @@ def build_config(data: dict, output_types: dict[str, type[Output]], *, file: str
             if not isinstance(table, dict):
                 raise ConfigError("must be a table ([outputs.NAME])", key=f"outputs.{name}",
                                   file=file)
-            outputs[name] = _build_output(name, table, defaults, output_types, mappings, file)
+            outputs[name] = _build_output(name, table, defaults, output_types, mappings, file,
+                                          spared.get(f"outputs.{name}"))
     with problems.collect():
         _check_defaults(defaults, output_types, outputs, file)
 
@@ -447,8 +502,52 @@ def _check_defaults(defaults: dict, output_types, outputs, file) -> None:
     problems.raise_if_any()
 
 
+def _spare(missing: list[ConfigError], data: dict, deliver_to: set[str],
+           problems: Problems) -> dict[str, ConfigError]:
+    """Sort the unset variables of a config built for ``deliver_to``: those the delivery
+    does not need, by what they spare (``outputs.NAME``, ``mappings.NAME``, ``serve``:
+    the first such problem), the others into ``problems``."""
+    def table(value: Any) -> dict:
+        return value if isinstance(value, dict) else {}
+
+    outputs = table(data.get("outputs"))
+    mappings = table(data.get("mappings"))
+    used: set[str] = set()
+    for name in deliver_to:
+        mapping = table(outputs.get(name)).get("mapping")
+        if isinstance(mapping, str):
+            used.add(mapping)
+        elif isinstance(mapping, dict):
+            used.update(m for m in mapping.values() if isinstance(m, str))
+    spared: dict[str, ConfigError] = {}
+    for problem in missing:
+        key = problem.key or ""
+        spare = None
+        if key == "serve" or key.startswith("serve."):
+            spare = "serve"
+        for name in outputs:
+            prefix = f"outputs.{name}."
+            setting = re.split(r"[.\[]", key[len(prefix):], maxsplit=1)[0]
+            if key.startswith(prefix) and name not in deliver_to \
+                    and setting not in OUTPUT_COMMON:
+                spare = f"outputs.{name}"
+        for name in mappings:
+            if key.startswith(f"mappings.{name}.") and name not in used:
+                spare = f"mappings.{name}"
+        if key.startswith("defaults.") and not deliver_to:
+            # shared by every output, and none is delivered to
+            for name in outputs:
+                spared.setdefault(f"outputs.{name}", problem)
+            continue
+        if spare is None:
+            problems.errors.append(problem)
+        else:
+            spared.setdefault(spare, problem)
+    return spared
+
+
 def _build_output(name: str, table: dict, defaults: dict, output_types, mappings,
-                  file) -> OutputConfig:
+                  file, unavailable: ConfigError | None = None) -> OutputConfig:
     key = f"outputs.{name}"
     type_name = table.get("type")
     if type_name is None:
@@ -515,6 +614,10 @@ def _build_output(name: str, table: dict, defaults: dict, output_types, mappings
     problems = Problems()
     settings: dict[str, Any] = {}
     with problems.collect():
+        if unavailable is not None:
+            # its own settings miss a variable, and this command does not deliver to it
+            own_table = {}
+            cls = _Unavailable
         settings = validate_settings(own_table, cls.settings, key=key, file=file)
         try:
             cls.check_config(settings)
@@ -547,9 +650,13 @@ def _build_output(name: str, table: dict, defaults: dict, output_types, mappings
                 raise ConfigError("must be a customer name (string)", key=f"{key}.customers[{i}]",
                                   file=file)
         customers = frozenset(customers)
-    return OutputConfig(name=name, type=type_name, cls=cls, settings=plain(settings),
-                        engine=engine,
-                        mapping=mapping, customers=customers, when=common["when"])
+    return OutputConfig(name=name, type=type_name, cls=output_types[type_name],
+                        settings=plain(settings), engine=engine, mapping=mapping,
+                        customers=customers, when=common["when"], unavailable=unavailable)
+
+
+class _Unavailable(Output):
+    """What an output whose settings cannot be read is checked against: nothing."""
 
 
 def _build_source(table: dict | None, source_types: dict[str, type[Source]] | None,

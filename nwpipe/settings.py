@@ -71,14 +71,43 @@ def did_you_mean(name: str, candidates) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-class EnvText(str):
+class Substituted(str):
+    """Text of the config with ``${VAR}`` substitutions in it: ``spans`` are the
+    ``(start, end)`` of each text taken from the environment, so that it (a token in a
+    URL's path) can be hidden wherever the text is shown, whatever its length."""
+
+    spans: tuple[tuple[int, int], ...] = ()
+
+    def __new__(cls, text: str, spans: tuple[tuple[int, int], ...] = ()):
+        self = super().__new__(cls, text)
+        self.spans = spans
+        return self
+
+    def parts(self) -> list[str]:
+        """The substituted texts (those that are not empty)."""
+        return [self[a:b] for a, b in self.spans if b > a]
+
+
+def substituted_parts(value: Any) -> list[str]:
+    """The texts of ``value`` (a string, or a table or list of them) that came from the
+    environment through ``${VAR}``; none for text written in the config itself."""
+    if isinstance(value, Substituted):
+        return value.parts()
+    if isinstance(value, dict):
+        return [p for v in value.values() for p in substituted_parts(v)]
+    if isinstance(value, list):
+        return [p for v in value for p in substituted_parts(v)]
+    return []
+
+
+class EnvText(Substituted):
     """A setting's whole value taken from ``${VAR}`` / ``${VAR:-default}``: text that
     may still become the setting's type (``port = "${SYSLOG_PORT:-514}"`` is an int)."""
 
     variable: str
 
-    def __new__(cls, text: str, variable: str):
-        self = super().__new__(cls, text)
+    def __new__(cls, text: str, variable: str = "", spans=None):
+        self = super().__new__(cls, text, ((0, len(text)),) if spans is None else spans)
         self.variable = variable
         return self
 
@@ -91,7 +120,8 @@ def _from_env(value: EnvText, setting: Setting, where: str, file: str | None) ->
     """``value`` as the setting's type, or a ConfigError naming the variable."""
     text = str(value)
     if setting.accepts(text):
-        return text
+        # still known as substituted: a message must not show it
+        return Substituted(text, value.spans)
     types = setting.type if isinstance(setting.type, tuple) else (setting.type,)
     word = text.strip()
     for t in types:
@@ -117,9 +147,10 @@ def _from_env(value: EnvText, setting: Setting, where: str, file: str | None) ->
 
 
 def plain(value: Any) -> Any:
-    """``value`` with every :class:`EnvText` inside turned back into a plain ``str``."""
+    """``value`` with every :class:`EnvText` inside turned into a string (still a
+    :class:`Substituted`, which knows what came from the environment)."""
     if isinstance(value, EnvText):
-        return str(value)
+        return Substituted(str(value), value.spans)
     if isinstance(value, dict):
         return {k: plain(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -160,7 +191,8 @@ def validate_settings(table: dict, schema: dict[str, Setting], *, key: str,
         if isinstance(value, EnvText):
             value = _from_env(value, setting, _join(key, given), file)
         if not setting.accepts(value):
-            raise ConfigError(f"must be {setting.type_name()}, got {type(value).__name__}",
+            got = "str" if isinstance(value, str) else type(value).__name__
+            raise ConfigError(f"must be {setting.type_name()}, got {got}",
                               key=_join(key, given), file=file)
         if setting.choices is not None and value not in setting.choices:
             shown = "the given value" if setting.secret else repr(value)

@@ -42,7 +42,7 @@ from nwpipe import Delivered, Delivery, Failed, Output, Result, Setting, __versi
 from nwpipe.net.httputil import header_value_problem, printable
 from nwpipe.net.signature import check_signing_secret
 from nwpipe.net.tls import check_tls_files, client_context, tls_settings
-from nwpipe.settings import positive_seconds
+from nwpipe.settings import positive_seconds, substituted_parts
 from nwpipe.webhook.checks import (
     check_compression,
     check_header_value,
@@ -57,7 +57,14 @@ from nwpipe.webhook.checks import (
     split_url,
 )
 from nwpipe.webhook.classify import Classifier
-from nwpipe.webhook.redaction import Redactor, display_path, path_secrets, query_secrets
+from nwpipe.webhook.redaction import (
+    Redactor,
+    display_path,
+    path_secrets,
+    query_secrets,
+    substituted_secrets,
+    substituted_spans,
+)
 from nwpipe.webhook.request import RequestBuilder, shared_headers
 from nwpipe.webhook.templates import compile_template, is_template, render
 from nwpipe.webhook.transport import DirectTransport, Transport
@@ -142,8 +149,12 @@ class WebhookOutput(Output):
         # send only adds the per-request headers.
         self._headers = shared_headers(config, f"nwpipe/{__version__}")
         # only used on failure paths, to keep credentials and URL tokens out of messages
+        #: where the path and query hold text from ${VAR}: never shown, however short
+        self._hidden = substituted_spans(config["url"], self._origin)
         self._classifier = Classifier(
-            Redactor(self._headers.secrets + query_secrets(rest) + path_secrets(rest)),
+            Redactor(self._headers.secrets + query_secrets(rest) + path_secrets(rest)
+                     + substituted_secrets(rest, self._hidden)
+                     + substituted_parts(config["headers"])),
             timeout=self._timeout, follow_redirects=self._follow_redirects)
         # A direct connection goes through the lean HTTP/1.1 client (nwpipe.net.http1);
         # proxies (explicit or from the environment) and followed redirects through
@@ -200,7 +211,7 @@ class WebhookOutput(Output):
         """``webhook POST https://host/path (basic auth, headers X-A, ...)``, no secrets."""
         # the query may carry a token ("?code=..."), so may the path (Slack)
         rest = self.config["url"].strip()[len(self._origin):] or "/"
-        shown = self._origin + display_path(rest)
+        shown = self._origin + display_path(rest, self._hidden)
         details = []
         if self.config["username"] is not None:
             details.append("basic auth")

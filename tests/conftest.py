@@ -177,6 +177,15 @@ class Receiver:
             await runner.cleanup()
 
 
+async def until(condition: Callable[[], Any], timeout: float = 30.0) -> None:
+    """Wait for ``condition()`` to hold, polling, with a deadline that only a failure
+    reaches (never a fixed sleep for something that can be waited for)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.001)
+
+
 @pytest.fixture
 async def make_receiver():
     """Factory: ``await make_receiver(ssl_context=None)`` starts a Receiver; all stop

@@ -22,6 +22,8 @@ from nwpipe.engine.deadletter import (
 from nwpipe.errors import NwpipeError
 from nwpipe.outputs import Delivery
 
+from conftest import until
+
 
 def records(path):
     return [r for _, r in read_records(path)]
@@ -123,11 +125,13 @@ async def test_run_appending_during_a_replay_lands_in_the_new_file(tmp_path):
     old = rewrite.open().read().splitlines()
     run = DeadLetterFile(path)
     run.write([{"new": 1}])  # the replay holds the file: this waits, in memory
+    # the behaviour under test: for a while, nothing reaches the file (an absence
+    # cannot be polled for)
     await asyncio.sleep(0.1)
     assert path.read_bytes().splitlines() == old
     rewrite.remaining.write_raw(old[1])  # record 1 was replayed, record 2 stays
     rewrite.commit()
-    await asyncio.sleep(0.2)
+    await until(lambda: b'"new"' in path.read_bytes())  # written once the lock is free
     run.close()
     assert records(path) == [{"old": 2}, {"new": 1}]
     assert not list(tmp_path.glob(".*tmp"))
@@ -179,6 +183,7 @@ async def test_replay_waiting_for_the_lock_follows_a_file_replaced_meanwhile(tmp
     second = Rewrite(path, lock_timeout=10)
     # the second replay opens the same file and waits for the first one's lock
     waiting = asyncio.ensure_future(asyncio.to_thread(second.open))
+    # the behaviour under test: the second one is still waiting a while later
     await asyncio.sleep(0.2)
     assert not waiting.done()
     # the first one delivers record 1 and keeps record 2: the file is replaced

@@ -136,3 +136,25 @@ mapping = "b"
     assert "mappings.a.fields.x" in errors[0]
     assert "mappings.b.fields.y" in errors[1]
     assert proc.stderr.splitlines()[-1] == "nwpipe: 2 problems in the config"
+
+
+def test_queue_status_still_needs_the_queues_own_variables(tmp_path):
+    # status skips the outputs' secrets, not what it reads: the queue's address
+    (tmp_path / "c.toml").write_text('[queue]\nurl = "${REDIS_URL}"\n\n[outputs.soc]\n'
+                                     'type = "webhook"\nurl = "https://soc.example.com/${T}"\n')
+    proc = nwpipe("queue", "status", "-c", "c.toml", cwd=tmp_path, env={})
+    assert proc.returncode == 1
+    assert "queue.url: environment variable REDIS_URL is not set" in proc.stderr
+    assert "outputs.soc" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_queue_status_needs_no_variable_of_the_outputs_defaults(tmp_path):
+    (tmp_path / "c.toml").write_text('[defaults]\nusername = "u"\npassword = "${PW}"\n\n'
+                                     '[outputs.soc]\ntype = "webhook"\n'
+                                     'url = "https://soc.example.com/in"\n')
+    proc = nwpipe("queue", "status", "-c", "c.toml", cwd=tmp_path, env={})
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert "nothing is queued" in proc.stdout
+    drain = nwpipe("queue", "drain", "-c", "c.toml", "--output", "soc", cwd=tmp_path, env={})
+    assert drain.returncode == 1
+    assert "defaults.password: environment variable PW is not set" in drain.stderr

@@ -12,11 +12,14 @@ import pytest
 
 from nwpipe.net import http1
 
+from conftest import until
+
 
 class RawServer:
     """Reads each request (head and Content-Length body) and writes the next scripted
-    answer. An answer is bytes, a list of bytes (written with pauses between them), or
-    ``CLOSE`` (hang up without answering). ``close_after`` hangs up after answering."""
+    answer. An answer is bytes, a list of bytes (written with pauses between them; an
+    ``asyncio.Event`` in the list holds the rest back until it is set), or ``CLOSE``
+    (hang up without answering). ``close_after`` hangs up after answering."""
 
     CLOSE = object()
 
@@ -24,6 +27,8 @@ class RawServer:
         self.answers: list = []
         self.requests: list[tuple[bytes, bytes]] = []
         self.connections = 0
+        #: connections this server has closed (its end)
+        self.closed = 0
         self.close_after = False
         self.server: asyncio.AbstractServer | None = None
         self.port = 0
@@ -51,14 +56,22 @@ class RawServer:
                 if answer is self.CLOSE:
                     return
                 for part in answer if isinstance(answer, list) else [answer]:
+                    if isinstance(part, asyncio.Event):  # the test says when to go on
+                        await part.wait()
+                        continue
                     writer.write(part)
-                    await writer.drain()
+                    try:
+                        await writer.drain()
+                    except ConnectionError:  # the client went away mid-answer
+                        return
                     if isinstance(answer, list):
+                        # the behaviour under test: an answer that arrives in pieces
                         await asyncio.sleep(0.01)
                 if self.close_after:
                     return
         finally:
             writer.close()
+            self.closed += 1
 
     async def stop(self):
         self.server.close()
@@ -248,7 +261,7 @@ async def test_deadline_after_the_head_keeps_the_answer(server, pool):
 async def test_idle_connection_closed_by_the_server_is_replaced(server, pool):
     server.close_after = True  # like a short keep-alive timeout, but without saying so
     assert (await ask(pool)).status == 200
-    await asyncio.sleep(0.05)
+    await until(lambda: server.closed == 1)  # the server has hung up its end
     assert (await ask(pool)).status == 200
     assert server.connections == 2 and len(server.requests) == 2
 
@@ -274,13 +287,16 @@ async def test_timeout_covers_the_whole_request(server, pool):
 
 
 async def test_cancelled_request_does_not_leave_a_connection_behind(server, pool):
-    server.answers.append([b"HTTP/1.1 200 OK\r\n", b"Content-Length: 0\r\n\r\n"])
+    rest = asyncio.Event()
+    server.answers.append([b"HTTP/1.1 200 OK\r\n", rest, b"Content-Length: 0\r\n\r\n"])
     task = asyncio.ensure_future(ask(pool))
-    await asyncio.sleep(0.003)
+    await until(lambda: server.requests)  # in flight: sent, its answer held half-way
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+    rest.set()
     assert (await ask(pool)).status == 200
+    assert server.connections == 2  # the cancelled one's connection was not reused
 
 
 async def test_at_most_limit_requests_and_connections(server):

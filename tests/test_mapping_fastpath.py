@@ -8,7 +8,10 @@ data, including the odd ones (wrong types, nulls, negative and out-of-range inde
 
 from __future__ import annotations
 
+import copy
 import itertools
+import random
+import re
 import warnings
 
 import jsonpath_ng.ext
@@ -169,3 +172,131 @@ def test_typed_templates_and_defaults_in_generated_code(a, b):
     mapping = compile_mappings(tables, make_environment())["m"]
     body = mapping.apply({"x": a, "y": b, "list": [a] * b})
     assert body == {"n": a, "flag": bool(b), "miss": [1], "all": [a] * b}
+
+
+# -- drop and rename written out as code, against a plain reference -----------------------
+
+_GONE = object()
+
+
+def _reference(event: dict, drops: list, renames: dict) -> dict:
+    """Drop, then rename, on a deep copy: the obvious way, to compare with."""
+    out = copy.deepcopy(event)
+
+    def pop(parts):
+        node = out
+        for part in parts[:-1]:
+            node = node.get(part, _GONE) if isinstance(node, dict) else _GONE
+        if not isinstance(node, dict) or parts[-1] not in node:
+            return _GONE
+        return node.pop(parts[-1])
+
+    for path in drops:
+        pop(path.split("."))
+    for old, new in renames.items():
+        value = pop(old.split("."))
+        if value is _GONE:
+            continue
+        node, parts = out, new.split(".")
+        for depth, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise EventError(f"cannot set '{new}': '{'.'.join(parts[:depth + 1])}'")
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def _nested_event(rng: random.Random, depth: int = 0) -> dict:
+    event: dict = {}
+    for key in rng.sample(["a", "b", "c", "d"], rng.randrange(0, 5)):
+        roll = rng.random()
+        if roll < 0.4 and depth < 3:
+            event[key] = _nested_event(rng, depth + 1)
+        elif roll < 0.5:
+            event[key] = [rng.randrange(5), {"a": 1}]
+        elif roll < 0.6:
+            event[key] = None
+        else:
+            event[key] = rng.choice(["ü", 10**30, 0, "", True])
+    return event
+
+
+def _paths(rng: random.Random, count: int) -> list[str]:
+    return [".".join(rng.choice("abcd") for _ in range(rng.randrange(1, 4)))
+            for _ in range(count)]
+
+
+@pytest.mark.parametrize("seed", range(300))
+def test_drop_and_rename_code_matches_a_plain_reference(seed):
+    rng = random.Random(seed)
+    drops = _paths(rng, rng.randrange(0, 4))
+    renames = dict(zip(_paths(rng, 3), _paths(rng, 3)))
+    renames = dict(list(renames.items())[:rng.randrange(0, 4)])
+    mapping = compile_mappings({"m": {"drop": drops, "rename": renames}},
+                               make_environment())["m"]
+    for _ in range(20):
+        event = _nested_event(rng)
+        before = copy.deepcopy(event)
+        try:
+            expected = _reference(event, drops, renames)
+        except EventError as exc:
+            with pytest.raises(EventError, match=re.escape(str(exc))):
+                mapping.apply(event)
+        else:
+            body = mapping.apply(event)
+            assert body == expected, (drops, renames, event)
+            # what no drop or rename reaches is shared with the event, not copied
+            touched = {path.split(".")[0] for path in (*drops, *renames, *renames.values())}
+            for key, value in body.items():
+                if key not in touched and isinstance(value, dict):
+                    assert value is event[key]
+        assert event == before, "the mapping changed the event"
+
+
+def test_first_failing_field_is_reported_whatever_the_layout():
+    # keep = false puts the leading fields into one dict display, computing the fields
+    # that can fail first: the first of them in field order is still the one reported.
+    tables = {"m": {"keep": False, "fields": {
+        "a": "{{ x | upper }}", "b": "$.b", "c": {"template": "{{ y }}", "type": "int"},
+        "d": "$.list[*]", "e": "{{ z }}",
+    }}}
+    mapping = compile_mappings(tables, make_environment())["m"]
+    with pytest.raises(EventError, match=r"^mappings\.m\.fields\.a: 'x' is undefined"):
+        mapping.apply({})
+    with pytest.raises(EventError, match=r"^mappings\.m\.fields\.c: 'y' is undefined"):
+        mapping.apply({"x": "1"})
+    with pytest.raises(EventError, match=r"^mappings\.m\.fields\.c: cannot convert 'q'"):
+        mapping.apply({"x": "1", "y": "q"})
+    with pytest.raises(EventError, match=r"^mappings\.m\.fields\.e: 'z' is undefined"):
+        mapping.apply({"x": "1", "y": "2"})
+    assert mapping.apply({"x": "a", "y": "2", "z": 3, "list": [1, 2]}) == {
+        "a": "A", "b": None, "c": 2, "d": [1, 2], "e": "3"}
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_field_order_with_left_out_and_nested_fields(keep):
+    tables = {"m": {"keep": keep, "fields": {
+        "a": "$.a", "b": {"path": "$.b", "omit_missing": True}, "c": {"value": [1]},
+        "n.x": "$.a", "d": "{{ a }}", "n.y": {"path": "$.none", "omit_missing": True},
+    }}}
+    mapping = compile_mappings(tables, make_environment())["m"]
+    event = {"a": 1, "n": {"keep": True}}
+    body = mapping.apply(event)
+    expected = {"a": 1, "c": [1], "n": {"x": 1}, "d": "1"}
+    if keep:
+        expected = {"a": 1, "n": {"keep": True, "x": 1}, "c": [1], "d": "1"}
+    assert body == expected and list(body) == list(expected)
+    assert event == {"a": 1, "n": {"keep": True}}
+    body = mapping.apply({"a": 1, "b": 2})
+    assert list(body) == ["a", "b", "c", "n", "d"]
+
+
+def test_an_event_that_is_not_an_object_is_refused_by_the_generated_code():
+    for name in ("m", "odd {0} name"):
+        mapping = compile_mappings({name: {"fields": {"a": "$.a"}}}, make_environment())[name]
+        for event in ([1], "text", None, 5):
+            with pytest.raises(EventError) as caught:
+                mapping.apply(event)
+            assert str(caught.value) == (f"mapping '{name}': the event is a "
+                                         f"{type(event).__name__}, not a JSON object")

@@ -43,9 +43,33 @@ def read_all(fd) -> bytes:
         data += chunk
 
 
-def run_on_terminal(*args, cwd):
-    """Run nwpipe with a pseudo-terminal as stderr, for long enough that a progress line
-    would be drawn several times: one event, a pause once it is through, two more."""
+#: how long a test that expects NO progress line watches for one: more than three
+#: redraw intervals (0.25 s). The absence of a drawing cannot be polled for, so this
+#: window is the behaviour under test, not a wait for something to happen.
+NOTHING_DRAWN_WINDOW = 0.8
+
+
+def watch(master: int, screen: str, done, timeout: float) -> str:
+    """``screen`` plus what the terminal shows until ``done(screen)`` holds (polled), or
+    until ``timeout`` (``done=None``: watch the whole time)."""
+    deadline = time.monotonic() + timeout
+    while done is None or not done(screen):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            assert done is None, f"the terminal never showed what was expected: {screen!r}"
+            return screen
+        if select.select([master], [], [], min(left, 0.05))[0]:
+            try:
+                screen += os.read(master, 65536).decode()
+            except OSError:  # EIO: nwpipe has gone
+                return screen
+    return screen
+
+
+def run_on_terminal(*args, cwd, until=None):
+    """Run nwpipe with a pseudo-terminal as stderr: one event; then, while the input
+    stays open, until the terminal shows ``until(screen)`` (polled, with a deadline), or
+    without ``until`` for :data:`NOTHING_DRAWN_WINDOW`; then two more events."""
     master, slave = pty.openpty()
     proc = subprocess.Popen([sys.executable, "-m", "nwpipe", *args], cwd=cwd, env=env(),
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=slave)
@@ -54,12 +78,12 @@ def run_on_terminal(*args, cwd):
         proc.stdin.write((json.dumps(event(0)) + "\n").encode())
         proc.stdin.flush()
         assert json.loads(proc.stdout.readline())["id"] == "alert-0"  # nwpipe is running
-        time.sleep(0.8)  # more than three redraw intervals
+        screen = watch(master, "", until, 30.0 if until else NOTHING_DRAWN_WINDOW)
         proc.stdin.write(("".join(json.dumps(event(i)) + "\n" for i in (1, 2))).encode())
         proc.stdin.close()
         proc.stdout.read()
         proc.wait(timeout=30)
-        return proc.returncode, read_all(master).decode()
+        return proc.returncode, screen + read_all(master).decode()
     finally:
         os.close(master)
 
@@ -82,13 +106,9 @@ def test_progress_line_on_a_terminal(tmp_path):
         proc.stdin.write((line + "\n").encode())
         proc.stdin.flush()
 
-    def read_until(done, timeout=15.0) -> None:
+    def read_until(done, timeout=30.0) -> None:
         nonlocal screen
-        deadline = time.monotonic() + timeout
-        while not done(screen):
-            assert time.monotonic() < deadline, repr(screen)
-            if select.select([master], [], [], 0.05)[0]:
-                screen += os.read(master, 65536).decode()
+        screen = watch(master, screen, done, timeout)
 
     try:
         send(json.dumps(event(0)))
@@ -129,7 +149,8 @@ def test_no_progress_line_when_stderr_is_not_a_terminal(tmp_path):
     proc.stdin.write((json.dumps(event(0)) + "\n").encode())
     proc.stdin.flush()
     proc.stdout.readline()
-    time.sleep(0.8)  # more than three redraw intervals
+    # the behaviour under test: no progress line while nwpipe runs with stderr a pipe
+    time.sleep(NOTHING_DRAWN_WINDOW)
     _, err = proc.communicate(("".join(json.dumps(event(i)) + "\n" for i in (1, 2))).encode(),
                               timeout=30)
     assert err.decode().startswith("nwpipe: read 3 events") and b"\r" not in err
@@ -161,8 +182,9 @@ path = "archive.jsonl"
 
 
 def test_progress_line_shows_the_queue_file_in_a_durable_run(tmp_path):
-    code, screen = run_on_terminal("run", "--durable", "--dead-letter", "dl.jsonl",
-                                   cwd=tmp_path)
+    code, screen = run_on_terminal(
+        "run", "--durable", "--dead-letter", "dl.jsonl", cwd=tmp_path,
+        until=lambda s: any(re.search(r"\| \d+ in the queue file", d) for d in draws(s)))
     assert code == 0, screen
     assert any(re.search(r"\| \d+ in the queue file", d) for d in draws(screen)), screen
     summary = screen.strip().splitlines()[-1]

@@ -423,3 +423,97 @@ def test_queue_config_mistakes_name_the_key(tmp_path):
     assert done.returncode == 1
     assert "queue.url: must start with redis:// or rediss://" in done.stderr
     assert "pw-9" not in done.stderr
+
+
+# -- only the secrets a queue command needs ----------------------------------------------
+
+
+def test_queue_commands_need_only_the_secrets_of_what_they_deliver(tmp_path, receivers):
+    # each output and the mapping of one of them take a secret from the environment
+    healthy = receivers(tmp_path / "healthy.jsonl").start()
+    port = free_port()
+    keys = write_alerts(tmp_path / "events.jsonl", alerts=20)
+    (tmp_path / "c.toml").write_text(f"""
+[mappings.tagged]
+vars = {{ tenant = "${{HEALTHY_TENANT}}" }}
+fields = {{ id = "$.id", updatecount = "$.updatecount", tenant = "{{{{ tenant }}}}" }}
+
+[outputs.healthy]
+type = "webhook"
+url = "{healthy.url}"
+username = "soc"
+password = "${{HEALTHY_PASSWORD}}"
+mapping = "tagged"
+
+[outputs.down]
+type = "webhook"
+url = "http://127.0.0.1:{port}/in"
+bearer_token = "${{DOWN_TOKEN}}"
+retry = {{ max_backoff = 1.0 }}
+""")
+    secrets = {"HEALTHY_TENANT": "acme", "HEALTHY_PASSWORD": "pw-H3", "DOWN_TOKEN": "tok-D4"}
+
+    def queue_cmd(*args, **given):
+        return subprocess.run([sys.executable, "-m", "nwpipe", "queue", *args, "-c", "c.toml"],
+                              cwd=tmp_path, env={**env(), **given}, stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, timeout=120)
+
+    # the backlog of both outputs: a run that only commits the events to the queue
+    first = subprocess.run([sys.executable, "-m", "nwpipe", "run", "-c", "c.toml",
+                            "events.jsonl", "--no-deliver", "--dead-letter", "dl.jsonl"],
+                           cwd=tmp_path, env={**env(), **secrets}, stdin=subprocess.DEVNULL,
+                           capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    # status: no secret at all
+    status = queue_cmd("status", "--json")
+    assert status.returncode == 0, status.stderr
+    backlog = json.loads(status.stdout)["outputs"]
+    assert backlog["down"]["events"] == backlog["healthy"]["events"] == len(keys)
+    # drain of "down" without its token: one clear message naming the variable and the
+    # output; nothing moves
+    refused = queue_cmd("drain", "--output", "down")
+    assert refused.returncode == 1
+    assert "outputs.down.bearer_token: environment variable DOWN_TOKEN is not set" \
+        in refused.stderr
+    assert "HEALTHY" not in refused.stderr and "Traceback" not in refused.stderr
+    assert json.loads(queue_cmd("status", "--json").stdout)["outputs"]["down"]["events"] \
+        == len(keys)
+    # with it, but without the other output's password and its mapping's tenant: delivered
+    back = receivers(tmp_path / "back.jsonl").start(port=port)
+    drained = queue_cmd("drain", "--output", "down", DOWN_TOKEN="tok-D4")
+    assert drained.returncode == 0, drained.stderr
+    got = arrivals(back)
+    assert {(a, n) for a, n, _ in got} == set(keys)
+    backlog = json.loads(queue_cmd("status", "--json").stdout)["outputs"]
+    assert backlog["down"]["events"] == 0
+    assert backlog["healthy"]["events"] == len(keys)  # the other output's stays
+    assert arrivals(healthy) == []
+    # recover reads only the queue file too
+    recovered = queue_cmd("recover")
+    assert recovered.returncode == 0, recovered.stderr
+
+
+def test_work_stopped_with_a_backlog_names_work_as_what_delivers_it_next(tmp_path):
+    keys = write_alerts(tmp_path / "events.jsonl", alerts=20)
+    config(tmp_path / "c.toml", {"down": f"http://127.0.0.1:{free_port()}/in"})
+    first = run("run", "-c", "c.toml", "events.jsonl", "--no-deliver", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    proc = nwpipe("work", "-c", "c.toml", "--dead-letter", "dl.jsonl", cwd=tmp_path)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
+    reader.start()
+    try:
+        wait_until(lambda: any("delivering them first" in line for line in lines),
+                   what="work to take the backlog")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0, "".join(lines)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    reader.join(10)
+    stderr = "".join(lines)
+    assert f"{len(keys)} events wait in the queue nwpipe-queue.db: the next `nwpipe work` " \
+        "with it delivers them first" in stderr, stderr
+    assert "`nwpipe run`" not in stderr
+    assert queue_status(tmp_path)["outputs"]["down"]["events"] == len(keys)

@@ -26,6 +26,14 @@ def nwpipe(*args, cwd):
     ('username = "u"\npassword = "p"\nbearer_token = "t"',
      "serve.bearer_token: set either username/password or bearer_token, not both"),
     ('signing_secret = "not base64!"', "serve.signing_secret: signing_secret must be 'whsec_'"),
+    # Standard Webhooks secrets are base64: the length that counts is the decoded key's
+    ('signing_secret = "whsec_c2hvcnQta2V5"',
+     "serve.signing_secret: signing_secret is too short: its key is 9 bytes after base64 "
+     "decoding, at least 16 are needed"),
+    ('signing_secret = "YWJjZGVmZ2hpamtsbW5vcHFyc3Q="',  # 20 bytes: long enough ...
+     None),
+    ('signing_secret = "YWJjZGVmZ2hpamtsbW5v"',  # ... 15 bytes: too short
+     "serve.signing_secret: signing_secret is too short: its key is 15 bytes"),
     ('tls_cert = "missing.pem"', "serve.tls_cert: file not found: missing.pem"),
     ('max_body_bytes = 0', "serve.max_body_bytes: must be at least 1"),
     ('max_body = 10', "serve.max_body: unknown setting 'max_body' (did you mean 'max_body_bytes'?)"),
@@ -34,9 +42,22 @@ def nwpipe(*args, cwd):
 def test_check_names_the_key_and_the_problem(tmp_path, table, message):
     (tmp_path / "nwpipe.toml").write_text(f"[serve]\n{table}\n{OUTPUT}")
     proc = nwpipe("check", "-c", "nwpipe.toml", cwd=tmp_path)
+    if message is None:
+        assert proc.returncode == 0, proc.stderr
+        return
     assert proc.returncode == 1
     assert proc.stderr == f"nwpipe: error: nwpipe.toml: {message}" + proc.stderr.split(message)[1]
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+
+
+def test_serve_refuses_a_short_signing_secret_without_showing_it(tmp_path):
+    (tmp_path / "nwpipe.toml").write_text('[serve]\nlisten = "127.0.0.1:0"\n'
+                                          'signing_secret = "whsec_c2hvcnQta2V5"\n' + OUTPUT)
+    proc = nwpipe("serve", "-c", "nwpipe.toml", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "serve.signing_secret: signing_secret is too short" in proc.stderr
+    assert "at least 16 are needed" in proc.stderr
+    assert "c2hvcnQta2V5" not in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_a_secret_is_never_shown(tmp_path):

@@ -214,7 +214,12 @@ async def test_sigterm_refuses_new_posts_finishes_in_flight_and_keeps_the_rest(
     first = delivered(receiver)
     assert len(first) == 1  # the one in flight finished; nothing else was started
     assert dead_letters(tmp_path) == []  # nothing dead-lettered because of the shutdown
-    assert "14 events stay queued" in proc.stderr
+    # one closing line says what stays queued, in serve's words (not a run's)
+    [closing] = [line for line in proc.stderr.splitlines() if "queued for the next" in line]
+    assert "serve: stopped; interrupted by SIGTERM" in closing
+    assert closing.endswith(": 15 received, 14 events stay queued for the next start"), closing
+    assert "by this run" not in proc.stderr and "nwpipe run" not in proc.stderr
+    assert "wait in the queue" not in proc.stderr
 
     proc = servers(tmp_path, config(receiver.url)).start()
     got = wait_delivered(receiver, set(poster.acked))

@@ -564,7 +564,7 @@ async def test_aiter_chunks_named_pipe_waits_for_its_writer_without_blocking(tmp
             ticks += 1
 
     def late_writer():
-        time.sleep(0.1)
+        time.sleep(0.1)  # the behaviour under test: a writer that comes late
         with open(fifo, "wb") as pipe:
             pipe.write(b'{"id": "late"}\n')
 
@@ -589,7 +589,7 @@ async def test_aiter_chunks_on_a_slow_pipe_does_not_block_the_loop():
     def slow_writer():
         with os.fdopen(write_fd, "wb", buffering=0) as pipe:
             for line in lines:
-                time.sleep(0.05)
+                time.sleep(0.05)  # the behaviour under test: a slow writer
                 pipe.write(line)
 
     ticks = 0

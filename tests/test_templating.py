@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+import re
 import sys
 
 import jinja2
@@ -383,3 +385,21 @@ def test_customer_template(tmp_path):
                     "x" * 500]:
         assert customer_template(env, "t.j2", hostile) is None
     assert customer_template(make_environment(), "t.j2", "acme") is None
+
+
+def test_isotime_of_whole_seconds_matches_the_general_conversion():
+    # Whole epoch seconds take a shorter way; it must give the general way's text.
+    from nwpipe.transform.timeutil import epoch_millis, iso_utc
+
+    rng = random.Random(15)
+    values = [1, 59, 86399, 86400, 951782400, 951868799, 1689391131, 4102444800,
+              10**11 - 1, 10**11, 10**11 + 1, 253402300799, 0, -1, 2**70, True]
+    values += [rng.randrange(1, 10**11) for _ in range(20000)]
+    for value in values:
+        try:
+            millis = epoch_millis(value)
+        except Exception as exc:
+            with pytest.raises(ValueError, match=re.escape(str(exc))):
+                templating.isotime(value)
+            continue
+        assert templating.isotime(value) == ("" if millis is None else iso_utc(millis)), value

@@ -762,3 +762,41 @@ async def test_probe_redacts_the_path_token_and_cannot_be_spoofed(tmp_path, rece
     [line] = [line for line in run.stdout.splitlines() if "HTTP 400" in line]
     assert line.strip().startswith("slack: HTTP 400"), line
     assert "the receiver said: bad /services/T0123ABCD/B0123ABCD/***" in line
+
+
+# a short ${ENV} value in the URL: too short to look like a token, a secret all the same
+SHORT = {"HOOK_ID": "k7", "HOOK_CODE": "q1x"}
+
+
+def short_secret_config(url: str) -> str:
+    return f"""
+        [outputs.hook]
+        type = "webhook"
+        url = "{url}/hooks/${{HOOK_ID}}/in?code=${{HOOK_CODE}}"
+        headers = {{ "X-Tenant" = "${{HOOK_CODE}}" }}
+        {FAST_RETRY}
+    """
+
+
+async def test_short_env_value_in_the_url_is_never_shown(tmp_path, receiver):
+    async def echo(request, record):
+        return web.Response(status=404, reason=f"No {request.path_qs}",
+                            text=f"no hook at {request.path_qs} for "
+                                 f"{request.headers.get('X-Tenant')}")
+    receiver.handler = echo
+    config = short_secret_config(receiver.url)
+    check = await nwpipe(tmp_path, config, command="check", env=SHORT)
+    assert check.returncode == 0, check.stderr
+    assert f"hook: type webhook; webhook POST {receiver.url}/hooks/…/in?…" in check.stdout
+    probe = await nwpipe(tmp_path, config, (), "--probe", command="check", env=SHORT)
+    assert "HTTP 404" in probe.stdout, probe.stdout + probe.stderr
+    run = await nwpipe(tmp_path, config, [event("a-1")], "-v", env=SHORT)
+    assert run.returncode == 3, run.stderr
+    # the values did go over the wire ...
+    assert receiver.requests[-1].path == "/hooks/k7/in"
+    [record] = run.dead_letters()
+    assert record["response"] == "no hook at /hooks/***/in?*** for ***"
+    # ... and nowhere else
+    for text in (check.stdout + check.stderr, probe.stdout + probe.stderr,
+                 run.stdout + run.stderr + run.dead_letter.read_text()):
+        assert "/k7" not in text and "q1x" not in text, text

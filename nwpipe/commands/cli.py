@@ -11,6 +11,7 @@ import shutil
 import sys
 import textwrap
 import time
+from typing import Collection
 
 from nwpipe import __version__
 from nwpipe.errors import ConfigErrors, NwpipeError
@@ -407,7 +408,8 @@ def cmd_queue_status(args) -> int:
     """Show the queue's backlog."""
     from nwpipe.commands.queuecmd import status_command
 
-    _, config, _router = load(args)
+    # only reads the queue: no output's secrets are needed
+    _, config, _router = load(args, deliver_to=())
     return status_command(config, args.queue, args.json)
 
 
@@ -416,7 +418,7 @@ def cmd_queue_drain(args) -> int:
     from nwpipe.commands.progress import wanted
     from nwpipe.commands.queuecmd import drain_command
 
-    _, config, router = load(args)
+    _, config, router = load(args, deliver_to=(args.output,))
     result = drain_command(config, router, args.output, path=args.queue,
                            dead_letter=args.dead_letter, dead_letter_path=args.dead_letter_path,
                            shutdown_timeout=args.shutdown_timeout,
@@ -429,7 +431,7 @@ def cmd_queue_recover(args) -> int:
     """Rebuild a damaged queue file."""
     from nwpipe.commands.queuecmd import recover_command
 
-    _, config, _router = load(args)
+    _, config, _router = load(args, deliver_to=())
     return recover_command(config, args.queue)
 
 
@@ -511,11 +513,13 @@ def setup_logging(verbose: bool, quiet: bool, log_format: str) -> None:
 # -- commands ---------------------------------------------------------------------
 
 
-def load(args, *, lean: bool = False):
+def load(args, *, lean: bool = False, deliver_to: Collection[str] | None = None):
     """Plugins, the validated config and its compiled routes, from the command line.
 
     ``lean``: load only the built-in plugins whose types the config names (a faster
-    start for `run`; commands that list or probe plugins load them all)."""
+    start for `run`; commands that list or probe plugins load them all).
+    ``deliver_to``: the only outputs the command delivers to, so the only ones whose
+    ``${VAR}`` secrets must be set (see :func:`nwpipe.config.build_config`)."""
     from nwpipe.config import build_config, default_config, find_config_file, read_toml
     from nwpipe.plugins import Plugins, types_named
     from nwpipe.transform.routing import Router
@@ -525,7 +529,7 @@ def load(args, *, lean: bool = False):
     data = read_toml(path) if path else default_config()
     plugins = Plugins(args.plugins_dir, only_types=types_named(data) if lean else None)
     config = build_config(data, plugins.output_types, file=path,
-                          source_types=plugins.source_types)
+                          source_types=plugins.source_types, deliver_to=deliver_to)
     router = Router(config, plugins.jinja_filters)
     check_required_vars(config, router)
     return plugins, config, router

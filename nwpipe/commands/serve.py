@@ -24,7 +24,13 @@ import orjson
 
 from nwpipe.config import Config
 from nwpipe.engine.metrics import Metrics
-from nwpipe.engine.pipeline import Pipeline, build_outputs, make_dead_letters
+from nwpipe.engine.pipeline import (
+    Pipeline,
+    RunResult,
+    build_outputs,
+    make_dead_letters,
+)
+from nwpipe.numbers import count, plural
 from nwpipe.queue import QueueError, QueueFull, QueueSettings, create_queue
 from nwpipe.sources.decode import Event
 from nwpipe.sources.serve_settings import check_listen
@@ -116,6 +122,7 @@ class Service:
                                  shutdown_timeout=self.shutdown_timeout, queue=self.queue,
                                  durable=True)
         self.pipeline.reloader = reloader
+        self.pipeline.command = None  # what stays queued is said once, in the closing line
         self._store_error: str | None = None
         self._full = False  # the last put was refused: the queue is at max_bytes
         self._full_bytes: int | None = None  # what it held then
@@ -208,11 +215,28 @@ class Service:
         finally:
             await intake.close()
             self.dead_letter.close()
-        log.info("serve: stopped; %s", result.summary())
-        log.info("serve: %d event%s stay queued for the next start", result.left_queued,
-                 "" if result.left_queued == 1 else "s")
+        # a warning when events stay queued, so that --quiet still says so
+        log.log(logging.WARNING if result.left_queued else logging.INFO, "serve: stopped; %s",
+                summary(result))
         # stopped by a signal as documented: nothing acknowledged is lost, so 0
         return EXIT_OK if result.signal is not None else result.exit_code
+
+
+def summary(result: RunResult) -> str:
+    """serve's closing line: the run's summary, with the queue in serve's words (what was
+    received, what stays for the next start) said once."""
+    line = dataclasses.replace(result, queue=None).summary()
+    if result.queue is None:
+        return line
+    disk = []
+    if result.backlog_found:
+        disk.append(f"{count(result.backlog_found)} from before this start")
+    disk.append(f"{count(result.put)} received")
+    if not result.shared:
+        left = result.left_queued
+        disk.append(f"{plural(left, 'event')} {'stays' if left == 1 else 'stay'} queued for "
+                    "the next start")
+    return line + f"; queue {result.queue}: " + ", ".join(disk)
 
 
 def serve(config: Config, router: Router, queue_settings: QueueSettings, **options) -> int:

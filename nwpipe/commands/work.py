@@ -47,6 +47,7 @@ def work(config: Config, router: Router, *, dead_letter_path: str | None = None,
                             shutdown_timeout=shutdown_timeout, progress=make_progress(progress),
                             queue=make_queue(config, queue_path), durable=True)
         pipeline.reloader = reloader
+        pipeline.command = "work"
         if metrics_listen is None:
             return event_loop_run(pipeline.work())
         return event_loop_run(with_metrics(pipeline, None, metrics_listen))

@@ -217,6 +217,9 @@ class RunResult:
 class Pipeline:
     """One run: read the inputs, route and map each event, hand it to the engines."""
 
+    #: the command named in the warning about what stays queued (None: not warned)
+    command: str | None = "run"
+
     def __init__(self, config: Config, router: Router, outputs: dict, *,
                  dead_letter: DeadLetterFile, shutdown_timeout: float | None = None,
                  progress=None, queue: Queue | None = None, durable: bool = False,
@@ -685,10 +688,11 @@ class Pipeline:
         if self._queue_open:
             self._queue_open = False
             await self._queue.close()
-        if self.result.left_queued:
-            log.warning("%d event%s wait in the queue %s: the next `nwpipe run` with it delivers "
+        if self.result.left_queued and self.command:  # serve says it in its closing line
+            log.warning("%d event%s wait in the queue %s: the next `nwpipe %s` with it delivers "
                         "them first (`nwpipe queue status` shows them)", self.result.left_queued,
-                        "" if self.result.left_queued == 1 else "s", self.result.queue)
+                        "" if self.result.left_queued == 1 else "s", self.result.queue,
+                        self.command)
 
     async def _save_failing(self) -> None:
         """Notes for `nwpipe queue status`: since when each output is failing."""

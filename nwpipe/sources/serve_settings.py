@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nwpipe.errors import ConfigError, NwpipeError
-from nwpipe.net.signature import check_signing_secret
+from nwpipe.net.signature import signing_key
 from nwpipe.net.tls import CertificateError, load_cert_chain
 from nwpipe.settings import Setting, existing_file, positive_seconds, validate_settings
 
@@ -70,6 +70,22 @@ def _check_secret(value: str) -> str:
     return value
 
 
+#: the shortest signing key ``[serve]`` accepts, in bytes after decoding: a shorter HMAC
+#: key can be guessed offline from one signed request
+MIN_SIGNING_KEY_BYTES = 16
+
+
+def _check_signing_secret(value: str) -> str:
+    """A Standard Webhooks secret whose key (base64 after an optional ``whsec_``, as
+    the spec writes it) is at least :data:`MIN_SIGNING_KEY_BYTES` long."""
+    size = len(signing_key(value))
+    if size < MIN_SIGNING_KEY_BYTES:
+        raise ValueError(f"signing_secret is too short: its key is {size} bytes after "
+                         f"base64 decoding, at least {MIN_SIGNING_KEY_BYTES} are needed "
+                         "(e.g. 'whsec_' followed by 32 random bytes in base64)")
+    return value
+
+
 def _at_least_one(value: int) -> int:
     if value < 1:
         raise ValueError("must be at least 1")
@@ -87,7 +103,7 @@ SERVE = {
                         check=_check_secret, help="HTTP Basic Auth password senders must give"),
     "bearer_token": Setting(str, default=None, secret=True, check=_check_secret,
                             help="token senders must give as 'Authorization: Bearer ...'"),
-    "signing_secret": Setting(str, default=None, secret=True, check=check_signing_secret,
+    "signing_secret": Setting(str, default=None, secret=True, check=_check_signing_secret,
                               help="'whsec_...': require a valid Standard Webhooks signature"),
     "tls_cert": Setting(str, default=None, check=existing_file,
                         help="PEM certificate (chain) to serve HTTPS with"),

@@ -174,17 +174,22 @@ def _flatten(node: jp.JSONPath, out: list) -> bool:
 def _build(steps: list[tuple]) -> PathFunction:
     if all(kind in (_FIELD, _INDEX) for kind, _ in steps):
         return _build_singular(steps)
+    if steps[-1][0] is _WILDCARD and all(kind in (_FIELD, _INDEX) for kind, _ in steps[:-1]):
+        return _build_singular(steps[:-1], wildcard=True)
     return _build_general(steps)
 
 
-def _build_singular(steps: list[tuple], one: bool = False) -> Callable[[Any], Any]:
+def _build_singular(steps: list[tuple], one: bool = False,
+                    wildcard: bool = False) -> Callable[[Any], Any]:
     """A path that matches at most one value, as straight-line generated code.
 
     Keys and indexes are passed in as constants, never pasted into the source, so no
     expression can inject code. With ``one``, the function returns the value itself or
-    MISSING instead of a list.
+    MISSING instead of a list. With ``wildcard``, the path ends with ``[*]`` after those
+    steps (``$.tags[*]``): the function returns the items of the array, or the values of
+    the object, found there.
     """
-    if not steps:
+    if not steps and not wildcard:
         return (lambda data: data) if one else (lambda data: [data])
     none = "_MISSING" if one else "[]"
     namespace: dict[str, Any] = {"_MISSING": _MISSING, "_seq": (list, tuple)}
@@ -207,7 +212,15 @@ def _build_singular(steps: list[tuple], one: bool = False) -> Callable[[Any], An
                 f"    if not ({check}): return {none}",
                 f"    v = v[{name}]",
             ]
-    lines.append("    return v" if one else "    return [v]")
+    if wildcard:
+        # as the general loop: array items, object values, nothing from a scalar
+        lines += [
+            "    if isinstance(v, _seq): return list(v)",
+            "    if isinstance(v, dict): return list(v.values())",
+            "    return []",
+        ]
+    else:
+        lines.append("    return v" if one else "    return [v]")
     exec(compile("\n".join(lines), "<nwpipe jsonpath>", "exec"), namespace)  # noqa: S102
     return namespace["path"]
 

@@ -192,15 +192,15 @@ class Mapping:
         self._body_env = body_env
         self._globals = globals_ or {}
         self._vars = vars_ or {}  # also in _globals; they win over event fields
-        # Only dotted paths need copy-on-write of nested objects.
-        self._nested = (any(len(p) > 1 for p in drops)
-                        or any(len(o) > 1 or len(n) > 1 for o, n, _ in renames)
-                        or any(len(f.parts) > 1 for f in fields))
         self._steps = tuple(_step(f) for f in fields)
         self._by_customer: dict[str, Any] = {}
         self._body_render = (event_renderer(body, body_source, self._globals, self._vars)
                              if body is not None else None)
         self._apply_fields = _generate(self) if body is None and not identity else None
+        if self._apply_fields is not None:
+            # The generated function checks the event itself: callers that take
+            # `mapping.apply` call it directly, without the dispatch below.
+            self.apply = self._apply_fields  # type: ignore[method-assign,assignment]
 
     def __repr__(self) -> str:
         return f"<Mapping {self.name!r}>"
@@ -221,30 +221,6 @@ class Mapping:
             return self._apply_body(event)
         assert self._apply_fields is not None  # set for every fields-mode mapping
         return self._apply_fields(event)
-
-    # -- fields mode --
-
-    def _prepare(self, out: dict, owned: set[int] | None) -> None:
-        """Steps 2 and 3 on the new body: drop, then rename."""
-        for parts in self._drops:
-            if len(parts) == 1:
-                out.pop(parts[0], None)
-            else:
-                assert owned is not None  # a dotted path makes the mapping nested
-                _pop_path(out, parts, owned)
-        for old, new, where in self._renames:
-            if len(old) == 1:
-                value = out.pop(old[0], _MISSING)
-            else:
-                assert owned is not None
-                value = _pop_path(out, old, owned)
-            if value is _MISSING:
-                continue
-            if len(new) == 1:
-                out[new[0]] = value
-            else:
-                assert owned is not None
-                _set_path(out, new, value, owned, where)
 
     # -- body mode --
 
@@ -304,93 +280,228 @@ class Mapping:
 def _generate(mapping: Mapping) -> Callable[[dict], dict]:
     """The fields-mode body function of ``mapping``, as straight-line generated code.
 
-    Every field becomes a few lines in field order, with no loop and no dispatch on the
-    kind of field; a plain path that matches at most one value (``$.a.b``, ``$.a[0]``)
-    is written out as its dictionary and list lookups, with jsonpath-ng's rules (members
-    of objects only, indexes of arrays only, ``-len <= i < len``). Names, keys, defaults
-    and functions are passed in as constants, never pasted into the source, so nothing
-    from a configuration can inject code.
+    It checks that the event is an object, then runs drop, rename and every field in
+    order, with no loop and no dispatch on the kind of field; a plain path that matches
+    at most one value (``$.a.b``, ``$.a[0]``) is written out as its dictionary and list
+    lookups, with jsonpath-ng's rules (members of objects only, indexes of arrays only,
+    ``-len <= i < len``). With ``keep = false`` the leading fields that are always set
+    and not nested make one dict display: fields that can fail (templates, general
+    paths) are computed first, in order, so the first failure is still the one reported.
+    Names, keys, defaults and functions are passed in as constants, never pasted into
+    the source, so nothing from a configuration can inject code.
     """
     namespace: dict[str, Any] = {
         "_M": _MISSING, "_seq": (list, tuple), "_set_path": _set_path,
         "_EventError": EventError, "_describe": describe_render_error,
-        "_prepare": mapping._prepare,
+        "_not_object": f"mapping '{mapping.name}': the event is a ",
     }
-    lines = ["def apply_fields(event):"]
+    lines = ["def apply_fields(event):",
+             "    if not isinstance(event, dict):",
+             "        raise _EventError(_not_object + type(event).__name__ + "
+             "', not a JSON object')"]
     add = lines.append
-    add("    out = dict(event)" if mapping.keep else "    out = {}")
-    add("    owned = {id(out)}" if mapping._nested else "    owned = None")
-    if mapping._drops or mapping._renames:
-        add("    _prepare(out, owned)")
 
     def const(prefix: str, i: int, value: Any) -> str:
         name = f"{prefix}{i}"
         namespace[name] = value
         return name
 
+    fields = []
     for i, (field, step) in enumerate(zip(mapping._fields, mapping._steps)):
-        kind, name, parts, get, default, omit, convert, where = step
-        n = const("n", i, name)
-        w = const("w", i, where)
-        if parts is None:
-            store = f"out[{n}] = v"
+        fields.append(_field_code(i, field, step, const, mapping))
+    # keep = false: the leading fields that are always set, flat, make one dict display
+    display = 0
+    if not mapping.keep:
+        while display < len(fields) and fields[display][1] is not None \
+                and mapping._steps[display][2] is None:
+            display += 1
+    # Only dotted renames and fields need to know, at run time, which nested objects
+    # the body has copied already (drops are grouped, and copy each object once).
+    owned = (any(len(o) > 1 or len(n) > 1 for o, n, _ in mapping._renames)
+             or any(len(f.parts) > 1 for f in mapping._fields))
+    if mapping.keep or not display:
+        add("    out = dict(event)" if mapping.keep else "    out = {}")
+        if owned:
+            add("    owned = {id(out)}")  # the objects this body may change in place
+    tree: dict = {}
+    for parts in mapping._drops:
+        node = tree
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if node is None:
+                break  # a shorter drop path takes all of it
         else:
-            store = f"_set_path(out, {const('p', i, parts)}, v, owned, {w})"
-        if kind is _VALUE:
-            add(f"    v = {const('c', i, get)}")
-            add(f"    {store}")
-        elif kind is _ONE:
-            lookups = getattr(field.get, "lookups", None)
-            if lookups is None:
-                add(f"    v = {const('g', i, get)}(event)")
-            else:
-                if not lookups:
-                    add("    v = event")  # "$": the whole event
-                for j, (step_kind, key) in enumerate(lookups):
-                    k = const(f"k{i}_", j, key)
-                    # MISSING is neither an object nor an array, so a miss carries on
-                    # through the later steps without a test of its own.
-                    if step_kind == "field" and j == 0:
-                        add(f"    v = event.get({k}, _M)")  # apply() checked: an object
-                    elif step_kind == "field":
-                        add(f"    v = v.get({k}, _M) if isinstance(v, dict) else _M")
-                    else:
-                        bound = f"{k} < len(v)" if key >= 0 else f"-{k} <= len(v)"
-                        add(f"    v = v[{k}] if isinstance(v, _seq) and {bound} else _M")
-            if omit:
-                add(f"    if v is not _M: {store}")
-            else:
-                add(f"    if v is _M: v = {const('d', i, default)}")
-                add(f"    {store}")
-        elif kind is _TEMPLATE:
-            render_event = event_renderer(get, field.source, mapping._globals, mapping._vars)
-            add("    try:")
-            add(f"        v = {const('t', i, render_event)}(event)")
-            if convert is not None:
-                add(f"        v = {const('cv', i, convert)}(v)")
-            add("    except Exception as exc:")
-            add(f"        raise _EventError({w} + ': ' + _describe(exc)) from None")
-            add(f"    {store}")
+            node[parts[-1]] = None
+    _write_drops(add, lambda value: const("dk", len(namespace), value), tree, "out",
+                 "    ", 0, owned)
+    for i, (old, new, where) in enumerate(mapping._renames):
+        if len(old) == 1:
+            add(f"    v = out.pop({const(f'r{i}_', 0, old[0])}, _M)")
         else:
-            add("    try:")
-            add(f"        m = {const('g', i, get)}(event)")
-            add("    except Exception as exc:")
-            add(f"        raise _EventError(f'{{{w}}}: jsonpath failed on this event: "
-                f"{{type(exc).__name__}}: {{exc}}') from None")
-            add("    if m:")
-            add("        v = m" if kind is _LIST else "        v = m[0] if len(m) == 1 else m")
-            add(f"        {store}")
-            if not omit:
-                add("    else:")
-                if default is not None or kind is not _LIST:
-                    add(f"        v = {const('d', i, default)}")
-                else:
-                    add("        v = m")
-                add(f"        {store}")
+            add("    v = _M")
+            _write_nested_pop(add, const, f"r{i}_", old, "v")
+        if len(new) == 1:
+            add(f"    if v is not _M: out[{const('rn', i, new[0])}] = v")
+        else:
+            add("    if v is not _M:")
+            add(f"        _set_path(out, {const('rp', i, new)}, v, owned, "
+                f"{const('rw', i, where)})")
+    if display:
+        for before, _value, _store in fields[:display]:
+            lines.extend(before)
+        items = ", ".join(f"n{i}: {value}" for i, (_b, value, _s) in
+                          enumerate(fields[:display]))
+        add(f"    out = {{{items}}}")
+        if owned:
+            add("    owned = {id(out)}")
+    for before, _value, store in fields[display:]:
+        lines.extend(before)
+        lines.extend(store)
     add("    return out")
-    code = compile("\n".join(lines), f"<nwpipe mapping {mapping.name!r}>", "exec")
+    code = compile("\n".join(lines),
+                   f"<nwpipe mapping {mapping.name!r}>", "exec")
     exec(code, namespace)  # noqa: S102 - only constants by name, see the docstring
     return namespace["apply_fields"]
+
+
+def _field_code(i: int, field: _Field, step: tuple, const: Callable[[str, int, Any], str],
+                mapping: Mapping) -> tuple[list[str], str | None, list[str]]:
+    """The generated code of field ``i``: statements to run first (those that can fail),
+    the expression of its value (None when the field may be left out), and the
+    statements that compute and set it."""
+    kind, name, parts, get, default, omit, convert, where = step
+    n = const("n", i, name)
+    w = const("w", i, where)
+    before: list[str] = []
+    value: str | None
+
+    def store(expression: str) -> str:
+        if parts is None:
+            return f"out[{n}] = {expression}"
+        return f"_set_path(out, {const('p', i, parts)}, {expression}, owned, {w})"
+
+    if kind is _VALUE:
+        value = const("c", i, get)
+    elif kind is _ONE:
+        missing = "_M" if omit else const("d", i, default)
+        lookups = getattr(field.get, "lookups", None)
+        if lookups is None:
+            value = f"(v if (v := {const('g', i, get)}(event)) is not _M else {missing})"
+        else:
+            value = _lookup_expression(lookups, missing, lambda j, key: const(f"k{i}_", j, key))
+        if omit:
+            return [], None, [f"    v = {value}", f"    if v is not _M: {store('v')}"]
+    elif kind is _TEMPLATE:
+        render_event = event_renderer(get, field.source, mapping._globals, mapping._vars)
+        before += ["    try:", f"        res{i} = {const('t', i, render_event)}(event)"]
+        if convert is not None:
+            before.append(f"        res{i} = {const('cv', i, convert)}(res{i})")
+        before += ["    except Exception as exc:",
+                   f"        raise _EventError({w} + ': ' + _describe(exc)) from None"]
+        value = f"res{i}"
+    else:
+        before += ["    try:", f"        mat{i} = {const('g', i, get)}(event)",
+                   "    except Exception as exc:",
+                   f"        raise _EventError(f'{{{w}}}: jsonpath failed on this event: "
+                   f"{{type(exc).__name__}}: {{exc}}') from None"]
+        found = f"mat{i}" if kind is _LIST else f"(mat{i}[0] if len(mat{i}) == 1 else mat{i})"
+        if omit:
+            return before, None, [f"    if mat{i}: {store(found)}"]
+        if kind is _LIST and default is None:
+            value = f"mat{i}"  # no match: the empty list
+        else:
+            value = f"({found} if mat{i} else {const('d', i, default)})"
+    return before, value, [f"    {store(value)}"]
+
+
+def _lookup_expression(lookups: tuple, missing: str, key_name: Callable[[int, Any], str]) -> str:
+    """One expression for a singular path's lookups: the value, or ``missing``.
+
+    Each step tests the kind of the value before it (members of objects only, indexes
+    of arrays only, in range); the event itself is known to be an object.
+    """
+    expression = "event"
+    last = len(lookups) - 1
+    for j, (step_kind, key) in enumerate(lookups):
+        k = key_name(j, key)
+        miss = missing if j == last else "_M"
+        if step_kind == "field" and j == 0:
+            expression = f"event.get({k}, {miss})"
+        elif step_kind == "field":
+            expression = f"(v.get({k}, {miss}) if isinstance(v := {expression}, dict) else {miss})"
+        else:
+            bound = f"{k} < len(v)" if key >= 0 else f"-{k} <= len(v)"
+            expression = f"(v[{k}] if isinstance(v := {expression}, _seq) and {bound} else {miss})"
+    return expression
+
+
+def _write_drops(add: Callable[[str], None], const: Callable[[Any], str], tree: dict,
+                 parent: str, indent: str, depth: int, owned: bool) -> None:
+    """Generated code for the drops under ``parent``: ``tree`` maps a key to None (drop
+    it) or to the drops inside it.
+
+    A nested object is copied (copy on write), once, and only when one of the paths
+    to drop inside it is there; what no drop reaches stays shared with the event.
+    """
+    for key, subtree in tree.items():
+        k = const(key)
+        if subtree is None:
+            add(f"{indent}{parent}.pop({k}, None)")
+            continue
+        node = f"node{depth}"
+        add(f"{indent}{node} = {parent}.get({k}, _M)")
+        add(f"{indent}if isinstance({node}, dict) and {_any_present(const, subtree, node, depth)}:")
+        inner = indent + "    "
+        add(f"{inner}{node} = dict({node}); {parent}[{k}] = {node}")
+        if owned:
+            add(f"{inner}owned.add(id({node}))")
+        _write_drops(add, const, subtree, node, inner, depth + 1, owned)
+
+
+def _any_present(const: Callable[[Any], str], tree: dict, node: str, depth: int) -> str:
+    """An expression: is any path of ``tree`` there in the object ``node``?"""
+    tests = []
+    for key, subtree in tree.items():
+        k = const(key)
+        if subtree is None:
+            tests.append(f"{k} in {node}")
+        else:
+            child = f"seen{depth}"
+            tests.append(f"(isinstance({child} := {node}.get({k}), dict) and "
+                         f"{_any_present(const, subtree, child, depth + 1)})")
+    return "(" + " or ".join(tests) + ")"
+
+
+def _write_nested_pop(add: Callable[[str], None], const: Callable[[str, int, Any], str],
+                      prefix: str, parts: tuple[str, ...], target: str | None) -> None:
+    """Generated code that removes a dotted path of ``out`` (into ``target`` if given).
+
+    The path is looked up first, so a path that is not there copies nothing; then each
+    object on the way that the body does not own yet is copied (copy on write) and the
+    copy put in its place, so the event never changes.
+    """
+    keys = [const(prefix, j, part) for j, part in enumerate(parts)]
+    indent = "    "
+    parent = "out"
+    for j, key in enumerate(keys[:-1]):
+        node = f"node{j}"
+        add(f"{indent}{node} = {parent}.get({key}, _M)")
+        if j < len(keys) - 2:
+            add(f"{indent}if isinstance({node}, dict):")
+        else:
+            add(f"{indent}if isinstance({node}, dict) and {keys[-1]} in {node}:")
+        indent += "    "
+        parent = node
+    parent = "out"
+    for j, key in enumerate(keys[:-1]):
+        node = f"node{j}"
+        add(f"{indent}if id({node}) not in owned:")
+        add(f"{indent}    {node} = dict({node}); owned.add(id({node})); {parent}[{key}] = {node}")
+        parent = node
+    if target is None:
+        add(f"{indent}del {parent}[{keys[-1]}]")
+    else:
+        add(f"{indent}{target} = {parent}.pop({keys[-1]})")
 
 
 def _describe_json_error(template: jinja2.Template, text: str,
@@ -417,22 +528,6 @@ def _owned_child(node: dict, part: str, child: dict, owned: set[int]) -> dict:
         owned.add(id(child))
         node[part] = child
     return child
-
-
-def _pop_path(out: dict, parts: tuple[str, ...], owned: set[int]) -> Any:
-    """Remove and return the value at a dotted path of ``out``, or _MISSING."""
-    # Look first, so that a path that is not there copies nothing.
-    node: Any = out
-    for part in parts[:-1]:
-        node = node.get(part, _MISSING)
-        if not isinstance(node, dict):
-            return _MISSING
-    if parts[-1] not in node:
-        return _MISSING
-    node = out
-    for part in parts[:-1]:
-        node = _owned_child(node, part, node[part], owned)
-    return node.pop(parts[-1])
 
 
 def _set_path(out: dict, parts: tuple[str, ...], value: Any, owned: set[int],

@@ -56,9 +56,47 @@ def path_secrets(rest: str) -> list[str]:
     return secrets
 
 
-def display_path(rest: str) -> str:
-    """The path and query of a configured URL for ``describe``: token-like path
-    segments as "…", and only that there is a query ("?…")."""
+def substituted_spans(url: str, origin: str) -> list[tuple[int, int]]:
+    """Where, in the path and query of ``url`` (the part after ``origin``, as
+    :func:`nwpipe.webhook.checks.split_url` cuts it), text from a ``${VAR}`` substitution
+    lies: ``(start, end)`` offsets into that part."""
+    spans = getattr(url, "spans", ())
+    start = len(url) - len(url.lstrip()) + len(origin)
+    end = len(url.rstrip())
+    inside = [(max(a, start) - start, min(b, end) - start) for a, b in spans]
+    return [(a, b) for a, b in inside if b > a]
+
+
+def substituted_secrets(rest: str, spans: list[tuple[int, int]]) -> list[str]:
+    """The substituted texts of a URL's path and query, as written and decoded: secrets
+    whatever their length (the user put them in the environment, not in the file)."""
+    secrets: list[str] = []
+    for a, b in spans:
+        text = rest[a:b]
+        secrets.extend((text, unquote(text), unquote_plus(text)))
+    return [s for s in secrets if s]
+
+
+def hide_spans(text: str, spans: list[tuple[int, int]]) -> str:
+    """``text`` with each substituted span shown as "…" (its "/" and "?" kept, so the
+    shape of the path stays readable)."""
+    shown, done = [], 0
+    for a, b in sorted(spans):
+        if a < done:
+            a = done
+        shown.append(text[done:a])
+        shown.append(re.sub(r"[^/?]+", "…", text[a:b]))
+        done = max(done, b)
+    shown.append(text[done:])
+    return "".join(shown)
+
+
+def display_path(rest: str, spans: list[tuple[int, int]] | None = None) -> str:
+    """The path and query of a configured URL for ``describe``: text from ``${VAR}``
+    (``spans``) and token-like path segments as "…", and only that there is a query
+    ("?…")."""
+    if spans:
+        rest = hide_spans(rest, spans)
     path, question, _ = rest.partition("?")
     path = "/".join("…" if TOKEN_LIKE.fullmatch(part) else part for part in path.split("/"))
     return path + ("?…" if question else "")

@@ -11,10 +11,12 @@ Runs, one after the other on the same machine so that the ratios compare like wi
 3. benchmarks/bench_run.py: W1 (file output) against jq and the plain orjson loop, with
    nwpipe's peak RSS at N/4 and N events;
 4. benchmarks/bench_webhook.py: one POST per event against a bare aiohttp client, batched
-   with and without the mapping, --durable, an outage;
+   with and without the mapping, batched in 1 and 2 worker processes (--workers 2),
+   --durable, an outage;
 5. benchmarks/bench_stages.py: CPU microseconds per event for each stage;
 
-then the batched webhook rates as a ratio of the orjson loop's rate from (3).
+then the batched webhook rates (one process and --workers 2) as a ratio of the orjson
+loop's rate from (3), and --workers 2 against one process.
 Load on a shared machine moves every absolute figure; read the ratios.
 """
 
@@ -175,13 +177,17 @@ def main() -> None:
     print("\nbatched webhook delivery against the orjson loop (the loop's figures from "
           "bench_run;\nCPU per event counts only each process's own work, so load on the "
           "machine moves it least):")
-    for label in ("nwpipe run, batch 100", "the same without the mapping"):
+    one, two = "nwpipe run, batch 100", "nwpipe run --workers 2, batch 100"
+    for label in (one, "the same without the mapping", two):
         got = rate(web, label)
         cpu = cpu_per_event(web, label)
         if loop and got and cpu:
-            print(f"  {label:<32} {got:8,.0f} events/s = {got / loop:.2f}x the loop "
+            print(f"  {label:<33} {got:8,.0f} events/s = {got / loop:.2f}x the loop "
                   f"({loop:,.0f}); CPU {cpu:.0f} us/event = {loop_cpu / cpu:.2f}x the "
                   f"loop's {loop_cpu:.1f} us (start-up included)")
+    if rate(web, one) and rate(web, two):
+        print(f"  --workers 2 against one process (batch 100, with the mapping): "
+              f"{rate(web, two) / rate(web, one):.2f}x (CPU per event counts every process)")
 
 
 def column(text: str, label: str, index: int) -> float:

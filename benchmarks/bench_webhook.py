@@ -56,6 +56,22 @@ src_ip   = "$.srcip[0]"
 bits_max = {{ path = "$.metrics.bits.max", default = 0 }}
 title    = "{{{{ algorithm | upper }}}} {{{{ alerttype }}}} for {{{{ customer }}}}"
 
+# bench_run.py's mapping: the same ten picks and title as its orjson loop (the yardstick)
+[mappings.loop]
+keep = false
+[mappings.loop.fields]
+event_id    = "$.id"
+state       = "$.alerttype"
+tenant      = "$.customer"
+severity    = "$.severity"
+src_ip      = "$.srcip[0]"
+dst_ip      = "$.dstip[-1]"
+bits_max    = "$.metrics.bits.max"
+packets_avg = "$.metrics.packets.avg"
+flows       = "$.metrics.count.flow"
+start       = "$.start"
+title       = "{{{{ algorithm | upper }}}} {{{{ alerttype }}}} for {{{{ customer }}}}"
+
 [outputs.bench]
 type        = "webhook"
 url         = "{url}/ingest"
@@ -217,11 +233,13 @@ SUMMARY = re.compile(r"bench: ([\d,]+) delivered.*?\(([\d.]+) s,")
 
 def run_nwpipe(workdir: Path, receiver: Receiver, events_path: Path, concurrency: int,
                extra: str, count: int, mapped: bool = True, flags: tuple = (),
-               url: str | None = None) -> dict:
+               url: str | None = None, mapping: str = "siem") -> dict:
     config = workdir / "bench.toml"
     text = CONFIG.format(url=url or receiver.url, concurrency=concurrency, extra=extra)
     if not mapped:
         text = text.replace('mapping     = "siem"\n', "")
+    elif mapping != "siem":
+        text = text.replace('mapping     = "siem"\n', f'mapping     = "{mapping}"\n')
     config.write_text(text)
     before = receiver.counts() if url is None else {"bodies": 0, "events": 0}
     env = {**os.environ, "NWPIPE_LOAD_PLUGINS": ""}
@@ -353,6 +371,12 @@ def main() -> None:
             f"nwpipe run --workers 2, batch {args.batch}": lambda: run_nwpipe(
                 workdir, receiver, events_path, args.concurrency, batch, count,
                 flags=("--workers", "2")),
+            f"batch {args.batch}, bench_run's mapping": lambda: run_nwpipe(
+                workdir, receiver, events_path, args.concurrency, batch, count,
+                mapping="loop"),
+            "  the same, --workers 2": lambda: run_nwpipe(
+                workdir, receiver, events_path, args.concurrency, batch, count,
+                mapping="loop", flags=("--workers", "2")),
             "nwpipe run --durable": lambda: run_nwpipe(
                 workdir, receiver, events_path, args.concurrency, "", count,
                 flags=("--durable",)),

@@ -37,6 +37,7 @@ import asyncio
 import ctypes
 import fcntl
 import logging
+import mmap
 import os
 import shutil
 import signal
@@ -55,6 +56,7 @@ from nwpipe.config import Config
 from nwpipe.engine.deadletter import DeadLetterFile
 from nwpipe.engine.delivery import OutputStats
 from nwpipe.engine.pipeline import (
+    MAX_REPORTED_REJECTS,
     UNROUTED_NAMED,
     Pipeline,
     RunResult,
@@ -212,6 +214,9 @@ class Reader:
         self.tmp = Path(tempfile.mkdtemp(prefix="nwpipe-workers-"))
         self.pid = os.getpid()
         self.unreadable = 0
+        #: rejects shown on stderr by all workers together (a uint64 in memory the
+        #: workers share): one process shows the first MAX_REPORTED_REJECTS, so do they
+        self.rejects_shown = mmap.mmap(-1, _SHOWN.size)
 
     # signals -------------------------------------------------------------------------
 
@@ -266,7 +271,12 @@ class Reader:
                 self._send([[stop] for _ in range(self.n)])
             self._close_pipes()
             self._wait_workers()
-            return self._result(sharder, time.perf_counter() - started)
+            result = self._result(sharder, time.perf_counter() - started)
+            hidden = _SHOWN.unpack_from(self.rejects_shown)[0] - MAX_REPORTED_REJECTS
+            if hidden > 0:  # said once, as one process says it, not once per worker
+                log.warning("... and %d more rejected event%s, all in %s", hidden,
+                            "" if hidden == 1 else "s", result.dead_letter_path)
+            return result
         finally:
             for worker in self.workers:
                 if worker.alive:  # only when the reader itself failed
@@ -560,6 +570,27 @@ def _locked_messages(lock: WriteLock) -> None:
         handler.emit = locked_emit  # type: ignore[method-assign]
 
 
+_SHOWN = struct.Struct("<Q")
+
+
+def _shared_reject_messages(pipeline: Pipeline, shown: mmap.mmap, lock: WriteLock) -> None:
+    """Count the rejects ``pipeline`` shows on stderr in ``shown``, shared by all
+    workers, so that together they show the first ``MAX_REPORTED_REJECTS`` as one
+    process does (not that many each); the reader says how many more there were."""
+    reject = pipeline._reject
+
+    def shared_reject(*args: Any) -> None:
+        with lock:  # the count, and the message it decides on, one worker at a time
+            pipeline._reported = _SHOWN.unpack_from(shown)[0]
+            try:
+                reject(*args)
+            finally:
+                _SHOWN.pack_into(shown, 0, pipeline._reported)
+
+    pipeline._reject = shared_reject  # type: ignore[method-assign]
+    pipeline._report_hidden = lambda: None  # type: ignore[method-assign]
+
+
 def _locked_writes(output: Any, lock: WriteLock) -> None:
     """Make each ``send`` of ``output`` (a stdout or file output, whose send writes and
     flushes without waiting) hold ``lock``."""
@@ -775,6 +806,7 @@ def _worker_main(index: int, fd: int, ready: int, reader: Reader) -> int:
                             shutdown_timeout=reader.shutdown_timeout,
                             strict_routing=reader.strict_routing)
         _once_per_signal(pipeline)
+        _shared_reject_messages(pipeline, reader.rejects_shown, lock)
         source = PipeSource(fd, ready, pipeline, config.max_line_bytes)
         result = event_loop_run(_reporting(pipeline, source, reader.tmp / f"counts.{index}"))
         dead_letter.close()

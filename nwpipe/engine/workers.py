@@ -579,11 +579,11 @@ def _shared_reject_messages(pipeline: Pipeline, shown: mmap.mmap, lock: WriteLoc
     process does (not that many each); the reader says how many more there were."""
     reject = pipeline._reject
 
-    def shared_reject(*args: Any) -> None:
+    def shared_reject(source: str, line: int, reason: str, dead_record: dict) -> None:
         with lock:  # the count, and the message it decides on, one worker at a time
             pipeline._reported = _SHOWN.unpack_from(shown)[0]
             try:
-                reject(*args)
+                reject(source, line, reason, dead_record)
             finally:
                 _SHOWN.pack_into(shown, 0, pipeline._reported)
 

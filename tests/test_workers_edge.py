@@ -3,9 +3,23 @@ subprocess, compared with one process on the same input."""
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 
-from test_workers import run
+from test_faults import receivers  # noqa: F401 (a fixture)
+from test_workers import (
+    DEADLINE,
+    alive,
+    children,
+    dead_pairs,
+    file_order,
+    received_pairs,
+    run,
+    slow_run,
+    summary_number,
+    wait_until,
+)
 
 
 def test_rejected_lines_are_shown_up_to_the_same_limit_as_one_process(tmp_path):
@@ -27,3 +41,30 @@ def test_rejected_lines_are_shown_up_to_the_same_limit_as_one_process(tmp_path):
         assert "Traceback" not in err
         assert len((tmp_path / workers / "dl.jsonl").read_text().splitlines()) == 200
     assert seen["3"] == seen["1"] == (50, ["150"])
+
+
+def test_sigterm_to_one_worker_stops_the_run_as_one_process_would(tmp_path, receivers):  # noqa: F811
+    # `kill <pid of a worker>` (found with ps): the run stops as when the reader gets
+    # the signal (reading stops, the other workers stop too, exit 143), rather than
+    # that worker dead-lettering its share of the rest of the input while the others
+    # deliver theirs, and the run ending with exit 3.
+    receiver, events, proc = slow_run(tmp_path, receivers)
+    workers = children(proc.pid)
+    assert len(workers) == 3
+    os.kill(workers[1], signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=DEADLINE)
+    stderr = stderr.decode()
+    assert proc.returncode == 143, stderr
+    assert "Traceback" not in stderr
+    summary = [line for line in stderr.splitlines() if "events/s)" in line][0]
+    assert summary.startswith("nwpipe: interrupted by SIGTERM: read "), summary
+    read = summary_number(summary, r"read ([\d,]+) events")
+    assert 0 < read < len(events)  # reading stopped
+    taken = set(file_order(events)[:read])
+    done = received_pairs(receiver) | dead_pairs(tmp_path / "dl.jsonl", file_order(events))
+    assert done == taken
+    delivered = summary_number(summary, r"soc: ([\d,]+) delivered")
+    dead = summary_number(summary, r"soc: .*?([\d,]+) dead-lettered")
+    rejected = summary_number(summary, r"rejected ([\d,]+)")
+    assert delivered + dead + rejected == read
+    wait_until(lambda: all(not alive(pid) for pid in workers), "workers still running")

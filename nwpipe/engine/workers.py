@@ -217,6 +217,9 @@ class Reader:
         #: rejects shown on stderr by all workers together (a uint64 in memory the
         #: workers share): one process shows the first MAX_REPORTED_REJECTS, so do they
         self.rejects_shown = mmap.mmap(-1, _SHOWN.size)
+        #: the signal each worker got (0: none yet), in memory they share: a signal sent
+        #: to one worker rather than the reader stops the whole run, as with one process
+        self.signalled = mmap.mmap(-1, workers)
 
     # signals -------------------------------------------------------------------------
 
@@ -235,6 +238,8 @@ class Reader:
 
     def _on_child(self, _signum: int, _frame: Any) -> None:
         self._child_exited = True
+        if self.signal is None:  # also while waiting for the workers to finish
+            self._worker_signalled()
         if self._waiting_for_input:
             self._waiting_for_input = False
             raise _Interrupted
@@ -376,7 +381,21 @@ class Reader:
             for worker in self.workers:
                 if worker.alive:
                     self._reap(worker, block=False)
+        if self.signal is None:
+            self._worker_signalled()
         return self.signal is not None or any(not w.alive for w in self.workers)
+
+    def _worker_signalled(self) -> None:
+        """A worker that got a signal from elsewhere (`kill <worker pid>`): the run stops
+        as if the reader got it; the other workers get it from here."""
+        for worker in self.workers:
+            signum = self.signalled[worker.index]
+            if signum:
+                self.signal = signum
+                for other in self.workers:
+                    if other.alive and not self.signalled[other.index]:
+                        _kill(other.pid, signum)
+                return
 
     def _send(self, frames: list[list[bytes]]) -> None:
         for worker, parts in zip(self.workers, frames):
@@ -439,7 +458,8 @@ class Reader:
                                          sharder.sent[worker.index], report))
             _add(result, report)
         result.seconds = seconds
-        result.signal = self.signal
+        if self.signal is not None:  # else a worker's own signal, if any (see _add)
+            result.signal = self.signal
         result.unreadable += self.unreadable
         return result
 
@@ -700,10 +720,13 @@ class PipeSource(Source):
 SAME_SIGNAL = 0.2
 
 
-def _once_per_signal(pipeline: Pipeline) -> None:
+def _once_per_signal(pipeline: Pipeline, signalled: mmap.mmap, index: int) -> None:
     """A worker may get a signal twice at once: from the reader, and from whoever sent
     it to the whole group of processes (systemd's default KillMode). Only a second
-    signal that comes later is a second one (which cuts the shutdown wait short)."""
+    signal that comes later is a second one (which cuts the shutdown wait short).
+
+    The first signal is noted in ``signalled[index]`` and the reader woken (SIGCHLD),
+    so that a signal sent to this worker alone stops the whole run."""
     stop = pipeline.stop
     last: dict[int, float] = {}
 
@@ -713,6 +736,9 @@ def _once_per_signal(pipeline: Pipeline) -> None:
             if now - last.get(signum, -SAME_SIGNAL) < SAME_SIGNAL:
                 return
             last[signum] = now
+            if not signalled[index]:
+                signalled[index] = signum
+                _kill(os.getppid(), signal.SIGCHLD)  # the reader may wait for input
         stop(signum)
 
     pipeline.stop = once  # type: ignore[method-assign]
@@ -805,7 +831,7 @@ def _worker_main(index: int, fd: int, ready: int, reader: Reader) -> int:
         pipeline = Pipeline(config, reader.router, outputs, dead_letter=dead_letter,
                             shutdown_timeout=reader.shutdown_timeout,
                             strict_routing=reader.strict_routing)
-        _once_per_signal(pipeline)
+        _once_per_signal(pipeline, reader.signalled, index)
         _shared_reject_messages(pipeline, reader.rejects_shown, lock)
         source = PipeSource(fd, ready, pipeline, config.max_line_bytes)
         result = event_loop_run(_reporting(pipeline, source, reader.tmp / f"counts.{index}"))

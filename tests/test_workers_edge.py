@@ -3,9 +3,14 @@ subprocess, compared with one process on the same input."""
 
 from __future__ import annotations
 
+import json
 import os
+import queue
 import re
 import signal
+import subprocess
+import threading
+from pathlib import Path
 
 from test_faults import receivers  # noqa: F401 (a fixture)
 from test_workers import (
@@ -14,6 +19,7 @@ from test_workers import (
     children,
     dead_pairs,
     file_order,
+    nwpipe,
     received_pairs,
     run,
     slow_run,
@@ -68,3 +74,41 @@ def test_sigterm_to_one_worker_stops_the_run_as_one_process_would(tmp_path, rece
     rejected = summary_number(summary, r"rejected ([\d,]+)")
     assert delivered + dead + rejected == read
     wait_until(lambda: all(not alive(pid) for pid in workers), "workers still running")
+
+
+def process_state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def test_a_worker_stopped_and_continued_does_not_end_reading_stdin(tmp_path):
+    # SIGSTOP + SIGCONT of a worker (a debugger, `kill -STOP`, a job-control stop)
+    # sends the reader SIGCHLD; while it waited for more input on stdin, that used to
+    # end reading: the rest of stdin was never read, and the run exited 0.
+    (tmp_path / "c.toml").write_text('[outputs.out]\ntype = "stdout"\n')
+    proc = nwpipe("run", "--workers", "2", "-c", "c.toml", cwd=tmp_path,
+                  stdin=subprocess.PIPE)
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout],
+                     daemon=True).start()
+
+    def send(first: int, last: int) -> None:
+        for n in range(first, last):
+            event = {"id": f"alert-{n % 3}", "customer": "acme", "updatecount": n}
+            proc.stdin.write(json.dumps(event).encode() + b"\n")
+        proc.stdin.flush()
+
+    send(0, 10)
+    got = [json.loads(lines.get(timeout=DEADLINE)) for _ in range(10)]
+    workers = children(proc.pid)
+    assert len(workers) == 2
+    os.kill(workers[0], signal.SIGSTOP)
+    wait_until(lambda: process_state(workers[0]) == "T", "the worker did not stop")
+    os.kill(workers[0], signal.SIGCONT)
+    wait_until(lambda: process_state(workers[0]) != "T", "the worker did not continue")
+    send(10, 20)  # the reader is still reading stdin: no broken pipe
+    proc.stdin.close()
+    got += [json.loads(lines.get(timeout=DEADLINE)) for _ in range(10)]
+    assert proc.wait(timeout=DEADLINE) == 0
+    stderr = proc.stderr.read().decode()
+    assert "read 20 events; rejected 0; out: 20 delivered" in stderr, stderr
+    assert sorted(e["updatecount"] for e in got) == list(range(20))

@@ -237,12 +237,26 @@ class Reader:
             raise _Interrupted
 
     def _on_child(self, _signum: int, _frame: Any) -> None:
-        self._child_exited = True
         if self.signal is None:  # also while waiting for the workers to finish
             self._worker_signalled()
+        if self.signal is None and not self._a_worker_ended():
+            return  # a worker stopped (SIGSTOP) or continued: reading goes on
+        self._child_exited = True
         if self._waiting_for_input:
             self._waiting_for_input = False
             raise _Interrupted
+
+    def _a_worker_ended(self) -> bool:
+        """Whether a worker has exited (it is not reaped here: _reap does that)."""
+        for worker in self.workers:
+            if worker.alive:
+                try:
+                    if os.waitid(os.P_PID, worker.pid,
+                                 os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                        return True
+                except ChildProcessError:
+                    return True
+        return False
 
     @staticmethod
     def _on_hangup(_signum: int, _frame: Any) -> None:

@@ -112,3 +112,37 @@ def test_a_worker_stopped_and_continued_does_not_end_reading_stdin(tmp_path):
     stderr = proc.stderr.read().decode()
     assert "read 20 events; rejected 0; out: 20 delivered" in stderr, stderr
     assert sorted(e["updatecount"] for e in got) == list(range(20))
+
+
+def processes_in(folder: Path) -> list[int]:
+    """The processes whose working folder is ``folder`` (a run's workers inherit it)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and Path(os.readlink(entry / "cwd")) == folder:
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_more_workers_than_the_open_files_limit_is_one_clear_error(tmp_path):
+    import resource
+
+    (tmp_path / "c.toml").write_text('[outputs.out]\ntype = "stdout"\n')
+    (tmp_path / "e.jsonl").write_text('{"id":"a","customer":"acme"}\n')
+
+    def few_files() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+
+    proc = nwpipe("run", "--workers", "40", "-c", "c.toml", "e.jsonl", cwd=tmp_path,
+                  preexec_fn=few_files)
+    out, err = proc.communicate(timeout=DEADLINE)
+    stderr = err.decode()
+    assert proc.returncode == 1, stderr
+    assert "Traceback" not in stderr
+    assert re.fullmatch(r"nwpipe: error: cannot start 40 worker processes \(Too many open "
+                        r"files, after \d+\): use fewer --workers, or raise the limit "
+                        r"\(ulimit -n for open files, ulimit -u for processes\)\n", stderr)
+    assert out == b""  # nothing was read
+    wait_until(lambda: processes_in(tmp_path) == [], "worker processes left running")

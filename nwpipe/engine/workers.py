@@ -275,7 +275,15 @@ class Reader:
         signal.signal(signal.SIGCHLD, self._on_child)
         signal.signal(signal.SIGHUP, self._on_hangup)
         try:
-            self._start_workers()
+            try:
+                self._start_workers()
+            except OSError as exc:
+                self._close_pipes()  # those started end at once: nothing was read
+                self._wait_workers()
+                raise NwpipeError(
+                    f"cannot start {self.n} worker processes ({exc.strerror}, after "
+                    f"{len(self.workers)}): use fewer --workers, or raise the limit "
+                    "(ulimit -n for open files, ulimit -u for processes)") from None
             log.debug("%d worker processes: %s", self.n,
                       " ".join(str(worker.pid) for worker in self.workers))
             errors = self._wait_ready()
@@ -315,13 +323,17 @@ class Reader:
         lock = self.tmp / "write.lock"
         lock.touch()
         for index in range(self.n):
-            read_end, write_end = os.pipe()
-            ready_read, ready_write = os.pipe()
-            try:
-                fcntl.fcntl(write_end, _F_SETPIPE_SZ, _PIPE_BYTES)
+            opened: list[int] = []
+            try:  # too many processes or open files for the limits: said in run()
+                read_end, write_end = os.pipe()
+                opened += [read_end, write_end]
+                ready_read, ready_write = os.pipe()
+                opened += [ready_read, ready_write]
+                pid = os.fork()
             except OSError:
-                pass  # a smaller pipe only means more turns
-            pid = os.fork()
+                for fd in opened:
+                    os.close(fd)
+                raise
             if pid == 0:  # the worker
                 os.setpgid(0, 0)  # signals from a terminal go to the reader only
                 os.close(write_end)
@@ -333,6 +345,10 @@ class Reader:
                 os._exit(code)
             os.close(read_end)
             os.close(ready_write)
+            try:
+                fcntl.fcntl(write_end, _F_SETPIPE_SZ, _PIPE_BYTES)
+            except OSError:
+                pass  # a smaller pipe only means more turns
             self.workers.append(_Worker(index, pid, write_end, ready_read))
 
     def _wait_ready(self) -> list[str]:

@@ -17,13 +17,10 @@ from test_workers import (
     DEADLINE,
     alive,
     children,
-    dead_pairs,
-    file_order,
     nwpipe,
-    received_pairs,
     run,
     slow_run,
-    summary_number,
+    stopped_by_sigterm,
     wait_until,
 )
 
@@ -58,21 +55,8 @@ def test_sigterm_to_one_worker_stops_the_run_as_one_process_would(tmp_path, rece
     workers = children(proc.pid)
     assert len(workers) == 3
     os.kill(workers[1], signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=DEADLINE)
-    stderr = stderr.decode()
-    assert proc.returncode == 143, stderr
+    stderr = stopped_by_sigterm(tmp_path, receiver, events, proc)
     assert "Traceback" not in stderr
-    summary = [line for line in stderr.splitlines() if "events/s)" in line][0]
-    assert summary.startswith("nwpipe: interrupted by SIGTERM: read "), summary
-    read = summary_number(summary, r"read ([\d,]+) events")
-    assert 0 < read < len(events)  # reading stopped
-    taken = set(file_order(events)[:read])
-    done = received_pairs(receiver) | dead_pairs(tmp_path / "dl.jsonl", file_order(events))
-    assert done == taken
-    delivered = summary_number(summary, r"soc: ([\d,]+) delivered")
-    dead = summary_number(summary, r"soc: .*?([\d,]+) dead-lettered")
-    rejected = summary_number(summary, r"rejected ([\d,]+)")
-    assert delivered + dead + rejected == read
     wait_until(lambda: all(not alive(pid) for pid in workers), "workers still running")
 
 

@@ -331,6 +331,14 @@ def test_sigterm_mid_stream_delivers_or_dead_letters_what_was_read(tmp_path, rec
     workers = children(proc.pid)
     assert len(workers) == 3
     proc.send_signal(signal.SIGTERM)
+    stopped_by_sigterm(tmp_path, receiver, events, proc)
+    wait_until(lambda: all(not alive(pid) for pid in workers), "workers still running")
+
+
+def stopped_by_sigterm(tmp_path: Path, receiver, events: list[dict],
+                       proc: subprocess.Popen) -> str:
+    """Wait for a slow_run stopped by SIGTERM: check that it exited 143, stopped
+    reading, and delivered or dead-lettered each event it read; its stderr."""
     _, stderr = proc.communicate(timeout=DEADLINE)
     stderr = stderr.decode()
     assert proc.returncode == 143, stderr
@@ -347,7 +355,7 @@ def test_sigterm_mid_stream_delivers_or_dead_letters_what_was_read(tmp_path, rec
     dead = summary_number(summary, r"soc: .*?([\d,]+) dead-lettered")
     rejected = summary_number(summary, r"rejected ([\d,]+)")  # an event cut in half
     assert delivered + dead + rejected == read
-    wait_until(lambda: all(not alive(pid) for pid in workers), "workers still running")
+    return stderr
 
 
 def alive(pid: int) -> bool:

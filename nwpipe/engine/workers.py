@@ -37,6 +37,7 @@ import asyncio
 import ctypes
 import fcntl
 import logging
+import mmap
 import os
 import shutil
 import signal
@@ -55,6 +56,7 @@ from nwpipe.config import Config
 from nwpipe.engine.deadletter import DeadLetterFile
 from nwpipe.engine.delivery import OutputStats
 from nwpipe.engine.pipeline import (
+    MAX_REPORTED_REJECTS,
     UNROUTED_NAMED,
     Pipeline,
     RunResult,
@@ -212,6 +214,12 @@ class Reader:
         self.tmp = Path(tempfile.mkdtemp(prefix="nwpipe-workers-"))
         self.pid = os.getpid()
         self.unreadable = 0
+        #: rejects shown on stderr by all workers together (a uint64 in memory the
+        #: workers share): one process shows the first MAX_REPORTED_REJECTS, so do they
+        self.rejects_shown = mmap.mmap(-1, _SHOWN.size)
+        #: the signal each worker got (0: none yet), in memory they share: a signal sent
+        #: to one worker rather than the reader stops the whole run, as with one process
+        self.signalled = mmap.mmap(-1, workers)
 
     # signals -------------------------------------------------------------------------
 
@@ -229,10 +237,26 @@ class Reader:
             raise _Interrupted
 
     def _on_child(self, _signum: int, _frame: Any) -> None:
+        if self.signal is None:  # also while waiting for the workers to finish
+            self._worker_signalled()
+        if self.signal is None and not self._a_worker_ended():
+            return  # a worker stopped (SIGSTOP) or continued: reading goes on
         self._child_exited = True
         if self._waiting_for_input:
             self._waiting_for_input = False
             raise _Interrupted
+
+    def _a_worker_ended(self) -> bool:
+        """Whether a worker has exited (it is not reaped here: _reap does that)."""
+        for worker in self.workers:
+            if worker.alive:
+                try:
+                    if os.waitid(os.P_PID, worker.pid,
+                                 os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                        return True
+                except ChildProcessError:
+                    return True
+        return False
 
     @staticmethod
     def _on_hangup(_signum: int, _frame: Any) -> None:
@@ -251,7 +275,15 @@ class Reader:
         signal.signal(signal.SIGCHLD, self._on_child)
         signal.signal(signal.SIGHUP, self._on_hangup)
         try:
-            self._start_workers()
+            try:
+                self._start_workers()
+            except OSError as exc:
+                self._close_pipes()  # those started end at once: nothing was read
+                self._wait_workers()
+                raise NwpipeError(
+                    f"cannot start {self.n} worker processes ({exc.strerror}, after "
+                    f"{len(self.workers)}): use fewer --workers, or raise the limit "
+                    "(ulimit -n for open files, ulimit -u for processes)") from None
             log.debug("%d worker processes: %s", self.n,
                       " ".join(str(worker.pid) for worker in self.workers))
             errors = self._wait_ready()
@@ -266,7 +298,12 @@ class Reader:
                 self._send([[stop] for _ in range(self.n)])
             self._close_pipes()
             self._wait_workers()
-            return self._result(sharder, time.perf_counter() - started)
+            result = self._result(sharder, time.perf_counter() - started)
+            hidden = _SHOWN.unpack_from(self.rejects_shown)[0] - MAX_REPORTED_REJECTS
+            if hidden > 0:  # said once, as one process says it, not once per worker
+                log.warning("... and %d more rejected event%s, all in %s", hidden,
+                            "" if hidden == 1 else "s", result.dead_letter_path)
+            return result
         finally:
             for worker in self.workers:
                 if worker.alive:  # only when the reader itself failed
@@ -286,13 +323,17 @@ class Reader:
         lock = self.tmp / "write.lock"
         lock.touch()
         for index in range(self.n):
-            read_end, write_end = os.pipe()
-            ready_read, ready_write = os.pipe()
-            try:
-                fcntl.fcntl(write_end, _F_SETPIPE_SZ, _PIPE_BYTES)
+            opened: list[int] = []
+            try:  # too many processes or open files for the limits: said in run()
+                read_end, write_end = os.pipe()
+                opened += [read_end, write_end]
+                ready_read, ready_write = os.pipe()
+                opened += [ready_read, ready_write]
+                pid = os.fork()
             except OSError:
-                pass  # a smaller pipe only means more turns
-            pid = os.fork()
+                for fd in opened:
+                    os.close(fd)
+                raise
             if pid == 0:  # the worker
                 os.setpgid(0, 0)  # signals from a terminal go to the reader only
                 os.close(write_end)
@@ -304,6 +345,10 @@ class Reader:
                 os._exit(code)
             os.close(read_end)
             os.close(ready_write)
+            try:
+                fcntl.fcntl(write_end, _F_SETPIPE_SZ, _PIPE_BYTES)
+            except OSError:
+                pass  # a smaller pipe only means more turns
             self.workers.append(_Worker(index, pid, write_end, ready_read))
 
     def _wait_ready(self) -> list[str]:
@@ -366,7 +411,21 @@ class Reader:
             for worker in self.workers:
                 if worker.alive:
                     self._reap(worker, block=False)
+        if self.signal is None:
+            self._worker_signalled()
         return self.signal is not None or any(not w.alive for w in self.workers)
+
+    def _worker_signalled(self) -> None:
+        """A worker that got a signal from elsewhere (`kill <worker pid>`): the run stops
+        as if the reader got it; the other workers get it from here."""
+        for worker in self.workers:
+            signum = self.signalled[worker.index]
+            if signum:
+                self.signal = signum
+                for other in self.workers:
+                    if other.alive and not self.signalled[other.index]:
+                        _kill(other.pid, signum)
+                return
 
     def _send(self, frames: list[list[bytes]]) -> None:
         for worker, parts in zip(self.workers, frames):
@@ -429,7 +488,8 @@ class Reader:
                                          sharder.sent[worker.index], report))
             _add(result, report)
         result.seconds = seconds
-        result.signal = self.signal
+        if self.signal is not None:  # else a worker's own signal, if any (see _add)
+            result.signal = self.signal
         result.unreadable += self.unreadable
         return result
 
@@ -560,6 +620,27 @@ def _locked_messages(lock: WriteLock) -> None:
         handler.emit = locked_emit  # type: ignore[method-assign]
 
 
+_SHOWN = struct.Struct("<Q")
+
+
+def _shared_reject_messages(pipeline: Pipeline, shown: mmap.mmap, lock: WriteLock) -> None:
+    """Count the rejects ``pipeline`` shows on stderr in ``shown``, shared by all
+    workers, so that together they show the first ``MAX_REPORTED_REJECTS`` as one
+    process does (not that many each); the reader says how many more there were."""
+    reject = pipeline._reject
+
+    def shared_reject(source: str, line: int, reason: str, dead_record: dict) -> None:
+        with lock:  # the count, and the message it decides on, one worker at a time
+            pipeline._reported = _SHOWN.unpack_from(shown)[0]
+            try:
+                reject(source, line, reason, dead_record)
+            finally:
+                _SHOWN.pack_into(shown, 0, pipeline._reported)
+
+    pipeline._reject = shared_reject  # type: ignore[method-assign]
+    pipeline._report_hidden = lambda: None  # type: ignore[method-assign]
+
+
 def _locked_writes(output: Any, lock: WriteLock) -> None:
     """Make each ``send`` of ``output`` (a stdout or file output, whose send writes and
     flushes without waiting) hold ``lock``."""
@@ -669,10 +750,13 @@ class PipeSource(Source):
 SAME_SIGNAL = 0.2
 
 
-def _once_per_signal(pipeline: Pipeline) -> None:
+def _once_per_signal(pipeline: Pipeline, signalled: mmap.mmap, index: int) -> None:
     """A worker may get a signal twice at once: from the reader, and from whoever sent
     it to the whole group of processes (systemd's default KillMode). Only a second
-    signal that comes later is a second one (which cuts the shutdown wait short)."""
+    signal that comes later is a second one (which cuts the shutdown wait short).
+
+    The first signal is noted in ``signalled[index]`` and the reader woken (SIGCHLD),
+    so that a signal sent to this worker alone stops the whole run."""
     stop = pipeline.stop
     last: dict[int, float] = {}
 
@@ -682,6 +766,9 @@ def _once_per_signal(pipeline: Pipeline) -> None:
             if now - last.get(signum, -SAME_SIGNAL) < SAME_SIGNAL:
                 return
             last[signum] = now
+            if not signalled[index]:
+                signalled[index] = signum
+                _kill(os.getppid(), signal.SIGCHLD)  # the reader may wait for input
         stop(signum)
 
     pipeline.stop = once  # type: ignore[method-assign]
@@ -774,7 +861,8 @@ def _worker_main(index: int, fd: int, ready: int, reader: Reader) -> int:
         pipeline = Pipeline(config, reader.router, outputs, dead_letter=dead_letter,
                             shutdown_timeout=reader.shutdown_timeout,
                             strict_routing=reader.strict_routing)
-        _once_per_signal(pipeline)
+        _once_per_signal(pipeline, reader.signalled, index)
+        _shared_reject_messages(pipeline, reader.rejects_shown, lock)
         source = PipeSource(fd, ready, pipeline, config.max_line_bytes)
         result = event_loop_run(_reporting(pipeline, source, reader.tmp / f"counts.{index}"))
         dead_letter.close()

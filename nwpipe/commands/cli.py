@@ -149,10 +149,11 @@ def _workers_arg(value: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _pid_file_option(parser: argparse.ArgumentParser) -> None:
+def _pid_file_option(parser: argparse.ArgumentParser, note: str = "") -> None:
     parser.add_argument("--pid-file", metavar="PATH",
                         help="write the process id to PATH while running (removed at exit), "
-                             "for `nwpipe reload --pid-file PATH`; SIGHUP reloads the config")
+                             "for `nwpipe reload --pid-file PATH`; SIGHUP reloads the config"
+                             + note)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -209,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "each alert's events stay in order in one process, and each "
                           "process has its own connections and batches (default: the "
                           "config's workers, else 1: one process)")
-    _pid_file_option(run)
+    _pid_file_option(run, " (not with --workers above 1)")
     run.set_defaults(func=cmd_run)
 
     work = _command(

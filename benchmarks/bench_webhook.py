@@ -11,7 +11,8 @@ each in its own process against that one receiver:
 2. ``nwpipe``: the real CLI, ``nwpipe run -c bench.toml events.jsonl``: read, map with a
                small SIEM mapping (drop, rename, jsonpath and Jinja fields), deliver one
                request per event with ``concurrency = 64``;
-3. ``nwpipe batch``: the same with ``batch = { max_events = 100 }``;
+3. ``nwpipe batch``: the same with ``batch = { max_events = 100 }``; and that again with
+               ``--workers 2`` (two processes, each with its own connections);
 4. ``--durable``: both again with every event committed to the queue file (SQLite)
                before it is delivered;
 5. ``receiver down 5 s``: one request per event, but the receiver starts 5 seconds after
@@ -303,7 +304,7 @@ def premap(workdir: Path, events: list[dict], concurrency: int) -> bytes:
 
 
 def line(label: str, r: dict, count: int) -> str:
-    return (f"  {label:<31}{r['rate']:>9,.0f}  {r['seconds']:5.2f} s ({r['wall']:5.2f})  "
+    return (f"  {label:<34}{r['rate']:>9,.0f}  {r['seconds']:5.2f} s ({r['wall']:5.2f})  "
             f"{r['loop']:<7}  {r['bodies']:>6} / {r['events']:>6}  "
             f"{r['cpu'] / count * 1e6:5.0f} us  {r['rss_kib'] / 1024:6.1f} MiB")
 
@@ -349,6 +350,9 @@ def main() -> None:
                 workdir, receiver, events_path, args.concurrency, batch, count),
             "  the same without the mapping": lambda: run_nwpipe(
                 workdir, receiver, events_path, args.concurrency, batch, count, mapped=False),
+            f"nwpipe run --workers 2, batch {args.batch}": lambda: run_nwpipe(
+                workdir, receiver, events_path, args.concurrency, batch, count,
+                flags=("--workers", "2")),
             "nwpipe run --durable": lambda: run_nwpipe(
                 workdir, receiver, events_path, args.concurrency, "", count,
                 flags=("--durable",)),
@@ -369,9 +373,9 @@ def main() -> None:
     print(f"{count} events ({size:.0f} bytes each as read), concurrency {args.concurrency}, "
           f"best of {args.rounds} rounds, {os.cpu_count()} CPUs; the receiver in its own "
           f"process ({receiver.loop})")
-    print(f"  {'':<31}{'events/s':>9}  {'time (wall)':<14}  {'loop':<7}  {'receiver got':>15}  "
+    print(f"  {'':<34}{'events/s':>9}  {'time (wall)':<14}  {'loop':<7}  {'receiver got':>15}  "
           f"{'CPU/event':>9}  {'peak RSS':>8}")
-    print(f"  {'':<31}{'':>9}  {'':<14}  {'':<7}  {'bodies / events':>15}  "
+    print(f"  {'':<34}{'':>9}  {'':<14}  {'':<7}  {'bodies / events':>15}  "
           f"{'(process)':>9}")
     best = {name: min(rounds, key=lambda r: r["seconds"]) for name, rounds in results.items()}
     for name, r in best.items():

@@ -146,6 +146,8 @@ class Config:
     #: events that match no output are dead-lettered (stage "route"), not only counted
     strict_routing: bool = False
     queue: QueueSettings = field(default_factory=QueueSettings)
+    #: processes `nwpipe run` decodes, maps and delivers in (`--workers`); "auto" resolved
+    workers: int = 1
 
     @property
     def base_dir(self) -> Path:
@@ -162,6 +164,21 @@ def _positive(value):
 def _non_negative(value):
     if value < 0:
         raise ValueError("must not be negative")
+    return value
+
+
+def workers_value(value):
+    """A ``workers`` value (config key or ``--workers``): a number of processes, 1 or
+    more, or ``"auto"`` (one per CPU)."""
+    if value == "auto":
+        return os.cpu_count() or 1
+    if isinstance(value, str):
+        try:
+            value = int(value)
+        except ValueError:
+            value = None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError('must be a number of processes (1 or more) or "auto"')
     return value
 
 
@@ -185,6 +202,9 @@ TOP_LEVEL = {
                                   help="longest text one template may render for one event"),
     "strict_routing": Setting(bool, default=False,
                               help="dead-letter events that match no output (stage 'route')"),
+    "workers": Setting((int, str), default=1, check=workers_value,
+                       help="processes `nwpipe run` spreads decoding, mapping and delivery "
+                            "over (\"auto\": one per CPU)"),
 }
 
 
@@ -463,6 +483,7 @@ def build_config(data: dict, output_types: dict[str, type[Output]], *, file: str
         template_max_bytes=top["template_max_bytes"],
         strict_routing=top["strict_routing"],
         queue=queue,
+        workers=top["workers"],
     )
 
 

@@ -23,9 +23,11 @@ A minimal output::
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from hashlib import sha256
 from typing import Any, ClassVar, Union
+
+import orjson
 
 from nwpipe import jsonio
 from nwpipe.settings import Setting
@@ -79,27 +81,70 @@ class ProbeResult:
     elapsed: float | None = None
 
 
-@dataclass(slots=True)
 class Delivery:
     """One mapped event on its way to one output.
 
     ``body`` is the mapped event (a JSON value), ``event`` the original event as read.
     ``id`` is stable for the same event across retries and replays (built from the
     event's ``id``, ``alerttype`` and ``updatecount``), so receivers can deduplicate.
+    Given as None it is worked out on first use: most deliveries travel in batches and
+    never need their own (only a single send and a dead-letter record do).
     """
 
-    id: str
-    body: Any
-    event: dict
-    output: str
-    source: str = "<input>"
-    line: int = 0
-    attempts: list = field(default_factory=list)
-    _json: bytes | None = None
-    #: the pipeline's record of the event this delivery came from, handed back when the
-    #: delivery is settled: the source's acknowledgement, or (shard, position) when the
-    #: event came from the durable queue
-    ticket: Any = None
+    # A plain class with slots, not a dataclass: one is made per event and output, and
+    # the hot path only sets what it has (no attempts list, no id until asked for).
+    __slots__ = ("_id", "body", "event", "output", "source", "line", "_attempts", "_json",
+                 "ticket")
+
+    def __init__(self, id: str | None, body: Any, event: dict, output: str,
+                 source: str = "<input>", line: int = 0, attempts: list | None = None,
+                 _json: bytes | None = None, ticket: Any = None):
+        self._id = id
+        self.body = body
+        self.event = event
+        self.output = output
+        self.source = source
+        self.line = line
+        self._attempts = attempts
+        self._json = _json
+        #: the pipeline's record of the event this delivery came from, handed back when
+        #: the delivery is settled: the source's acknowledgement, or (shard, position)
+        #: when the event came from the durable queue
+        self.ticket = ticket
+
+    @property
+    def id(self) -> str:
+        """The delivery id (see the class docstring), computed once when first asked for."""
+        did = self._id
+        if did is None:
+            did = self._id = delivery_id(self.event)
+        return did
+
+    @id.setter
+    def id(self, value: str) -> None:
+        self._id = value
+
+    @property
+    def seed(self) -> str:
+        """What the id is made from, without hashing: the event's ``id``, ``alerttype``
+        and ``updatecount`` (a batch id hashes these). An id nwpipe made (``nwp_...``,
+        worked out here or carried over by a replay) stands for exactly that; any other
+        given id stands for itself."""
+        if self._id is not None and not self._id.startswith("nwp_"):
+            return self._id
+        return id_seed(self.event)
+
+    @property
+    def attempts(self) -> list:
+        """The attempts so far (dicts, as the dead-letter record shows them)."""
+        attempts = self._attempts
+        if attempts is None:
+            attempts = self._attempts = []
+        return attempts
+
+    @attempts.setter
+    def attempts(self, value: list) -> None:
+        self._attempts = value
 
     @property
     def key(self) -> str:
@@ -109,10 +154,30 @@ class Delivery:
 
     def body_json(self) -> bytes:
         """The body serialised as compact JSON (computed once)."""
-        if self._json is None:
-            # jsonio keeps integers beyond 64 bits exact, where orjson alone would fail.
-            self._json = jsonio.dumps(self.body)
-        return self._json
+        data = self._json
+        if data is None:
+            try:
+                data = orjson.dumps(self.body)
+            except TypeError:
+                # jsonio keeps integers beyond 64 bits exact, where orjson alone fails
+                data = jsonio.dumps(self.body)
+            self._json = data
+        return data
+
+    def __repr__(self) -> str:
+        return (f"Delivery(id={self._id!r}, output={self.output!r}, source={self.source!r}, "
+                f"line={self.line!r})")
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not Delivery:
+            return NotImplemented
+        assert isinstance(other, Delivery)
+        return (self.id, self.body, self.event, self.output, self.source, self.line,
+                self.attempts, self.ticket) == (other.id, other.body, other.event, other.output,
+                                                other.source, other.line, other.attempts,
+                                                other.ticket)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as the dataclass was
 
 
 class Output:
@@ -183,5 +248,9 @@ def delivery_id(event: dict) -> str:
     Built from the event's ``id``, ``alerttype`` and ``updatecount``; hashed so that it is
     always a safe header value whatever the event contains.
     """
-    seed = f"{event.get('id')}\x1f{event.get('alerttype')}\x1f{event.get('updatecount')}"
-    return "nwp_" + sha256(seed.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    return "nwp_" + sha256(id_seed(event).encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def id_seed(event: dict) -> str:
+    """The text a delivery id hashes: the event's ``id``, ``alerttype``, ``updatecount``."""
+    return f"{event.get('id')}\x1f{event.get('alerttype')}\x1f{event.get('updatecount')}"

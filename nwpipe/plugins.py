@@ -2,16 +2,14 @@
 
 Built-in plugins are ordinary plugin modules, listed as entry points of the
 ``nwpipe.builtin`` group in nwpipe's own package metadata and registered exactly like
-third-party ones (the core imports none of them by name). A plugin that fails to import
-gives one warning naming it; a hook implementation whose name or arguments match no hook
-is an error.
+third-party ones (the core imports none of them by name); :mod:`nwpipe.entrypoints` reads
+both groups in one pass. A plugin that fails to import gives one warning naming it; a
+hook implementation whose name or arguments match no hook is an error.
 """
 
 from __future__ import annotations
 
 import importlib
-import importlib.metadata
-import importlib.util
 import logging
 import os
 import sys
@@ -21,7 +19,7 @@ from typing import Callable
 
 import pluggy
 
-from nwpipe import hookspecs
+from nwpipe import entrypoints, hookspecs
 from nwpipe.errors import NwpipeError
 from nwpipe.outputs import Output
 from nwpipe.settings import did_you_mean
@@ -112,7 +110,10 @@ class Plugins:
         if os.environ.get(ENV_TRACE_PLUGINS) and os.environ[ENV_TRACE_PLUGINS] != "0":
             self.pm.trace.root.setwriter(lambda text: sys.stderr.write(f"nwpipe trace: {text}"))
             self.pm.enable_tracing()
-        builtin = importlib.metadata.entry_points(group=BUILTIN_GROUP)
+        # one pass over the installed distributions for both groups
+        found = entrypoints.entry_points((BUILTIN_GROUP, "nwpipe")) if load_entry_points \
+            else entrypoints.entry_points((BUILTIN_GROUP,))
+        builtin = found[BUILTIN_GROUP]
         if not builtin:
             raise PluginError("nwpipe's built-in plugins are not registered (its package "
                               "metadata is out of date): reinstall nwpipe, e.g. "
@@ -124,7 +125,7 @@ class Plugins:
                 continue
             self._register_module(ep.value, "built-in")
         if load_entry_points:
-            self._load_entry_points()
+            self._load_entry_points(found["nwpipe"])
         for folder in plugins_dirs:
             self._load_dir(Path(folder))
         self._check()
@@ -157,10 +158,10 @@ class Plugins:
             return
         self._register(module, module_name, origin)
 
-    def _load_entry_points(self) -> None:
+    def _load_entry_points(self, found: list) -> None:
         wanted = os.environ.get(ENV_LOAD_PLUGINS)
         allowed = None if wanted is None else {n.strip() for n in wanted.split(",") if n.strip()}
-        for ep in importlib.metadata.entry_points(group="nwpipe"):
+        for ep in found:
             if allowed is not None and ep.name not in allowed:
                 continue
             dist = ep.dist.name if ep.dist is not None else "unknown distribution"
@@ -179,6 +180,8 @@ class Plugins:
     def _load_dir(self, folder: Path) -> None:
         if not folder.is_dir():
             raise PluginError(f"--plugins-dir {folder}: no such folder")
+        import importlib.util  # only plugin folders need it
+
         for path in sorted(folder.glob("*.py")):
             name = f"nwpipe_dir_plugin.{path.stem}"
             try:

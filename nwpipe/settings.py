@@ -7,7 +7,6 @@ too, gets the same precise messages: the key path, the problem, "did you mean".
 
 from __future__ import annotations
 
-import difflib
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -67,6 +66,8 @@ def _join(key: str, name: str) -> str:
 
 def did_you_mean(name: str, candidates) -> str:
     """A " (did you mean 'x'?)" suffix, or "" when nothing is close."""
+    import difflib  # only a mistake needs it
+
     close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
@@ -179,6 +180,8 @@ def validate_settings(table: dict, schema: dict[str, Setting], *, key: str,
 
     def one(given: str, value: Any) -> None:
         if given not in names:
+            import difflib  # only a mistake needs it
+
             close = difflib.get_close_matches(given, list(names), n=1, cutoff=0.6)
             suggested.update(names[c] for c in close)
             raise ConfigError(f"unknown setting '{given}'{did_you_mean(given, names)}",

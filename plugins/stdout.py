@@ -23,7 +23,8 @@ class StdoutOutput(Output):
         self._out = sys.stdout.buffer
 
     async def send(self, batch):
-        data = b"".join(d.body_json() + b"\n" for d in batch)
+        # one join and one write per batch: no bytes object per line
+        data = b"\n".join([d.body_json() for d in batch]) + b"\n"
         try:
             self._out.write(data)
             self._out.flush()

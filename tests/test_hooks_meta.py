@@ -112,8 +112,13 @@ def test_output_contract_names_every_member():
     for name in members:
         assert hasattr(Output, name)
         assert re.search(rf"^\| `(async )?{name}[`(]", PLUGINS, re.M), f"Output.{name}"
-    public = [f.name for f in dataclasses.fields(Delivery) if not f.name.startswith("_")]
-    for name in public + ["key", "body_json"]:
+    # every public attribute: the slots, and the properties (the id is worked out lazily)
+    public = [name for name in Delivery.__slots__ if not name.startswith("_")]
+    public += [name for name, value in vars(Delivery).items()
+               if isinstance(value, property) and not name.startswith("_")]
+    assert {"id", "body", "event", "output", "source", "line", "attempts", "ticket", "key",
+            "seed"} <= set(public)
+    for name in public + ["body_json"]:
         assert re.search(rf"^\| `{name}(\(\))?`", PLUGINS, re.M) or \
             f"`{name}`, `" in PLUGINS or f", `{name}` |" in PLUGINS, f"Delivery.{name}"
     for cls in (Retry, Failed, ProbeResult):

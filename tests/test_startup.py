@@ -17,6 +17,13 @@ HEAVY = ("asyncio", "pluggy", "importlib.metadata", "jinja2", "orjson", "ssl", "
          "aiohttp", "sqlite3", "jsonpath_ng", "nwpipe.sources.decode", "nwpipe.outputs",
          "nwpipe.engine.pipeline", "nwpipe.plugins", "nwpipe_plugins.webhook")
 
+# not needed to run a stdout output on empty input (each is a config's choice)
+RUN_UNWANTED = ("jinja2", "nwpipe.transform.templating", "nwpipe.transform.mapping",
+                "jsonpath_ng", "yarl", "aiohttp", "nwpipe_plugins.webhook",
+                "nwpipe_plugins.syslog", "nwpipe.webhook", "nwpipe.net.http1",
+                "nwpipe.net.relp", "importlib.metadata", "sqlite3", "redis",
+                "prometheus_client", "nwpipe.engine.metrics")
+
 PROBE = """
 import json, runpy, sys
 sys.argv = ["nwpipe"] + sys.argv[1:]
@@ -48,11 +55,42 @@ def test_run_to_stdout_loads_neither_the_network_plugins_nor_jinja(tmp_path):
     empty.write_bytes(b"")
     out, code, modules = imported_by("run", "-q", "-c", str(config), str(empty))
     assert code == 0 and out == ""
-    unwanted = ("jinja2", "nwpipe.transform.templating", "nwpipe.transform.mapping",
-                "jsonpath_ng", "yarl", "aiohttp", "nwpipe_plugins.webhook",
-                "nwpipe_plugins.syslog", "nwpipe.webhook", "nwpipe.net.http1", "nwpipe.net.relp")
-    assert [m for m in unwanted if m in modules] == []
+    assert [m for m in RUN_UNWANTED if m in modules] == []
     assert "nwpipe_plugins.stdout" in modules
+
+
+def test_a_webhook_output_and_a_mapping_load_what_they_need(tmp_path):
+    # the other side of the test above: the same probe sees these modules when the
+    # config needs them, so an empty list there is not a probe that sees nothing
+    config = tmp_path / "c.toml"
+    config.write_text('[mappings.m.fields]\nsrc = "$.event.srcip"\ntitle = "{{ id }}"\n'
+                      '[outputs.soc]\ntype = "webhook"\nurl = "http://127.0.0.1:9/hook"\n'
+                      'mapping = "m"\n')
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")
+    out, code, modules = imported_by("run", "-q", "-c", str(config), "--queue",
+                                     str(tmp_path / "q.db"), "--dead-letter",
+                                     str(tmp_path / "dl.jsonl"), str(empty))
+    assert code == 0 and out == ""
+    needed = ("jinja2", "nwpipe.transform.templating", "nwpipe.transform.mapping",
+              "jsonpath_ng", "yarl", "nwpipe_plugins.webhook", "nwpipe.webhook",
+              "nwpipe.net.http1")
+    assert [m for m in needed if m not in modules] == []
+    # still not what a webhook run does not need
+    assert [m for m in ("importlib.metadata", "nwpipe_plugins.syslog", "nwpipe.net.relp",
+                        "sqlite3", "redis", "prometheus_client") if m in modules] == []
+
+
+def test_a_durable_run_opens_its_queue_with_sqlite(tmp_path):
+    # sqlite3 is imported on first use: a run that opens the queue still gets it
+    config = tmp_path / "c.toml"
+    config.write_text('[outputs.out]\ntype = "stdout"\n')
+    events = tmp_path / "one.jsonl"
+    events.write_bytes(b'{"id": "a-1", "customer": "acme", "alerttype": "start"}\n')
+    out, code, modules = imported_by("run", "-q", "--durable", "-c", str(config), "--queue",
+                                     str(tmp_path / "q.db"), str(events))
+    assert code == 0 and json.loads(out)["id"] == "a-1"
+    assert "sqlite3" in modules and (tmp_path / "q.db").exists()
 
 
 def run_cli(tmp_path, config: str, *args: str, input: str = ""):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import re
@@ -25,6 +24,8 @@ exit codes:
   1    configuration or usage error; nothing was read
   3    finished, but some events were rejected or dead-lettered, or an input
        could not be read to the end
+  5    --workers: a worker process died; the summary says what it may not have
+       delivered
   130  interrupted by Ctrl-C (SIGINT), after the dead-letter file is complete
   143  terminated by SIGTERM, after the dead-letter file is complete
 
@@ -139,6 +140,15 @@ def command_names() -> list[str]:
     return list(_subparsers(build_parser()))
 
 
+def _workers_arg(value: str) -> int:
+    from nwpipe.config import workers_value
+
+    try:
+        return workers_value(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _pid_file_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pid-file", metavar="PATH",
                         help="write the process id to PATH while running (removed at exit), "
@@ -194,6 +204,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-deliver", action="store_true",
                      help="intake only: commit every event to the queue and deliver none "
                           "(`nwpipe work` processes deliver them)")
+    run.add_argument("--workers", metavar="N", type=_workers_arg,
+                     help="decode, map and deliver in N processes (\"auto\": one per CPU); "
+                          "each alert's events stay in order in one process, and each "
+                          "process has its own connections and batches (default: the "
+                          "config's workers, else 1: one process)")
     _pid_file_option(run)
     run.set_defaults(func=cmd_run)
 
@@ -476,6 +491,8 @@ def cmd_test(args) -> int:
 
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
+        import json  # imported by the run anyway; --version and the like skip it
+
         return json.dumps({
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.created)),
             "level": record.levelname.lower(),
@@ -538,6 +555,9 @@ def cmd_run(args) -> int:
     if (source.cls is None or source.cls.takes_inputs) and "-" in (args.files or ["-"]) \
             and sys.stdin.isatty():
         log.warning("reading events from the terminal (end with Ctrl-D)")
+    workers = config.workers if args.workers is None else args.workers
+    if workers > 1:
+        return run_with_workers(args, config, router, workers)
     reloader = make_reloader(args)
     with pid_file(args.pid_file):
         result = run(config, router, args.files, dead_letter_path=args.dead_letter,
@@ -546,6 +566,25 @@ def cmd_run(args) -> int:
                      durable=args.durable, keep_queue=args.keep_queue, resume=args.resume,
                      deliver=not args.no_deliver, metrics_listen=args.metrics_listen,
                      strict_routing=args.strict_routing, reloader=reloader)
+    log.info("%s", result.summary())
+    return result.exit_code
+
+
+def run_with_workers(args, config, router, workers: int) -> int:
+    """``nwpipe run`` in ``workers`` processes (:mod:`nwpipe.engine.workers`)."""
+    from nwpipe.commands.pidfile import pid_file
+    from nwpipe.engine.workers import refusal, run_workers
+
+    why = refusal(durable=args.durable, resume=args.resume, keep_queue=args.keep_queue,
+                  deliver=not args.no_deliver, metrics_listen=args.metrics_listen,
+                  queue_path=args.queue, config=config, workers=workers)
+    if why is not None:
+        raise NwpipeError(why)
+    with pid_file(args.pid_file):
+        result = run_workers(config, router, args.files, workers,
+                             dead_letter_path=args.dead_letter,
+                             shutdown_timeout=args.shutdown_timeout,
+                             strict_routing=args.strict_routing)
     log.info("%s", result.summary())
     return result.exit_code
 
@@ -718,6 +757,8 @@ def cmd_plugins(args) -> int:
     plugins = Plugins(args.plugins_dir)
     infos = plugins.info()
     if args.json:
+        import json
+
         print(json.dumps([vars(i) for i in infos], indent=2))
         return 0
     for info in infos:

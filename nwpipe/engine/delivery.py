@@ -304,6 +304,53 @@ class DeliveryEngine:
         self._enqueue(delivery)
         return True
 
+    def offer_many(self, deliveries: list[Delivery]) -> int:
+        """:meth:`offer` for a chunk, in order: how many of ``deliveries``, from the
+        front, were taken. The rest (the queue filled up) go to :meth:`submit`."""
+        state = self._state
+        if self.closed or self._refused is not None or self._dead_keys:
+            # the rare states: one by one, as offer() decides
+            taken = 0
+            for delivery in deliveries:
+                if not self.offer(delivery):
+                    break
+                taken += 1
+            return taken
+        room = self.settings.queue_size - state.queued
+        if room <= 0:
+            return 0
+        if room < len(deliveries):
+            deliveries = deliveries[:room]
+        pending = state.pending
+        keyed = self._keyed
+        filler = self._fill_waiter
+        fill_keys = self._fill_keys
+        push_ready = self._push_ready
+        ready = state.ready
+        waiters = self._key_waiters
+        # no predecessor to wait for (a reload): a new lane without a waiting worker
+        # simply joins the ready queue, as _push_ready would put it
+        plain = self._predecessor is None
+        key: str = ""
+        for delivery in deliveries:
+            if keyed:
+                # Delivery.key, inline: this runs once per event
+                alert = delivery.event.get("id")
+                key = alert if alert.__class__ is str else repr(alert)
+            waiting = pending.get(key)
+            if waiting is None:
+                pending[key] = deque((delivery,))
+                if plain and not waiters:
+                    ready.append(key)
+                else:
+                    push_ready(key)
+            else:
+                waiting.append(delivery)
+                if filler is not None and key in fill_keys and not filler.done():
+                    filler.set_result(key)
+        state.queued += len(deliveries)
+        return len(deliveries)
+
     def _enqueue(self, delivery: Delivery) -> None:
         state = self._state
         state.queued += 1
@@ -425,7 +472,8 @@ class DeliveryEngine:
         waiting = self._state.pending[key]
         while waiting and len(batch) < policy.max_events:
             if policy.max_events > 1:
-                length = len(waiting[0].body_json()) + 1
+                first = waiting[0]
+                length = len(first._json or first.body_json()) + 1
                 if batch and size + length > policy.max_bytes:
                     break
                 size += length
@@ -451,7 +499,10 @@ class DeliveryEngine:
                     key = next((k for k in keys if pending[k]), None)
                     woken_by_own = key is not None
                 if key is None and ready:
-                    key = ready.popleft()
+                    size, room = self._take_ready(batch, keys, size, ready, pending, policy)
+                    if room:
+                        continue
+                    break
                 if key is None:
                     if loop.time() >= deadline or self.closed or self._flush.is_set():
                         break
@@ -480,6 +531,36 @@ class DeliveryEngine:
         finally:
             own.clear()
         return size
+
+    def _take_ready(self, batch: list[Delivery], keys: list[str], size: int, ready: deque,
+                    pending: dict[str, deque], policy) -> tuple[int, bool]:
+        """Move the deliveries of ready alerts into ``batch``, many alerts in one loop (the
+        common case on a busy output: one or two events per alert). Returns the batch's
+        byte size, and whether it has room for more (False: full, or nothing fitted)."""
+        max_events = policy.max_events
+        max_bytes = policy.max_bytes
+        own = self._fill_keys
+        while ready:
+            key = ready.popleft()
+            waiting = pending[key]
+            took = False
+            while waiting and len(batch) < max_events:
+                first = waiting[0]
+                length = len(first._json or first.body_json()) + 1
+                if batch and size + length > max_bytes:
+                    break
+                size += length
+                batch.append(waiting.popleft())
+                took = True
+            if not took:
+                # did not fit: ready again at once, not held while this batch is sent
+                self._push_ready(key)
+                return size, False
+            own.add(key)
+            keys.append(key)
+            if len(batch) >= max_events or size >= max_bytes:
+                return size, False
+        return size, True
 
     async def _deliver(self, batch: list[Delivery]) -> None:
         retry = self.settings.retry

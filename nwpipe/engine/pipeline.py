@@ -37,7 +37,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Awaitable, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Awaitable, Callable, Iterable, Sequence, cast
 
 import orjson
 
@@ -52,7 +52,14 @@ from nwpipe.outputs import delivery_id as make_delivery_id
 from nwpipe.queue.base import Entry, Pos, Queue, QueueError, QueueFull, shard_of
 from nwpipe.sources.base import Source
 from nwpipe.sources.decode import Event, Reject
-from nwpipe.transform.route_map import MapFailed, NotRouted, check_event, map_for, route_and_map
+from nwpipe.transform.route_map import (
+    MapFailed,
+    NotRouted,
+    check_event,
+    map_for,
+    route_and_map,
+    route_and_map_many,
+)
 from nwpipe.transform.routing import Router
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -276,6 +283,8 @@ class Pipeline:
         self._first_output = next(iter(self.engines), None)
         self._full_logged = False
         self._moving: dict[int, object] = {}  # original tickets of deliveries being moved
+        #: the routes the chunk being handed over was mapped with (see _chunk_stale)
+        self._chunk_routes = self._routes
         #: --resume: per input, the line up to which an earlier durable run committed it
         self._resume_skip: _ResumeLines | None = None
         if queue is not None:
@@ -485,8 +494,11 @@ class Pipeline:
         result = self.result
         acks = self._acks
         skip = self._resume_skip
+        if (skip is None and acks.source is None and self.dispatcher is None
+                and not self._intake_only):
+            await self._handle_chunk(records)
+            return
         queued: list[Event] = []  # queue mode: put together, one commit
-        routes, engines = self._routes, self.engines
         for record in records:
             if skip is not None and record.line <= skip[record.source]:
                 result.resumed += 1  # --resume: committed by an earlier durable run
@@ -503,17 +515,6 @@ class Pipeline:
                     acks.after_dead_letter(record)
                 continue
             if self.dispatcher is None and not self._intake_only:
-                if acks.source is None:
-                    # The common case (one output takes it, and its queue has room)
-                    # without a coroutine per event; anything else takes the full path.
-                    outcomes = route_and_map(record.data, routes, record.source, record.line)
-                    if len(outcomes) == 1:
-                        outcome = outcomes[0]
-                        if type(outcome) is Delivery and engines[outcome.output].offer(outcome):
-                            continue
-                    await self._take(outcomes, record.data, record.source, record.line,
-                                     None, None, None, True)
-                    continue
                 await self.route(record.data, record.source, record.line, item=record,
                                  spill=True)
                 continue
@@ -529,6 +530,107 @@ class Pipeline:
             await self._put_events(queued)
         if (self.dispatcher is not None or self._intake_only) and records:
             await self._note_progress(records)
+
+    async def _handle_chunk(self, records: Sequence[Event | Reject]) -> None:
+        """The hot path (memory mode, a source that does not confirm): route and map the
+        chunk at once, and hand each output its deliveries as one list, without a
+        coroutine per event. Whatever is not plain (a rejected line, a failed mapping, an
+        event for several outputs, a full queue) goes the general way, in input order."""
+        result = self.result
+        start = 0
+        total = len(records)
+        while start < total:
+            if self._queue_mode():
+                # queue mode began (an output failing with a full queue): the rest of
+                # the chunk goes to the queue
+                await self._handle(records[start:])
+                return
+            # a run of decoded events up to the next rejected piece of input
+            end = start
+            while end < total and records[end].__class__ is Event:
+                end += 1
+            if end > start:
+                events = cast("Sequence[Event]", records[start:end])  # all Events, above
+                self._chunk_routes = self._routes
+                done = await self._hand_over(events, route_and_map_many(events, self._routes))
+                result.read += done
+                if start + done < end:
+                    start += done
+                    continue
+            if end < total:
+                record = records[end]
+                assert isinstance(record, Reject)
+                result.read += 1
+                result.rejected += 1
+                self._reject(record.source, record.line, record.reason,
+                             raw_record(record.raw, source=record.source, line=record.line,
+                                        reason=record.reason))
+                end += 1
+            start = end
+
+    def _queue_mode(self) -> bool:
+        """True once events go through the durable queue (see :meth:`_enter_queue_mode`)."""
+        return self.dispatcher is not None or self._intake_only
+
+    def _chunk_stale(self) -> bool:
+        """While a chunk was handed over (waiting for room), queue mode began or a config
+        reload swapped the outputs: the rest of it must be routed and mapped again."""
+        return self._queue_mode() or self._routes is not self._chunk_routes
+
+    async def _hand_over(self, records: Sequence[Event], mapped: list) -> int:
+        """Give each engine its runs of deliveries (``mapped``: route_and_map_many's
+        outcomes of ``records``). Returns how many records were handled: fewer than all
+        when the chunk went stale meanwhile (see :meth:`_chunk_stale`): the caller routes
+        the rest again, or queues it."""
+        run: list[Delivery] = []
+        output = ""
+        start = 0  # the record of run[0]: a run holds consecutive records
+        for index, item in enumerate(mapped):
+            if item.__class__ is Delivery:
+                if item.output == output:
+                    run.append(item)
+                    continue
+                if run:
+                    done = await self._offer_run(output, run)
+                    if done < len(run):
+                        return start + done
+                run = [item]
+                output = item.output
+                start = index
+                continue
+            # not one plain delivery: what came before goes first (a failed mapping
+            # marks its alert dead for the later events of the chunk)
+            if run:
+                done = await self._offer_run(output, run)
+                if done < len(run):
+                    return start + done
+                run = []
+                output = ""
+            if self._chunk_stale():
+                return index
+            record = records[index]
+            await self._take(item, record.data, record.source, record.line, None, None, None,
+                             True)
+        if run:
+            done = await self._offer_run(output, run)
+            if done < len(run):
+                return start + done
+        return len(mapped)
+
+    async def _offer_run(self, output: str, run: list[Delivery]) -> int:
+        """Hand ``run`` to ``output``'s engine; how many it took before the chunk went
+        stale (every await below may let a reload or queue mode in)."""
+        if self._chunk_stale():
+            return 0
+        engine = self.engines[output]
+        taken = engine.offer_many(run)
+        for index in range(taken, len(run)):  # the queue is full: wait for room, or spill
+            if self._chunk_stale():
+                return index
+            delivery = run[index]
+            await self._take([delivery], delivery.event, delivery.source, delivery.line,
+                             None, None, None, True)
+        return len(run)
 
     async def route(self, event: dict, source: str, line: int, *, attempts: list | None = None,
                     delivery_id: str | None = None, item: Event | None = None,

@@ -23,13 +23,14 @@ import asyncio
 import fcntl
 import os
 import queue as thread_queue
-import sqlite3
 import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from nwpipe.lazymodule import LazyModule
 from nwpipe.queue.base import (
     SYNC_MODES,
     Entry,
@@ -44,6 +45,13 @@ from nwpipe.queue.base import (
     shard_of,
     wait_event,
 )
+
+if TYPE_CHECKING:
+    import sqlite3
+else:
+    # imported when a queue is first opened: a run that never opens one (nothing
+    # durable, nothing to spill) starts without it
+    sqlite3 = LazyModule("sqlite3")
 
 SCHEMA_VERSION = "1"
 #: SQLite keeps one ordered log: every alert shares the rowid order, which is the
@@ -263,6 +271,8 @@ class SqliteQueue(Queue):
 
     async def open(self) -> None:
         """Create the file or check it (version, integrity); take the delivery lock."""
+        import sqlite3  # noqa: F401  # the first import here, not in a worker thread
+
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="nwpipe-queue-reader")
         try:
             await self._read(self._open_sync)

@@ -3,7 +3,8 @@
 ``nwpipe run``, ``render``, ``test``, ``replay`` and ``check --probe`` all call
 :func:`route_and_map` (or :func:`map_for`, for a delivery to a chosen output), and differ
 only in what they do with the outcomes: submit them, print them, compare them. So the
-body ``render`` shows is the body ``run`` sends, by construction.
+body ``render`` shows is the body ``run`` sends, by construction. ``run`` takes a chunk
+of events at a time (:func:`route_and_map_many`), which gives the same outcomes.
 
 An outcome per output is one of:
 
@@ -20,14 +21,20 @@ An outcome per output is one of:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence, Union
+from typing import TYPE_CHECKING, Sequence, Union
 
+import orjson
+
+from nwpipe import jsonio
 from nwpipe.errors import EventError
 from nwpipe.outputs import Delivery
-from nwpipe.outputs import delivery_id as make_delivery_id
 from nwpipe.transform.routing import Route
 
-__all__ = ["MapFailed", "NotRouted", "Outcome", "check_event", "route_and_map", "map_for"]
+if TYPE_CHECKING:  # pragma: no cover
+    from nwpipe.sources.decode import Event
+
+__all__ = ["MapFailed", "NotRouted", "Outcome", "check_event", "route_and_map",
+           "route_and_map_many", "map_for"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,11 +96,45 @@ def route_and_map(event: dict, routes: Sequence[Route], source: str = "<event>",
     if not matched:
         return [NotRouted(routes[0].name if len(routes) == 1 else None,
                           _why_not_taken(event, routes))]
-    did = delivery_id or make_delivery_id(event)
+    # the delivery id is worked out when something needs it (see Delivery.id)
     outcomes: list[Outcome] = []
     for route in matched:
-        outcomes.append(_map(route, event, source, line, did, attempts, routed=True))
+        outcomes.append(_map(route, event, source, line, delivery_id, attempts, routed=True))
     return outcomes
+
+
+def route_and_map_many(records: Sequence[Event], routes: Sequence[Route]
+                       ) -> list[Delivery | list[Outcome]]:
+    """:func:`route_and_map` for a chunk of decoded events (``nwpipe run``'s hot path).
+
+    ``records`` are :class:`~nwpipe.sources.decode.Event` s (``data``, ``source``,
+    ``line``). Per record, in order: its one :class:`~nwpipe.outputs.Delivery` when that
+    is the whole outcome (the common case), else its list of outcomes. With one output and no
+    ``when``, an ordinary event is mapped without the general routing steps.
+    """
+    out: list[Delivery | list[Outcome]] = []
+    append = out.append
+    if len(routes) == 1 and routes[0].condition is None:
+        route = routes[0]
+        customers = route.customers
+        for record in records:
+            event = record.data
+            if event.__class__ is dict:
+                alert = event.get("id")
+                customer = event.get("customer")
+                if (alert.__class__ is str and alert and customer.__class__ is str and customer
+                        and (customers is None or customer in customers)):
+                    outcome = _map(route, event, record.source, record.line, None, None, True)
+                    append(outcome if type(outcome) is Delivery else [outcome])
+                    continue
+            outcomes = route_and_map(event, routes, record.source, record.line)
+            append(outcomes[0] if len(outcomes) == 1 and type(outcomes[0]) is Delivery
+                   else outcomes)
+        return out
+    for record in records:
+        outcomes = route_and_map(record.data, routes, record.source, record.line)
+        append(outcomes[0] if len(outcomes) == 1 and type(outcomes[0]) is Delivery else outcomes)
+    return out
 
 
 def map_for(route: Route, event: dict, source: str = "<event>", line: int = 0, *,
@@ -102,17 +143,15 @@ def map_for(route: Route, event: dict, source: str = "<event>", line: int = 0, *
     problem = check_event(event)
     if problem:
         return MapFailed(None, None, problem, stage="parse")
-    result = _map(route, event, source, line, delivery_id or make_delivery_id(event), attempts,
-                  routed=False)
+    result = _map(route, event, source, line, delivery_id, attempts, routed=False)
     assert not isinstance(result, NotRouted)  # only a routed event can be "not taken"
     return result
 
 
-def _map(route: Route, event: dict, source: str, line: int, did: str, attempts: list | None,
-         routed: bool) -> Outcome:
+def _map(route: Route, event: dict, source: str, line: int, did: str | None,
+         attempts: list | None, routed: bool) -> Outcome:
     customer = event.get("customer")
     mapper = route.mapper(customer)
-    name = route.mapping_name(customer)
     if mapper is None:
         if routed:  # the output maps some customers only, and not this one
             return NotRouted(route.name, f"its mapping table has no entry for customer "
@@ -120,18 +159,22 @@ def _map(route: Route, event: dict, source: str, line: int, did: str, attempts: 
         return MapFailed(route.name, None,
                          f"output '{route.name}' has no mapping for customer {customer!r}")
     try:
-        delivery = Delivery(did, mapper(event), event, route.name, source, line)
-        # Serialised here, once (the output reuses it): a body JSON cannot hold (an
-        # integer beyond 64 bits, say) fails this event for this output, not a worker.
-        delivery.body_json()
+        body = mapper(event)
+        try:
+            data = orjson.dumps(body)
+        except TypeError:  # beyond orjson (an integer past 64 bits): jsonio, or no JSON
+            data = jsonio.dumps(body)
     except EventError as exc:
+        name = route.mapping_name(customer)
         return MapFailed(route.name, name, f"mapping '{name}' failed: {exc}")
     except TypeError as exc:  # orjson.JSONEncodeError
+        name = route.mapping_name(customer)
         return MapFailed(route.name, name,
                          f"mapping '{name}' made a body that is not valid JSON: {exc}")
-    if attempts:
-        delivery.attempts = list(attempts)  # a replay keeps the history
-    return delivery
+    # Serialised above, once (the output reuses it): a body JSON cannot hold fails this
+    # event for this output, not a worker. A replay keeps the history of attempts.
+    return Delivery(did, body, event, route.output.name, source, line,
+                    list(attempts) if attempts else None, data)
 
 
 def _why_not_taken(event: dict, routes: Sequence[Route]) -> str:

@@ -22,9 +22,14 @@ from nwpipe.webhook.templates import compile_template, is_template
 Extra = list[tuple[str, str]]
 
 
-def batch_id(ids: Iterable[str]) -> str:
-    """A stable id for a batch: the same member ids always give the same id."""
-    return "batch_" + hashlib.sha256("\n".join(ids).encode()).hexdigest()[:32]
+def batch_id(seeds: Iterable[str]) -> str:
+    """A stable id for a batch: the same members always give the same id.
+
+    It hashes the members' :attr:`~nwpipe.outputs.Delivery.seed` (what each delivery id
+    is made from), so that a batch needs no hash per member.
+    """
+    return "batch_" + hashlib.sha256(
+        "\n".join(seeds).encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 @dataclass
@@ -117,7 +122,7 @@ class RequestBuilder:
             body = delivery.body_json()
             message_id = delivery.id
         else:
-            message_id = batch_id([d.id for d in batch])
+            message_id = batch_id([d.seed for d in batch])
             if self._ndjson:
                 body = b"\n".join([d.body_json() for d in batch]) + b"\n"
             else:

@@ -54,6 +54,7 @@ import time
 from typing import Any
 
 from nwpipe import Delivered, Delivery, Failed, Output, Result, Retry, Setting, hookimpl
+from nwpipe.aio import within
 from nwpipe.net.relp import RelpError, RelpSession
 from nwpipe.net.tls import check_tls_files, client_context, tls_settings
 from nwpipe.settings import positive_seconds
@@ -568,7 +569,7 @@ class SyslogOutput(Output):
     async def _send_udp(self, messages: list[bytes]) -> Result:
         if self._sock is None:
             try:
-                infos = await asyncio.wait_for(asyncio.get_running_loop().getaddrinfo(
+                infos = await within(asyncio.get_running_loop().getaddrinfo(
                     self._host, self._port, type=socket.SOCK_DGRAM), self._timeout)
             except socket.gaierror as exc:
                 return Retry(f"cannot resolve host {self._host!r}: {exc.strerror}")
@@ -616,7 +617,7 @@ class SyslogOutput(Output):
             assert writer is not None  # _connect sets it, or gives the failure
         try:
             writer.write(b"".join([self.frame(m) for m in messages]))
-            await asyncio.wait_for(writer.drain(), self._timeout)
+            await within(writer.drain(), self._timeout)
         except asyncio.TimeoutError:
             await self._disconnect()
             return Retry(f"timed out after {self._timeout:g} s writing to {self._where}")
@@ -628,7 +629,7 @@ class SyslogOutput(Output):
     async def _connect(self) -> Result | None:
         """Open the TCP or TLS connection; a Result when that failed."""
         try:
-            self._reader, self._writer = await asyncio.wait_for(
+            self._reader, self._writer = await within(
                 asyncio.open_connection(
                     self._host, self._port, ssl=self._ssl,
                     server_hostname=self._host if self._ssl is not None else None),
@@ -669,7 +670,7 @@ class SyslogOutput(Output):
         if writer is not None:
             writer.close()
             try:
-                await asyncio.wait_for(writer.wait_closed(), 1.0)
+                await within(writer.wait_closed(), 1.0)
             except (OSError, ConnectionError, ssl.SSLError, asyncio.TimeoutError):
                 pass  # already broken: nothing more to release
 

@@ -42,7 +42,21 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 30) -> None:
-        """Start the server and return once it answers PING."""
+        """Start the server and return once it answers as this very process.
+
+        The port was free when it was picked, but another redis-server (one an earlier
+        test left behind, or another test run on this machine) may have taken it since:
+        ours then cannot bind and exits, and a bare PING would be answered by the other
+        one, whose owner may stop it in the middle of our test. Then the server starts
+        again on a new port.
+        """
+        for _ in range(5):
+            if self._start_once(timeout):
+                return
+            self.port = free_port()
+        pytest.fail("redis-server found its port taken by another server 5 times running")
+
+    def _start_once(self, timeout: float) -> bool:
         exe = shutil.which("redis-server")
         if exe is None:
             pytest.fail("redis-server is not installed (apt-get install redis-server; .ci/run does it)")
@@ -56,11 +70,39 @@ class RedisServer:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 log = (self.folder / "redis.log").read_text(errors="replace")[-2000:]
+                if "Address already in use" in log:
+                    return False
                 pytest.fail(f"redis-server exited with {self.proc.returncode}: {log}")
-            if self.ping():
-                return
+            answered = self.server_pid()
+            if answered == self.proc.pid:
+                return True
+            if answered is not None:  # another server has the port: ours exits
+                self.proc.kill()
+                self.proc.wait()
+                return False
             time.sleep(0.05)
+        self.proc.kill()
+        self.proc.wait()
         pytest.fail(f"redis-server did not answer on port {self.port} within {timeout} s")
+
+    def server_pid(self) -> int | None:
+        """The process id of the server answering on the port (``INFO server``), or None
+        when none answers."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                s.sendall(b"INFO server\r\n")
+                data = b""
+                while b"process_id:" not in data or not data.endswith(b"\r\n"):
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+        except OSError:
+            return None
+        for line in data.decode(errors="replace").splitlines():
+            if line.startswith("process_id:"):
+                return int(line.split(":", 1)[1])
+        return None
 
     def ping(self) -> bool:
         """Whether the server answers PING (a plain socket, no client library)."""
@@ -85,7 +127,8 @@ class RedisServer:
     def restart(self) -> None:
         """Stop and start again on the same port with the same data."""
         self.stop()
-        self.start()
+        if not self._start_once(30):
+            pytest.fail(f"redis-server could not restart: port {self.port} was taken meanwhile")
 
     def command(self, *args: str) -> str:
         """Run one command with redis-cli and return its output (for checks in tests)."""

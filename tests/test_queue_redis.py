@@ -13,17 +13,28 @@ import time
 
 import pytest
 
+from nwpipe.aio import within
 from nwpipe.queue import QueueError, QueueSettings, QueueUnavailable, shard_of
 from nwpipe.queue.redis import RedisQueue, check_url, public_url
 
 DEADLINE = 60
 
 
+async def bounded(awaitable, what: str, timeout: float = DEADLINE):
+    """Await ``awaitable``, failing the test after ``timeout`` seconds instead of hanging
+    the run (a Redis call that never answers)."""
+    try:
+        return await within(awaitable, timeout)
+    except asyncio.TimeoutError:
+        pytest.fail(f"timed out after {timeout} s {what}")
+
+
 async def poll(predicate, what: str, timeout: float = DEADLINE):
-    """Await ``predicate()`` (a coroutine function) until it is truthy, or fail."""
+    """Await ``predicate()`` (a coroutine function) until it is truthy, or fail; a call
+    that does not answer counts against the same deadline."""
     end = time.monotonic() + timeout
     while True:
-        value = await predicate()
+        value = await bounded(predicate(), f"waiting for {what}", max(0.0, end - time.monotonic()))
         if value:
             return value
         if time.monotonic() > end:
@@ -39,7 +50,7 @@ def settings(server, prefix, **kw) -> QueueSettings:
 
 async def opened(server, prefix, name, **kw) -> RedisQueue:
     q = RedisQueue(settings(server, prefix, **kw), name=name)
-    await q.open()
+    await bounded(q.open(), f"opening the queue as {name}")
     return q
 
 
@@ -108,35 +119,41 @@ async def test_marks_and_notes_survive_reopening(redis_server, redis_prefix):
 
 
 async def test_workers_share_shards_fairly_and_rebalance(redis_server, redis_prefix):
-    kw = {"shards": 16}
-    qs = [await opened(redis_server, redis_prefix, name, **kw) for name in ("w1", "w2", "w3")]
+    # a lease long enough that a busy machine's late heartbeat does not lapse it (the
+    # shares would flap); handing shards over does not wait for leases to run out
+    kw = {"shards": 16, "lease_seconds": 5}
+    qs: list[RedisQueue] = []
+    try:
+        for name in ("w1", "w2", "w3"):
+            qs.append(await opened(redis_server, redis_prefix, name, **kw))
 
-    async def shares():
-        owned = [await q.owned() for q in qs]
-        flat = [s for o in owned for s in o]
-        if len(flat) == len(set(flat)) == 16 and sorted(map(len, owned)) == [5, 5, 6]:
-            return owned
-        return None
+        async def shares():
+            owned = [await q.owned() for q in qs]
+            flat = [s for o in owned for s in o]
+            if len(flat) == len(set(flat)) == 16 and sorted(map(len, owned)) == [5, 5, 6]:
+                return owned
+            return None
 
-    await poll(shares, "16 shards shared 5/5/6 by three workers")
-    await qs[2].close()  # leaves: the two others take its shards
+        await poll(shares, "16 shards shared 5/5/6 by three workers")
+        left = qs.pop()
+        await bounded(left.close(), "closing w3")  # leaves: the two others take its shards
 
-    async def two():
-        owned = [await q.owned() for q in qs[:2]]
-        return sorted(map(len, owned)) == [8, 8] and not (owned[0] & owned[1])
+        async def two():
+            owned = [await q.owned() for q in qs]
+            return sorted(map(len, owned)) == [8, 8] and not (owned[0] & owned[1])
 
-    await poll(two, "16 shards shared 8/8 after one worker left")
-    late = await opened(redis_server, redis_prefix, "w4", **kw)  # joins: gets a share
-    qs[2] = late
+        await poll(two, "16 shards shared 8/8 after one worker left")
+        qs.append(await opened(redis_server, redis_prefix, "w4", **kw))  # joins: gets a share
 
-    async def joined():
-        owned = [await q.owned() for q in qs]
-        flat = [s for o in owned for s in o]
-        return len(flat) == len(set(flat)) == 16 and sorted(map(len, owned)) == [5, 5, 6]
+        async def joined():
+            owned = [await q.owned() for q in qs]
+            flat = [s for o in owned for s in o]
+            return len(flat) == len(set(flat)) == 16 and sorted(map(len, owned)) == [5, 5, 6]
 
-    await poll(joined, "a joining worker to get its share")
-    for q in qs:
-        await q.close()
+        await poll(joined, "a joining worker to get its share")
+    finally:
+        for q in qs:  # also after a failure: no heartbeat outlives the test
+            await bounded(q.close(), "closing the workers")
 
 
 async def test_new_owner_takes_over_pending_entries_in_order(redis_server, redis_prefix):
@@ -284,3 +301,20 @@ async def test_check_probe_says_whether_redis_answers_and_shards_match(own_redis
     assert proc.returncode == 1 and "cannot reach Redis" in proc.stdout
     for text in (proc.stdout, proc.stderr):
         assert "s3cret-pw" not in text and "Traceback" not in text
+
+
+def test_a_test_server_whose_port_was_taken_meanwhile_starts_on_another(own_redis, tmp_path):
+    """The port picked for a test's redis-server can be taken before it binds (by a
+    server an earlier test or another run started): the test then gets a server of its
+    own elsewhere, never the other one, whose owner may stop it mid-test."""
+    from redisserver import RedisServer
+
+    late = RedisServer(tmp_path / "late", port=own_redis.port)  # the port is taken
+    try:
+        late.start()
+        assert late.port != own_redis.port
+        assert late.proc is not None and late.server_pid() == late.proc.pid
+        assert own_redis.proc is not None and own_redis.server_pid() == own_redis.proc.pid
+    finally:
+        late.stop()
+    assert late.proc is not None and late.proc.poll() is not None

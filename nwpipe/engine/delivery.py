@@ -37,6 +37,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
+from nwpipe.aio import cancel_and_wait
 from nwpipe.config import EngineSettings
 from nwpipe.engine.deadletter import DeadLetterFile, delivery_record, utc_now
 from nwpipe.errors import NwpipeError
@@ -816,9 +817,9 @@ class DeliveryEngine:
         """Stop the workers now and dead-letter everything waiting or in flight (but
         what the durable queue keeps, with ``keep_queued``)."""
         self._wake.set()
-        for task in self._workers:
-            task.cancel()
-        await asyncio.gather(*self._workers, return_exceptions=True)
+        # cancelled again should one swallow the cancel: it would else wait on for
+        # its next event, and so would this (and the run: a hang SIGTERM cannot end)
+        await cancel_and_wait(self._workers)
         self._workers.clear()
         leftovers = [d for batch in self._inflight.values() for d in batch]
         self._inflight.clear()
@@ -837,9 +838,7 @@ class DeliveryEngine:
 
     async def close(self) -> None:
         """Stop the workers (after ``drain``) and close the output."""
-        for task in self._workers:
-            task.cancel()
-        await asyncio.gather(*self._workers, return_exceptions=True)
+        await cancel_and_wait(self._workers)
         self._workers.clear()
         if self.closed:
             # what the closed output still held (queued or on its way) was not sent

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Callable
 
 import orjson
 
+from nwpipe.aio import cancel_and_wait
 from nwpipe.outputs import Delivery
 from nwpipe.queue.base import Entry, Pos, Queue, QueueError, QueueUnavailable, wait_event
 
@@ -433,8 +434,7 @@ class Dispatcher:
         """Stop one output's feed now; what it did not hand over stays in the queue."""
         feed = self.feeds[name]
         if feed.task is not None and not feed.task.done():
-            feed.task.cancel()
-            await asyncio.gather(feed.task, return_exceptions=True)
+            await cancel_and_wait((feed.task,))
         feed.done = True
 
     async def stop_feeds(self) -> None:

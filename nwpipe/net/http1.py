@@ -40,6 +40,8 @@ import ssl
 from collections import deque
 from typing import Optional
 
+from nwpipe.aio import within
+
 #: longest status line plus headers accepted from a server
 MAX_HEAD = 64 * 1024
 #: longest chunk-size or trailer line accepted
@@ -387,7 +389,7 @@ class Pool:
         if slots is None:
             slots = self._slots = asyncio.Semaphore(self.limit)
         if slots.locked():
-            await asyncio.wait_for(slots.acquire(), max(0.0, deadline - loop.time()))
+            await within(slots.acquire(), deadline - loop.time())
         else:
             await slots.acquire()
         try:
@@ -418,7 +420,9 @@ class Pool:
             raise asyncio.TimeoutError()
         keep, drain = self.keep, self.drain_limit
         try:
-            _, conn = await asyncio.wait_for(
+            # not asyncio.wait_for: on Python 3.10/3.11 it turns a cancel that comes as
+            # the connection is refused into the refusal, and the worker never stops
+            _, conn = await within(
                 loop.create_connection(lambda: _Connection(loop, keep, drain), self.host,
                                        self.port, ssl=self.ssl_context,
                                        server_hostname=self.server_hostname),

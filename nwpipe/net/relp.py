@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from nwpipe import __version__
+from nwpipe.aio import within
 from nwpipe.net.httputil import printable
 
 #: transaction numbers run from 1 to this, then start again at 1
@@ -153,7 +154,7 @@ class RelpSession:
                       ssl_context: ssl.SSLContext | None = None) -> RelpSession:
         """Connect and open a session; OSError/TimeoutError when the collector cannot be
         reached, RelpError when it does not accept the session."""
-        reader, writer = await asyncio.wait_for(
+        reader, writer = await within(
             asyncio.open_connection(host, port, ssl=ssl_context,
                                     server_hostname=host if ssl_context else None), timeout)
         session = cls(reader, writer, window, timeout)
@@ -170,7 +171,7 @@ class RelpSession:
                     pass
             session._frames.quickack = quickack
         try:
-            await asyncio.wait_for(session._open(), timeout)
+            await within(session._open(), timeout)
         except BaseException:
             writer.close()
             raise
@@ -215,14 +216,14 @@ class RelpSession:
                     waiting[txnr] = sent
                     self._writer.write(encode_frame(txnr, "syslog", messages[sent]))
                     sent += 1
-                await asyncio.wait_for(self._writer.drain(), self._timeout)
+                await within(self._writer.drain(), self._timeout)
                 deadline = loop.time() + self._timeout
                 # read until the window has room again (or everything is answered)
                 while waiting and (sent == len(messages) or len(waiting) >= self._window):
                     left = deadline - loop.time()
                     if left <= 0:
                         raise asyncio.TimeoutError
-                    frame = await asyncio.wait_for(self._frames.read(), left)
+                    frame = await within(self._frames.read(), left)
                     if frame.command == "serverclose":
                         raise ConnectionResetError("the collector is shutting down "
                                                    "(serverclose)")
@@ -247,13 +248,13 @@ class RelpSession:
             try:
                 txnr = self._next_txnr()
                 writer.write(encode_frame(txnr, "close"))
-                await asyncio.wait_for(writer.drain(), 1.0)
-                await asyncio.wait_for(self._frames.read(), 1.0)
+                await within(writer.drain(), 1.0)
+                await within(self._frames.read(), 1.0)
             except (OSError, ssl.SSLError, RelpError, asyncio.TimeoutError):
                 pass  # closing anyway
         self.broken = self.broken or "closed"
         writer.close()
         try:
-            await asyncio.wait_for(writer.wait_closed(), 1.0)
+            await within(writer.wait_closed(), 1.0)
         except (OSError, ssl.SSLError, asyncio.TimeoutError):
             pass

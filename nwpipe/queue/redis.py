@@ -40,6 +40,7 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
+from nwpipe.aio import cancel_and_wait
 from nwpipe.queue.base import (
     Entry,
     OutputBacklog,
@@ -382,11 +383,9 @@ class RedisQueue(Queue):
             except Exception:  # noqa: BLE001 - its callers got the error already
                 pass
         if self._beat_task is not None:
-            self._beat_task.cancel()
-            try:
-                await self._beat_task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001
-                pass
+            # cancelled again should a Redis call swallow the cancel: the heartbeat
+            # would else beat on, and closing the queue would wait for it forever
+            await cancel_and_wait((self._beat_task,))
             self._beat_task = None
             # leave at once, so that the others take the shards at their next beat
             # instead of when the leases run out

@@ -56,22 +56,7 @@ src_ip   = "$.srcip[0]"
 bits_max = {{ path = "$.metrics.bits.max", default = 0 }}
 title    = "{{{{ algorithm | upper }}}} {{{{ alerttype }}}} for {{{{ customer }}}}"
 
-# bench_run.py's mapping: the same ten picks and title as its orjson loop (the yardstick)
-[mappings.loop]
-keep = false
-[mappings.loop.fields]
-event_id    = "$.id"
-state       = "$.alerttype"
-tenant      = "$.customer"
-severity    = "$.severity"
-src_ip      = "$.srcip[0]"
-dst_ip      = "$.dstip[-1]"
-bits_max    = "$.metrics.bits.max"
-packets_avg = "$.metrics.packets.avg"
-flows       = "$.metrics.count.flow"
-start       = "$.start"
-title       = "{{{{ algorithm | upper }}}} {{{{ alerttype }}}} for {{{{ customer }}}}"
-
+{loop_mapping}
 [outputs.bench]
 type        = "webhook"
 url         = "{url}/ingest"
@@ -228,6 +213,15 @@ def run_child(argv: list[str], **kwargs) -> tuple[str, str, float, int, bool, fl
             seen["hwm"], seen["uvloop"], usage.ru_utime + usage.ru_stime)
 
 
+def loop_mapping() -> str:
+    """bench_run.py's mapping (its orjson loop's ten picks and title) as ``[mappings.loop]``,
+    as it reads once formatted (it goes into CONFIG as a value)."""
+    text = (HERE / "bench_run.py").read_text()
+    start, end = text.index("[mappings.bench]"), text.index("[outputs.out]")
+    section = text[start:end].replace("{{", "{").replace("}}", "}")
+    return section.replace("[mappings.bench", "[mappings.loop")
+
+
 SUMMARY = re.compile(r"bench: ([\d,]+) delivered.*?\(([\d.]+) s,")
 
 
@@ -235,7 +229,8 @@ def run_nwpipe(workdir: Path, receiver: Receiver, events_path: Path, concurrency
                extra: str, count: int, mapped: bool = True, flags: tuple = (),
                url: str | None = None, mapping: str = "siem") -> dict:
     config = workdir / "bench.toml"
-    text = CONFIG.format(url=url or receiver.url, concurrency=concurrency, extra=extra)
+    text = CONFIG.format(url=url or receiver.url, concurrency=concurrency, extra=extra,
+                         loop_mapping=loop_mapping())
     if not mapped:
         text = text.replace('mapping     = "siem"\n', "")
     elif mapping != "siem":
@@ -314,7 +309,7 @@ def premap(workdir: Path, events: list[dict], concurrency: int) -> bytes:
 
     config_path = workdir / "premap.toml"
     config_path.write_text(CONFIG.format(url="http://127.0.0.1:9", concurrency=concurrency,
-                                         extra=""))
+                                         extra="", loop_mapping=loop_mapping()))
     plugins = Plugins(load_entry_points=False)
     router = Router(load_config(str(config_path), plugins.output_types), plugins.jinja_filters)
     [route] = router.routes

@@ -46,6 +46,15 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
+
+def loop_mapping() -> str:
+    """bench_run.py's mapping (its orjson loop's ten picks and title) as ``[mappings.loop]``,
+    written for ``str.format`` like CONFIG (one copy of it, in bench_run.py)."""
+    text = (HERE / "bench_run.py").read_text()
+    start, end = text.index("[mappings.bench]"), text.index("[outputs.out]")
+    return text[start:end].replace("[mappings.bench", "[mappings.loop")
+
+
 CONFIG = """\
 [mappings.siem]
 drop   = ["beta", "bypassdisplay", "bypassrule", "metrics.clockahead", "metrics.clockbehind"]
@@ -56,14 +65,14 @@ src_ip   = "$.srcip[0]"
 bits_max = {{ path = "$.metrics.bits.max", default = 0 }}
 title    = "{{{{ algorithm | upper }}}} {{{{ alerttype }}}} for {{{{ customer }}}}"
 
-{loop_mapping}
+LOOP_MAPPING
 [outputs.bench]
 type        = "webhook"
 url         = "{url}/ingest"
 mapping     = "siem"
 concurrency = {concurrency}
 {extra}
-"""
+""".replace("LOOP_MAPPING\n", loop_mapping())
 
 
 # --- the receiver (its own process) ---------------------------------------------------------
@@ -213,15 +222,6 @@ def run_child(argv: list[str], **kwargs) -> tuple[str, str, float, int, bool, fl
             seen["hwm"], seen["uvloop"], usage.ru_utime + usage.ru_stime)
 
 
-def loop_mapping() -> str:
-    """bench_run.py's mapping (its orjson loop's ten picks and title) as ``[mappings.loop]``,
-    as it reads once formatted (it goes into CONFIG as a value)."""
-    text = (HERE / "bench_run.py").read_text()
-    start, end = text.index("[mappings.bench]"), text.index("[outputs.out]")
-    section = text[start:end].replace("{{", "{").replace("}}", "}")
-    return section.replace("[mappings.bench", "[mappings.loop")
-
-
 SUMMARY = re.compile(r"bench: ([\d,]+) delivered.*?\(([\d.]+) s,")
 
 
@@ -229,8 +229,7 @@ def run_nwpipe(workdir: Path, receiver: Receiver, events_path: Path, concurrency
                extra: str, count: int, mapped: bool = True, flags: tuple = (),
                url: str | None = None, mapping: str = "siem") -> dict:
     config = workdir / "bench.toml"
-    text = CONFIG.format(url=url or receiver.url, concurrency=concurrency, extra=extra,
-                         loop_mapping=loop_mapping())
+    text = CONFIG.format(url=url or receiver.url, concurrency=concurrency, extra=extra)
     if not mapped:
         text = text.replace('mapping     = "siem"\n', "")
     elif mapping != "siem":
@@ -309,7 +308,7 @@ def premap(workdir: Path, events: list[dict], concurrency: int) -> bytes:
 
     config_path = workdir / "premap.toml"
     config_path.write_text(CONFIG.format(url="http://127.0.0.1:9", concurrency=concurrency,
-                                         extra="", loop_mapping=loop_mapping()))
+                                         extra=""))
     plugins = Plugins(load_entry_points=False)
     router = Router(load_config(str(config_path), plugins.output_types), plugins.jinja_filters)
     [route] = router.routes

@@ -59,6 +59,11 @@ async def cancelled_as_it_fails(wait) -> asyncio.Task:
     return task
 
 
+async def until_cancelled() -> None:
+    """Wait for nothing but a cancel (no timer that a slow machine could outlast)."""
+    await asyncio.Event().wait()
+
+
 @pytest.mark.skipif(sys.version_info >= (3, 12), reason="asyncio.wait_for is cancel-safe there")
 def test_the_interleaving_loses_the_cancel_in_asyncio_wait_for():
     """The flaw that hung the run, shown with the same interleaving as the test below
@@ -123,7 +128,7 @@ def test_a_pool_request_to_a_closed_port_cancelled_at_the_refusal_ends_cancelled
                 await pool.request(b"POST / HTTP/1.1\r\nhost: x\r\n\r\n", b"", 5)
             except OSError:
                 pass  # the engine takes a refusal for an attempt to retry
-            await asyncio.sleep(3600)  # a stopped worker never waits here
+            await until_cancelled()  # a stopped worker never waits here
 
         worker = asyncio.ensure_future(deliver_then_wait())
         try:
@@ -145,10 +150,10 @@ def test_cancel_and_wait_ends_a_task_that_swallows_its_cancel():
 
         async def stubborn():
             try:
-                await asyncio.sleep(3600)
+                await until_cancelled()
             except asyncio.CancelledError:
                 swallowed.append(True)  # a library that takes a cancel for a failure
-            await asyncio.sleep(3600)
+            await until_cancelled()
 
         task = asyncio.ensure_future(stubborn())
         await asyncio.sleep(0)
@@ -171,7 +176,7 @@ class SwallowsCancel(Output):
     async def send(self, batch):
         self.sending.set()
         try:
-            await asyncio.sleep(3600)
+            await until_cancelled()
         except asyncio.CancelledError:
             if self.swallowed:
                 raise

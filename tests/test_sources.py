@@ -564,7 +564,11 @@ async def test_aiter_chunks_named_pipe_waits_for_its_writer_without_blocking(tmp
             ticks += 1
 
     def late_writer():
-        time.sleep(0.1)  # the behaviour under test: a writer that comes late
+        # the writer comes only once the loop has kept running while the reader waits to
+        # open the pipe (a blocking open would leave ticks at 0 until the deadline)
+        deadline = time.monotonic() + 30
+        while ticks < 5 and time.monotonic() < deadline:
+            time.sleep(0.005)
         with open(fifo, "wb") as pipe:
             pipe.write(b'{"id": "late"}\n')
 

@@ -38,6 +38,7 @@ from typing import Awaitable, Callable, Sequence
 import orjson
 from aiohttp import web
 
+from nwpipe.aio import within
 from nwpipe.engine.deadletter import DeadLetterFile, event_record, raw_record
 from nwpipe.engine.metrics import Metrics
 from nwpipe.net.httputil import printable
@@ -245,7 +246,7 @@ class IntakeServer:
         """Wait until no POST is being handled (its commit and answer done), at most
         ``timeout`` seconds; True when idle."""
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
+            await within(self._idle.wait(), timeout)
             return True
         except asyncio.TimeoutError:
             return False
@@ -292,7 +293,7 @@ class IntakeServer:
                 # the whole body came with the headers (a small event): no timer needed
                 body = await self._read_body(request)
             else:
-                body = await asyncio.wait_for(self._read_body(request), settings.read_timeout)
+                body = await within(self._read_body(request), settings.read_timeout)
         except _BodyTooLarge:
             return self._too_large(request)
         except asyncio.TimeoutError:

@@ -265,7 +265,8 @@ class Pipeline:
         self._by_name = {route.name: route for route in router.routes}
         #: the routes of the outputs this pipeline drives, in config order
         self._routes = [route for route in router.routes if route.name in self.engines]
-        self._reported = 0
+        #: how many rejects were shown on stderr (``--workers`` shares one across processes)
+        self.rejects_shown: RejectCount = RejectCount()
         self._refusing: asyncio.Task | None = None
         self._deadline: asyncio.TimerHandle | None = None
         self.queue = queue
@@ -1047,15 +1048,40 @@ class Pipeline:
 
     def _reject(self, source: str, line: int, reason: str, dead_record: dict) -> None:
         self.dead_letter.write((dead_record,))
-        self._reported += 1
-        if self._reported <= MAX_REPORTED_REJECTS:
+        if self.rejects_shown.add() <= MAX_REPORTED_REJECTS:
             log.warning("%s:%d: %s (dead-lettered)", source, line, reason)
 
     def _report_hidden(self) -> None:
-        hidden = self._reported - MAX_REPORTED_REJECTS
-        if hidden > 0:
-            log.warning("... and %d more rejected event%s, all in %s", hidden,
-                        "" if hidden == 1 else "s", self.dead_letter.path)
+        if self.rejects_shown.reports_hidden:
+            report_hidden_rejects(self.rejects_shown.total(), self.dead_letter.path)
+
+
+class RejectCount:
+    """The rejects a run has shown on stderr: it shows the first MAX_REPORTED_REJECTS,
+    then says how many more there were, once."""
+
+    #: whether this pipeline says "... and N more" at its end (with ``--workers`` the
+    #: reader says it once for every worker)
+    reports_hidden = True
+
+    def __init__(self) -> None:
+        self._count = 0
+
+    def add(self) -> int:
+        """Count one more reject; return how many there are now."""
+        self._count += 1
+        return self._count
+
+    def total(self) -> int:
+        return self._count
+
+
+def report_hidden_rejects(count: int, path: object) -> None:
+    """Say how many rejects past MAX_REPORTED_REJECTS were not shown one by one."""
+    hidden = count - MAX_REPORTED_REJECTS
+    if hidden > 0:
+        log.warning("... and %d more rejected event%s, all in %s", hidden,
+                    "" if hidden == 1 else "s", path)
 
 
 #: tickets of deliveries being moved under the queue's tracking (see _enter_queue_mode)

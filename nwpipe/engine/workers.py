@@ -56,14 +56,15 @@ from nwpipe.config import Config
 from nwpipe.engine.deadletter import DeadLetterFile
 from nwpipe.engine.delivery import OutputStats
 from nwpipe.engine.pipeline import (
-    MAX_REPORTED_REJECTS,
     UNROUTED_NAMED,
     Pipeline,
+    RejectCount,
     RunResult,
     build_outputs,
     event_loop_run,
     exit_code_for,
     make_dead_letters,
+    report_hidden_rejects,
     tune_gc,
 )
 from nwpipe.errors import NwpipeError
@@ -299,10 +300,9 @@ class Reader:
             self._close_pipes()
             self._wait_workers()
             result = self._result(sharder, time.perf_counter() - started)
-            hidden = _SHOWN.unpack_from(self.rejects_shown)[0] - MAX_REPORTED_REJECTS
-            if hidden > 0:  # said once, as one process says it, not once per worker
-                log.warning("... and %d more rejected event%s, all in %s", hidden,
-                            "" if hidden == 1 else "s", result.dead_letter_path)
+            # said once, as one process says it, not once per worker
+            report_hidden_rejects(_SHOWN.unpack_from(self.rejects_shown)[0],
+                                  result.dead_letter_path)
             return result
         finally:
             for worker in self.workers:
@@ -623,22 +623,25 @@ def _locked_messages(lock: WriteLock) -> None:
 _SHOWN = struct.Struct("<Q")
 
 
-def _shared_reject_messages(pipeline: Pipeline, shown: mmap.mmap, lock: WriteLock) -> None:
-    """Count the rejects ``pipeline`` shows on stderr in ``shown``, shared by all
-    workers, so that together they show the first ``MAX_REPORTED_REJECTS`` as one
-    process does (not that many each); the reader says how many more there were."""
-    reject = pipeline._reject
+class SharedRejectCount(RejectCount):
+    """The rejects shown on stderr by all workers together, counted in memory they
+    share, so that together they show the first ``MAX_REPORTED_REJECTS`` as one process
+    does (not that many each); the reader says how many more there were."""
 
-    def shared_reject(source: str, line: int, reason: str, dead_record: dict) -> None:
-        with lock:  # the count, and the message it decides on, one worker at a time
-            pipeline._reported = _SHOWN.unpack_from(shown)[0]
-            try:
-                reject(source, line, reason, dead_record)
-            finally:
-                _SHOWN.pack_into(shown, 0, pipeline._reported)
+    reports_hidden = False
 
-    pipeline._reject = shared_reject  # type: ignore[method-assign]
-    pipeline._report_hidden = lambda: None  # type: ignore[method-assign]
+    def __init__(self, shown: mmap.mmap, lock: WriteLock):
+        self.shown = shown
+        self.lock = lock
+
+    def add(self) -> int:
+        with self.lock:  # one worker at a time reads and writes the count
+            count = _SHOWN.unpack_from(self.shown)[0] + 1
+            _SHOWN.pack_into(self.shown, 0, count)
+        return count
+
+    def total(self) -> int:
+        return int(_SHOWN.unpack_from(self.shown)[0])
 
 
 def _locked_writes(output: Any, lock: WriteLock) -> None:
@@ -862,7 +865,7 @@ def _worker_main(index: int, fd: int, ready: int, reader: Reader) -> int:
                             shutdown_timeout=reader.shutdown_timeout,
                             strict_routing=reader.strict_routing)
         _once_per_signal(pipeline, reader.signalled, index)
-        _shared_reject_messages(pipeline, reader.rejects_shown, lock)
+        pipeline.rejects_shown = SharedRejectCount(reader.rejects_shown, lock)
         source = PipeSource(fd, ready, pipeline, config.max_line_bytes)
         result = event_loop_run(_reporting(pipeline, source, reader.tmp / f"counts.{index}"))
         dead_letter.close()

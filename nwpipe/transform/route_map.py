@@ -114,26 +114,23 @@ def route_and_map_many(records: Sequence[Event], routes: Sequence[Route]
     """
     out: list[Delivery | list[Outcome]] = []
     append = out.append
-    if len(routes) == 1 and routes[0].condition is None:
-        route = routes[0]
-        customers = route.customers
-        for record in records:
-            event = record.data
-            if event.__class__ is dict:
-                alert = event.get("id")
-                customer = event.get("customer")
-                if (alert.__class__ is str and alert and customer.__class__ is str and customer
-                        and (customers is None or customer in customers)):
-                    outcome = _map(route, event, record.source, record.line, None, None, True)
-                    append(outcome if type(outcome) is Delivery else [outcome])
-                    continue
-            outcomes = route_and_map(event, routes, record.source, record.line)
-            append(outcomes[0] if len(outcomes) == 1 and type(outcomes[0]) is Delivery
-                   else outcomes)
-        return out
+    # one output and no `when`: an ordinary event needs no general routing
+    fast = routes[0] if len(routes) == 1 and routes[0].condition is None else None
+    customers = fast.customers if fast is not None else None
     for record in records:
-        outcomes = route_and_map(record.data, routes, record.source, record.line)
-        append(outcomes[0] if len(outcomes) == 1 and type(outcomes[0]) is Delivery else outcomes)
+        event = record.data
+        if fast is not None and event.__class__ is dict:
+            alert = event.get("id")
+            customer = event.get("customer")
+            if (alert.__class__ is str and alert and customer.__class__ is str and customer
+                    and (customers is None or customer in customers)):
+                outcome = _map(fast, event, record.source, record.line, None, None, True)
+                append(outcome if type(outcome) is Delivery else [outcome])
+                continue
+        # anything else (or a problem to name) takes the general path, with its messages
+        outcomes = route_and_map(event, routes, record.source, record.line)
+        append(outcomes[0] if len(outcomes) == 1 and type(outcomes[0]) is Delivery
+               else outcomes)
     return out
 
 
